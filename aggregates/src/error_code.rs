@@ -1,0 +1,82 @@
+//! The one list of error codes that clients see in a GraphQL error's `code` extension.
+
+use std::fmt;
+
+/// A stable, machine-readable error code. Never rename a variant's string: clients match on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The object does not exist, or belongs to someone else.
+    NotFound,
+    /// The command is not allowed in the aggregate's current state.
+    InvalidTransition,
+    /// The input is malformed or breaks a rule that does not depend on state.
+    Validation,
+    /// A concurrent writer changed the aggregate first; retrying may succeed.
+    Conflict,
+    /// No valid credentials were presented.
+    Unauthenticated,
+    /// The caller is known but may not do this.
+    Forbidden,
+    /// A dependency (the database) is unreachable for now; retrying later may succeed.
+    Unavailable,
+    /// Something failed on our side; details are in the server log under the correlation id.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Every code, for exhaustive tests and parsing.
+    pub const ALL: [Self; 8] = [
+        Self::NotFound,
+        Self::InvalidTransition,
+        Self::Validation,
+        Self::Conflict,
+        Self::Unauthenticated,
+        Self::Forbidden,
+        Self::Unavailable,
+        Self::Internal,
+    ];
+
+    /// The wire form, e.g. `INVALID_TRANSITION`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::NotFound => "NOT_FOUND",
+            Self::InvalidTransition => "INVALID_TRANSITION",
+            Self::Validation => "VALIDATION",
+            Self::Conflict => "CONFLICT",
+            Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::Forbidden => "FORBIDDEN",
+            Self::Unavailable => "UNAVAILABLE",
+            Self::Internal => "INTERNAL",
+        }
+    }
+
+    /// Parses the wire form back (used when replaying a stored command outcome).
+    pub fn parse(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|candidate| candidate.as_str() == code)
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An aggregate's rejection of a command: a message for people and a code for programs.
+pub trait DomainError: std::error::Error + Send + Sync + 'static {
+    /// The stable code this rejection is reported under.
+    fn code(&self) -> ErrorCode;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorCode;
+
+    #[test]
+    fn every_code_parses_back_from_its_wire_form() {
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
+        }
+        assert_eq!(ErrorCode::parse("TEAPOT"), None);
+    }
+}

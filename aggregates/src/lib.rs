@@ -1,0 +1,12 @@
+//! Chronicle's domain: the aggregates whose state transitions are the event log.
+//!
+//! Pure code: commands in, events out, no IO. Time, ids and provider results arrive inside
+//! commands, so `handle` is deterministic and replays are exact. Each aggregate is one module
+//! with its commands, versioned events, explicit transition table, error enum and tests.
+#![warn(missing_docs)]
+
+mod error_code;
+mod upcasting;
+
+pub use error_code::{DomainError, ErrorCode};
+pub use upcasting::{Upcast, Upcasters};

@@ -1,0 +1,16 @@
+//! Chronicle's read side: the shape of an event as the global log delivers it, the projector
+//! contract, checkpoints, and the read models themselves. SQL only; no HTTP, no GraphQL.
+//!
+//! A projector applies a page of events inside the transaction that also advances its
+//! checkpoint (see [`checkpoint`]), so each event takes effect exactly once.
+#![warn(missing_docs)]
+
+pub mod aggregate_index;
+pub mod checkpoint;
+mod cursor;
+mod event;
+mod projector;
+
+pub use cursor::{CursorError, LogCursor};
+pub use event::{EventMetadata, RecordedEvent};
+pub use projector::{ProjectionError, Projector};

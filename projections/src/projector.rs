@@ -1,0 +1,44 @@
+//! The contract every projector fulfils; the runner that drives it lives in the service.
+
+use async_trait::async_trait;
+use sqlx::PgConnection;
+
+use crate::RecordedEvent;
+
+/// A projector could not apply a page; the page's transaction is rolled back and retried.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    /// The database refused or failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// An event's payload did not have the shape its type and version promise.
+    #[error("event at {position} ({event_type}) is malformed: {reason}")]
+    Malformed {
+        /// The event's global position.
+        position: i64,
+        /// The event's type.
+        event_type: String,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// Builds read-model tables from the global log.
+///
+/// `apply` runs inside the transaction that also advances the projector's checkpoint, so it
+/// must only write through `conn` and must not commit.
+#[async_trait]
+pub trait Projector: Send + Sync + 'static {
+    /// Stable name: the checkpoint's key and the `projections rebuild <name>` argument.
+    fn name(&self) -> &'static str;
+
+    /// Deletes everything this projector wrote, before a rebuild from the start of the log.
+    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError>;
+
+    /// Applies one page of events, in log order.
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError>;
+}

@@ -1,0 +1,12 @@
+//! The GraphQL API: schema roots, types, resolvers and the one error mapping. Knows nothing
+//! of axum; `crate::http` serves it.
+
+mod caller;
+mod error;
+mod event_log;
+mod projections;
+mod schema;
+
+pub use caller::Caller;
+pub use error::ApiError;
+pub use schema::{build_schema, sdl, ChronicleSchema};

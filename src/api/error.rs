@@ -1,0 +1,89 @@
+//! The one mapping from failures to GraphQL errors: a message plus a stable `code` extension.
+//!
+//! `ApiError` deliberately does not implement `Display`, so async-graphql's blanket
+//! `From<T: Display>` cannot turn it into a code-less error: every resolver error passes here.
+
+use async_graphql::ErrorExtensions;
+use chronicle_aggregates::ErrorCode;
+use chronicle_projections::CursorError;
+
+use crate::command::{is_unavailable, CommandError};
+
+/// A resolver's failure.
+#[derive(Debug)]
+pub enum ApiError {
+    /// A command did not take effect.
+    Command(CommandError),
+    /// The request's arguments are invalid.
+    Validation(String),
+    /// The database failed.
+    Database(sqlx::Error),
+    /// The request carries no caller identity.
+    Unauthenticated,
+}
+
+impl ApiError {
+    /// The stable code clients match on.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Command(CommandError::Rejected { code, .. }) => *code,
+            Self::Command(CommandError::Conflict) => ErrorCode::Conflict,
+            Self::Command(
+                CommandError::IdempotencyKeyReused(_) | CommandError::InvalidIdempotencyKey,
+            )
+            | Self::Validation(_) => ErrorCode::Validation,
+            Self::Command(CommandError::Unavailable(_)) => ErrorCode::Unavailable,
+            Self::Database(error) if is_unavailable(error) => ErrorCode::Unavailable,
+            Self::Command(CommandError::Internal(_)) | Self::Database(_) => ErrorCode::Internal,
+            Self::Unauthenticated => ErrorCode::Unauthenticated,
+        }
+    }
+
+    fn client_message(&self) -> String {
+        match self.code() {
+            ErrorCode::Internal => "internal error; see the server log for this correlation id".into(),
+            ErrorCode::Unavailable => "the database is unavailable; retry later".into(),
+            ErrorCode::NotFound
+            | ErrorCode::InvalidTransition
+            | ErrorCode::Validation
+            | ErrorCode::Conflict
+            | ErrorCode::Unauthenticated
+            | ErrorCode::Forbidden => match self {
+                Self::Command(error) => error.to_string(),
+                Self::Validation(message) => message.clone(),
+                Self::Database(error) => error.to_string(),
+                Self::Unauthenticated => "no caller identity on this request".into(),
+            },
+        }
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(error: CommandError) -> Self {
+        Self::Command(error)
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Database(error)
+    }
+}
+
+impl From<CursorError> for ApiError {
+    fn from(error: CursorError) -> Self {
+        Self::Validation(error.to_string())
+    }
+}
+
+impl From<ApiError> for async_graphql::Error {
+    fn from(error: ApiError) -> Self {
+        let code = error.code();
+        if matches!(code, ErrorCode::Internal | ErrorCode::Unavailable) {
+            // Logged once, here, inside the request's span (which carries the correlation id).
+            tracing::error!(error.code = %code, error.detail = ?error, "request failed");
+        }
+        async_graphql::Error::new(error.client_message())
+            .extend_with(|_, extensions| extensions.set("code", code.as_str()))
+    }
+}

@@ -1,0 +1,178 @@
+//! The global event log over GraphQL: `eventLog` pages and the `events` subscription.
+
+use async_graphql::connection::{Connection, CursorType, Edge};
+use async_graphql::{Context, Json, Object, SimpleObject, Subscription};
+use chrono::{DateTime, Utc};
+use chronicle_projections::{CursorError, LogCursor, RecordedEvent};
+use futures::Stream;
+use serde_json::Value;
+
+use super::{ApiError, Caller};
+use crate::log::{tail, LogFilter, LogReader, LogWaker};
+
+const DEFAULT_PAGE: i32 = 100;
+const MAX_PAGE: i32 = 1000;
+
+/// One committed event, as it stands in the global log.
+#[derive(SimpleObject)]
+pub(crate) struct LogEvent {
+    /// Opaque position in the log; pass it as `after` to continue behind this event.
+    cursor: String,
+    /// Global position (unique; increasing in allocation order, not commit order).
+    position: i64,
+    /// The aggregate's type, e.g. `Batch`.
+    aggregate_type: String,
+    /// The aggregate's id.
+    aggregate_id: String,
+    /// 1-based, gap-free position within the aggregate.
+    sequence: i64,
+    /// The event's name.
+    event_type: String,
+    /// The payload's version (after upcasting to the current shape).
+    event_version: String,
+    /// The event's body.
+    payload: Json<Value>,
+    /// Who and what caused the event.
+    metadata: LogEventMetadata,
+    /// When the event was appended.
+    recorded_at: DateTime<Utc>,
+}
+
+/// Who and what caused an event.
+#[derive(SimpleObject)]
+pub(crate) struct LogEventMetadata {
+    /// The client id that sent the command, or `system`.
+    actor: String,
+    /// Shared by everything one client call set in motion.
+    correlation_id: String,
+    /// The event that triggered the command, when a worker sent it.
+    causation_id: Option<String>,
+    /// The command that produced the event.
+    command_id: String,
+}
+
+impl From<RecordedEvent> for LogEvent {
+    fn from(event: RecordedEvent) -> Self {
+        Self {
+            cursor: event.cursor.to_string(),
+            position: event.cursor.position,
+            aggregate_type: event.aggregate_type,
+            aggregate_id: event.aggregate_id,
+            sequence: event.sequence,
+            event_type: event.event_type,
+            event_version: event.event_version,
+            payload: Json(event.payload),
+            metadata: LogEventMetadata {
+                actor: event.metadata.actor,
+                correlation_id: event.metadata.correlation_id,
+                causation_id: event.metadata.causation_id,
+                command_id: event.metadata.command_id,
+            },
+            recorded_at: event.recorded_at,
+        }
+    }
+}
+
+/// A cursor in a connection's edges.
+pub(crate) struct EdgeCursor(LogCursor);
+
+impl CursorType for EdgeCursor {
+    type Error = CursorError;
+
+    fn decode_cursor(text: &str) -> Result<Self, Self::Error> {
+        text.parse().map(Self)
+    }
+
+    fn encode_cursor(&self) -> String {
+        self.0.to_string()
+    }
+}
+
+fn parse_after(after: Option<&str>) -> Result<Option<LogCursor>, ApiError> {
+    Ok(after.map(str::parse).transpose()?)
+}
+
+fn filter(aggregate_types: Option<Vec<String>>, aggregate_id: Option<String>) -> LogFilter {
+    LogFilter {
+        aggregate_types,
+        aggregate_id,
+    }
+}
+
+/// Log queries.
+#[derive(Default)]
+pub(crate) struct EventLogQuery;
+
+#[Object]
+impl EventLogQuery {
+    /// Committed events in log order, forward from `after`. Every event committed before the
+    /// page was read appears exactly once across pages; later commits sort after the cursor.
+    /// Errors: `VALIDATION` (bad cursor or page size).
+    async fn event_log(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Continue after this cursor; from the start when omitted.")]
+        after: Option<String>,
+        #[graphql(desc = "Page size, 1 to 1000 (default 100).")] first: Option<i32>,
+        #[graphql(desc = "Only events of these aggregate types.")] aggregate_types: Option<
+            Vec<String>,
+        >,
+    ) -> Result<Connection<EdgeCursor, LogEvent>, ApiError> {
+        Caller::from_ctx(ctx)?;
+        let first = first.unwrap_or(DEFAULT_PAGE);
+        if !(1..=MAX_PAGE).contains(&first) {
+            return Err(ApiError::Validation(format!(
+                "`first` must be between 1 and {MAX_PAGE}"
+            )));
+        }
+        let after = parse_after(after.as_deref())?;
+        let limit = u32::try_from(first).unwrap_or(1);
+        let mut page = ctx
+            .data_unchecked::<LogReader>()
+            .read(
+                after.unwrap_or(LogCursor::START),
+                &filter(aggregate_types, None),
+                limit + 1,
+            )
+            .await?;
+        let has_next = page.len() > first as usize;
+        page.truncate(first as usize);
+        let mut connection = Connection::new(after.is_some(), has_next);
+        connection.edges.extend(
+            page.into_iter()
+                .map(|event| Edge::new(EdgeCursor(event.cursor), LogEvent::from(event))),
+        );
+        Ok(connection)
+    }
+}
+
+/// Log subscriptions.
+#[derive(Default)]
+pub(crate) struct EventLogSubscription;
+
+#[Subscription]
+impl EventLogSubscription {
+    /// Events after `after` (or from now, when omitted), catching up first and then live.
+    /// Reconnect with the last received `cursor` to miss nothing and see nothing twice.
+    /// Errors: `VALIDATION` (bad cursor).
+    async fn events(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Resume after this cursor; from the current end when omitted.")]
+        after: Option<String>,
+        #[graphql(desc = "Only events of these aggregate types.")] aggregate_types: Option<
+            Vec<String>,
+        >,
+        #[graphql(desc = "Only events of this aggregate.")] aggregate_id: Option<String>,
+    ) -> Result<impl Stream<Item = LogEvent>, ApiError> {
+        Caller::from_ctx(ctx)?;
+        let reader = ctx.data_unchecked::<LogReader>().clone();
+        let start = match parse_after(after.as_deref())? {
+            Some(cursor) => cursor,
+            None => reader.head().await?,
+        };
+        let waker = ctx.data_unchecked::<LogWaker>();
+        let events = tail(reader, waker, start, filter(aggregate_types, aggregate_id));
+        Ok(futures::StreamExt::map(events, LogEvent::from))
+    }
+}

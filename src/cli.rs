@@ -1,0 +1,139 @@
+//! The command line: `serve`, `migrate`, `schema`, `projections rebuild|status`.
+
+use std::io::Write;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use chronicle_projections::checkpoint;
+
+use crate::config::Config;
+use crate::log::LogReader;
+use crate::projection::{ProjectionRunner, Rebuild, RunnerSettings};
+use crate::startup::{Application, Wiring};
+use crate::{api, db, telemetry};
+
+/// Chronicle: an event-sourced service for LLM batches, simulations and DICOM transfers.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    config: Config,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the database if needed, migrate, and serve GraphQL over HTTP.
+    Serve,
+    /// Create the database if needed and apply migrations, then exit.
+    Migrate,
+    /// Print the GraphQL schema (SDL) that `serve` serves.
+    Schema,
+    /// Inspect or rebuild projections.
+    Projections {
+        #[command(subcommand)]
+        action: ProjectionsAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProjectionsAction {
+    /// Rebuild a projection's tables from the start of the log.
+    Rebuild {
+        /// The projection's name (see `projections status`).
+        name: String,
+    },
+    /// Show each projection's position and lag.
+    Status,
+}
+
+impl Cli {
+    /// Runs the chosen command.
+    ///
+    /// # Errors
+    /// Whatever stopped the command; `main` prints it on one line.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let config = self.config;
+        if let Command::Schema = self.command {
+            return write_stdout(&api::sdl());
+        }
+        telemetry::init(config.log_format);
+        let options = db::connect_options(&config.database_url)?;
+        let pool = db::connect(&options, config.db_max_connections).await?;
+        db::migrate(&pool).await?;
+        match self.command {
+            Command::Serve => {
+                let app = Application::build(&config, pool, options, Wiring::standard()).await?;
+                tracing::info!(address = %app.local_addr()?, "serving GraphQL at /graphql");
+                let shutdown = app.shutdown_token();
+                tokio::spawn(async move {
+                    if tokio::signal::ctrl_c().await.is_ok() {
+                        tracing::info!("shutting down");
+                    }
+                    shutdown.cancel();
+                });
+                app.run_until_stopped().await
+            }
+            Command::Migrate | Command::Schema => Ok(()),
+            Command::Projections {
+                action: ProjectionsAction::Status,
+            } => {
+                let mut table = format!(
+                    "{:<24} {:>12} {:>12} {:<32} {}\n",
+                    "projection", "applied", "lag", "cursor", "updated"
+                );
+                for status in checkpoint::status(&pool).await? {
+                    table.push_str(&format!(
+                        "{:<24} {:>12} {:>12} {:<32} {}\n",
+                        status.name,
+                        status.events_applied,
+                        status.lag,
+                        status.cursor.to_string(),
+                        status.updated_at.to_rfc3339()
+                    ));
+                }
+                write_stdout(&table)
+            }
+            Command::Projections {
+                action: ProjectionsAction::Rebuild { name },
+            } => {
+                let wiring = Wiring::standard();
+                let known: Vec<&str> = wiring.projectors.iter().map(|p| p.name()).collect();
+                let projector = wiring
+                    .projectors
+                    .iter()
+                    .find(|p| p.name() == name)
+                    .cloned()
+                    .with_context(|| format!("no projection `{name}`; known: {}", known.join(", ")))?;
+                let reader = LogReader::new(pool.clone(), wiring.upcasters.into());
+                let settings = RunnerSettings {
+                    page_size: 2000,
+                    standby_retry: config.standby_retry(),
+                };
+                let runner = ProjectionRunner::new(projector, pool, options, reader, settings);
+                let started = Instant::now();
+                match runner.rebuild().await? {
+                    Rebuild::Completed(applied) => {
+                        let seconds = started.elapsed().as_secs_f64();
+                        write_stdout(&format!(
+                            "rebuilt {name}: {applied} events in {seconds:.2} s ({:.0} events/s)\n",
+                            applied as f64 / seconds.max(f64::EPSILON)
+                        ))
+                    }
+                    Rebuild::HandedOver => write_stdout(&format!(
+                        "reset {name}; the running instance that owns it is rebuilding it now \
+                         (follow with `chronicle projections status`)\n"
+                    )),
+                }
+            }
+        }
+    }
+}
+
+fn write_stdout(text: &str) -> anyhow::Result<()> {
+    std::io::stdout()
+        .write_all(text.as_bytes())
+        .context("writing to stdout")
+}

@@ -1,0 +1,222 @@
+//! The one command path: load an aggregate, let it decide, append its events with metadata,
+//! and report the outcome. GraphQL mutations and process managers both call [`Commands`].
+
+mod idempotency;
+
+use chronicle_aggregates::{DomainError, ErrorCode, Upcast};
+use chronicle_projections::{EventMetadata, LogCursor};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{AggregateError, EventStore};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+pub use idempotency::IdempotencyKey;
+
+use crate::store::EventStores;
+
+/// Who sent a command and what set it in motion; becomes every event's metadata.
+#[derive(Debug, Clone)]
+pub struct CommandContext {
+    /// Client id, or `system` for workers.
+    pub actor: String,
+    /// Shared by everything one client call set in motion.
+    pub correlation_id: String,
+    /// The event that triggered the command, when a process manager sends it.
+    pub causation_id: Option<String>,
+}
+
+/// What a command did: the aggregate's new version and where its last event sits in the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandReceipt {
+    /// The aggregate's type.
+    pub aggregate_type: String,
+    /// The aggregate's id.
+    pub aggregate_id: String,
+    /// The aggregate's version (last sequence) after the command.
+    pub version: i64,
+    /// How many events the command appended.
+    pub events: usize,
+    /// The last appended event's place in the global log; `None` when nothing was appended.
+    pub cursor: Option<LogCursor>,
+}
+
+/// Why a command did not take effect.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The aggregate refused the command: a broken rule, with its stable code.
+    #[error("{message}")]
+    Rejected {
+        /// The rule's code.
+        code: ErrorCode,
+        /// What the rule says.
+        message: String,
+    },
+    /// Another writer appended to the aggregate first.
+    #[error("the aggregate was changed concurrently; retry the command")]
+    Conflict,
+    /// The idempotency key was already used for a different command.
+    #[error("idempotency key `{0}` was already used for a different command")]
+    IdempotencyKeyReused(String),
+    /// The idempotency key is empty or too long.
+    #[error("idempotency key must be 1 to 200 characters")]
+    InvalidIdempotencyKey,
+    /// The database could not be reached.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else; logged where it is reported.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<sqlx::Error> for CommandError {
+    fn from(error: sqlx::Error) -> Self {
+        if is_unavailable(&error) {
+            Self::Unavailable(error.to_string())
+        } else {
+            Self::Internal(error.to_string())
+        }
+    }
+}
+
+/// True for failures that mean "the database is out of reach", where retrying later may work.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+    )
+}
+
+impl<E: DomainError> From<AggregateError<E>> for CommandError {
+    fn from(error: AggregateError<E>) -> Self {
+        match error {
+            AggregateError::UserError(rejection) => Self::Rejected {
+                code: rejection.code(),
+                message: rejection.to_string(),
+            },
+            AggregateError::AggregateConflict => Self::Conflict,
+            AggregateError::DatabaseConnectionError(error) => Self::Unavailable(error.to_string()),
+            AggregateError::DeserializationError(error)
+            | AggregateError::UnexpectedError(error) => Self::Internal(error.to_string()),
+        }
+    }
+}
+
+/// Runs commands against the event store.
+#[derive(Clone)]
+pub struct Commands {
+    stores: EventStores,
+}
+
+impl Commands {
+    /// A command path over `stores`.
+    pub fn new(stores: EventStores) -> Self {
+        Self { stores }
+    }
+
+    /// Runs `command` on aggregate `aggregate_id` of type `A`.
+    ///
+    /// With an idempotency key, a repeat of the same command (also a concurrent one) has no
+    /// second effect and returns the first outcome, success or rejection.
+    ///
+    /// # Errors
+    /// The aggregate's rejection, a concurrent write (`Conflict`), or infrastructure failure.
+    pub async fn execute<A>(
+        &self,
+        context: &CommandContext,
+        aggregate_id: &str,
+        command: A::Command,
+        services: &A::Services,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<CommandReceipt, CommandError>
+    where
+        A: Upcast + Clone,
+        A::Error: DomainError,
+    {
+        match idempotency {
+            None => {
+                let command_id = Uuid::now_v7().to_string();
+                self.run::<A>(context, aggregate_id, command, services, command_id)
+                    .await
+            }
+            Some(key) => {
+                idempotency::execute_once(self.pool(), &context.actor, &key, |command_id| {
+                    self.run::<A>(context, aggregate_id, command, services, command_id)
+                })
+                .await
+            }
+        }
+    }
+
+    async fn run<A>(
+        &self,
+        context: &CommandContext,
+        aggregate_id: &str,
+        command: A::Command,
+        services: &A::Services,
+        command_id: String,
+    ) -> Result<CommandReceipt, CommandError>
+    where
+        A: Upcast + Clone,
+        A::Error: DomainError,
+    {
+        let store = self.stores.store::<A>();
+        let loaded = store.load_aggregate(aggregate_id).await?;
+        let previous_version = loaded.current_sequence;
+        // Decide on a copy: postgres-es 0.5 re-applies the new events to the loaded state
+        // when it writes a snapshot, so that state must stay as it was loaded.
+        let mut decided = loaded.aggregate.clone();
+        let sink = EventSink::default();
+        decided
+            .handle(command, services, &sink)
+            .await
+            .map_err(AggregateError::UserError)?;
+        let events = sink.collect().await;
+        let metadata = EventMetadata {
+            actor: context.actor.clone(),
+            correlation_id: context.correlation_id.clone(),
+            causation_id: context.causation_id.clone(),
+            command_id,
+        };
+        let committed = store.commit(events, loaded, metadata.to_map()).await?;
+        let version = committed.last().map_or(previous_version, |event| event.sequence);
+        let version = i64::try_from(version).map_err(|e| CommandError::Internal(e.to_string()))?;
+        let cursor = if committed.is_empty() {
+            None
+        } else {
+            Some(cursor_of(self.pool(), A::TYPE, aggregate_id, version).await?)
+        };
+        Ok(CommandReceipt {
+            aggregate_type: A::TYPE.to_owned(),
+            aggregate_id: aggregate_id.to_owned(),
+            version,
+            events: committed.len(),
+            cursor,
+        })
+    }
+
+    fn pool(&self) -> &PgPool {
+        self.stores.pool()
+    }
+}
+
+async fn cursor_of(
+    pool: &PgPool,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    sequence: i64,
+) -> Result<LogCursor, sqlx::Error> {
+    let (transaction_id, position): (i64, i64) = sqlx::query_as(
+        "SELECT transaction_id::text::bigint, position FROM events
+          WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
+    )
+    .bind(aggregate_type)
+    .bind(aggregate_id)
+    .bind(sequence)
+    .fetch_one(pool)
+    .await?;
+    Ok(LogCursor {
+        transaction_id,
+        position,
+    })
+}

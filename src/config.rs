@@ -1,0 +1,104 @@
+//! Configuration: every setting is a flag with an environment fallback and a default that
+//! works on a fresh machine with a local PostgreSQL.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+
+/// Settings shared by every subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// PostgreSQL connection URL; the database is created if it does not exist.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/chronicle",
+        global = true
+    )]
+    pub database_url: String,
+
+    /// Address the HTTP server listens on.
+    #[arg(
+        long,
+        env = "CHRONICLE_LISTEN",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
+    pub listen: SocketAddr,
+
+    /// Maximum connections in the database pool.
+    #[arg(
+        long,
+        env = "CHRONICLE_DB_MAX_CONNECTIONS",
+        default_value_t = 20,
+        global = true
+    )]
+    pub db_max_connections: u32,
+
+    /// Log format: `text` for people, `json` for collectors.
+    #[arg(long, env = "CHRONICLE_LOG_FORMAT", default_value = "text", global = true)]
+    pub log_format: LogFormat,
+
+    /// How often log consumers poll when no notification woke them, in milliseconds.
+    #[arg(
+        long,
+        env = "CHRONICLE_LOG_POLL_MS",
+        default_value_t = 1000,
+        global = true
+    )]
+    pub log_poll_ms: u64,
+
+    /// How often a standby instance tries to take over a projector, in milliseconds.
+    #[arg(
+        long,
+        env = "CHRONICLE_STANDBY_RETRY_MS",
+        default_value_t = 2000,
+        global = true
+    )]
+    pub standby_retry_ms: u64,
+
+    /// Snapshot an aggregate type every N events, e.g. `Batch=500,Simulation=200`.
+    #[arg(
+        long,
+        env = "CHRONICLE_SNAPSHOTS",
+        value_delimiter = ',',
+        value_parser = parse_snapshot,
+        global = true
+    )]
+    pub snapshots: Vec<(String, usize)>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Config {
+    /// The fallback poll interval of log consumers.
+    pub fn log_poll(&self) -> Duration {
+        Duration::from_millis(self.log_poll_ms)
+    }
+
+    /// The standby retry interval of projectors.
+    pub fn standby_retry(&self) -> Duration {
+        Duration::from_millis(self.standby_retry_ms)
+    }
+}
+
+fn parse_snapshot(text: &str) -> Result<(String, usize), String> {
+    let (aggregate, every) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not AggregateType=N"))?;
+    let every: usize = every
+        .parse()
+        .map_err(|_| format!("`{every}` is not a whole number of events"))?;
+    if every == 0 {
+        return Err("snapshot interval must be at least 1".into());
+    }
+    Ok((aggregate.to_owned(), every))
+}

@@ -1,0 +1,108 @@
+//! Connecting to PostgreSQL: create the database when missing, run migrations, and fail with
+//! one clear line when the server cannot be reached.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+
+/// The schema history, embedded in the binary.
+pub static MIGRATOR: Migrator = sqlx::migrate!();
+
+/// Parses the URL and adds the session settings every Chronicle connection needs.
+///
+/// # Errors
+/// The URL is not a PostgreSQL URL.
+pub fn connect_options(database_url: &str) -> anyhow::Result<PgConnectOptions> {
+    let options: PgConnectOptions = database_url
+        .parse()
+        .with_context(|| format!("DATABASE_URL `{database_url}` is not a PostgreSQL URL"))?;
+    // An idle transaction holds back the gap-free log reader for the whole cluster.
+    Ok(options
+        .application_name("chronicle")
+        .options([("idle_in_transaction_session_timeout", "30s")])
+        .log_statements(tracing::log::LevelFilter::Trace))
+}
+
+/// Connects a pool to the configured database, creating the database first if it is missing.
+///
+/// # Errors
+/// PostgreSQL is unreachable or refuses; the message says what was tried and what to do.
+pub async fn connect(options: &PgConnectOptions, max_connections: u32) -> anyhow::Result<PgPool> {
+    // One plain connection first: a pool would retry a refused connection until its timeout.
+    match PgConnection::connect_with(options).await {
+        Ok(conn) => conn.close().await?,
+        Err(error) if is_missing_database(&error) => create_database(options).await?,
+        Err(error) => return Err(unreachable(options, &error)),
+    }
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options.clone())
+        .await
+        .map_err(|error| unreachable(options, &error))
+}
+
+/// Applies pending migrations.
+///
+/// # Errors
+/// A migration failed or the history in the database does not match the binary's.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR
+        .run(pool)
+        .await
+        .context("applying database migrations")
+}
+
+/// True when the database answers and every migration of this binary has been applied.
+pub async fn is_ready(pool: &PgPool) -> bool {
+    let applied: Result<Vec<i64>, _> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await;
+    match applied {
+        Ok(applied) => MIGRATOR
+            .iter()
+            .all(|migration| applied.contains(&migration.version)),
+        Err(_) => false,
+    }
+}
+
+fn is_missing_database(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("3D000"))
+}
+
+async fn create_database(options: &PgConnectOptions) -> anyhow::Result<()> {
+    let name = options.get_database().unwrap_or("chronicle").to_owned();
+    let maintenance = options.clone().database("postgres");
+    let mut conn = PgConnection::connect_with(&maintenance)
+        .await
+        .map_err(|error| unreachable(&maintenance, &error))?;
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    let created = sqlx::query(&format!("CREATE DATABASE {quoted}"))
+        .execute(&mut conn)
+        .await;
+    match created {
+        Ok(_) => {
+            tracing::info!(database = %name, "created database");
+            Ok(())
+        }
+        // Another instance created it between our two attempts.
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P04") => Ok(()),
+        Err(error) => Err(error).with_context(|| format!("creating database `{name}`")),
+    }
+}
+
+fn unreachable(options: &PgConnectOptions, error: &sqlx::Error) -> anyhow::Error {
+    anyhow::anyhow!(
+        "cannot connect to PostgreSQL at {}:{} (database `{}`, user `{}`): {error}. \
+         Start PostgreSQL (e.g. `pg_ctlcluster 15 main start`) or point DATABASE_URL at a \
+         running server.",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or("postgres"),
+        options.get_username(),
+    )
+}

@@ -1,0 +1,111 @@
+//! HTTP routes: GraphQL (POST, GraphiQL on GET, websocket subscriptions on GET with an
+//! upgrade), `/health` (the process answers) and `/ready` (database reachable, migrated).
+
+use async_graphql::http::{GraphiQLSource, ALL_WEBSOCKET_PROTOCOLS};
+use async_graphql::Data;
+use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
+use axum::extract::{FromRequestParts, Request, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use sqlx::PgPool;
+use tower_http::limit::RequestBodyLimitLayer;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::api::{Caller, ChronicleSchema};
+use crate::db;
+
+const CORRELATION_HEADER: &str = "x-correlation-id";
+const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The GraphQL schema with its services.
+    pub schema: ChronicleSchema,
+    /// The database, for readiness.
+    pub pool: PgPool,
+}
+
+/// The service's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/graphql", get(graphql_get).post(graphql_post))
+        .route("/health", get(|| async { "ok" }))
+        .route("/ready", get(ready))
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn graphql_post(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    request: GraphQLRequest,
+) -> GraphQLResponse {
+    let caller = caller(&headers);
+    let span = tracing::info_span!("graphql", correlation_id = %caller.correlation_id);
+    state
+        .schema
+        .execute(request.into_inner().data(caller))
+        .instrument(span)
+        .await
+        .into()
+}
+
+/// GraphiQL for browsers; a graphql-transport-ws (or graphql-ws) session for upgrades.
+async fn graphql_get(State(state): State<AppState>, request: Request) -> Response {
+    let (mut parts, _body) = request.into_parts();
+    if !parts.headers.contains_key(axum::http::header::UPGRADE) {
+        return Html(GraphiQLSource::build().endpoint("/graphql").subscription_endpoint("/graphql").finish())
+            .into_response();
+    }
+    let protocol = match GraphQLProtocol::from_request_parts(&mut parts, &()).await {
+        Ok(protocol) => protocol,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let caller = caller(&parts.headers);
+    let span = tracing::info_span!("subscription", correlation_id = %caller.correlation_id);
+    let mut data = Data::default();
+    data.insert(caller);
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| {
+            GraphQLWebSocket::new(socket, state.schema, protocol)
+                .with_data(data)
+                .serve()
+                .instrument(span)
+        })
+        .into_response()
+}
+
+async fn ready(State(state): State<AppState>) -> StatusCode {
+    if db::is_ready(&state.pool).await {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+/// The caller of a request. Until API keys exist, everyone is `anonymous`.
+fn caller(headers: &HeaderMap) -> Caller {
+    let correlation_id = headers
+        .get(CORRELATION_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .filter(|value| is_valid_correlation_id(value))
+        .map_or_else(|| Uuid::now_v7().to_string(), str::to_owned);
+    Caller {
+        actor: "anonymous".to_owned(),
+        correlation_id,
+    }
+}
+
+/// Printable ASCII without spaces, at most 128 characters: safe to log and to store.
+fn is_valid_correlation_id(value: &str) -> bool {
+    !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic())
+}

@@ -1,0 +1,14 @@
+//! Chronicle, the service: configuration, the event store wiring, the gap-free log, the
+//! command path, projection runners and the GraphQL API.
+
+pub mod api;
+pub mod cli;
+pub mod command;
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod log;
+pub mod projection;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,10 @@
+//! The gap-free global log: the one way every consumer (projectors, process managers,
+//! subscriptions, exports) reads events across aggregates.
+
+mod reader;
+mod tail;
+mod waker;
+
+pub use reader::{LogFilter, LogReader};
+pub use tail::tail;
+pub use waker::LogWaker;

@@ -1,0 +1,17 @@
+//! Running projectors: one active runner per projector across all instances, exactly-once
+//! page application, rebuilds from zero and status for operators.
+
+mod leader;
+mod runner;
+
+use std::sync::Arc;
+
+use chronicle_projections::aggregate_index::AggregateIndex;
+use chronicle_projections::Projector;
+
+pub use runner::{ProjectionRunner, Rebuild, RunnerError, RunnerSettings};
+
+/// The projectors every instance runs.
+pub fn standard() -> Vec<Arc<dyn Projector>> {
+    vec![Arc::new(AggregateIndex)]
+}

@@ -1,0 +1,138 @@
+//! Wiring: the event store, the log, projections, the API and the HTTP server of one instance.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chronicle_aggregates::Upcasters;
+use chronicle_projections::Projector;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::build_schema;
+use crate::command::Commands;
+use crate::config::Config;
+use crate::http::{router, AppState};
+use crate::log::{LogReader, LogWaker};
+use crate::projection::{self, ProjectionRunner, RunnerSettings};
+use crate::store::EventStores;
+
+const PROJECTION_PAGE: u32 = 500;
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The domain parts an instance runs: every aggregate's upcasters and every projector.
+pub struct Wiring {
+    /// Upcasters of every aggregate type in the log.
+    pub upcasters: Upcasters,
+    /// The projectors to run.
+    pub projectors: Vec<Arc<dyn Projector>>,
+}
+
+impl Wiring {
+    /// Everything Chronicle has. Each aggregate registers its upcasters here.
+    pub fn standard() -> Self {
+        Self {
+            upcasters: Upcasters::default(),
+            projectors: projection::standard(),
+        }
+    }
+}
+
+/// A built instance: call [`Application::run_until_stopped`] to serve.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    commands: Commands,
+    shutdown: CancellationToken,
+    workers: JoinSet<()>,
+}
+
+impl Application {
+    /// Binds the listener and starts the log waker and the projection runners.
+    ///
+    /// # Errors
+    /// The address cannot be bound.
+    pub async fn build(
+        config: &Config,
+        pool: PgPool,
+        options: PgConnectOptions,
+        wiring: Wiring,
+    ) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let shutdown = CancellationToken::new();
+        let stores = EventStores::new(pool.clone(), &config.snapshots, wiring.upcasters);
+        let reader = LogReader::new(pool.clone(), stores.upcasters());
+        let waker = LogWaker::start(&pool, config.log_poll(), shutdown.clone());
+        let settings = RunnerSettings {
+            page_size: PROJECTION_PAGE,
+            standby_retry: config.standby_retry(),
+        };
+        let mut workers = JoinSet::new();
+        for projector in wiring.projectors {
+            let runner = ProjectionRunner::new(
+                projector,
+                pool.clone(),
+                options.clone(),
+                reader.clone(),
+                settings,
+            );
+            workers.spawn(runner.run(waker.clone(), shutdown.clone()));
+        }
+        let schema = build_schema(pool.clone(), reader, waker);
+        Ok(Self {
+            listener,
+            state: AppState { schema, pool },
+            commands: Commands::new(stores),
+            shutdown,
+            workers,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    ///
+    /// # Errors
+    /// The socket has no local address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The command path of this instance.
+    pub fn commands(&self) -> Commands {
+        self.commands.clone()
+    }
+
+    /// Cancel this token to stop the instance.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves until the shutdown token is cancelled, then stops the workers.
+    ///
+    /// # Errors
+    /// The server failed.
+    pub async fn run_until_stopped(mut self) -> anyhow::Result<()> {
+        let shutdown = self.shutdown.clone();
+        let server = axum::serve(self.listener, router(self.state.clone()))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let mut server = tokio::spawn(async move { server.await });
+        tokio::select! {
+            served = &mut server => served.context("server task")?.context("serving HTTP")?,
+            () = shutdown.cancelled() => {
+                // Open websockets would hold a graceful shutdown forever: give them a grace.
+                if tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await.is_err() {
+                    server.abort();
+                }
+            }
+        }
+        shutdown.cancel();
+        while self.workers.join_next().await.is_some() {}
+        self.state.pool.close().await;
+        Ok(())
+    }
+}

@@ -1,0 +1,52 @@
+//! Event store wiring: postgres-es over our `events` and `snapshots` tables, with each
+//! aggregate's upcasters and its configured snapshot interval.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chronicle_aggregates::{Upcast, Upcasters};
+use cqrs_es::persist::PersistedEventStore;
+use postgres_es::PostgresEventRepository;
+use sqlx::PgPool;
+
+/// A postgres-es event store for one aggregate type.
+pub type Store<A> = PersistedEventStore<PostgresEventRepository, A>;
+
+/// Builds event stores and knows every aggregate's upcasters.
+#[derive(Clone)]
+pub struct EventStores {
+    pool: PgPool,
+    snapshot_every: Arc<HashMap<String, usize>>,
+    upcasters: Arc<Upcasters>,
+}
+
+impl EventStores {
+    /// Stores over `pool`, snapshotting the listed aggregate types every N events.
+    pub fn new(pool: PgPool, snapshots: &[(String, usize)], upcasters: Upcasters) -> Self {
+        Self {
+            pool,
+            snapshot_every: Arc::new(snapshots.iter().cloned().collect()),
+            upcasters: Arc::new(upcasters),
+        }
+    }
+
+    /// The store for `A`: snapshotting if configured, upcasting on every load.
+    pub fn store<A: Upcast>(&self) -> Store<A> {
+        let repository = PostgresEventRepository::new(self.pool.clone());
+        let store = match self.snapshot_every.get(A::TYPE) {
+            Some(&every) => PersistedEventStore::new_snapshot_store(repository, every),
+            None => PersistedEventStore::new_event_store(repository),
+        };
+        store.with_upcasters(A::upcasters())
+    }
+
+    /// Every registered aggregate's upcasters, for the global log reader.
+    pub fn upcasters(&self) -> Arc<Upcasters> {
+        Arc::clone(&self.upcasters)
+    }
+
+    /// The pool the stores write through.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}

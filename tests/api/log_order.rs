@@ -1,0 +1,113 @@
+//! The global log under concurrent writers: nothing skipped, nothing twice, streams in order.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chronicle::log::{tail, LogFilter, LogReader, LogWaker};
+use chronicle_aggregates::Upcasters;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{LedgerCommand, TestApp, TestDb};
+
+const WRITERS: usize = 16;
+const LEDGERS_PER_WRITER: usize = 5;
+const EVENTS_PER_WRITER: usize = 1250;
+const SLOW_TRANSACTIONS: usize = 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tailing_reader_sees_every_event_of_sixteen_writers_exactly_once_and_in_order() {
+    let db = TestDb::new().await;
+    let app = Arc::new(TestApp::spawn(&db, "log-order").await);
+    let expected = WRITERS * EVENTS_PER_WRITER + SLOW_TRANSACTIONS;
+
+    let shutdown = CancellationToken::new();
+    let waker = LogWaker::start(&db.pool, Duration::from_millis(100), shutdown.clone());
+    let reader = LogReader::new(db.pool.clone(), Arc::new(Upcasters::default()));
+    let mut events = Box::pin(tail(reader, &waker, Default::default(), LogFilter::default()));
+    let tailing = tokio::spawn(async move {
+        let mut seen = Vec::with_capacity(expected);
+        while seen.len() < expected {
+            match tokio::time::timeout(Duration::from_secs(60), events.next()).await {
+                Ok(Some(event)) => seen.push(event),
+                _ => break,
+            }
+        }
+        seen
+    });
+
+    let mut writers = Vec::new();
+    for writer in 0..WRITERS {
+        let app = Arc::clone(&app);
+        writers.push(tokio::spawn(async move { write(&app, writer).await }));
+    }
+    // Transactions that allocate a position and then stay open while others commit: the
+    // case where a reader that trusts positions alone skips events.
+    let slow = tokio::spawn(slow_transactions(db.pool.clone()));
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    slow.await.expect("slow writer");
+
+    let seen = tailing.await.expect("reader");
+    shutdown.cancel();
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
+    assert_eq!(stored as usize, expected);
+    assert_eq!(seen.len(), expected, "the reader missed events");
+
+    let positions: HashSet<i64> = seen.iter().map(|e| e.cursor.position).collect();
+    assert_eq!(positions.len(), expected, "an event was delivered twice");
+    assert!(seen.windows(2).all(|w| w[0].cursor < w[1].cursor), "log order broken");
+    let mut last_sequence: HashMap<&str, i64> = HashMap::new();
+    for event in &seen {
+        let last = last_sequence.entry(&event.aggregate_id).or_insert(0);
+        assert_eq!(event.sequence, *last + 1, "{} out of order", event.aggregate_id);
+        *last = event.sequence;
+    }
+    Arc::try_unwrap(app).ok().expect("app still shared").stop().await;
+}
+
+async fn write(app: &TestApp, writer: usize) {
+    let ledgers: Vec<String> = (0..LEDGERS_PER_WRITER)
+        .map(|i| format!("writer-{writer}-ledger-{i}"))
+        .collect();
+    for ledger in &ledgers {
+        app.ledger(ledger, LedgerCommand::Open).await.expect("open");
+    }
+    let mut remaining = EVENTS_PER_WRITER - LEDGERS_PER_WRITER;
+    let mut round = 0;
+    while remaining > 0 {
+        let batch = remaining.min(10);
+        let amounts = vec![1; batch];
+        let ledger = &ledgers[round % ledgers.len()];
+        app.ledger(ledger, LedgerCommand::Deposit(amounts))
+            .await
+            .expect("deposit");
+        remaining -= batch;
+        round += 1;
+    }
+}
+
+async fn slow_transactions(pool: sqlx::PgPool) {
+    for i in 0..SLOW_TRANSACTIONS {
+        let mut tx = pool.begin().await.expect("begin");
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                                 event_version, payload, metadata)
+             VALUES ('Ledger', $1, 1, 'Opened', '1.0', '\"Opened\"', '{}')",
+        )
+        .bind(format!("slow-{i}"))
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+        sqlx::query("SELECT pg_sleep(0.05)")
+            .execute(&mut *tx)
+            .await
+            .expect("sleep");
+        tx.commit().await.expect("commit");
+    }
+}

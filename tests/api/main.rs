@@ -1,0 +1,13 @@
+//! Integration tests against a real PostgreSQL: each test gets its own database.
+#![expect(clippy::expect_used, reason = "in tests, a failed step fails the test")]
+#![expect(unreachable_pub, reason = "test support items are shared across this binary's modules")]
+
+mod cli;
+mod http;
+mod idempotency;
+mod log_order;
+mod projections;
+mod schema_file;
+mod store;
+mod subscriptions;
+mod support;

@@ -1,0 +1,144 @@
+//! Projection runners: one active instance per projector, failover, rebuilds from zero.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chronicle::log::LogReader;
+use chronicle::projection::{ProjectionRunner, Rebuild, RunnerSettings};
+use chronicle_aggregates::Upcasters;
+use chronicle_projections::aggregate_index::AggregateIndex;
+use sqlx::PgPool;
+
+use crate::support::{eventually, LedgerCommand, TestApp, TestDb};
+
+/// The application names of the sessions holding the `aggregate_index` leadership lock.
+async fn holders(pool: &PgPool) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+          WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+            AND ((l.classid::bigint << 32) | l.objid::bigint)
+                = hashtextextended('chronicle.projection.aggregate_index', 0)",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("pg_locks")
+}
+
+async fn index_rows(pool: &PgPool) -> Vec<(String, i64, String)> {
+    sqlx::query_as(
+        "SELECT aggregate_id, version, last_event_type FROM aggregate_index ORDER BY aggregate_id",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("aggregate_index")
+}
+
+fn runner(db: &TestDb) -> ProjectionRunner {
+    let reader = LogReader::new(db.pool.clone(), Arc::new(Upcasters::default()));
+    let settings = RunnerSettings {
+        page_size: 7,
+        standby_retry: Duration::from_millis(100),
+    };
+    ProjectionRunner::new(
+        Arc::new(AggregateIndex),
+        db.pool.clone(),
+        db.options.clone(),
+        reader,
+        settings,
+    )
+}
+
+async fn seed(app: &TestApp) {
+    for id in ["a", "b", "c"] {
+        app.ledger(id, LedgerCommand::Open).await.expect("open");
+    }
+    app.ledger("a", LedgerCommand::Deposit(vec![1; 20])).await.expect("deposit");
+    app.ledger("b", LedgerCommand::Withdraw(0)).await.expect("withdraw");
+    app.projected("a", 21).await;
+    app.projected("b", 2).await;
+    app.projected("c", 1).await;
+}
+
+#[tokio::test]
+async fn each_projector_runs_on_exactly_one_instance_and_a_standby_takes_over() {
+    let db = TestDb::new().await;
+    let first = TestApp::spawn(&db, "instance-a").await;
+    eventually(Duration::from_secs(10), "instance-a to lead", || async {
+        (holders(&db.pool).await == ["instance-a"]).then_some(())
+    })
+    .await;
+    let second = TestApp::spawn(&db, "instance-b").await;
+    second.ledger("x", LedgerCommand::Open).await.expect("open");
+    second.projected("x", 1).await;
+    // Several standby retries later, still exactly one leader.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(holders(&db.pool).await, ["instance-a"]);
+
+    first.stop().await;
+    eventually(Duration::from_secs(10), "instance-b to take over", || async {
+        (holders(&db.pool).await == ["instance-b"]).then_some(())
+    })
+    .await;
+    second.ledger("x", LedgerCommand::Deposit(vec![5])).await.expect("deposit");
+    second.projected("x", 2).await;
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn a_rebuild_while_serving_hands_over_and_reproduces_the_read_model() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db, "serving").await;
+    seed(&app).await;
+    let before = index_rows(&db.pool).await;
+    sqlx::query("UPDATE aggregate_index SET version = 0")
+        .execute(&db.pool)
+        .await
+        .expect("corrupt");
+
+    assert_eq!(runner(&db).rebuild().await.expect("rebuild"), Rebuild::HandedOver);
+    eventually(Duration::from_secs(10), "the rebuilt read model", || async {
+        (index_rows(&db.pool).await == before).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_offline_rebuild_applies_the_whole_log_and_reproduces_the_read_model() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db, "offline").await;
+    seed(&app).await;
+    app.stop().await;
+    let before = index_rows(&db.pool).await;
+    sqlx::query("DELETE FROM aggregate_index WHERE aggregate_id = 'a'")
+        .execute(&db.pool)
+        .await
+        .expect("corrupt");
+
+    let rebuilt = runner(&db).rebuild().await.expect("rebuild");
+    assert_eq!(rebuilt, Rebuild::Completed(24));
+    assert_eq!(index_rows(&db.pool).await, before);
+    let status = chronicle_projections::checkpoint::status(&db.pool)
+        .await
+        .expect("status");
+    let progress: Vec<_> = status
+        .iter()
+        .map(|s| (s.name.as_str(), s.events_applied, s.lag))
+        .collect();
+    assert_eq!(progress, [("aggregate_index", 24, 0)]);
+}
+
+#[tokio::test]
+async fn projection_status_reports_progress_and_lag_over_graphql() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db, "status").await;
+    seed(&app).await;
+    let response = app
+        .graphql("{ projections { name eventsApplied lag cursor } }", serde_json::json!({}))
+        .await;
+    let status = &response["data"]["projections"][0];
+    assert_eq!(status["name"], "aggregate_index", "{response}");
+    assert_eq!(status["eventsApplied"], 24);
+    assert_eq!(status["lag"], 0);
+    app.stop().await;
+}

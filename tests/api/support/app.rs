@@ -1,0 +1,143 @@
+//! `TestApp`: the real service (router, log waker, projectors) on a random port.
+
+use std::time::Duration;
+
+use chronicle::command::{CommandContext, CommandError, CommandReceipt, Commands};
+use chronicle::config::{Config, LogFormat};
+use chronicle::startup::{Application, Wiring};
+use serde_json::{json, Value};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{Ledger, LedgerCommand, TestDb};
+
+/// A running instance of the service.
+pub struct TestApp {
+    pub address: String,
+    pub pool: PgPool,
+    pub commands: Commands,
+    shutdown: CancellationToken,
+    server: JoinHandle<()>,
+    http: reqwest::Client,
+}
+
+impl TestApp {
+    /// Starts an instance on `db`, tagged `name` in `pg_stat_activity.application_name`.
+    pub async fn spawn(db: &TestDb, name: &str) -> Self {
+        Self::spawn_with(db, name, Vec::new()).await
+    }
+
+    /// Like [`TestApp::spawn`], with snapshot settings.
+    pub async fn spawn_with(db: &TestDb, name: &str, snapshots: Vec<(String, usize)>) -> Self {
+        chronicle::telemetry::init(LogFormat::Text);
+        let options: PgConnectOptions = db.options.clone().application_name(name);
+        let config = Config {
+            database_url: String::new(),
+            listen: "127.0.0.1:0".parse().expect("address"),
+            db_max_connections: 20,
+            log_format: LogFormat::Text,
+            log_poll_ms: 200,
+            standby_retry_ms: 100,
+            snapshots,
+        };
+        let pool = chronicle::db::connect(&options, config.db_max_connections)
+            .await
+            .expect("pool");
+        let mut wiring = Wiring::standard();
+        wiring.upcasters = wiring.upcasters.register::<Ledger>();
+        let app = Application::build(&config, pool.clone(), options, wiring)
+            .await
+            .expect("build app");
+        let address = format!("127.0.0.1:{}", app.local_addr().expect("address").port());
+        let commands = app.commands();
+        let shutdown = app.shutdown_token();
+        let server = tokio::spawn(async move {
+            app.run_until_stopped().await.expect("app stopped cleanly");
+        });
+        Self {
+            address,
+            pool,
+            commands,
+            shutdown,
+            server,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Stops the instance: server, projectors, and its connections.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.server.await.expect("server task");
+    }
+
+    /// Posts a GraphQL request and returns the whole response body.
+    pub async fn graphql(&self, query: &str, variables: Value) -> Value {
+        self.http
+            .post(format!("http://{}/graphql", self.address))
+            .json(&json!({ "query": query, "variables": variables }))
+            .send()
+            .await
+            .expect("POST /graphql")
+            .json()
+            .await
+            .expect("JSON response")
+    }
+
+    /// The `eventLog` edges of `query` once the log shows `count` of them.
+    ///
+    /// Events become readable when every older transaction in the cluster has ended, which
+    /// under parallel tests can be a moment after the write returned.
+    pub async fn log_edges(&self, query: &str, count: usize) -> Vec<Value> {
+        super::eventually(Duration::from_secs(10), "events in the log", || async {
+            let response = self.graphql(query, json!({})).await;
+            let edges = response["data"]["eventLog"]["edges"].as_array()?.clone();
+            (edges.len() == count).then_some(edges)
+        })
+        .await
+    }
+
+    /// A plain GET.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("http://{}{path}", self.address))
+            .send()
+            .await
+            .expect("GET")
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/graphql", self.address)
+    }
+
+    /// Runs a ledger command as actor `tester`.
+    pub async fn ledger(
+        &self,
+        id: &str,
+        command: LedgerCommand,
+    ) -> Result<CommandReceipt, CommandError> {
+        self.commands
+            .execute::<Ledger>(&context(), id, command, &(), None)
+            .await
+    }
+
+    /// Waits until the `aggregate_index` projection shows `version` for the ledger `id`.
+    pub async fn projected(&self, id: &str, version: i64) {
+        super::eventually(Duration::from_secs(15), "projection", || async {
+            let seen = chronicle_projections::aggregate_index::version(&self.pool, "Ledger", id)
+                .await
+                .expect("read aggregate_index");
+            (seen == Some(version)).then_some(())
+        })
+        .await;
+    }
+}
+
+pub fn context() -> CommandContext {
+    CommandContext {
+        actor: "tester".into(),
+        correlation_id: "test-correlation".into(),
+        causation_id: None,
+    }
+}

@@ -1,0 +1,145 @@
+//! A fresh database per test, cloned from a migrated template.
+//!
+//! The template's name carries a hash of the migrations, so a changed migration builds a new
+//! one. Building and cloning happen under an advisory lock on the server, because nextest runs
+//! each test in its own process. Databases of passed tests are dropped; a failed test's stays
+//! for inspection and is swept after six hours.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chronicle::db::{self, MIGRATOR};
+use sha2::{Digest, Sha256};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+
+const STALE_AFTER: Duration = Duration::from_secs(6 * 3600);
+
+/// One test's own database.
+pub struct TestDb {
+    /// Options for connecting to it.
+    pub options: PgConnectOptions,
+    /// A pool on it.
+    pub pool: PgPool,
+    name: String,
+    admin: PgConnectOptions,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let admin = db::connect_options(&url)
+            .expect("DATABASE_URL")
+            .database("postgres");
+        let mut conn = admin.connect().await.expect("connect to PostgreSQL");
+        sqlx::query("SELECT pg_advisory_lock(hashtext('chronicle.test.databases'))")
+            .execute(&mut conn)
+            .await
+            .expect("lock");
+        let template = ensure_template(&mut conn, &admin).await;
+        sweep_stale(&mut conn).await;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
+        let name = format!("chronicle_test_{now}_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(&format!(
+            "CREATE DATABASE {name} TEMPLATE {template} STRATEGY FILE_COPY"
+        ))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+        conn.close().await.expect("close");
+        let options = admin.clone().database(&name);
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .connect_with(options.clone())
+            .await
+            .expect("connect to test database");
+        Self {
+            options,
+            pool,
+            name,
+            admin,
+        }
+    }
+}
+
+async fn ensure_template(conn: &mut PgConnection, admin: &PgConnectOptions) -> String {
+    let mut hash = Sha256::new();
+    for migration in MIGRATOR.iter() {
+        hash.update(migration.version.to_le_bytes());
+        hash.update(&*migration.checksum);
+    }
+    let template = format!("chronicle_template_{}", &hex::encode(hash.finalize())[..16]);
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&template)
+            .fetch_one(&mut *conn)
+            .await
+            .expect("look up template");
+    if exists {
+        return template;
+    }
+    let building = format!("{template}_building");
+    for statement in [
+        format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"),
+        format!("CREATE DATABASE {building}"),
+    ] {
+        sqlx::query(&statement).execute(&mut *conn).await.expect("template");
+    }
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(admin.clone().database(&building))
+        .await
+        .expect("connect to template");
+    db::migrate(&pool).await.expect("migrate template");
+    pool.close().await;
+    sqlx::query(&format!("ALTER DATABASE {building} RENAME TO {template}"))
+        .execute(&mut *conn)
+        .await
+        .expect("publish template");
+    template
+}
+
+async fn sweep_stale(conn: &mut PgConnection) {
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'chronicle_test_%'")
+            .fetch_all(&mut *conn)
+            .await
+            .expect("list test databases");
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
+    for name in names {
+        let created: Option<u64> = name.split('_').nth(2).and_then(|t| t.parse().ok());
+        if created.is_some_and(|t| now.saturating_sub(t) > STALE_AFTER.as_secs()) {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut *conn)
+                .await;
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("test database kept for inspection: {}", self.name);
+            return;
+        }
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        // Drop runs inside the test's runtime, which cannot block on itself: use a thread.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let mut conn = admin.connect().await?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await?;
+                conn.close().await
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test database {}", self.name);
+        }
+    }
+}
