@@ -4,8 +4,8 @@ use std::io::Write;
 use std::time::Instant;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
 use chronicle_projections::checkpoint;
+use clap::{Parser, Subcommand};
 
 use crate::config::Config;
 use crate::log::LogReader;
@@ -106,7 +106,9 @@ impl Cli {
                     .iter()
                     .find(|p| p.name() == name)
                     .cloned()
-                    .with_context(|| format!("no projection `{name}`; known: {}", known.join(", ")))?;
+                    .with_context(|| {
+                        format!("no projection `{name}`; known: {}", known.join(", "))
+                    })?;
                 let reader = LogReader::new(pool.clone(), wiring.upcasters.into());
                 let settings = RunnerSettings {
                     page_size: 2000,

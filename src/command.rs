@@ -179,7 +179,9 @@ impl Commands {
             command_id,
         };
         let committed = store.commit(events, loaded, metadata.to_map()).await?;
-        let version = committed.last().map_or(previous_version, |event| event.sequence);
+        let version = committed
+            .last()
+            .map_or(previous_version, |event| event.sequence);
         let version = i64::try_from(version).map_err(|e| CommandError::Internal(e.to_string()))?;
         let cursor = if committed.is_empty() {
             None

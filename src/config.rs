@@ -37,7 +37,12 @@ pub struct Config {
     pub db_max_connections: u32,
 
     /// Log format: `text` for people, `json` for collectors.
-    #[arg(long, env = "CHRONICLE_LOG_FORMAT", default_value = "text", global = true)]
+    #[arg(
+        long,
+        env = "CHRONICLE_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
     pub log_format: LogFormat,
 
     /// How often log consumers poll when no notification woke them, in milliseconds.

@@ -7,4 +7,4 @@ mod waker;
 
 pub use reader::{LogFilter, LogReader};
 pub use tail::tail;
-pub use waker::LogWaker;
+pub use waker::{LogWaker, Waiter};

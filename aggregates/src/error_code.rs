@@ -52,7 +52,9 @@ impl ErrorCode {
 
     /// Parses the wire form back (used when replaying a stored command outcome).
     pub fn parse(code: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|candidate| candidate.as_str() == code)
+        Self::ALL
+            .into_iter()
+            .find(|candidate| candidate.as_str() == code)
     }
 }
 

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 /// Where a consumer stands in the global log: the (transaction id, position) of the last event
 /// it has seen. The log is ordered by this pair, which, unlike the position alone, never lets a
 /// later commit appear behind a reader (see `src/log/reader.rs`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct LogCursor {
     /// The writing transaction's id (`xid8`, widened to i64: PostgreSQL's epoch-extended ids
     /// stay far below 2^63).
@@ -73,7 +75,9 @@ mod tests {
 
     #[test]
     fn foreign_or_malformed_cursors_are_rejected() {
-        for text in ["", "c1.", "c1.1", "c1.a.2", "c1.1.-2", "c2.1.2", "c1.1.2.3", "1.2"] {
+        for text in [
+            "", "c1.", "c1.1", "c1.a.2", "c1.1.-2", "c2.1.2", "c1.1.2.3", "1.2",
+        ] {
             assert!(text.parse::<LogCursor>().is_err(), "{text} was accepted");
         }
     }

@@ -41,7 +41,9 @@ impl ApiError {
 
     fn client_message(&self) -> String {
         match self.code() {
-            ErrorCode::Internal => "internal error; see the server log for this correlation id".into(),
+            ErrorCode::Internal => {
+                "internal error; see the server log for this correlation id".into()
+            }
             ErrorCode::Unavailable => "the database is unavailable; retry later".into(),
             ErrorCode::NotFound
             | ErrorCode::InvalidTransition

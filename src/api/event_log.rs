@@ -2,8 +2,8 @@
 
 use async_graphql::connection::{Connection, CursorType, Edge};
 use async_graphql::{Context, Json, Object, SimpleObject, Subscription};
-use chrono::{DateTime, Utc};
 use chronicle_projections::{CursorError, LogCursor, RecordedEvent};
+use chrono::{DateTime, Utc};
 use futures::Stream;
 use serde_json::Value;
 
@@ -111,8 +111,9 @@ impl EventLogQuery {
     async fn event_log(
         &self,
         ctx: &Context<'_>,
-        #[graphql(desc = "Continue after this cursor; from the start when omitted.")]
-        after: Option<String>,
+        #[graphql(desc = "Continue after this cursor; from the start when omitted.")] after: Option<
+            String,
+        >,
         #[graphql(desc = "Page size, 1 to 1000 (default 100).")] first: Option<i32>,
         #[graphql(desc = "Only events of these aggregate types.")] aggregate_types: Option<
             Vec<String>,

@@ -1,8 +1,8 @@
 //! Projection progress for operators: where each projector stands and how far behind it is.
 
 use async_graphql::{Context, Object, SimpleObject};
-use chrono::{DateTime, Utc};
 use chronicle_projections::checkpoint;
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use super::{ApiError, Caller};

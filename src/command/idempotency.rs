@@ -43,7 +43,8 @@ impl IdempotencyKey {
         if key.is_empty() || key.chars().count() > MAX_KEY_LENGTH {
             return Err(CommandError::InvalidIdempotencyKey);
         }
-        let body = serde_json::to_vec(request).map_err(|e| CommandError::Internal(e.to_string()))?;
+        let body =
+            serde_json::to_vec(request).map_err(|e| CommandError::Internal(e.to_string()))?;
         Ok(Self {
             key,
             fingerprint: hex::encode(Sha256::digest(body)),
@@ -151,7 +152,10 @@ async fn store(
 }
 
 /// The outcome of a command whose events were appended but whose outcome was never stored.
-async fn recovered(pool: &PgPool, command_id: &str) -> Result<Option<CommandReceipt>, CommandError> {
+async fn recovered(
+    pool: &PgPool,
+    command_id: &str,
+) -> Result<Option<CommandReceipt>, CommandError> {
     let row: Option<(String, String, i64, i64, i64, i64)> = sqlx::query_as(
         "SELECT aggregate_type, aggregate_id, sequence, transaction_id::text::bigint, position,
                 count(*) OVER ()

@@ -8,9 +8,9 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use chronicle_aggregates::Upcasters;
 use chronicle_projections::{EventMetadata, LogCursor, RecordedEvent};
+use chrono::{DateTime, Utc};
 use cqrs_es::persist::SerializedEvent;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -93,10 +93,12 @@ impl LogReader {
         )
         .fetch_optional(&self.pool)
         .await?;
-        Ok(head.map_or(LogCursor::START, |(transaction_id, position)| LogCursor {
-            transaction_id,
-            position,
-        }))
+        Ok(
+            head.map_or(LogCursor::START, |(transaction_id, position)| LogCursor {
+                transaction_id,
+                position,
+            }),
+        )
     }
 
     fn recorded(&self, row: Row) -> RecordedEvent {

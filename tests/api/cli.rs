@@ -19,7 +19,10 @@ fn an_unreachable_database_ends_in_one_clear_line() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("cannot connect to PostgreSQL at 127.0.0.1:1"), "{stderr}");
+    assert!(
+        stderr.contains("cannot connect to PostgreSQL at 127.0.0.1:1"),
+        "{stderr}"
+    );
     assert!(stderr.contains("DATABASE_URL"), "{stderr}");
 }
 
@@ -30,10 +33,17 @@ async fn migrate_creates_a_missing_database_and_migrates_it() {
     let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
     let url = std::env::var("DATABASE_URL")
         .ok()
-        .and_then(|base| base.rsplit_once('/').map(|(server, _)| format!("{server}/{name}")))
+        .and_then(|base| {
+            base.rsplit_once('/')
+                .map(|(server, _)| format!("{server}/{name}"))
+        })
         .unwrap_or(url);
     let output = chronicle(&["migrate"], &url);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let migrated: bool = sqlx::query_scalar(&format!(
         "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = '{name}')"
     ))
@@ -51,5 +61,8 @@ async fn migrate_creates_a_missing_database_and_migrates_it() {
 fn schema_prints_the_served_sdl() {
     let output = chronicle(&["schema"], "postgres://unused@127.0.0.1:1/none");
     assert!(output.status.success());
-    assert_eq!(String::from_utf8_lossy(&output.stdout), chronicle::api::sdl());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        chronicle::api::sdl()
+    );
 }

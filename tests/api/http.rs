@@ -45,7 +45,12 @@ async fn bad_log_arguments_are_validation_errors() {
             .await;
         let error = &response["errors"][0];
         assert_eq!(error["extensions"]["code"], "VALIDATION", "{response}");
-        assert!(error["message"].as_str().is_some_and(|m| m.contains(fragment)), "{response}");
+        assert!(
+            error["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(fragment)),
+            "{response}"
+        );
     }
     app.stop().await;
 }
@@ -55,9 +60,12 @@ async fn the_log_pages_forward_without_gaps_or_repeats() {
     let db = TestDb::new().await;
     let app = TestApp::spawn(&db, "http").await;
     app.ledger("l", LedgerCommand::Open).await.expect("open");
-    app.ledger("l", LedgerCommand::Deposit(vec![1; 9])).await.expect("deposit");
+    app.ledger("l", LedgerCommand::Deposit(vec![1; 9]))
+        .await
+        .expect("deposit");
     app.log_edges("{ eventLog { edges { cursor } } }", 10).await;
-    let query = "query($after: String) { eventLog(after: $after, first: 3, aggregateTypes: [\"Ledger\"]) {
+    let query =
+        "query($after: String) { eventLog(after: $after, first: 3, aggregateTypes: [\"Ledger\"]) {
         edges { cursor node { sequence } } pageInfo { hasNextPage } } }";
     let (mut after, mut sequences) = (serde_json::Value::Null, Vec::new());
     loop {

@@ -53,7 +53,10 @@ async fn a_key_reused_for_another_request_is_refused() {
     app.ledger("l", LedgerCommand::Open).await.expect("open");
     deposit_once(&app, "key-1", "l", 10).await.expect("first");
     let reused = deposit_once(&app, "key-1", "l", 99).await;
-    assert!(matches!(reused, Err(CommandError::IdempotencyKeyReused(_))), "{reused:?}");
+    assert!(
+        matches!(reused, Err(CommandError::IdempotencyKeyReused(_))),
+        "{reused:?}"
+    );
     assert_eq!(event_count(&app).await, 2);
     app.stop().await;
 }
@@ -64,7 +67,13 @@ async fn a_rejection_is_the_first_outcome_and_is_returned_again() {
     let app = TestApp::spawn(&db, "idempotency").await;
     let first = deposit_once(&app, "key-1", "l", 10).await;
     assert!(
-        matches!(&first, Err(CommandError::Rejected { code: ErrorCode::InvalidTransition, .. })),
+        matches!(
+            &first,
+            Err(CommandError::Rejected {
+                code: ErrorCode::InvalidTransition,
+                ..
+            })
+        ),
         "{first:?}"
     );
     app.ledger("l", LedgerCommand::Open).await.expect("open");

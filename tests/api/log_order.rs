@@ -25,7 +25,12 @@ async fn a_tailing_reader_sees_every_event_of_sixteen_writers_exactly_once_and_i
     let shutdown = CancellationToken::new();
     let waker = LogWaker::start(&db.pool, Duration::from_millis(100), shutdown.clone());
     let reader = LogReader::new(db.pool.clone(), Arc::new(Upcasters::default()));
-    let mut events = Box::pin(tail(reader, &waker, Default::default(), LogFilter::default()));
+    let mut events = Box::pin(tail(
+        reader,
+        &waker,
+        Default::default(),
+        LogFilter::default(),
+    ));
     let tailing = tokio::spawn(async move {
         let mut seen = Vec::with_capacity(expected);
         while seen.len() < expected {
@@ -61,14 +66,26 @@ async fn a_tailing_reader_sees_every_event_of_sixteen_writers_exactly_once_and_i
 
     let positions: HashSet<i64> = seen.iter().map(|e| e.cursor.position).collect();
     assert_eq!(positions.len(), expected, "an event was delivered twice");
-    assert!(seen.windows(2).all(|w| w[0].cursor < w[1].cursor), "log order broken");
+    assert!(
+        seen.windows(2).all(|w| w[0].cursor < w[1].cursor),
+        "log order broken"
+    );
     let mut last_sequence: HashMap<&str, i64> = HashMap::new();
     for event in &seen {
         let last = last_sequence.entry(&event.aggregate_id).or_insert(0);
-        assert_eq!(event.sequence, *last + 1, "{} out of order", event.aggregate_id);
+        assert_eq!(
+            event.sequence,
+            *last + 1,
+            "{} out of order",
+            event.aggregate_id
+        );
         *last = event.sequence;
     }
-    Arc::try_unwrap(app).ok().expect("app still shared").stop().await;
+    Arc::try_unwrap(app)
+        .ok()
+        .expect("app still shared")
+        .stop()
+        .await;
 }
 
 async fn write(app: &TestApp, writer: usize) {

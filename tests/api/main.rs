@@ -1,6 +1,9 @@
 //! Integration tests against a real PostgreSQL: each test gets its own database.
 #![expect(clippy::expect_used, reason = "in tests, a failed step fails the test")]
-#![expect(unreachable_pub, reason = "test support items are shared across this binary's modules")]
+#![expect(
+    unreachable_pub,
+    reason = "test support items are shared across this binary's modules"
+)]
 
 mod cli;
 mod http;

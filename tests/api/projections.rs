@@ -16,6 +16,7 @@ async fn holders(pool: &PgPool) -> Vec<String> {
     sqlx::query_scalar(
         "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
           WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
             AND ((l.classid::bigint << 32) | l.objid::bigint)
                 = hashtextextended('chronicle.projection.aggregate_index', 0)",
     )
@@ -52,8 +53,12 @@ async fn seed(app: &TestApp) {
     for id in ["a", "b", "c"] {
         app.ledger(id, LedgerCommand::Open).await.expect("open");
     }
-    app.ledger("a", LedgerCommand::Deposit(vec![1; 20])).await.expect("deposit");
-    app.ledger("b", LedgerCommand::Withdraw(0)).await.expect("withdraw");
+    app.ledger("a", LedgerCommand::Deposit(vec![1; 20]))
+        .await
+        .expect("deposit");
+    app.ledger("b", LedgerCommand::Withdraw(0))
+        .await
+        .expect("withdraw");
     app.projected("a", 21).await;
     app.projected("b", 2).await;
     app.projected("c", 1).await;
@@ -75,11 +80,16 @@ async fn each_projector_runs_on_exactly_one_instance_and_a_standby_takes_over() 
     assert_eq!(holders(&db.pool).await, ["instance-a"]);
 
     first.stop().await;
-    eventually(Duration::from_secs(10), "instance-b to take over", || async {
-        (holders(&db.pool).await == ["instance-b"]).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "instance-b to take over",
+        || async { (holders(&db.pool).await == ["instance-b"]).then_some(()) },
+    )
     .await;
-    second.ledger("x", LedgerCommand::Deposit(vec![5])).await.expect("deposit");
+    second
+        .ledger("x", LedgerCommand::Deposit(vec![5]))
+        .await
+        .expect("deposit");
     second.projected("x", 2).await;
     second.stop().await;
 }
@@ -95,10 +105,15 @@ async fn a_rebuild_while_serving_hands_over_and_reproduces_the_read_model() {
         .await
         .expect("corrupt");
 
-    assert_eq!(runner(&db).rebuild().await.expect("rebuild"), Rebuild::HandedOver);
-    eventually(Duration::from_secs(10), "the rebuilt read model", || async {
-        (index_rows(&db.pool).await == before).then_some(())
-    })
+    assert_eq!(
+        runner(&db).rebuild().await.expect("rebuild"),
+        Rebuild::HandedOver
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the rebuilt read model",
+        || async { (index_rows(&db.pool).await == before).then_some(()) },
+    )
     .await;
     app.stop().await;
 }
@@ -134,7 +149,10 @@ async fn projection_status_reports_progress_and_lag_over_graphql() {
     let app = TestApp::spawn(&db, "status").await;
     seed(&app).await;
     let response = app
-        .graphql("{ projections { name eventsApplied lag cursor } }", serde_json::json!({}))
+        .graphql(
+            "{ projections { name eventsApplied lag cursor } }",
+            serde_json::json!({}),
+        )
         .await;
     let status = &response["data"]["projections"][0];
     assert_eq!(status["name"], "aggregate_index", "{response}");

@@ -37,7 +37,9 @@ async fn a_stored_v1_event_is_read_as_v2_by_the_store_and_the_log() {
     .expect("v1 events");
 
     // Loading succeeds only if the v1 payload (without `memo`) was upcast.
-    app.ledger("old", LedgerCommand::Withdraw(5)).await.expect("withdraw");
+    app.ledger("old", LedgerCommand::Withdraw(5))
+        .await
+        .expect("withdraw");
     let overdraw = app.ledger("old", LedgerCommand::Withdraw(1)).await;
     assert_eq!(insufficient(&overdraw), "balance 0 does not cover 1");
 
@@ -45,7 +47,10 @@ async fn a_stored_v1_event_is_read_as_v2_by_the_store_and_the_log() {
     let deposited = &edges[1]["node"];
     assert_eq!(deposited["eventType"], "Deposited", "{edges:?}");
     assert_eq!(deposited["eventVersion"], "2.0.0");
-    assert_eq!(deposited["payload"], json!({ "Deposited": { "amount": 5, "memo": "" } }));
+    assert_eq!(
+        deposited["payload"],
+        json!({ "Deposited": { "amount": 5, "memo": "" } })
+    );
     app.stop().await;
 }
 
@@ -55,7 +60,9 @@ async fn snapshots_restore_the_same_state_as_a_full_replay() {
     let app = TestApp::spawn_with(&db, "snapshots", vec![("Ledger".into(), 2)]).await;
     app.ledger("l", LedgerCommand::Open).await.expect("open");
     for _ in 0..5 {
-        app.ledger("l", LedgerCommand::Deposit(vec![1])).await.expect("deposit");
+        app.ledger("l", LedgerCommand::Deposit(vec![1]))
+            .await
+            .expect("deposit");
     }
     let snapshot: i64 = sqlx::query_scalar(
         "SELECT last_sequence FROM snapshots WHERE aggregate_type = 'Ledger' AND aggregate_id = 'l'",
@@ -64,7 +71,9 @@ async fn snapshots_restore_the_same_state_as_a_full_replay() {
     .await
     .expect("a snapshot was written");
     assert!(snapshot >= 4, "snapshot at {snapshot}");
-    app.ledger("l", LedgerCommand::Withdraw(5)).await.expect("withdraw");
+    app.ledger("l", LedgerCommand::Withdraw(5))
+        .await
+        .expect("withdraw");
     let overdraw = app.ledger("l", LedgerCommand::Withdraw(1)).await;
     assert_eq!(insufficient(&overdraw), "balance 0 does not cover 1");
     app.stop().await;
@@ -75,18 +84,28 @@ async fn every_event_carries_actor_correlation_and_command_ids() {
     let db = TestDb::new().await;
     let app = TestApp::spawn(&db, "metadata").await;
     app.ledger("l", LedgerCommand::Open).await.expect("open");
-    app.ledger("l", LedgerCommand::Deposit(vec![1, 2])).await.expect("deposit");
+    app.ledger("l", LedgerCommand::Deposit(vec![1, 2]))
+        .await
+        .expect("deposit");
     let edges = app.log_edges(LOG, 3).await;
     for edge in &edges {
         let metadata = &edge["node"]["metadata"];
         assert_eq!(metadata["actor"], "tester");
         assert_eq!(metadata["correlationId"], "test-correlation");
         assert_eq!(metadata["causationId"], json!(null));
-        assert!(metadata["commandId"].as_str().is_some_and(|id| id.len() == 36));
+        assert!(metadata["commandId"]
+            .as_str()
+            .is_some_and(|id| id.len() == 36));
     }
     // One command, one command id; two commands, two.
-    assert_ne!(edges[0]["node"]["metadata"]["commandId"], edges[1]["node"]["metadata"]["commandId"]);
-    assert_eq!(edges[1]["node"]["metadata"]["commandId"], edges[2]["node"]["metadata"]["commandId"]);
+    assert_ne!(
+        edges[0]["node"]["metadata"]["commandId"],
+        edges[1]["node"]["metadata"]["commandId"]
+    );
+    assert_eq!(
+        edges[1]["node"]["metadata"]["commandId"],
+        edges[2]["node"]["metadata"]["commandId"]
+    );
     app.stop().await;
 }
 
@@ -95,10 +114,13 @@ async fn concurrent_commands_on_one_aggregate_either_apply_or_conflict() {
     let db = TestDb::new().await;
     let app = TestApp::spawn(&db, "concurrency").await;
     app.ledger("l", LedgerCommand::Open).await.expect("open");
-    let outcomes = join_all((0..16).map(|_| app.ledger("l", LedgerCommand::Deposit(vec![1])))).await;
+    let outcomes =
+        join_all((0..16).map(|_| app.ledger("l", LedgerCommand::Deposit(vec![1])))).await;
     let applied = outcomes.iter().filter(|o| o.is_ok()).count();
     assert!(
-        outcomes.iter().all(|o| matches!(o, Ok(_) | Err(CommandError::Conflict))),
+        outcomes
+            .iter()
+            .all(|o| matches!(o, Ok(_) | Err(CommandError::Conflict))),
         "{outcomes:?}"
     );
     let versions: Vec<i64> = sqlx::query_scalar(

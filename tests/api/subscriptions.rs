@@ -16,14 +16,20 @@ const WAIT: Duration = Duration::from_secs(10);
 async fn receive(subscription: &mut Subscription, count: usize) -> Vec<Value> {
     let mut received = Vec::new();
     for _ in 0..count {
-        let data = subscription.next_data(WAIT).await.expect("an event in time");
+        let data = subscription
+            .next_data(WAIT)
+            .await
+            .expect("an event in time");
         received.push(data["events"].clone());
     }
     received
 }
 
 fn sequences(events: &[Value]) -> Vec<i64> {
-    events.iter().map(|e| e["sequence"].as_i64().unwrap_or(-1)).collect()
+    events
+        .iter()
+        .map(|e| e["sequence"].as_i64().unwrap_or(-1))
+        .collect()
 }
 
 #[tokio::test]
@@ -34,20 +40,26 @@ async fn a_resumed_subscription_receives_everything_written_meanwhile_exactly_on
     let start = opened.cursor.expect("cursor").to_string();
 
     let mut first = Subscription::start(&app.ws_url(), EVENTS, json!({ "after": start })).await;
-    app.ledger("l", LedgerCommand::Deposit(vec![1; 5])).await.expect("deposit");
+    app.ledger("l", LedgerCommand::Deposit(vec![1; 5]))
+        .await
+        .expect("deposit");
     let before = receive(&mut first, 5).await;
     assert_eq!(sequences(&before), vec![2, 3, 4, 5, 6]);
     assert_eq!(before[0]["metadata"]["actor"], "tester");
     first.close().await;
 
-    app.ledger("l", LedgerCommand::Deposit(vec![1; 7])).await.expect("deposit");
+    app.ledger("l", LedgerCommand::Deposit(vec![1; 7]))
+        .await
+        .expect("deposit");
     let last_cursor = before[4]["cursor"].clone();
     let mut resumed =
         Subscription::start(&app.ws_url(), EVENTS, json!({ "after": last_cursor })).await;
     let meanwhile = receive(&mut resumed, 7).await;
     assert_eq!(sequences(&meanwhile), (7..=13).collect::<Vec<_>>());
 
-    app.ledger("l", LedgerCommand::Withdraw(1)).await.expect("withdraw");
+    app.ledger("l", LedgerCommand::Withdraw(1))
+        .await
+        .expect("withdraw");
     let live = receive(&mut resumed, 1).await;
     assert_eq!(sequences(&live), vec![14], "nothing was delivered twice");
     resumed.close().await;
@@ -59,7 +71,10 @@ async fn a_subscriber_on_one_instance_receives_events_written_through_another() 
     let db = TestDb::new().await;
     let writer = TestApp::spawn(&db, "instance-a").await;
     let listener = TestApp::spawn(&db, "instance-b").await;
-    let marker = writer.ledger("marker", LedgerCommand::Open).await.expect("open");
+    let marker = writer
+        .ledger("marker", LedgerCommand::Open)
+        .await
+        .expect("open");
     let after = marker.cursor.expect("cursor").to_string();
     let mut subscription = Subscription::start(
         &listener.ws_url(),
@@ -67,7 +82,10 @@ async fn a_subscriber_on_one_instance_receives_events_written_through_another() 
         json!({ "after": after, "id": "shared" }),
     )
     .await;
-    writer.ledger("shared", LedgerCommand::Open).await.expect("open");
+    writer
+        .ledger("shared", LedgerCommand::Open)
+        .await
+        .expect("open");
     writer
         .ledger("shared", LedgerCommand::Deposit(vec![2, 3]))
         .await
@@ -86,7 +104,10 @@ async fn a_subscription_with_a_forged_cursor_fails_with_a_validation_code() {
     let mut subscription =
         Subscription::start(&app.ws_url(), EVENTS, json!({ "after": "c1.x.y" })).await;
     let message = subscription.next_message(WAIT).await.expect("a reply");
-    assert_eq!(message["payload"]["errors"][0]["extensions"]["code"], "VALIDATION", "{message}");
+    assert_eq!(
+        message["payload"]["errors"][0]["extensions"]["code"], "VALIDATION",
+        "{message}"
+    );
     subscription.close().await;
     app.stop().await;
 }

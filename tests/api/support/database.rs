@@ -38,7 +38,10 @@ impl TestDb {
             .expect("lock");
         let template = ensure_template(&mut conn, &admin).await;
         sweep_stale(&mut conn).await;
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
         let name = format!("chronicle_test_{now}_{}", uuid::Uuid::new_v4().simple());
         sqlx::query(&format!(
             "CREATE DATABASE {name} TEMPLATE {template} STRATEGY FILE_COPY"
@@ -83,7 +86,10 @@ async fn ensure_template(conn: &mut PgConnection, admin: &PgConnectOptions) -> S
         format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"),
         format!("CREATE DATABASE {building}"),
     ] {
-        sqlx::query(&statement).execute(&mut *conn).await.expect("template");
+        sqlx::query(&statement)
+            .execute(&mut *conn)
+            .await
+            .expect("template");
     }
     let pool = PgPoolOptions::new()
         .max_connections(1)
@@ -105,7 +111,10 @@ async fn sweep_stale(conn: &mut PgConnection) {
             .fetch_all(&mut *conn)
             .await
             .expect("list test databases");
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
     for name in names {
         let created: Option<u64> = name.split('_').nth(2).and_then(|t| t.parse().ok());
         if created.is_some_and(|t| now.saturating_sub(t) > STALE_AFTER.as_secs()) {

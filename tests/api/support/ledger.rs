@@ -26,8 +26,13 @@ pub enum LedgerCommand {
 pub enum LedgerEvent {
     Opened,
     /// Version 2 added `memo`; version 1 events are upcast with an empty memo.
-    Deposited { amount: i64, memo: String },
-    Withdrawn { amount: i64 },
+    Deposited {
+        amount: i64,
+        memo: String,
+    },
+    Withdrawn {
+        amount: i64,
+    },
 }
 
 impl DomainEvent for LedgerEvent {
@@ -90,7 +95,8 @@ impl Aggregate for Ledger {
             LedgerCommand::Deposit(amounts) => {
                 for amount in amounts {
                     let memo = String::new();
-                    sink.write(LedgerEvent::Deposited { amount, memo }, self).await;
+                    sink.write(LedgerEvent::Deposited { amount, memo }, self)
+                        .await;
                 }
             }
             LedgerCommand::Withdraw(amount) if amount > self.balance => {
