@@ -4,6 +4,7 @@
 mod caller;
 mod error;
 mod event_log;
+mod pagination;
 mod projections;
 mod schema;
 

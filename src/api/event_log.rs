@@ -1,17 +1,15 @@
 //! The global event log over GraphQL: `eventLog` pages and the `events` subscription.
 
-use async_graphql::connection::{Connection, CursorType, Edge};
+use async_graphql::connection::{Connection, CursorType};
 use async_graphql::{Context, Json, Object, SimpleObject, Subscription};
 use chronicle_projections::{CursorError, LogCursor, RecordedEvent};
 use chrono::{DateTime, Utc};
 use futures::Stream;
 use serde_json::Value;
 
+use super::pagination::{connection, page_size};
 use super::{ApiError, Caller};
 use crate::log::{tail, LogFilter, LogReader, LogWaker};
-
-const DEFAULT_PAGE: i32 = 100;
-const MAX_PAGE: i32 = 1000;
 
 /// One committed event, as it stands in the global log.
 #[derive(SimpleObject)]
@@ -120,30 +118,20 @@ impl EventLogQuery {
         >,
     ) -> Result<Connection<EdgeCursor, LogEvent>, ApiError> {
         Caller::from_ctx(ctx)?;
-        let first = first.unwrap_or(DEFAULT_PAGE);
-        if !(1..=MAX_PAGE).contains(&first) {
-            return Err(ApiError::Validation(format!(
-                "`first` must be between 1 and {MAX_PAGE}"
-            )));
-        }
+        let size = page_size(first)?;
         let after = parse_after(after.as_deref())?;
-        let limit = u32::try_from(first).unwrap_or(1);
-        let mut page = ctx
+        let limit = u32::try_from(size + 1).unwrap_or(u32::MAX);
+        let page = ctx
             .data_unchecked::<LogReader>()
             .read(
                 after.unwrap_or(LogCursor::START),
                 &filter(aggregate_types, None),
-                limit + 1,
+                limit,
             )
             .await?;
-        let has_next = page.len() > first as usize;
-        page.truncate(first as usize);
-        let mut connection = Connection::new(after.is_some(), has_next);
-        connection.edges.extend(
-            page.into_iter()
-                .map(|event| Edge::new(EdgeCursor(event.cursor), LogEvent::from(event))),
-        );
-        Ok(connection)
+        Ok(connection(page, size, after.is_some(), |event| {
+            (EdgeCursor(event.cursor), LogEvent::from(event))
+        }))
     }
 }
 
