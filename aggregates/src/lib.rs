@@ -5,8 +5,13 @@
 //! with its commands, versioned events, explicit transition table, error enum and tests.
 #![warn(missing_docs)]
 
+mod delivery;
+mod endpoint;
 mod error_code;
+pub mod request;
 mod upcasting;
 
+pub use delivery::Delivery;
+pub use endpoint::Endpoint;
 pub use error_code::{DomainError, ErrorCode};
 pub use upcasting::{Upcast, Upcasters};

@@ -1,0 +1,83 @@
+//! What can be asked of a request. Times, ids and provider results arrive in the command.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::RequestSpec;
+
+/// A request's commands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RequestCommand {
+    /// Accept a validated request into the batch `batch_id`.
+    Submit {
+        /// The new request's id (uuid v7).
+        request_id: Uuid,
+        /// The owning client.
+        owner: String,
+        /// The building batch it joins.
+        batch_id: Uuid,
+        /// The validated request.
+        spec: RequestSpec,
+        /// Now.
+        at: DateTime<Utc>,
+    },
+    /// Its batch was sent to the provider.
+    MarkSentToProvider {
+        /// Now.
+        at: DateTime<Utc>,
+    },
+    /// Record the provider's response.
+    RecordResult {
+        /// The response body.
+        response: Value,
+        /// Now.
+        at: DateTime<Utc>,
+    },
+    /// Record the provider's error, or the failure of its batch.
+    Fail {
+        /// The error.
+        error: Value,
+        /// Now.
+        at: DateTime<Utc>,
+    },
+    /// The provider expired the batch before processing this request.
+    Expire {
+        /// Now.
+        at: DateTime<Utc>,
+    },
+    /// The owner cancels the request (its batch must still be building).
+    Cancel {
+        /// Now.
+        at: DateTime<Utc>,
+    },
+    /// Start (or restart, after a failed delivery) delivering the result.
+    StartDelivery {
+        /// Now.
+        at: DateTime<Utc>,
+    },
+    /// The receiver accepted the result.
+    MarkDelivered {
+        /// Now.
+        at: DateTime<Utc>,
+    },
+    /// Delivery attempts are exhausted.
+    MarkDeliveryFailed {
+        /// Why the last attempt failed.
+        reason: String,
+        /// Now.
+        at: DateTime<Utc>,
+    },
+    /// Poll delivery: the owner acknowledges the result.
+    Acknowledge {
+        /// Now.
+        at: DateTime<Utc>,
+    },
+    /// Poll delivery: the owner reports it could not use the result.
+    ReportConsumeFailure {
+        /// What went wrong.
+        reason: String,
+        /// Now.
+        at: DateTime<Utc>,
+    },
+}

@@ -1,0 +1,99 @@
+//! A validated request: what a client submits, checked once, before anything is written.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::{Delivery, Endpoint};
+
+/// Longest accepted custom id, in characters.
+pub const MAX_CUSTOM_ID_CHARS: usize = 64;
+/// Largest accepted body, in bytes of compact JSON.
+pub const MAX_BODY_BYTES: usize = 1_000_000;
+
+/// A request that passed every submission rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestSpec {
+    /// The client's own id for matching results; unique within its batch.
+    pub custom_id: String,
+    /// The provider endpoint.
+    pub endpoint: Endpoint,
+    /// The model, e.g. `gpt-4o-mini`.
+    pub model: String,
+    /// The request body sent to the provider (a JSON object).
+    pub body: Value,
+    /// How the result is delivered.
+    pub delivery: Delivery,
+}
+
+impl RequestSpec {
+    /// Checks every submission rule and returns all broken ones.
+    ///
+    /// # Errors
+    /// One message per broken rule.
+    pub fn parse(
+        custom_id: String,
+        endpoint: &str,
+        model: String,
+        body: Value,
+        delivery: Result<Delivery, String>,
+    ) -> Result<Self, Vec<String>> {
+        let mut problems = Vec::new();
+        let custom_chars = custom_id.chars().count();
+        if custom_chars == 0 || custom_chars > MAX_CUSTOM_ID_CHARS {
+            problems.push(format!(
+                "custom id must be 1 to {MAX_CUSTOM_ID_CHARS} characters"
+            ));
+        }
+        let endpoint = Endpoint::parse(endpoint);
+        if endpoint.is_none() {
+            let supported: Vec<&str> = Endpoint::ALL.iter().map(|e| e.path()).collect();
+            problems.push(format!(
+                "endpoint must be one of {}",
+                supported.join(", ")
+            ));
+        }
+        if model.trim().is_empty() {
+            problems.push("model must not be empty".into());
+        }
+        match &body {
+            Value::Object(fields) => match fields.get("model") {
+                None => {}
+                Some(Value::String(body_model)) if *body_model == model => {}
+                Some(_) => problems.push(format!("body.model must equal the model `{model}`")),
+            },
+            _ => problems.push("body must be a JSON object".into()),
+        }
+        if body.to_string().len() > MAX_BODY_BYTES {
+            problems.push(format!("body must be at most {MAX_BODY_BYTES} bytes"));
+        }
+        if let Err(problem) = &delivery {
+            problems.push(problem.clone());
+        }
+        match (endpoint, delivery) {
+            (Some(endpoint), Ok(delivery)) if problems.is_empty() => Ok(Self {
+                custom_id,
+                endpoint,
+                model,
+                body,
+                delivery,
+            }),
+            _ => Err(problems),
+        }
+    }
+
+    /// The request's line in the batch input file (JSONL), as uploaded to the provider.
+    pub fn jsonl_line(&self) -> String {
+        json!({
+            "custom_id": self.custom_id,
+            "method": "POST",
+            "url": self.endpoint.path(),
+            "body": self.body,
+        })
+        .to_string()
+    }
+
+    /// Bytes the request adds to its batch's input file, newline included.
+    pub fn jsonl_bytes(&self) -> u64 {
+        u64::try_from(self.jsonl_line().len() + 1).unwrap_or(u64::MAX)
+    }
+}

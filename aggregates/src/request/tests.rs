@@ -1,0 +1,271 @@
+use chrono::{DateTime, TimeZone, Utc};
+use cqrs_es::test::TestFramework;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{Request, RequestCommand, RequestError, RequestEvent, RequestSpec, RequestStatus};
+use crate::Delivery;
+
+type Framework = TestFramework<Request>;
+
+fn at() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 23, 8, 0, 0).unwrap()
+}
+
+fn spec(delivery: Delivery) -> RequestSpec {
+    RequestSpec::parse(
+        "row-1".into(),
+        "/v1/chat/completions",
+        "gpt-4o-mini".into(),
+        json!({ "model": "gpt-4o-mini", "messages": [] }),
+        Ok(delivery),
+    )
+    .unwrap()
+}
+
+fn submitted(delivery: Delivery) -> RequestEvent {
+    RequestEvent::Submitted {
+        request_id: Uuid::from_u128(1),
+        owner: "client-1".into(),
+        batch_id: Uuid::from_u128(2),
+        spec: spec(delivery),
+        at: at(),
+    }
+}
+
+fn webhook() -> Delivery {
+    Delivery::webhook("https://receiver.test/hook").unwrap()
+}
+
+/// The command whose event leads to `to`, and that event.
+fn command_to(to: RequestStatus) -> (RequestCommand, RequestEvent) {
+    let at = at();
+    let (response, error, reason) = (json!({ "ok": true }), json!({ "code": "x" }), "r".to_owned());
+    match to {
+        RequestStatus::Pending => (
+            RequestCommand::Submit {
+                request_id: Uuid::from_u128(1),
+                owner: "client-1".into(),
+                batch_id: Uuid::from_u128(2),
+                spec: spec(webhook()),
+                at,
+            },
+            submitted(webhook()),
+        ),
+        RequestStatus::ProviderProcessing => (
+            RequestCommand::MarkSentToProvider { at },
+            RequestEvent::SentToProvider { at },
+        ),
+        RequestStatus::ProviderProcessed => (
+            RequestCommand::RecordResult { response: response.clone(), at },
+            RequestEvent::ResultRecorded { response, at },
+        ),
+        RequestStatus::Failed => (
+            RequestCommand::Fail { error: error.clone(), at },
+            RequestEvent::Failed { error, at },
+        ),
+        RequestStatus::Expired => (RequestCommand::Expire { at }, RequestEvent::Expired { at }),
+        RequestStatus::Cancelled => (RequestCommand::Cancel { at }, RequestEvent::Cancelled { at }),
+        RequestStatus::Delivering => (
+            RequestCommand::StartDelivery { at },
+            RequestEvent::DeliveryStarted { at },
+        ),
+        RequestStatus::Delivered => (
+            RequestCommand::MarkDelivered { at },
+            RequestEvent::Delivered { at },
+        ),
+        RequestStatus::DeliveryFailed => (
+            RequestCommand::MarkDeliveryFailed { reason: reason.clone(), at },
+            RequestEvent::DeliveryFailed { reason, at },
+        ),
+        RequestStatus::Consumed => (
+            RequestCommand::Acknowledge { at },
+            RequestEvent::Consumed { at },
+        ),
+        RequestStatus::ConsumeFailed => (
+            RequestCommand::ReportConsumeFailure { reason: reason.clone(), at },
+            RequestEvent::ConsumeFailed { reason, at },
+        ),
+    }
+}
+
+/// Events that bring a request with `delivery` to `status`.
+fn history(status: RequestStatus, delivery: &Delivery) -> Vec<RequestEvent> {
+    let path: &[RequestStatus] = match status {
+        RequestStatus::Pending => &[],
+        RequestStatus::ProviderProcessing => &[RequestStatus::ProviderProcessing],
+        RequestStatus::ProviderProcessed => &[
+            RequestStatus::ProviderProcessing,
+            RequestStatus::ProviderProcessed,
+        ],
+        RequestStatus::Delivering => &[
+            RequestStatus::ProviderProcessing,
+            RequestStatus::ProviderProcessed,
+            RequestStatus::Delivering,
+        ],
+        RequestStatus::Delivered => &[
+            RequestStatus::ProviderProcessing,
+            RequestStatus::ProviderProcessed,
+            RequestStatus::Delivering,
+            RequestStatus::Delivered,
+        ],
+        RequestStatus::DeliveryFailed => &[
+            RequestStatus::ProviderProcessing,
+            RequestStatus::ProviderProcessed,
+            RequestStatus::Delivering,
+            RequestStatus::DeliveryFailed,
+        ],
+        RequestStatus::Failed => &[RequestStatus::Failed],
+        RequestStatus::Expired => &[RequestStatus::Expired],
+        RequestStatus::Cancelled => &[RequestStatus::Cancelled],
+        RequestStatus::Consumed => &[
+            RequestStatus::ProviderProcessing,
+            RequestStatus::ProviderProcessed,
+            RequestStatus::Consumed,
+        ],
+        RequestStatus::ConsumeFailed => &[
+            RequestStatus::ProviderProcessing,
+            RequestStatus::ProviderProcessed,
+            RequestStatus::ConsumeFailed,
+        ],
+    };
+    std::iter::once(submitted(delivery.clone()))
+        .chain(path.iter().map(|&step| command_to(step).1))
+        .collect()
+}
+
+fn needs_push(status: RequestStatus) -> bool {
+    matches!(
+        status,
+        RequestStatus::Delivering | RequestStatus::Delivered | RequestStatus::DeliveryFailed
+    )
+}
+
+fn needs_poll(status: RequestStatus) -> bool {
+    matches!(
+        status,
+        RequestStatus::Consumed | RequestStatus::ConsumeFailed
+    )
+}
+
+#[test]
+fn every_transition_in_the_table_is_allowed_and_every_other_is_refused() {
+    for from in RequestStatus::ALL {
+        for to in RequestStatus::ALL {
+            // Pick the delivery mode under which the move could be legal at all.
+            let delivery = if needs_poll(from) || (needs_poll(to) && !needs_push(from)) {
+                Delivery::Poll
+            } else {
+                webhook()
+            };
+            let (command, event) = command_to(to);
+            let result = Framework::with(())
+                .given(history(from, &delivery))
+                .when(command)
+                .inspect_result();
+            if to == RequestStatus::Pending {
+                assert_eq!(result, Err(RequestError::AlreadySubmitted), "{from:?} -> {to:?}");
+            } else if from.can_transition_to(to) {
+                assert_eq!(result, Ok(vec![event]), "{from:?} -> {to:?}");
+            } else {
+                assert_eq!(
+                    result,
+                    Err(RequestError::InvalidTransition { from, to }),
+                    "{from:?} -> {to:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn submitting_a_new_request_records_it_as_pending() {
+    let (command, event) = command_to(RequestStatus::Pending);
+    Framework::with(())
+        .given_no_previous_events()
+        .when(command)
+        .then_expect_events(vec![event]);
+}
+
+#[test]
+fn commands_on_a_request_that_was_never_submitted_are_not_found() {
+    Framework::with(())
+        .given_no_previous_events()
+        .when(RequestCommand::Cancel { at: at() })
+        .then_expect_error(RequestError::NotFound);
+}
+
+#[test]
+fn a_polled_result_is_never_pushed() {
+    Framework::with(())
+        .given(history(RequestStatus::ProviderProcessed, &Delivery::Poll))
+        .when(RequestCommand::StartDelivery { at: at() })
+        .then_expect_error(RequestError::Polled);
+}
+
+#[test]
+fn a_pushed_result_cannot_be_acknowledged() {
+    Framework::with(())
+        .given(history(RequestStatus::ProviderProcessed, &webhook()))
+        .when(RequestCommand::Acknowledge { at: at() })
+        .then_expect_error(RequestError::NotPolled);
+}
+
+#[test]
+fn a_failed_delivery_may_be_started_again() {
+    Framework::with(())
+        .given(history(RequestStatus::DeliveryFailed, &webhook()))
+        .when(RequestCommand::StartDelivery { at: at() })
+        .then_expect_events(vec![RequestEvent::DeliveryStarted { at: at() }]);
+}
+
+fn parse(
+    custom_id: &str,
+    endpoint: &str,
+    model: &str,
+    body: serde_json::Value,
+) -> Result<RequestSpec, Vec<String>> {
+    RequestSpec::parse(custom_id.into(), endpoint, model.into(), body, Ok(Delivery::Poll))
+}
+
+#[test]
+fn each_submission_rule_is_reported() {
+    let body = json!({ "messages": [] });
+    let cases = [
+        (parse("", "/v1/embeddings", "m", body.clone()), "custom id"),
+        (parse(&"x".repeat(65), "/v1/embeddings", "m", body.clone()), "custom id"),
+        (parse("a", "/v1/images", "m", body.clone()), "endpoint must be one of"),
+        (parse("a", "/v1/embeddings", " ", body.clone()), "model must not be empty"),
+        (parse("a", "/v1/embeddings", "m", json!([1])), "body must be a JSON object"),
+        (parse("a", "/v1/embeddings", "m", json!({ "model": "other" })), "body.model"),
+        (
+            parse("a", "/v1/embeddings", "m", json!({ "input": "x".repeat(1_000_001) })),
+            "at most 1000000 bytes",
+        ),
+    ];
+    for (result, expected) in cases {
+        let problems = result.expect_err(expected);
+        assert!(problems.iter().any(|p| p.contains(expected)), "{problems:?}");
+    }
+    let bad_delivery = RequestSpec::parse(
+        "a".into(),
+        "/v1/embeddings",
+        "m".into(),
+        body.clone(),
+        Delivery::webhook("ftp://x"),
+    );
+    assert!(bad_delivery.is_err());
+    let all_wrong = parse("", "/nope", "", json!(1)).expect_err("four problems");
+    assert_eq!(all_wrong.len(), 4, "{all_wrong:?}");
+}
+
+#[test]
+fn a_valid_request_counts_its_jsonl_line() {
+    let spec = parse("a", "/v1/embeddings", "m", json!({ "model": "m", "input": "hi" })).unwrap();
+    let line = spec.jsonl_line();
+    let parsed: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(parsed["custom_id"], "a");
+    assert_eq!(parsed["method"], "POST");
+    assert_eq!(parsed["url"], "/v1/embeddings");
+    assert_eq!(spec.jsonl_bytes(), line.len() as u64 + 1);
+}
