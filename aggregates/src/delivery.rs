@@ -31,7 +31,9 @@ impl Delivery {
     pub fn webhook(url: &str) -> Result<Self, String> {
         let parsed = Url::parse(url).map_err(|e| format!("webhook url `{url}` is invalid: {e}"))?;
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-            return Err(format!("webhook url `{url}` must be an absolute http(s) url"));
+            return Err(format!(
+                "webhook url `{url}` must be an absolute http(s) url"
+            ));
         }
         Ok(Self::Webhook {
             url: parsed.to_string(),
@@ -48,7 +50,9 @@ impl Delivery {
             return Err(format!("queue name must be 1 to {MAX_QUEUE_BYTES} bytes"));
         }
         if queue.starts_with("amq.") {
-            return Err(format!("queue name `{queue}` uses the reserved `amq.` prefix"));
+            return Err(format!(
+                "queue name `{queue}` uses the reserved `amq.` prefix"
+            ));
         }
         if queue.chars().any(char::is_control) {
             return Err("queue name must not contain control characters".into());
@@ -72,7 +76,13 @@ mod tests {
     fn webhooks_need_absolute_http_urls() {
         assert!(Delivery::webhook("https://example.test/hook").is_ok());
         assert!(Delivery::webhook("http://127.0.0.1:9000/x").is_ok());
-        for bad in ["", "/relative", "ftp://example.test/x", "https://", "not a url"] {
+        for bad in [
+            "",
+            "/relative",
+            "ftp://example.test/x",
+            "https://",
+            "not a url",
+        ] {
             assert!(Delivery::webhook(bad).is_err(), "{bad} accepted");
         }
     }
@@ -80,7 +90,12 @@ mod tests {
     #[test]
     fn queue_names_follow_rabbitmq_rules() {
         assert!(Delivery::rabbitmq("results.client-1").is_ok());
-        for bad in [String::new(), "amq.direct".into(), "a\nb".into(), "q".repeat(256)] {
+        for bad in [
+            String::new(),
+            "amq.direct".into(),
+            "a\nb".into(),
+            "q".repeat(256),
+        ] {
             assert!(Delivery::rabbitmq(&bad).is_err(), "{bad} accepted");
         }
     }

@@ -42,7 +42,9 @@ impl Endpoint {
 
     /// The endpoint with this URL path, if supported.
     pub fn parse(path: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|endpoint| endpoint.path() == path)
+        Self::ALL
+            .into_iter()
+            .find(|endpoint| endpoint.path() == path)
     }
 }
 

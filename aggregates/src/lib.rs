@@ -5,6 +5,7 @@
 //! with its commands, versioned events, explicit transition table, error enum and tests.
 #![warn(missing_docs)]
 
+pub mod batch;
 mod delivery;
 mod endpoint;
 mod error_code;

@@ -47,10 +47,7 @@ impl RequestSpec {
         let endpoint = Endpoint::parse(endpoint);
         if endpoint.is_none() {
             let supported: Vec<&str> = Endpoint::ALL.iter().map(|e| e.path()).collect();
-            problems.push(format!(
-                "endpoint must be one of {}",
-                supported.join(", ")
-            ));
+            problems.push(format!("endpoint must be one of {}", supported.join(", ")));
         }
         if model.trim().is_empty() {
             problems.push("model must not be empty".into());
@@ -61,7 +58,13 @@ impl RequestSpec {
                 Some(Value::String(body_model)) if *body_model == model => {}
                 Some(_) => problems.push(format!("body.model must equal the model `{model}`")),
             },
-            _ => problems.push("body must be a JSON object".into()),
+            Value::Null
+            | Value::Bool(_)
+            | Value::Number(_)
+            | Value::String(_)
+            | Value::Array(_) => {
+                problems.push("body must be a JSON object".into());
+            }
         }
         if body.to_string().len() > MAX_BODY_BYTES {
             problems.push(format!("body must be at most {MAX_BODY_BYTES} bytes"));

@@ -40,7 +40,11 @@ fn webhook() -> Delivery {
 /// The command whose event leads to `to`, and that event.
 fn command_to(to: RequestStatus) -> (RequestCommand, RequestEvent) {
     let at = at();
-    let (response, error, reason) = (json!({ "ok": true }), json!({ "code": "x" }), "r".to_owned());
+    let (response, error, reason) = (
+        json!({ "ok": true }),
+        json!({ "code": "x" }),
+        "r".to_owned(),
+    );
     match to {
         RequestStatus::Pending => (
             RequestCommand::Submit {
@@ -57,15 +61,24 @@ fn command_to(to: RequestStatus) -> (RequestCommand, RequestEvent) {
             RequestEvent::SentToProvider { at },
         ),
         RequestStatus::ProviderProcessed => (
-            RequestCommand::RecordResult { response: response.clone(), at },
+            RequestCommand::RecordResult {
+                response: response.clone(),
+                at,
+            },
             RequestEvent::ResultRecorded { response, at },
         ),
         RequestStatus::Failed => (
-            RequestCommand::Fail { error: error.clone(), at },
+            RequestCommand::Fail {
+                error: error.clone(),
+                at,
+            },
             RequestEvent::Failed { error, at },
         ),
         RequestStatus::Expired => (RequestCommand::Expire { at }, RequestEvent::Expired { at }),
-        RequestStatus::Cancelled => (RequestCommand::Cancel { at }, RequestEvent::Cancelled { at }),
+        RequestStatus::Cancelled => (
+            RequestCommand::Cancel { at },
+            RequestEvent::Cancelled { at },
+        ),
         RequestStatus::Delivering => (
             RequestCommand::StartDelivery { at },
             RequestEvent::DeliveryStarted { at },
@@ -75,7 +88,10 @@ fn command_to(to: RequestStatus) -> (RequestCommand, RequestEvent) {
             RequestEvent::Delivered { at },
         ),
         RequestStatus::DeliveryFailed => (
-            RequestCommand::MarkDeliveryFailed { reason: reason.clone(), at },
+            RequestCommand::MarkDeliveryFailed {
+                reason: reason.clone(),
+                at,
+            },
             RequestEvent::DeliveryFailed { reason, at },
         ),
         RequestStatus::Consumed => (
@@ -83,7 +99,10 @@ fn command_to(to: RequestStatus) -> (RequestCommand, RequestEvent) {
             RequestEvent::Consumed { at },
         ),
         RequestStatus::ConsumeFailed => (
-            RequestCommand::ReportConsumeFailure { reason: reason.clone(), at },
+            RequestCommand::ReportConsumeFailure {
+                reason: reason.clone(),
+                at,
+            },
             RequestEvent::ConsumeFailed { reason, at },
         ),
     }
@@ -164,7 +183,11 @@ fn every_transition_in_the_table_is_allowed_and_every_other_is_refused() {
                 .when(command)
                 .inspect_result();
             if to == RequestStatus::Pending {
-                assert_eq!(result, Err(RequestError::AlreadySubmitted), "{from:?} -> {to:?}");
+                assert_eq!(
+                    result,
+                    Err(RequestError::AlreadySubmitted),
+                    "{from:?} -> {to:?}"
+                );
             } else if from.can_transition_to(to) {
                 assert_eq!(result, Ok(vec![event]), "{from:?} -> {to:?}");
             } else {
@@ -225,7 +248,13 @@ fn parse(
     model: &str,
     body: serde_json::Value,
 ) -> Result<RequestSpec, Vec<String>> {
-    RequestSpec::parse(custom_id.into(), endpoint, model.into(), body, Ok(Delivery::Poll))
+    RequestSpec::parse(
+        custom_id.into(),
+        endpoint,
+        model.into(),
+        body,
+        Ok(Delivery::Poll),
+    )
 }
 
 #[test]
@@ -233,19 +262,42 @@ fn each_submission_rule_is_reported() {
     let body = json!({ "messages": [] });
     let cases = [
         (parse("", "/v1/embeddings", "m", body.clone()), "custom id"),
-        (parse(&"x".repeat(65), "/v1/embeddings", "m", body.clone()), "custom id"),
-        (parse("a", "/v1/images", "m", body.clone()), "endpoint must be one of"),
-        (parse("a", "/v1/embeddings", " ", body.clone()), "model must not be empty"),
-        (parse("a", "/v1/embeddings", "m", json!([1])), "body must be a JSON object"),
-        (parse("a", "/v1/embeddings", "m", json!({ "model": "other" })), "body.model"),
         (
-            parse("a", "/v1/embeddings", "m", json!({ "input": "x".repeat(1_000_001) })),
+            parse(&"x".repeat(65), "/v1/embeddings", "m", body.clone()),
+            "custom id",
+        ),
+        (
+            parse("a", "/v1/images", "m", body.clone()),
+            "endpoint must be one of",
+        ),
+        (
+            parse("a", "/v1/embeddings", " ", body.clone()),
+            "model must not be empty",
+        ),
+        (
+            parse("a", "/v1/embeddings", "m", json!([1])),
+            "body must be a JSON object",
+        ),
+        (
+            parse("a", "/v1/embeddings", "m", json!({ "model": "other" })),
+            "body.model",
+        ),
+        (
+            parse(
+                "a",
+                "/v1/embeddings",
+                "m",
+                json!({ "input": "x".repeat(1_000_001) }),
+            ),
             "at most 1000000 bytes",
         ),
     ];
     for (result, expected) in cases {
         let problems = result.expect_err(expected);
-        assert!(problems.iter().any(|p| p.contains(expected)), "{problems:?}");
+        assert!(
+            problems.iter().any(|p| p.contains(expected)),
+            "{problems:?}"
+        );
     }
     let bad_delivery = RequestSpec::parse(
         "a".into(),
@@ -261,7 +313,13 @@ fn each_submission_rule_is_reported() {
 
 #[test]
 fn a_valid_request_counts_its_jsonl_line() {
-    let spec = parse("a", "/v1/embeddings", "m", json!({ "model": "m", "input": "hi" })).unwrap();
+    let spec = parse(
+        "a",
+        "/v1/embeddings",
+        "m",
+        json!({ "model": "m", "input": "hi" }),
+    )
+    .unwrap();
     let line = spec.jsonl_line();
     let parsed: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(parsed["custom_id"], "a");

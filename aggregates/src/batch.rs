@@ -1,0 +1,293 @@
+//! A batch: the requests of one (owner, endpoint, model) that travel to the provider together.
+//!
+//! A batch opens with its first requests and keeps `building` until it is full (50,000
+//! requests or 190 MB of input), its oldest request waited long enough, it is an hour old, or
+//! its owner flushes it. Closing names its successor, so every submitter finds the next open
+//! batch the same way. Then the provider driver takes it through upload, processing and
+//! download, and delivery ends it. [`BatchStatus::can_transition_to`] is the table.
+//!
+//! The batch stream records submissions (`RequestsAdded` carries each request's body), so
+//! accepting requests is one append. Its state stays small — counts and sizes, never the
+//! requests — so loading a 50,000-request batch from a snapshot costs the same as an empty
+//! one. Custom-id uniqueness is checked through the [`CustomIds`] lookup service, which reads
+//! an index kept in the same transaction as the append; concurrent adds to one batch
+//! serialize on its version, so a check and its append cannot interleave with another's.
+
+mod command;
+mod error;
+mod event;
+mod status;
+#[cfg(test)]
+mod tests;
+mod values;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::persist::EventUpcaster;
+use cqrs_es::Aggregate;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub use command::BatchCommand;
+pub use error::BatchError;
+pub use event::BatchEvent;
+pub use status::BatchStatus;
+pub use values::{BatchEntry, BatchKey, BatchLimits, CloseReason, DeliveryOutcome};
+
+use crate::Upcast;
+
+/// Read-only lookup of the custom ids already in a batch.
+#[async_trait]
+pub trait CustomIds: Send + Sync {
+    /// Which of `custom_ids` batch `batch_id` already holds.
+    ///
+    /// # Errors
+    /// The lookup failed.
+    async fn taken(&self, batch_id: Uuid, custom_ids: &[String]) -> Result<Vec<String>, String>;
+}
+
+/// What a batch's `handle` may consult.
+#[derive(Clone)]
+pub struct BatchServices {
+    /// The custom ids already in a batch.
+    pub custom_ids: Arc<dyn CustomIds>,
+}
+
+/// A batch's state, rebuilt from its events.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    id: Option<Uuid>,
+    key: Option<BatchKey>,
+    status: Option<BatchStatus>,
+    request_count: u64,
+    size_bytes: u64,
+    opened_at: Option<DateTime<Utc>>,
+    successor: Option<Uuid>,
+    updated_at: Option<DateTime<Utc>>,
+}
+
+impl Batch {
+    /// The status, `None` before it opened.
+    pub fn status(&self) -> Option<BatchStatus> {
+        self.status
+    }
+
+    /// Requests in the batch.
+    pub fn request_count(&self) -> u64 {
+        self.request_count
+    }
+
+    /// Bytes of the input file the batch will upload.
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    /// The next batch for the same key, once this one closed.
+    pub fn successor(&self) -> Option<Uuid> {
+        self.successor
+    }
+
+    /// When it opened.
+    pub fn opened_at(&self) -> Option<DateTime<Utc>> {
+        self.opened_at
+    }
+
+    async fn add(
+        &self,
+        batch_id: Uuid,
+        key: BatchKey,
+        entries: Vec<BatchEntry>,
+        limits: BatchLimits,
+        at: DateTime<Utc>,
+        services: &BatchServices,
+    ) -> Result<Vec<BatchEvent>, BatchError> {
+        if entries.is_empty() {
+            return Err(BatchError::NoEntries);
+        }
+        let mut events = Vec::with_capacity(2);
+        match (self.status, &self.key) {
+            (None, _) => events.push(BatchEvent::Opened { batch_id, key, at }),
+            (Some(_), Some(existing)) if *existing != key => return Err(BatchError::KeyMismatch),
+            (Some(BatchStatus::Building), _) => {}
+            (Some(status), _) => return Err(BatchError::NotBuilding { status }),
+        }
+        let mut seen = HashSet::with_capacity(entries.len());
+        let mut repeated: Vec<String> = entries
+            .iter()
+            .filter(|entry| !seen.insert(entry.spec.custom_id.as_str()))
+            .map(|entry| entry.spec.custom_id.clone())
+            .collect();
+        if self.request_count > 0 {
+            let custom_ids: Vec<String> =
+                entries.iter().map(|e| e.spec.custom_id.clone()).collect();
+            let id = self.id.unwrap_or(batch_id);
+            repeated.extend(
+                services
+                    .custom_ids
+                    .taken(id, &custom_ids)
+                    .await
+                    .map_err(BatchError::Lookup)?,
+            );
+        }
+        if !repeated.is_empty() {
+            repeated.sort();
+            repeated.dedup();
+            return Err(BatchError::DuplicateCustomIds { ids: repeated });
+        }
+        let count = entries.len() as u64;
+        let bytes: u64 = entries.iter().map(|e| e.spec.jsonl_bytes()).sum();
+        let room_requests = limits.max_requests.saturating_sub(self.request_count);
+        let room_bytes = limits.max_bytes.saturating_sub(self.size_bytes);
+        if count > room_requests || bytes > room_bytes {
+            return Err(BatchError::WouldOverflow {
+                requests: room_requests,
+                bytes: room_bytes,
+            });
+        }
+        events.push(BatchEvent::RequestsAdded {
+            entries,
+            size_bytes: bytes,
+            at,
+        });
+        Ok(events)
+    }
+
+    /// Checks a lifecycle event against the transition table.
+    fn transition(&self, event: BatchEvent) -> Result<Vec<BatchEvent>, BatchError> {
+        let from = self.status.ok_or(BatchError::NotFound)?;
+        let to = event.status();
+        if !from.can_transition_to(to) {
+            return Err(BatchError::InvalidTransition { from, to });
+        }
+        if matches!(event, BatchEvent::Closed { .. }) && self.request_count == 0 {
+            return Err(BatchError::Empty);
+        }
+        Ok(vec![event])
+    }
+}
+
+impl Aggregate for Batch {
+    const TYPE: &'static str = "Batch";
+    type Command = BatchCommand;
+    type Event = BatchEvent;
+    type Error = BatchError;
+    type Services = BatchServices;
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        services: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        let events = match command {
+            BatchCommand::Add {
+                batch_id,
+                key,
+                entries,
+                limits,
+                at,
+            } => {
+                self.add(batch_id, key, entries, limits, at, services)
+                    .await?
+            }
+            BatchCommand::Close {
+                reason,
+                successor,
+                at,
+            } => self.transition(BatchEvent::Closed {
+                reason,
+                successor,
+                at,
+            })?,
+            BatchCommand::MarkUploaded { input_file_id, at } => {
+                self.transition(BatchEvent::InputUploaded { input_file_id, at })?
+            }
+            BatchCommand::MarkSubmitted {
+                provider_batch_id,
+                at,
+            } => self.transition(BatchEvent::SubmittedToProvider {
+                provider_batch_id,
+                at,
+            })?,
+            BatchCommand::MarkProviderCompleted {
+                output_file_id,
+                error_file_id,
+                at,
+            } => self.transition(BatchEvent::ProviderCompleted {
+                output_file_id,
+                error_file_id,
+                at,
+            })?,
+            BatchCommand::StartDownload { at } => {
+                self.transition(BatchEvent::DownloadStarted { at })?
+            }
+            BatchCommand::MarkDownloaded {
+                succeeded,
+                failed,
+                at,
+            } => self.transition(BatchEvent::ResultsDownloaded {
+                succeeded,
+                failed,
+                at,
+            })?,
+            BatchCommand::StartDelivery { at } => {
+                self.transition(BatchEvent::DeliveryStarted { at })?
+            }
+            BatchCommand::FinishDelivery { outcome, at } => {
+                self.transition(BatchEvent::DeliveryFinished { outcome, at })?
+            }
+            BatchCommand::Complete { at } => self.transition(BatchEvent::Completed { at })?,
+            BatchCommand::Fail { error, at } => {
+                self.transition(BatchEvent::Failed { error, at })?
+            }
+            BatchCommand::Cancel { at } => self.transition(BatchEvent::Cancelled { at })?,
+            BatchCommand::Expire { at } => self.transition(BatchEvent::Expired { at })?,
+        };
+        for event in events {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        self.status = Some(event.status());
+        self.updated_at = Some(event.at());
+        match event {
+            BatchEvent::Opened { batch_id, key, at } => {
+                self.id = Some(batch_id);
+                self.key = Some(key);
+                self.opened_at = Some(at);
+            }
+            BatchEvent::RequestsAdded {
+                entries,
+                size_bytes,
+                ..
+            } => {
+                self.request_count += entries.len() as u64;
+                self.size_bytes += size_bytes;
+            }
+            BatchEvent::Closed { successor, .. } => self.successor = Some(successor),
+            BatchEvent::InputUploaded { .. }
+            | BatchEvent::SubmittedToProvider { .. }
+            | BatchEvent::ProviderCompleted { .. }
+            | BatchEvent::DownloadStarted { .. }
+            | BatchEvent::ResultsDownloaded { .. }
+            | BatchEvent::DeliveryStarted { .. }
+            | BatchEvent::DeliveryFinished { .. }
+            | BatchEvent::Completed { .. }
+            | BatchEvent::Failed { .. }
+            | BatchEvent::Cancelled { .. }
+            | BatchEvent::Expired { .. } => {}
+        }
+    }
+}
+
+impl Upcast for Batch {
+    fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
+        Vec::new()
+    }
+}

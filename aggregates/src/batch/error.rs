@@ -1,0 +1,68 @@
+//! Why a batch refused a command.
+
+use super::BatchStatus;
+use crate::{DomainError, ErrorCode};
+
+/// A batch's rejection of a command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    /// The batch does not exist.
+    #[error("batch not found")]
+    NotFound,
+    /// Requests were sent to a batch of another owner, endpoint or model.
+    #[error("the batch belongs to another owner, endpoint or model")]
+    KeyMismatch,
+    /// Only a building batch accepts requests.
+    #[error("the batch is {}, not building", status.as_str())]
+    NotBuilding {
+        /// Where the batch stands.
+        status: BatchStatus,
+    },
+    /// The transition table forbids this move.
+    #[error("a {} batch cannot become {}", from.as_str(), to.as_str())]
+    InvalidTransition {
+        /// Where the batch stands.
+        from: BatchStatus,
+        /// Where the command would take it.
+        to: BatchStatus,
+    },
+    /// An empty batch has nothing to send.
+    #[error("an empty batch cannot be closed")]
+    Empty,
+    /// Adding nothing is a mistake in the caller.
+    #[error("no requests to add")]
+    NoEntries,
+    /// Custom ids must be unique within a batch.
+    #[error("custom ids already in the batch: {}", ids.join(", "))]
+    DuplicateCustomIds {
+        /// The repeated custom ids.
+        ids: Vec<String>,
+    },
+    /// The requests do not fit; this much room is left.
+    #[error("the batch has room for {requests} more requests and {bytes} more bytes")]
+    WouldOverflow {
+        /// Requests that still fit.
+        requests: u64,
+        /// Bytes that still fit.
+        bytes: u64,
+    },
+    /// The custom id lookup failed.
+    #[error("custom id lookup failed: {0}")]
+    Lookup(String),
+}
+
+impl DomainError for BatchError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            Self::NotFound => ErrorCode::NotFound,
+            Self::NotBuilding { .. } | Self::InvalidTransition { .. } | Self::Empty => {
+                ErrorCode::InvalidTransition
+            }
+            Self::KeyMismatch
+            | Self::NoEntries
+            | Self::DuplicateCustomIds { .. }
+            | Self::WouldOverflow { .. } => ErrorCode::Validation,
+            Self::Lookup(_) => ErrorCode::Internal,
+        }
+    }
+}

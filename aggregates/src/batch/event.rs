@@ -1,0 +1,180 @@
+//! What happened to a batch. Event types and versions are a contract: never rename them.
+
+use chrono::{DateTime, Utc};
+use cqrs_es::DomainEvent;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{BatchEntry, BatchKey, BatchStatus, CloseReason, DeliveryOutcome};
+
+/// A batch's events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum BatchEvent {
+    /// The batch opened for one (owner, endpoint, model).
+    Opened {
+        /// The batch's id.
+        batch_id: Uuid,
+        /// Whose requests, for which endpoint and model.
+        key: BatchKey,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Requests joined the batch. This is where a submission is recorded: the batch stream
+    /// holds every request's body, so accepting requests is one atomic append.
+    RequestsAdded {
+        /// The requests, in submission order.
+        entries: Vec<BatchEntry>,
+        /// Bytes these requests add to the input file.
+        size_bytes: u64,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The batch stopped accepting requests; new ones go to `successor`.
+    Closed {
+        /// Why it closed.
+        reason: CloseReason,
+        /// The id of the batch that follows for the same key.
+        successor: Uuid,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The input file was uploaded to the provider.
+    InputUploaded {
+        /// The provider's file id.
+        input_file_id: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The provider accepted the batch.
+    SubmittedToProvider {
+        /// The provider's batch id.
+        provider_batch_id: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The provider finished the batch.
+    ProviderCompleted {
+        /// The provider's output file, if any request succeeded.
+        output_file_id: Option<String>,
+        /// The provider's error file, if any request failed.
+        error_file_id: Option<String>,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Downloading results started.
+    DownloadStarted {
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Every request's result or error was recorded.
+    ResultsDownloaded {
+        /// Requests with a response.
+        succeeded: u64,
+        /// Requests with an error.
+        failed: u64,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Delivering results started (again).
+    DeliveryStarted {
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Delivery ended; the outcome follows from the requests' outcomes.
+    DeliveryFinished {
+        /// All, some or none delivered.
+        outcome: DeliveryOutcome,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The batch is finished.
+    Completed {
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The upload or the provider failed.
+    Failed {
+        /// The error, as reported.
+        error: Value,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Its owner cancelled it.
+    Cancelled {
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The provider's completion window ran out.
+    Expired {
+        /// When.
+        at: DateTime<Utc>,
+    },
+}
+
+impl BatchEvent {
+    /// The status the batch is in after this event.
+    pub const fn status(&self) -> BatchStatus {
+        match self {
+            Self::Opened { .. } | Self::RequestsAdded { .. } => BatchStatus::Building,
+            Self::Closed { .. } => BatchStatus::Uploading,
+            Self::InputUploaded { .. } => BatchStatus::Uploaded,
+            Self::SubmittedToProvider { .. } => BatchStatus::ProviderProcessing,
+            Self::ProviderCompleted { .. } => BatchStatus::ProviderCompleted,
+            Self::DownloadStarted { .. } => BatchStatus::Downloading,
+            Self::ResultsDownloaded { .. } => BatchStatus::ReadyToDeliver,
+            Self::DeliveryStarted { .. } => BatchStatus::Delivering,
+            Self::DeliveryFinished { outcome, .. } => outcome.status(),
+            Self::Completed { .. } => BatchStatus::Done,
+            Self::Failed { .. } => BatchStatus::Failed,
+            Self::Cancelled { .. } => BatchStatus::Cancelled,
+            Self::Expired { .. } => BatchStatus::Expired,
+        }
+    }
+
+    /// When it happened.
+    pub const fn at(&self) -> DateTime<Utc> {
+        match self {
+            Self::Opened { at, .. }
+            | Self::RequestsAdded { at, .. }
+            | Self::Closed { at, .. }
+            | Self::InputUploaded { at, .. }
+            | Self::SubmittedToProvider { at, .. }
+            | Self::ProviderCompleted { at, .. }
+            | Self::DownloadStarted { at }
+            | Self::ResultsDownloaded { at, .. }
+            | Self::DeliveryStarted { at }
+            | Self::DeliveryFinished { at, .. }
+            | Self::Completed { at }
+            | Self::Failed { at, .. }
+            | Self::Cancelled { at }
+            | Self::Expired { at } => *at,
+        }
+    }
+}
+
+impl DomainEvent for BatchEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::Opened { .. } => "BatchOpened",
+            Self::RequestsAdded { .. } => "BatchRequestsAdded",
+            Self::Closed { .. } => "BatchClosed",
+            Self::InputUploaded { .. } => "BatchInputUploaded",
+            Self::SubmittedToProvider { .. } => "BatchSubmittedToProvider",
+            Self::ProviderCompleted { .. } => "BatchProviderCompleted",
+            Self::DownloadStarted { .. } => "BatchDownloadStarted",
+            Self::ResultsDownloaded { .. } => "BatchResultsDownloaded",
+            Self::DeliveryStarted { .. } => "BatchDeliveryStarted",
+            Self::DeliveryFinished { .. } => "BatchDeliveryFinished",
+            Self::Completed { .. } => "BatchCompleted",
+            Self::Failed { .. } => "BatchFailed",
+            Self::Cancelled { .. } => "BatchCancelled",
+            Self::Expired { .. } => "BatchExpired",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1.0.0".to_owned()
+    }
+}
