@@ -1,13 +1,17 @@
 //! The GraphQL API: schema roots, types, resolvers and the one error mapping. Knows nothing
 //! of axum; `crate::http` serves it.
 
+mod batches;
 mod caller;
 mod error;
 mod event_log;
+mod outcome;
 mod pagination;
 mod projections;
+mod requests;
 mod schema;
+mod transitions;
 
 pub use caller::Caller;
 pub use error::ApiError;
-pub use schema::{build_schema, sdl, ChronicleSchema};
+pub use schema::{build_schema, sdl, ApiServices, ChronicleSchema};

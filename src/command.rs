@@ -102,6 +102,43 @@ impl<E: DomainError> From<AggregateError<E>> for CommandError {
     }
 }
 
+/// Why [`Commands::attempt`] did not take effect: the aggregate's own typed rejection, for
+/// callers that react to it (e.g. a full batch), or any other failure.
+#[derive(Debug)]
+pub enum Refusal<E> {
+    /// The aggregate refused.
+    Rejected(E),
+    /// Anything else.
+    Failed(CommandError),
+}
+
+impl<E: DomainError> From<Refusal<E>> for CommandError {
+    fn from(refusal: Refusal<E>) -> Self {
+        match refusal {
+            Refusal::Rejected(rejection) => AggregateError::UserError(rejection).into(),
+            Refusal::Failed(error) => error,
+        }
+    }
+}
+
+impl<E: DomainError> From<AggregateError<E>> for Refusal<E> {
+    fn from(error: AggregateError<E>) -> Self {
+        match error {
+            AggregateError::UserError(rejection) => Self::Rejected(rejection),
+            other @ (AggregateError::AggregateConflict
+            | AggregateError::DatabaseConnectionError(_)
+            | AggregateError::DeserializationError(_)
+            | AggregateError::UnexpectedError(_)) => Self::Failed(other.into()),
+        }
+    }
+}
+
+impl<E> From<sqlx::Error> for Refusal<E> {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Failed(error.into())
+    }
+}
+
 /// Runs commands against the event store.
 #[derive(Clone)]
 pub struct Commands {
@@ -134,18 +171,55 @@ impl Commands {
         A::Error: DomainError,
     {
         match idempotency {
-            None => {
-                let command_id = Uuid::now_v7().to_string();
-                self.run::<A>(context, aggregate_id, command, services, command_id)
-                    .await
-            }
+            None => Ok(self
+                .attempt::<A>(context, aggregate_id, command, services)
+                .await?),
             Some(key) => {
-                idempotency::execute_once(self.pool(), &context.actor, &key, |command_id| {
-                    self.run::<A>(context, aggregate_id, command, services, command_id)
+                idempotency::execute_once(self.pool(), &context.actor, &key, |command_id| async {
+                    Ok(self
+                        .run::<A>(context, aggregate_id, command, services, command_id)
+                        .await?)
                 })
                 .await
             }
         }
+    }
+
+    /// Runs `command` once, without idempotency, keeping the aggregate's typed rejection.
+    ///
+    /// # Errors
+    /// The aggregate's rejection, or any other failure.
+    pub async fn attempt<A>(
+        &self,
+        context: &CommandContext,
+        aggregate_id: &str,
+        command: A::Command,
+        services: &A::Services,
+    ) -> Result<CommandReceipt, Refusal<A::Error>>
+    where
+        A: Upcast + Clone,
+        A::Error: DomainError,
+    {
+        let command_id = Uuid::now_v7().to_string();
+        self.run::<A>(context, aggregate_id, command, services, command_id)
+            .await
+    }
+
+    /// The current state of an aggregate (its default when it has no events).
+    ///
+    /// # Errors
+    /// The store failed.
+    pub async fn load<A>(&self, aggregate_id: &str) -> Result<A, CommandError>
+    where
+        A: Upcast,
+        A::Error: DomainError,
+    {
+        let loaded = self
+            .stores
+            .store::<A>()
+            .load_aggregate(aggregate_id)
+            .await?;
+        Ok(loaded.aggregate)
     }
 
     async fn run<A>(
@@ -155,7 +229,7 @@ impl Commands {
         command: A::Command,
         services: &A::Services,
         command_id: String,
-    ) -> Result<CommandReceipt, CommandError>
+    ) -> Result<CommandReceipt, Refusal<A::Error>>
     where
         A: Upcast + Clone,
         A::Error: DomainError,
@@ -170,7 +244,7 @@ impl Commands {
         decided
             .handle(command, services, &sink)
             .await
-            .map_err(AggregateError::UserError)?;
+            .map_err(Refusal::Rejected)?;
         let events = sink.collect().await;
         let metadata = EventMetadata {
             actor: context.actor.clone(),
@@ -182,7 +256,8 @@ impl Commands {
         let version = committed
             .last()
             .map_or(previous_version, |event| event.sequence);
-        let version = i64::try_from(version).map_err(|e| CommandError::Internal(e.to_string()))?;
+        let version = i64::try_from(version)
+            .map_err(|e| Refusal::Failed(CommandError::Internal(e.to_string())))?;
         let cursor = if committed.is_empty() {
             None
         } else {

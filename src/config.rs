@@ -63,15 +63,36 @@ pub struct Config {
     )]
     pub standby_retry_ms: u64,
 
-    /// Snapshot an aggregate type every N events, e.g. `Batch=500,Simulation=200`.
+    /// Snapshot an aggregate type every N events, e.g. `Batch=1,Simulation=200`. Batches
+    /// snapshot on every command by default: their events carry request bodies, while their
+    /// state is a few counters, so a snapshot is cheaper than any replay.
     #[arg(
         long,
         env = "CHRONICLE_SNAPSHOTS",
         value_delimiter = ',',
         value_parser = parse_snapshot,
+        default_value = "Batch=1",
         global = true
     )]
     pub snapshots: Vec<(String, usize)>,
+
+    /// Most requests in one batch (the provider's limit is 50,000).
+    #[arg(
+        long,
+        env = "CHRONICLE_BATCH_MAX_REQUESTS",
+        default_value_t = 50_000,
+        global = true
+    )]
+    pub batch_max_requests: u64,
+
+    /// Largest batch input file in bytes (the provider's limit is 200 MB).
+    #[arg(
+        long,
+        env = "CHRONICLE_BATCH_MAX_BYTES",
+        default_value_t = 190_000_000,
+        global = true
+    )]
+    pub batch_max_bytes: u64,
 }
 
 /// How log lines are written.

@@ -18,7 +18,8 @@ use crate::api::{Caller, ChronicleSchema};
 use crate::db;
 
 const CORRELATION_HEADER: &str = "x-correlation-id";
-const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// Room for a bulk submission of 50,000 small requests.
+const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
 /// What every handler shares.
 #[derive(Clone)]

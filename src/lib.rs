@@ -7,6 +7,7 @@ pub mod command;
 pub mod config;
 pub mod db;
 pub mod http;
+pub mod llm;
 pub mod log;
 pub mod projection;
 pub mod startup;

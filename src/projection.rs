@@ -7,11 +7,21 @@ mod runner;
 use std::sync::Arc;
 
 use chronicle_projections::aggregate_index::AggregateIndex;
+use chronicle_projections::batches::Batches;
+use chronicle_projections::request_streams::RequestStreams;
+use chronicle_projections::requests::Requests;
+use chronicle_projections::transitions::Transitions;
 use chronicle_projections::Projector;
 
 pub use runner::{ProjectionRunner, Rebuild, RunnerError, RunnerSettings};
 
 /// The projectors every instance runs.
 pub fn standard() -> Vec<Arc<dyn Projector>> {
-    vec![Arc::new(AggregateIndex)]
+    vec![
+        Arc::new(AggregateIndex),
+        Arc::new(RequestStreams),
+        Arc::new(Requests),
+        Arc::new(Batches),
+        Arc::new(Transitions),
+    ]
 }

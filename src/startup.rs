@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use chronicle_aggregates::batch::{Batch, BatchLimits, BatchServices};
+use chronicle_aggregates::request::Request;
 use chronicle_aggregates::Upcasters;
 use chronicle_projections::Projector;
 use sqlx::postgres::PgConnectOptions;
@@ -13,10 +15,11 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::build_schema;
+use crate::api::{build_schema, ApiServices};
 use crate::command::Commands;
 use crate::config::Config;
 use crate::http::{router, AppState};
+use crate::llm::{LlmActions, PgCustomIds, Submitter};
 use crate::log::{LogReader, LogWaker};
 use crate::projection::{self, ProjectionRunner, RunnerSettings};
 use crate::store::EventStores;
@@ -36,7 +39,9 @@ impl Wiring {
     /// Everything Chronicle has. Each aggregate registers its upcasters here.
     pub fn standard() -> Self {
         Self {
-            upcasters: Upcasters::default(),
+            upcasters: Upcasters::default()
+                .register::<Request>()
+                .register::<Batch>(),
             projectors: projection::standard(),
         }
     }
@@ -84,11 +89,30 @@ impl Application {
             );
             workers.spawn(runner.run(waker.clone(), shutdown.clone()));
         }
-        let schema = build_schema(pool.clone(), reader, waker);
+        let commands = Commands::new(stores);
+        let batch_services = BatchServices {
+            custom_ids: Arc::new(PgCustomIds::new(pool.clone())),
+        };
+        let limits = BatchLimits {
+            max_requests: config.batch_max_requests,
+            max_bytes: config.batch_max_bytes,
+        };
+        let schema = build_schema(ApiServices {
+            pool: pool.clone(),
+            reader,
+            waker,
+            submitter: Submitter::new(
+                commands.clone(),
+                pool.clone(),
+                batch_services.clone(),
+                limits,
+            ),
+            actions: LlmActions::new(commands.clone(), batch_services),
+        });
         Ok(Self {
             listener,
             state: AppState { schema, pool },
-            commands: Commands::new(stores),
+            commands,
             shutdown,
             workers,
         })

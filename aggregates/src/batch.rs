@@ -76,6 +76,11 @@ impl Batch {
         self.status
     }
 
+    /// Whose requests, for which endpoint and model; `None` before it opened.
+    pub fn key(&self) -> Option<&BatchKey> {
+        self.key.as_ref()
+    }
+
     /// Requests in the batch.
     pub fn request_count(&self) -> u64 {
         self.request_count

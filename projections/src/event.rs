@@ -3,10 +3,11 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::LogCursor;
+use crate::{LogCursor, ProjectionError};
 
 /// Who and what caused an event; written on every event by the command path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -69,6 +70,20 @@ pub struct RecordedEvent {
     pub metadata: EventMetadata,
     /// When the event was appended.
     pub recorded_at: DateTime<Utc>,
+}
+
+impl RecordedEvent {
+    /// The payload as the aggregate's event type.
+    ///
+    /// # Errors
+    /// `Malformed` when the payload does not have the shape of `E`.
+    pub fn decode<E: DeserializeOwned>(&self) -> Result<E, ProjectionError> {
+        serde_json::from_value(self.payload.clone()).map_err(|error| ProjectionError::Malformed {
+            position: self.cursor.position,
+            event_type: self.event_type.clone(),
+            reason: error.to_string(),
+        })
+    }
 }
 
 #[cfg(test)]

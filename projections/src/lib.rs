@@ -6,10 +6,14 @@
 #![warn(missing_docs)]
 
 pub mod aggregate_index;
+pub mod batches;
 pub mod checkpoint;
 mod cursor;
 mod event;
 mod projector;
+pub mod request_streams;
+pub mod requests;
+pub mod transitions;
 
 pub use cursor::{CursorError, LogCursor};
 pub use event::{EventMetadata, RecordedEvent};

@@ -3,6 +3,7 @@
 use async_graphql::Context;
 
 use super::ApiError;
+use crate::command::CommandContext;
 
 /// The caller of one GraphQL request or subscription.
 #[derive(Debug, Clone)]
@@ -20,5 +21,14 @@ impl Caller {
     /// `UNAUTHENTICATED` when the transport attached no caller.
     pub fn from_ctx<'a>(ctx: &Context<'a>) -> Result<&'a Self, ApiError> {
         ctx.data_opt::<Self>().ok_or(ApiError::Unauthenticated)
+    }
+
+    /// The metadata of a command this caller sends.
+    pub fn command_context(&self) -> CommandContext {
+        CommandContext {
+            actor: self.actor.clone(),
+            correlation_id: self.correlation_id.clone(),
+            causation_id: None,
+        }
     }
 }

@@ -8,6 +8,16 @@ use chronicle_aggregates::ErrorCode;
 use chronicle_projections::CursorError;
 
 use crate::command::{is_unavailable, CommandError};
+use crate::llm::SubmitError;
+
+/// One invalid item of a bulk input: its index and every rule it breaks.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ItemProblem {
+    /// The item's 0-based index in the input list.
+    pub index: usize,
+    /// What is wrong with it.
+    pub reasons: Vec<String>,
+}
 
 /// A resolver's failure.
 #[derive(Debug)]
@@ -20,6 +30,10 @@ pub enum ApiError {
     Database(sqlx::Error),
     /// The request carries no caller identity.
     Unauthenticated,
+    /// The object does not exist or is not the caller's.
+    NotFound(&'static str),
+    /// Items of a bulk input break rules; nothing was written.
+    InvalidItems(Vec<ItemProblem>),
 }
 
 impl ApiError {
@@ -36,6 +50,8 @@ impl ApiError {
             Self::Database(error) if is_unavailable(error) => ErrorCode::Unavailable,
             Self::Command(CommandError::Internal(_)) | Self::Database(_) => ErrorCode::Internal,
             Self::Unauthenticated => ErrorCode::Unauthenticated,
+            Self::NotFound(_) => ErrorCode::NotFound,
+            Self::InvalidItems(_) => ErrorCode::Validation,
         }
     }
 
@@ -55,6 +71,11 @@ impl ApiError {
                 Self::Validation(message) => message.clone(),
                 Self::Database(error) => error.to_string(),
                 Self::Unauthenticated => "no caller identity on this request".into(),
+                Self::NotFound(what) => format!("{what} not found"),
+                Self::InvalidItems(items) => format!(
+                    "{} of the submitted items are invalid; nothing was submitted (see extensions.items)",
+                    items.len()
+                ),
             },
         }
     }
@@ -63,6 +84,17 @@ impl ApiError {
 impl From<CommandError> for ApiError {
     fn from(error: CommandError) -> Self {
         Self::Command(error)
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(error: SubmitError) -> Self {
+        match error {
+            SubmitError::Command(error) => Self::Command(error),
+            rejected @ (SubmitError::DuplicateCustomIds(_) | SubmitError::TooLarge(_)) => {
+                Self::Validation(rejected.to_string())
+            }
+        }
     }
 }
 
@@ -85,7 +117,16 @@ impl From<ApiError> for async_graphql::Error {
             // Logged once, here, inside the request's span (which carries the correlation id).
             tracing::error!(error.code = %code, error.detail = ?error, "request failed");
         }
-        async_graphql::Error::new(error.client_message())
-            .extend_with(|_, extensions| extensions.set("code", code.as_str()))
+        let items = if let ApiError::InvalidItems(items) = &error {
+            async_graphql::Value::from_json(serde_json::to_value(items).unwrap_or_default()).ok()
+        } else {
+            None
+        };
+        async_graphql::Error::new(error.client_message()).extend_with(|_, extensions| {
+            extensions.set("code", code.as_str());
+            if let Some(items) = items {
+                extensions.set("items", items);
+            }
+        })
     }
 }

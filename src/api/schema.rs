@@ -1,35 +1,71 @@
 //! The schema's roots, merged from each area's query, mutation and subscription objects.
 
-use async_graphql::{EmptyMutation, MergedObject, MergedSubscription, Schema};
+use async_graphql::{MergedObject, MergedSubscription, Schema, SchemaBuilder};
 use sqlx::PgPool;
 
+use super::batches::{BatchMutation, BatchQuery};
 use super::event_log::{EventLogQuery, EventLogSubscription};
 use super::projections::ProjectionQuery;
+use super::requests::{RequestMutation, RequestQuery};
+use super::transitions::TransitionQuery;
+use crate::llm::{LlmActions, Submitter};
 use crate::log::{LogReader, LogWaker};
 
 /// All queries.
 #[derive(MergedObject, Default)]
-pub struct Query(EventLogQuery, ProjectionQuery);
+pub struct Query(
+    EventLogQuery,
+    ProjectionQuery,
+    RequestQuery,
+    BatchQuery,
+    TransitionQuery,
+);
+
+/// All mutations.
+#[derive(MergedObject, Default)]
+pub struct Mutation(RequestMutation, BatchMutation);
 
 /// All subscriptions.
 #[derive(MergedSubscription, Default)]
 pub struct Subscription(EventLogSubscription);
 
 /// The served schema.
-pub type ChronicleSchema = Schema<Query, EmptyMutation, Subscription>;
+pub type ChronicleSchema = Schema<Query, Mutation, Subscription>;
 
-/// Builds the schema with the shared services resolvers read from the context.
-pub fn build_schema(pool: PgPool, reader: LogReader, waker: LogWaker) -> ChronicleSchema {
-    Schema::build(Query::default(), EmptyMutation, Subscription::default())
-        .data(pool)
-        .data(reader)
-        .data(waker)
+/// The services resolvers read from the context.
+pub struct ApiServices {
+    /// The database.
+    pub pool: PgPool,
+    /// The global log.
+    pub reader: LogReader,
+    /// Wakes log tails.
+    pub waker: LogWaker,
+    /// Accepts requests into batches.
+    pub submitter: Submitter,
+    /// Owner actions on batches and requests.
+    pub actions: LlmActions,
+}
+
+fn builder() -> SchemaBuilder<Query, Mutation, Subscription> {
+    Schema::build(
+        Query::default(),
+        Mutation::default(),
+        Subscription::default(),
+    )
+}
+
+/// Builds the schema with the services resolvers read from the context.
+pub fn build_schema(services: ApiServices) -> ChronicleSchema {
+    builder()
+        .data(services.pool)
+        .data(services.reader)
+        .data(services.waker)
+        .data(services.submitter)
+        .data(services.actions)
         .finish()
 }
 
 /// The schema's SDL without services, for `chronicle schema` and the drift test.
 pub fn sdl() -> String {
-    Schema::build(Query::default(), EmptyMutation, Subscription::default())
-        .finish()
-        .sdl()
+    builder().finish().sdl()
 }

@@ -59,6 +59,18 @@ pub enum CloseReason {
     Flushed,
 }
 
+impl CloseReason {
+    /// The wire form, e.g. `max_wait`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::MaxWait => "max_wait",
+            Self::MaxAge => "max_age",
+            Self::Flushed => "flushed",
+        }
+    }
+}
+
 /// How delivering a batch's results ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -31,17 +31,29 @@ impl TestApp {
 
     /// Like [`TestApp::spawn`], with snapshot settings.
     pub async fn spawn_with(db: &TestDb, name: &str, snapshots: Vec<(String, usize)>) -> Self {
+        Self::spawn_configured(db, name, |config| config.snapshots = snapshots).await
+    }
+
+    /// Like [`TestApp::spawn`], with any configuration change.
+    pub async fn spawn_configured(
+        db: &TestDb,
+        name: &str,
+        change: impl FnOnce(&mut Config),
+    ) -> Self {
         chronicle::telemetry::init(LogFormat::Text);
         let options: PgConnectOptions = db.options.clone().application_name(name);
-        let config = Config {
+        let mut config = Config {
             database_url: String::new(),
             listen: "127.0.0.1:0".parse().expect("address"),
             db_max_connections: 20,
             log_format: LogFormat::Text,
             log_poll_ms: 200,
             standby_retry_ms: 100,
-            snapshots,
+            snapshots: vec![("Batch".into(), 1)],
+            batch_max_requests: 50_000,
+            batch_max_bytes: 190_000_000,
         };
+        change(&mut config);
         let pool = chronicle::db::connect(&options, config.db_max_connections)
             .await
             .expect("pool");

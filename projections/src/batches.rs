@@ -1,0 +1,212 @@
+//! `batches`: one row per batch with its state, counts and sizes, from the batch streams.
+
+use async_trait::async_trait;
+use chronicle_aggregates::batch::BatchEvent;
+use sqlx::PgConnection;
+
+use crate::{ProjectionError, Projector, RecordedEvent};
+
+/// The projector behind the `batches` table.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Batches;
+
+#[async_trait]
+impl Projector for Batches {
+    fn name(&self) -> &'static str {
+        "batches"
+    }
+
+    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
+        sqlx::query("DELETE FROM batches").execute(conn).await?;
+        Ok(())
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        for event in events.iter().filter(|e| e.aggregate_type == "Batch") {
+            let decoded: BatchEvent = event.decode()?;
+            let (id, version, at) = (&event.aggregate_id, event.sequence, decoded.at());
+            let status = decoded.status().as_str();
+            let statement = match &decoded {
+                BatchEvent::Opened { key, .. } => sqlx::query(
+                    "INSERT INTO batches (id, owner, endpoint, model, status, request_count,
+                                          size_bytes, version, created_at, updated_at)
+                     VALUES ($1::uuid, $5, $6, $7, $2, 0, 0, $3, $4, $4)",
+                )
+                .bind(id)
+                .bind(status)
+                .bind(version)
+                .bind(at)
+                .bind(&key.owner)
+                .bind(key.endpoint.path())
+                .bind(&key.model),
+                BatchEvent::RequestsAdded {
+                    entries,
+                    size_bytes,
+                    ..
+                } => sqlx::query(
+                    "UPDATE batches SET status = $2, version = $3, updated_at = $4,
+                            request_count = request_count + $5, size_bytes = size_bytes + $6
+                      WHERE id = $1::uuid",
+                )
+                .bind(id)
+                .bind(status)
+                .bind(version)
+                .bind(at)
+                .bind(i64::try_from(entries.len()).unwrap_or(i64::MAX))
+                .bind(i64::try_from(*size_bytes).unwrap_or(i64::MAX)),
+                BatchEvent::Closed {
+                    reason, successor, ..
+                } => sqlx::query(
+                    "UPDATE batches SET status = $2, version = $3, updated_at = $4,
+                            close_reason = $5, successor = $6
+                      WHERE id = $1::uuid",
+                )
+                .bind(id)
+                .bind(status)
+                .bind(version)
+                .bind(at)
+                .bind(reason.as_str())
+                .bind(successor),
+                BatchEvent::SubmittedToProvider {
+                    provider_batch_id, ..
+                } => sqlx::query(
+                    "UPDATE batches SET status = $2, version = $3, updated_at = $4,
+                            provider_batch_id = $5
+                      WHERE id = $1::uuid",
+                )
+                .bind(id)
+                .bind(status)
+                .bind(version)
+                .bind(at)
+                .bind(provider_batch_id),
+                BatchEvent::InputUploaded { .. }
+                | BatchEvent::ProviderCompleted { .. }
+                | BatchEvent::DownloadStarted { .. }
+                | BatchEvent::ResultsDownloaded { .. }
+                | BatchEvent::DeliveryStarted { .. }
+                | BatchEvent::DeliveryFinished { .. }
+                | BatchEvent::Completed { .. }
+                | BatchEvent::Failed { .. }
+                | BatchEvent::Cancelled { .. }
+                | BatchEvent::Expired { .. } => sqlx::query(
+                    "UPDATE batches SET status = $2, version = $3, updated_at = $4
+                      WHERE id = $1::uuid",
+                )
+                .bind(id)
+                .bind(status)
+                .bind(version)
+                .bind(at),
+            };
+            statement.execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A row of the `batches` read model.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct BatchRow {
+    /// The batch's id.
+    pub id: uuid::Uuid,
+    /// The owning client.
+    pub owner: String,
+    /// The endpoint path.
+    pub endpoint: String,
+    /// The model.
+    pub model: String,
+    /// The status, e.g. `building`.
+    pub status: String,
+    /// Requests in the batch.
+    pub request_count: i64,
+    /// Bytes of its input file.
+    pub size_bytes: i64,
+    /// Why it closed, once closed.
+    pub close_reason: Option<String>,
+    /// The next batch of the same key, once closed.
+    pub successor: Option<uuid::Uuid>,
+    /// The provider's batch id, once submitted.
+    pub provider_batch_id: Option<String>,
+    /// The aggregate's version this row reflects.
+    pub version: i64,
+    /// When it opened.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// When it last changed.
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// What a batch list is narrowed to; `owner` is always set (scoping), the rest optional.
+#[derive(Debug, Clone, Default)]
+pub struct BatchFilter {
+    /// Only this owner's batches.
+    pub owner: String,
+    /// Only this status.
+    pub status: Option<String>,
+    /// Only this model.
+    pub model: Option<String>,
+    /// Only this endpoint path.
+    pub endpoint: Option<String>,
+    /// Opened at or after.
+    pub created_from: Option<chrono::DateTime<chrono::Utc>>,
+    /// Opened before.
+    pub created_until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+const COLUMNS: &str = "id, owner, endpoint, model, status, request_count, size_bytes,
+                       close_reason, successor, provider_batch_id, version, created_at, updated_at";
+
+/// One batch of `owner`.
+///
+/// # Errors
+/// Any database error.
+pub async fn get(
+    db: impl sqlx::PgExecutor<'_>,
+    owner: &str,
+    id: uuid::Uuid,
+) -> Result<Option<BatchRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM batches WHERE id = $1 AND owner = $2"
+    ))
+    .bind(id)
+    .bind(owner)
+    .fetch_optional(db)
+    .await
+}
+
+/// Batches matching `filter`, newest first, after the keyset position `after`.
+///
+/// # Errors
+/// Any database error.
+pub async fn list(
+    db: impl sqlx::PgExecutor<'_>,
+    filter: &BatchFilter,
+    after: Option<(chrono::DateTime<chrono::Utc>, uuid::Uuid)>,
+    limit: i64,
+) -> Result<Vec<BatchRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM batches
+          WHERE owner = $1
+            AND ($2::text IS NULL OR status = $2)
+            AND ($3::text IS NULL OR model = $3)
+            AND ($4::text IS NULL OR endpoint = $4)
+            AND ($5::timestamptz IS NULL OR created_at >= $5)
+            AND ($6::timestamptz IS NULL OR created_at < $6)
+            AND ($7::timestamptz IS NULL OR (created_at, id) < ($7, $8))
+          ORDER BY created_at DESC, id DESC
+          LIMIT $9"
+    ))
+    .bind(&filter.owner)
+    .bind(&filter.status)
+    .bind(&filter.model)
+    .bind(&filter.endpoint)
+    .bind(filter.created_from)
+    .bind(filter.created_until)
+    .bind(after.map(|(at, _)| at))
+    .bind(after.map(|(_, id)| id))
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}

@@ -1,0 +1,242 @@
+//! `requests`: one row per request with what list views filter on, from the request streams.
+
+use async_trait::async_trait;
+use chronicle_aggregates::request::RequestEvent;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::PgConnection;
+
+use crate::{ProjectionError, Projector, RecordedEvent};
+
+/// The projector behind the `requests` table.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Requests;
+
+/// New rows, inserted together before any later event of the page touches them.
+#[derive(Default)]
+struct NewRows {
+    ids: Vec<String>,
+    owners: Vec<String>,
+    batches: Vec<String>,
+    custom_ids: Vec<String>,
+    endpoints: Vec<String>,
+    models: Vec<String>,
+    deliveries: Vec<Value>,
+    bodies: Vec<Value>,
+    versions: Vec<i64>,
+    times: Vec<DateTime<Utc>>,
+}
+
+impl NewRows {
+    async fn flush(&mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if self.ids.is_empty() {
+            return Ok(());
+        }
+        let rows = std::mem::take(self);
+        sqlx::query(
+            "INSERT INTO requests (id, owner, batch_id, custom_id, endpoint, model, status,
+                                   delivery, body, version, created_at, updated_at)
+             SELECT id::uuid, owner, batch::uuid, custom_id, endpoint, model, 'pending',
+                    delivery, body, version, at, at
+               FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                           $6::text[], $7::jsonb[], $8::jsonb[], $9::bigint[],
+                           $10::timestamptz[])
+                    AS t(id, owner, batch, custom_id, endpoint, model, delivery, body, version, at)",
+        )
+        .bind(rows.ids)
+        .bind(rows.owners)
+        .bind(rows.batches)
+        .bind(rows.custom_ids)
+        .bind(rows.endpoints)
+        .bind(rows.models)
+        .bind(rows.deliveries)
+        .bind(rows.bodies)
+        .bind(rows.versions)
+        .bind(rows.times)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Projector for Requests {
+    fn name(&self) -> &'static str {
+        "requests"
+    }
+
+    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
+        sqlx::query("DELETE FROM requests").execute(conn).await?;
+        Ok(())
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let mut new_rows = NewRows::default();
+        for event in events.iter().filter(|e| e.aggregate_type == "Request") {
+            let decoded: RequestEvent = event.decode()?;
+            if let RequestEvent::Submitted {
+                request_id,
+                owner,
+                batch_id,
+                spec,
+                at,
+            } = decoded
+            {
+                new_rows.ids.push(request_id.to_string());
+                new_rows.owners.push(owner);
+                new_rows.batches.push(batch_id.to_string());
+                new_rows.custom_ids.push(spec.custom_id);
+                new_rows.endpoints.push(spec.endpoint.path().to_owned());
+                new_rows.models.push(spec.model);
+                new_rows
+                    .deliveries
+                    .push(serde_json::to_value(&spec.delivery).unwrap_or_default());
+                new_rows.bodies.push(spec.body);
+                new_rows.versions.push(event.sequence);
+                new_rows.times.push(at);
+                continue;
+            }
+            new_rows.flush(conn).await?;
+            let response = if let RequestEvent::ResultRecorded { response, .. } = &decoded {
+                Some(response)
+            } else {
+                None
+            };
+            let error = if let RequestEvent::Failed { error, .. } = &decoded {
+                Some(error)
+            } else {
+                None
+            };
+            sqlx::query(
+                "UPDATE requests
+                    SET status = $2, version = $3, updated_at = $4,
+                        response = COALESCE($5, response), error = COALESCE($6, error)
+                  WHERE id = $1::uuid",
+            )
+            .bind(&event.aggregate_id)
+            .bind(decoded.status().as_str())
+            .bind(event.sequence)
+            .bind(decoded.at())
+            .bind(response)
+            .bind(error)
+            .execute(&mut *conn)
+            .await?;
+        }
+        new_rows.flush(conn).await?;
+        Ok(())
+    }
+}
+
+/// A row of the `requests` read model.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct RequestRow {
+    /// The request's id.
+    pub id: uuid::Uuid,
+    /// The owning client.
+    pub owner: String,
+    /// The batch it joined.
+    pub batch_id: uuid::Uuid,
+    /// The client's custom id.
+    pub custom_id: String,
+    /// The endpoint path.
+    pub endpoint: String,
+    /// The model.
+    pub model: String,
+    /// The status, e.g. `pending`.
+    pub status: String,
+    /// How the result is delivered.
+    pub delivery: Value,
+    /// The body sent to the provider.
+    pub body: Value,
+    /// The provider's response, once recorded.
+    pub response: Option<Value>,
+    /// The provider's error, once recorded.
+    pub error: Option<Value>,
+    /// The aggregate's version this row reflects.
+    pub version: i64,
+    /// When it was submitted.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What a request list is narrowed to; `owner` is always set (scoping), the rest optional.
+#[derive(Debug, Clone, Default)]
+pub struct RequestFilter {
+    /// Only this owner's requests.
+    pub owner: String,
+    /// Only this status.
+    pub status: Option<String>,
+    /// Only this model.
+    pub model: Option<String>,
+    /// Only this endpoint path.
+    pub endpoint: Option<String>,
+    /// Only this batch's requests.
+    pub batch_id: Option<uuid::Uuid>,
+    /// Submitted at or after.
+    pub created_from: Option<DateTime<Utc>>,
+    /// Submitted before.
+    pub created_until: Option<DateTime<Utc>>,
+}
+
+const COLUMNS: &str = "id, owner, batch_id, custom_id, endpoint, model, status, delivery, body,
+                       response, error, version, created_at, updated_at";
+
+/// One request of `owner`.
+///
+/// # Errors
+/// Any database error.
+pub async fn get(
+    db: impl sqlx::PgExecutor<'_>,
+    owner: &str,
+    id: uuid::Uuid,
+) -> Result<Option<RequestRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM requests WHERE id = $1 AND owner = $2"
+    ))
+    .bind(id)
+    .bind(owner)
+    .fetch_optional(db)
+    .await
+}
+
+/// Requests matching `filter`, newest first, after the keyset position `after`.
+///
+/// # Errors
+/// Any database error.
+pub async fn list(
+    db: impl sqlx::PgExecutor<'_>,
+    filter: &RequestFilter,
+    after: Option<(DateTime<Utc>, uuid::Uuid)>,
+    limit: i64,
+) -> Result<Vec<RequestRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM requests
+          WHERE owner = $1
+            AND ($2::text IS NULL OR status = $2)
+            AND ($3::text IS NULL OR model = $3)
+            AND ($4::text IS NULL OR endpoint = $4)
+            AND ($5::uuid IS NULL OR batch_id = $5)
+            AND ($6::timestamptz IS NULL OR created_at >= $6)
+            AND ($7::timestamptz IS NULL OR created_at < $7)
+            AND ($8::timestamptz IS NULL OR (created_at, id) < ($8, $9))
+          ORDER BY created_at DESC, id DESC
+          LIMIT $10"
+    ))
+    .bind(&filter.owner)
+    .bind(&filter.status)
+    .bind(&filter.model)
+    .bind(&filter.endpoint)
+    .bind(filter.batch_id)
+    .bind(filter.created_from)
+    .bind(filter.created_until)
+    .bind(after.map(|(at, _)| at))
+    .bind(after.map(|(_, id)| id))
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}

@@ -1,0 +1,172 @@
+//! `transitions`: the audit trail of every state change of every aggregate, with who caused
+//! it and where it stands in the log.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use chronicle_aggregates::batch::BatchEvent;
+use chronicle_aggregates::request::RequestEvent;
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor};
+
+use crate::{ProjectionError, Projector, RecordedEvent};
+
+/// The projector behind the `transitions` table.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Transitions;
+
+/// The state an event leaves its aggregate in, or `None` when it changes no state.
+fn state_after(event: &RecordedEvent) -> Result<Option<&'static str>, ProjectionError> {
+    Ok(match event.aggregate_type.as_str() {
+        "Request" => Some(event.decode::<RequestEvent>()?.status().as_str()),
+        "Batch" => {
+            let decoded = event.decode::<BatchEvent>()?;
+            // Adding requests keeps a batch building: no state change.
+            (!matches!(decoded, BatchEvent::RequestsAdded { .. }))
+                .then(|| decoded.status().as_str())
+        }
+        _ => None,
+    })
+}
+
+#[async_trait]
+impl Projector for Transitions {
+    fn name(&self) -> &'static str {
+        "transitions"
+    }
+
+    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
+        sqlx::query("DELETE FROM transitions").execute(conn).await?;
+        Ok(())
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let mut changes = Vec::new();
+        for event in events {
+            if let Some(to) = state_after(event)? {
+                changes.push((event, to));
+            }
+        }
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = changes
+            .iter()
+            .map(|(e, _)| e.aggregate_id.as_str())
+            .collect();
+        let previous: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT DISTINCT ON (aggregate_type, aggregate_id) aggregate_type, aggregate_id, to_state
+               FROM transitions WHERE aggregate_id = ANY($1)
+              ORDER BY aggregate_type, aggregate_id, sequence DESC",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut current: HashMap<(String, String), String> = previous
+            .into_iter()
+            .map(|(kind, id, state)| ((kind, id), state))
+            .collect();
+        let mut rows = Rows::default();
+        for (event, to) in changes {
+            let key = (event.aggregate_type.clone(), event.aggregate_id.clone());
+            rows.from.push(current.insert(key, to.to_owned()));
+            rows.positions.push(event.cursor.position);
+            rows.types.push(event.aggregate_type.as_str());
+            rows.ids.push(event.aggregate_id.as_str());
+            rows.sequences.push(event.sequence);
+            rows.to.push(to);
+            rows.event_types.push(event.event_type.as_str());
+            rows.actors.push(event.metadata.actor.as_str());
+            rows.correlations
+                .push(event.metadata.correlation_id.as_str());
+            rows.times.push(event.recorded_at);
+        }
+        sqlx::query(
+            "INSERT INTO transitions (position, aggregate_type, aggregate_id, sequence, from_state,
+                                      to_state, event_type, actor, correlation_id, recorded_at)
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[],
+                                  $6::text[], $7::text[], $8::text[], $9::text[],
+                                  $10::timestamptz[])",
+        )
+        .bind(rows.positions)
+        .bind(rows.types)
+        .bind(rows.ids)
+        .bind(rows.sequences)
+        .bind(rows.from)
+        .bind(rows.to)
+        .bind(rows.event_types)
+        .bind(rows.actors)
+        .bind(rows.correlations)
+        .bind(rows.times)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Rows<'a> {
+    positions: Vec<i64>,
+    types: Vec<&'a str>,
+    ids: Vec<&'a str>,
+    sequences: Vec<i64>,
+    from: Vec<Option<String>>,
+    to: Vec<&'static str>,
+    event_types: Vec<&'a str>,
+    actors: Vec<&'a str>,
+    correlations: Vec<&'a str>,
+    times: Vec<DateTime<Utc>>,
+}
+
+/// One recorded state change.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Transition {
+    /// The event's global position.
+    pub position: i64,
+    /// The aggregate's type.
+    pub aggregate_type: String,
+    /// The aggregate's id.
+    pub aggregate_id: String,
+    /// The event's sequence in its aggregate.
+    pub sequence: i64,
+    /// The state before, `None` for the first.
+    pub from_state: Option<String>,
+    /// The state after.
+    pub to_state: String,
+    /// The event that changed it.
+    pub event_type: String,
+    /// Who caused it.
+    pub actor: String,
+    /// The client call it belongs to.
+    pub correlation_id: String,
+    /// When.
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// Every state change of one of `owner`'s requests or batches, oldest first.
+///
+/// # Errors
+/// Any database error.
+pub async fn of_aggregate(
+    db: impl PgExecutor<'_>,
+    owner: &str,
+    aggregate_id: uuid::Uuid,
+) -> Result<Vec<Transition>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT position, aggregate_type, aggregate_id, sequence, from_state, to_state,
+                event_type, actor, correlation_id, recorded_at
+           FROM transitions
+          WHERE aggregate_id = $1::text
+            AND (EXISTS (SELECT 1 FROM requests WHERE id = $1 AND owner = $2)
+                 OR EXISTS (SELECT 1 FROM batches WHERE id = $1 AND owner = $2))
+          ORDER BY sequence",
+    )
+    .bind(aggregate_id)
+    .bind(owner)
+    .fetch_all(db)
+    .await
+}

@@ -1,0 +1,319 @@
+//! LLM requests over GraphQL: submitting (one or in bulk), owner actions, and queries.
+
+use async_graphql::connection::Connection;
+use async_graphql::{Context, InputObject, Json, Object, OneofObject, SimpleObject};
+use chronicle_aggregates::request::RequestSpec;
+use chronicle_aggregates::Delivery;
+use chronicle_projections::requests::{self, RequestFilter, RequestRow};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::error::ItemProblem;
+use super::outcome::{idempotency, CommandOutcome};
+use super::pagination::{connection, keyset_after, page_size, KeysetCursor};
+use super::{ApiError, Caller};
+use crate::llm::{Accepted, LlmActions, Submitter};
+
+/// Most requests in one `submitRequests` call.
+pub(crate) const MAX_BULK: usize = 50_000;
+
+/// How a request's result reaches its owner: exactly one of the fields.
+#[derive(OneofObject)]
+pub(crate) enum DeliveryInput {
+    /// POST the result to this absolute http(s) URL.
+    WebhookUrl(String),
+    /// Publish the result to this RabbitMQ queue.
+    RabbitmqQueue(String),
+    /// Keep the result until fetched and acknowledged (the value is ignored).
+    Poll(bool),
+}
+
+/// One LLM request to submit.
+#[derive(InputObject)]
+pub(crate) struct SubmitRequestInput {
+    /// Your own id for matching the result; 1–64 characters, unique within its batch.
+    custom_id: String,
+    /// `/v1/chat/completions`, `/v1/embeddings`, `/v1/responses` or `/v1/completions`.
+    endpoint: String,
+    /// The model; `body.model`, if present, must equal it.
+    model: String,
+    /// The request body for the provider: a JSON object of at most 1 MB.
+    body: Json<Value>,
+    /// How the result is delivered.
+    delivery: DeliveryInput,
+}
+
+impl SubmitRequestInput {
+    fn parse(self) -> Result<RequestSpec, Vec<String>> {
+        let delivery = match self.delivery {
+            DeliveryInput::WebhookUrl(url) => Delivery::webhook(&url),
+            DeliveryInput::RabbitmqQueue(queue) => Delivery::rabbitmq(&queue),
+            DeliveryInput::Poll(_) => Ok(Delivery::Poll),
+        };
+        RequestSpec::parse(
+            self.custom_id,
+            &self.endpoint,
+            self.model,
+            self.body.0,
+            delivery,
+        )
+    }
+}
+
+/// A request accepted into a batch.
+#[derive(SimpleObject)]
+pub(crate) struct SubmittedRequest {
+    /// The request's id.
+    request_id: Uuid,
+    /// The batch it joined.
+    batch_id: Uuid,
+    /// Your custom id.
+    custom_id: String,
+}
+
+impl From<Accepted> for SubmittedRequest {
+    fn from(accepted: Accepted) -> Self {
+        Self {
+            request_id: accepted.request_id,
+            batch_id: accepted.batch_id,
+            custom_id: accepted.custom_id,
+        }
+    }
+}
+
+/// An LLM request and where it stands.
+#[derive(SimpleObject)]
+pub(crate) struct LlmRequest {
+    /// The request's id.
+    id: Uuid,
+    /// The batch it joined.
+    batch_id: Uuid,
+    /// Your custom id.
+    custom_id: String,
+    /// The endpoint path.
+    endpoint: String,
+    /// The model.
+    model: String,
+    /// `pending`, `provider_processing`, `provider_processed`, `delivering`, `delivered`,
+    /// `failed`, `delivery_failed`, `expired`, `cancelled`, `consumed` or `consume_failed`.
+    status: String,
+    /// How the result is delivered.
+    delivery: Json<Value>,
+    /// The body sent to the provider.
+    body: Json<Value>,
+    /// The provider's response, once it arrived.
+    response: Option<Json<Value>>,
+    /// The provider's error, if any.
+    error: Option<Json<Value>>,
+    /// Version of the request's event stream that this view reflects.
+    version: i64,
+    /// When it was submitted.
+    created_at: DateTime<Utc>,
+    /// When it last changed.
+    updated_at: DateTime<Utc>,
+}
+
+impl From<RequestRow> for LlmRequest {
+    fn from(row: RequestRow) -> Self {
+        Self {
+            id: row.id,
+            batch_id: row.batch_id,
+            custom_id: row.custom_id,
+            endpoint: row.endpoint,
+            model: row.model,
+            status: row.status,
+            delivery: Json(row.delivery),
+            body: Json(row.body),
+            response: row.response.map(Json),
+            error: row.error.map(Json),
+            version: row.version,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+/// Narrows a request list; all fields optional.
+#[derive(InputObject, Default)]
+pub(crate) struct RequestFilterInput {
+    /// Only this status.
+    status: Option<String>,
+    /// Only this model.
+    model: Option<String>,
+    /// Only this endpoint path.
+    endpoint: Option<String>,
+    /// Submitted at or after.
+    created_from: Option<DateTime<Utc>>,
+    /// Submitted before.
+    created_until: Option<DateTime<Utc>>,
+}
+
+/// A page of requests, newest first.
+pub(crate) async fn request_page(
+    ctx: &Context<'_>,
+    filter: RequestFilter,
+    first: Option<i32>,
+    after: Option<String>,
+) -> Result<Connection<KeysetCursor, LlmRequest>, ApiError> {
+    let size = page_size(first)?;
+    let after = keyset_after(after.as_deref())?;
+    let limit = i64::try_from(size + 1).unwrap_or(i64::MAX);
+    let rows = requests::list(ctx.data_unchecked::<PgPool>(), &filter, after, limit).await?;
+    Ok(connection(rows, size, after.is_some(), |row| {
+        (KeysetCursor(row.created_at, row.id), LlmRequest::from(row))
+    }))
+}
+
+/// Request queries.
+#[derive(Default)]
+pub(crate) struct RequestQuery;
+
+#[Object]
+impl RequestQuery {
+    /// One of your requests. Errors: `NOT_FOUND`.
+    async fn request(&self, ctx: &Context<'_>, id: Uuid) -> Result<LlmRequest, ApiError> {
+        let caller = Caller::from_ctx(ctx)?;
+        requests::get(ctx.data_unchecked::<PgPool>(), &caller.actor, id)
+            .await?
+            .map(LlmRequest::from)
+            .ok_or(ApiError::NotFound("request"))
+    }
+
+    /// Your requests, newest first. Errors: `VALIDATION` (bad cursor or page size).
+    async fn requests(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<RequestFilterInput>,
+        #[graphql(desc = "Page size, 1 to 1000 (default 100).")] first: Option<i32>,
+        #[graphql(desc = "Continue after this cursor.")] after: Option<String>,
+    ) -> Result<Connection<KeysetCursor, LlmRequest>, ApiError> {
+        let caller = Caller::from_ctx(ctx)?;
+        let filter = filter.unwrap_or_default();
+        let filter = RequestFilter {
+            owner: caller.actor.clone(),
+            status: filter.status,
+            model: filter.model,
+            endpoint: filter.endpoint,
+            batch_id: None,
+            created_from: filter.created_from,
+            created_until: filter.created_until,
+        };
+        request_page(ctx, filter, first, after).await
+    }
+}
+
+/// Request mutations.
+#[derive(Default)]
+pub(crate) struct RequestMutation;
+
+#[Object]
+impl RequestMutation {
+    /// Submits one request into the open batch of its (endpoint, model).
+    /// Errors: `VALIDATION` (with `items` saying what is wrong).
+    async fn submit_request(
+        &self,
+        ctx: &Context<'_>,
+        input: SubmitRequestInput,
+    ) -> Result<SubmittedRequest, ApiError> {
+        let mut accepted = submit(ctx, vec![input]).await?;
+        accepted
+            .pop()
+            .ok_or(ApiError::NotFound("submitted request"))
+    }
+
+    /// Submits up to 50,000 requests. All or nothing: if any item is invalid, nothing is
+    /// written and `extensions.items` lists each bad item's index and reasons.
+    /// Errors: `VALIDATION`.
+    async fn submit_requests(
+        &self,
+        ctx: &Context<'_>,
+        requests: Vec<SubmitRequestInput>,
+    ) -> Result<Vec<SubmittedRequest>, ApiError> {
+        submit(ctx, requests).await
+    }
+
+    /// Cancels a pending request while its batch is still building.
+    /// Errors: `NOT_FOUND`, `INVALID_TRANSITION`, `CONFLICT`.
+    async fn cancel_request(
+        &self,
+        ctx: &Context<'_>,
+        request_id: Uuid,
+        idempotency_key: Option<String>,
+    ) -> Result<CommandOutcome, ApiError> {
+        let caller = Caller::from_ctx(ctx)?;
+        let key = idempotency(idempotency_key, &("cancelRequest", request_id))?;
+        let receipt = ctx
+            .data_unchecked::<LlmActions>()
+            .cancel_request(&caller.command_context(), request_id, key)
+            .await?;
+        Ok(receipt.into())
+    }
+
+    /// Poll delivery: acknowledges a fetched result.
+    /// Errors: `NOT_FOUND`, `INVALID_TRANSITION`, `CONFLICT`.
+    async fn acknowledge_result(
+        &self,
+        ctx: &Context<'_>,
+        request_id: Uuid,
+        idempotency_key: Option<String>,
+    ) -> Result<CommandOutcome, ApiError> {
+        let caller = Caller::from_ctx(ctx)?;
+        let key = idempotency(idempotency_key, &("acknowledgeResult", request_id))?;
+        let receipt = ctx
+            .data_unchecked::<LlmActions>()
+            .acknowledge_result(&caller.command_context(), request_id, key)
+            .await?;
+        Ok(receipt.into())
+    }
+
+    /// Poll delivery: reports that a fetched result could not be used.
+    /// Errors: `NOT_FOUND`, `INVALID_TRANSITION`, `CONFLICT`.
+    async fn report_result_failure(
+        &self,
+        ctx: &Context<'_>,
+        request_id: Uuid,
+        reason: String,
+        idempotency_key: Option<String>,
+    ) -> Result<CommandOutcome, ApiError> {
+        let caller = Caller::from_ctx(ctx)?;
+        let key = idempotency(
+            idempotency_key,
+            &("reportResultFailure", request_id, &reason),
+        )?;
+        let receipt = ctx
+            .data_unchecked::<LlmActions>()
+            .report_result_failure(&caller.command_context(), request_id, reason, key)
+            .await?;
+        Ok(receipt.into())
+    }
+}
+
+async fn submit(
+    ctx: &Context<'_>,
+    inputs: Vec<SubmitRequestInput>,
+) -> Result<Vec<SubmittedRequest>, ApiError> {
+    let caller = Caller::from_ctx(ctx)?;
+    if inputs.is_empty() || inputs.len() > MAX_BULK {
+        return Err(ApiError::Validation(format!(
+            "submit 1 to {MAX_BULK} requests per call"
+        )));
+    }
+    let mut specs = Vec::with_capacity(inputs.len());
+    let mut problems = Vec::new();
+    for (index, input) in inputs.into_iter().enumerate() {
+        match input.parse() {
+            Ok(spec) => specs.push(spec),
+            Err(reasons) => problems.push(ItemProblem { index, reasons }),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::InvalidItems(problems));
+    }
+    let accepted = ctx
+        .data_unchecked::<Submitter>()
+        .submit(&caller.command_context(), &caller.actor, specs)
+        .await?;
+    Ok(accepted.into_iter().map(SubmittedRequest::from).collect())
+}

@@ -1,0 +1,10 @@
+//! LLM requests and batches: the service side of the domain — submitting requests into
+//! batches, owner actions on batches and requests, and the lookups the aggregates consult.
+
+mod actions;
+mod custom_ids;
+mod submit;
+
+pub use actions::LlmActions;
+pub use custom_ids::PgCustomIds;
+pub use submit::{Accepted, SubmitError, Submitter};

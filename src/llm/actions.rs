@@ -1,0 +1,170 @@
+//! What owners do to their batches and requests after submitting: flush, cancel, and (for
+//! poll delivery) acknowledge results. Each checks ownership, then runs one command.
+
+use chronicle_aggregates::batch::{Batch, BatchCommand, BatchServices, BatchStatus, CloseReason};
+use chronicle_aggregates::request::{Request, RequestCommand};
+use chronicle_aggregates::ErrorCode;
+use chrono::Utc;
+use uuid::Uuid;
+
+use super::submit::next_batch_id;
+use crate::command::{CommandContext, CommandError, CommandReceipt, Commands, IdempotencyKey};
+
+/// Owner actions on batches and requests.
+#[derive(Clone)]
+pub struct LlmActions {
+    commands: Commands,
+    services: BatchServices,
+}
+
+fn not_found(what: &str) -> CommandError {
+    CommandError::Rejected {
+        code: ErrorCode::NotFound,
+        message: format!("{what} not found"),
+    }
+}
+
+impl LlmActions {
+    /// Actions through `commands`.
+    pub fn new(commands: Commands, services: BatchServices) -> Self {
+        Self { commands, services }
+    }
+
+    async fn owned_batch(&self, owner: &str, batch_id: Uuid) -> Result<Batch, CommandError> {
+        let batch = self.commands.load::<Batch>(&batch_id.to_string()).await?;
+        match batch.key() {
+            Some(key) if key.owner == owner => Ok(batch),
+            _ => Err(not_found("batch")),
+        }
+    }
+
+    async fn owned_request(&self, owner: &str, request_id: Uuid) -> Result<Request, CommandError> {
+        let request = self
+            .commands
+            .load::<Request>(&request_id.to_string())
+            .await?;
+        match request.submission() {
+            Some(submission) if submission.owner == owner => Ok(request),
+            _ => Err(not_found("request")),
+        }
+    }
+
+    async fn on_batch(
+        &self,
+        context: &CommandContext,
+        batch_id: Uuid,
+        command: BatchCommand,
+        key: Option<IdempotencyKey>,
+    ) -> Result<CommandReceipt, CommandError> {
+        self.owned_batch(&context.actor, batch_id).await?;
+        self.commands
+            .execute::<Batch>(context, &batch_id.to_string(), command, &self.services, key)
+            .await
+    }
+
+    async fn on_request(
+        &self,
+        context: &CommandContext,
+        request_id: Uuid,
+        command: RequestCommand,
+        key: Option<IdempotencyKey>,
+    ) -> Result<CommandReceipt, CommandError> {
+        self.owned_request(&context.actor, request_id).await?;
+        self.commands
+            .execute::<Request>(context, &request_id.to_string(), command, &(), key)
+            .await
+    }
+
+    /// Closes a building batch now, so it goes to the provider without waiting.
+    ///
+    /// # Errors
+    /// `NOT_FOUND`, `INVALID_TRANSITION` (not building, or empty), `CONFLICT`.
+    pub async fn flush_batch(
+        &self,
+        context: &CommandContext,
+        batch_id: Uuid,
+        key: Option<IdempotencyKey>,
+    ) -> Result<CommandReceipt, CommandError> {
+        let command = BatchCommand::Close {
+            reason: CloseReason::Flushed,
+            successor: next_batch_id(batch_id),
+            at: Utc::now(),
+        };
+        self.on_batch(context, batch_id, command, key).await
+    }
+
+    /// Cancels a batch that has not finished at the provider.
+    ///
+    /// # Errors
+    /// `NOT_FOUND`, `INVALID_TRANSITION`, `CONFLICT`.
+    pub async fn cancel_batch(
+        &self,
+        context: &CommandContext,
+        batch_id: Uuid,
+        key: Option<IdempotencyKey>,
+    ) -> Result<CommandReceipt, CommandError> {
+        let command = BatchCommand::Cancel { at: Utc::now() };
+        self.on_batch(context, batch_id, command, key).await
+    }
+
+    /// Cancels a pending request whose batch is still building.
+    ///
+    /// # Errors
+    /// `NOT_FOUND`, `INVALID_TRANSITION` (not pending, or its batch left building), `CONFLICT`.
+    pub async fn cancel_request(
+        &self,
+        context: &CommandContext,
+        request_id: Uuid,
+        key: Option<IdempotencyKey>,
+    ) -> Result<CommandReceipt, CommandError> {
+        let request = self.owned_request(&context.actor, request_id).await?;
+        let batch_id = request
+            .submission()
+            .map(|s| s.batch_id.to_string())
+            .unwrap_or_default();
+        let batch = self.commands.load::<Batch>(&batch_id).await?;
+        if let Some(status) = batch.status().filter(|s| *s != BatchStatus::Building) {
+            return Err(CommandError::Rejected {
+                code: ErrorCode::InvalidTransition,
+                message: format!(
+                    "the request's batch is {}; requests can be cancelled while it is building",
+                    status.as_str()
+                ),
+            });
+        }
+        let command = RequestCommand::Cancel { at: Utc::now() };
+        self.on_request(context, request_id, command, key).await
+    }
+
+    /// Poll delivery: acknowledges a fetched result.
+    ///
+    /// # Errors
+    /// `NOT_FOUND`, `INVALID_TRANSITION` (no result yet, or not poll delivery), `CONFLICT`.
+    pub async fn acknowledge_result(
+        &self,
+        context: &CommandContext,
+        request_id: Uuid,
+        key: Option<IdempotencyKey>,
+    ) -> Result<CommandReceipt, CommandError> {
+        let command = RequestCommand::Acknowledge { at: Utc::now() };
+        self.on_request(context, request_id, command, key).await
+    }
+
+    /// Poll delivery: reports that a fetched result could not be used.
+    ///
+    /// # Errors
+    /// `NOT_FOUND`, `INVALID_TRANSITION` (no result yet, or not poll delivery), `CONFLICT`.
+    pub async fn report_result_failure(
+        &self,
+        context: &CommandContext,
+        request_id: Uuid,
+        reason: String,
+        key: Option<IdempotencyKey>,
+    ) -> Result<CommandReceipt, CommandError> {
+        let command = RequestCommand::ReportConsumeFailure {
+            reason,
+            at: Utc::now(),
+        };
+        self.on_request(context, request_id, command, key).await
+    }
+}

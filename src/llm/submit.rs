@@ -1,0 +1,306 @@
+//! Submitting requests: find the open batch of each (owner, endpoint, model) and add to it,
+//! closing full batches and moving on to their successors.
+//!
+//! Correctness rests on the batch aggregate, not on this code: adds to one batch serialize on
+//! its version (a concurrent writer makes ours retry), a closed batch refuses adds, and every
+//! batch's successor id is derived from its own id, so concurrent submitters that find a
+//! batch closed all move to the same next batch. `batch_heads` only shortens the walk.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chronicle_aggregates::batch::{
+    Batch, BatchCommand, BatchEntry, BatchError, BatchKey, BatchLimits, BatchServices, CloseReason,
+};
+use chronicle_aggregates::request::RequestSpec;
+use chronicle_aggregates::Endpoint;
+use chrono::Utc;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::command::{CommandContext, CommandError, Commands, Refusal};
+
+/// Requests appended per batch event: bounds event size and transaction length in bulk.
+const CHUNK_REQUESTS: usize = 1000;
+const CHUNK_BYTES: u64 = 8_000_000;
+/// Concurrent adds to one batch retry on conflict at most this often.
+const MAX_CONFLICTS: u32 = 200;
+/// Batch ids are derived (uuid v5) so that every submitter computes the same ones.
+const BATCH_NAMESPACE: Uuid = Uuid::from_u128(0x6368_726f_6e69_636c_6500_0000_0000_0002);
+
+/// A request accepted into a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The new request's id.
+    pub request_id: Uuid,
+    /// The batch it joined.
+    pub batch_id: Uuid,
+    /// The client's custom id.
+    pub custom_id: String,
+}
+
+/// Why a submission was refused. Nothing was written when it is refused before appending.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// Custom ids repeated within the call or already in the open batch.
+    #[error("custom ids already used in their batch: {}", .0.join(", "))]
+    DuplicateCustomIds(Vec<String>),
+    /// A request is larger than an empty batch may hold.
+    #[error("request `{0}` is larger than a batch may hold")]
+    TooLarge(String),
+    /// Anything else.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+}
+
+/// Adds requests to batches.
+#[derive(Clone)]
+pub struct Submitter {
+    commands: Commands,
+    pool: PgPool,
+    services: BatchServices,
+    limits: BatchLimits,
+}
+
+impl Submitter {
+    /// A submitter that closes batches at `limits`.
+    pub fn new(
+        commands: Commands,
+        pool: PgPool,
+        services: BatchServices,
+        limits: BatchLimits,
+    ) -> Self {
+        Self {
+            commands,
+            pool,
+            services,
+            limits,
+        }
+    }
+
+    /// Accepts validated requests of `owner` into their batches, in order.
+    ///
+    /// # Errors
+    /// Duplicate custom ids (checked before anything is written), or a command failure.
+    pub async fn submit(
+        &self,
+        context: &CommandContext,
+        owner: &str,
+        specs: Vec<RequestSpec>,
+    ) -> Result<Vec<Accepted>, SubmitError> {
+        let mut groups: BTreeMap<(Endpoint, String), Vec<(usize, BatchEntry)>> = BTreeMap::new();
+        let count = specs.len();
+        for (index, spec) in specs.into_iter().enumerate() {
+            let entry = BatchEntry {
+                request_id: Uuid::now_v7(),
+                spec,
+            };
+            groups
+                .entry((entry.spec.endpoint, entry.spec.model.clone()))
+                .or_default()
+                .push((index, entry));
+        }
+        let mut keyed = Vec::with_capacity(groups.len());
+        for ((endpoint, model), entries) in groups {
+            let key = BatchKey {
+                owner: owner.to_owned(),
+                endpoint,
+                model,
+            };
+            let head = self.head(&key).await?;
+            self.check_custom_ids(head, &entries).await?;
+            keyed.push((key, head, entries));
+        }
+        let mut accepted: Vec<Option<Accepted>> = vec![None; count];
+        for (key, head, entries) in keyed {
+            for (index, done) in self.add_all(context, key, head, entries).await? {
+                accepted[index] = Some(done);
+            }
+        }
+        Ok(accepted.into_iter().flatten().collect())
+    }
+
+    /// The newest batch of `key`, or the derived first one.
+    async fn head(&self, key: &BatchKey) -> Result<Uuid, CommandError> {
+        let head: Option<Uuid> = sqlx::query_scalar(
+            "SELECT batch_id FROM batch_heads WHERE owner = $1 AND endpoint = $2 AND model = $3",
+        )
+        .bind(&key.owner)
+        .bind(key.endpoint.path())
+        .bind(&key.model)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(head.unwrap_or_else(|| first_batch_id(key)))
+    }
+
+    /// All-or-nothing for the common case: refuse before writing when custom ids repeat in
+    /// the call or are already in the batch the requests would join. (The batch aggregate
+    /// checks again on every add, so a racing submitter still cannot create a duplicate.)
+    async fn check_custom_ids(
+        &self,
+        head: Uuid,
+        entries: &[(usize, BatchEntry)],
+    ) -> Result<(), SubmitError> {
+        let mut ids: Vec<String> = entries
+            .iter()
+            .map(|(_, e)| e.spec.custom_id.clone())
+            .collect();
+        ids.sort();
+        let mut repeated: Vec<String> = ids
+            .windows(2)
+            .filter(|pair| pair[0] == pair[1])
+            .map(|pair| pair[0].clone())
+            .collect();
+        let taken = self
+            .services
+            .custom_ids
+            .taken(head, &ids)
+            .await
+            .map_err(CommandError::Internal)?;
+        repeated.extend(taken);
+        repeated.sort();
+        repeated.dedup();
+        if repeated.is_empty() {
+            Ok(())
+        } else {
+            Err(SubmitError::DuplicateCustomIds(repeated))
+        }
+    }
+
+    async fn add_all(
+        &self,
+        context: &CommandContext,
+        key: BatchKey,
+        mut batch_id: Uuid,
+        entries: Vec<(usize, BatchEntry)>,
+    ) -> Result<Vec<(usize, Accepted)>, SubmitError> {
+        let mut accepted = Vec::with_capacity(entries.len());
+        let mut rest = entries.as_slice();
+        // Set when the current batch has room for only this many more: add them, then close.
+        let mut room: Option<usize> = None;
+        let mut conflicts = 0;
+        while !rest.is_empty() {
+            let chunk = &rest[..chunk_len(rest).min(room.unwrap_or(usize::MAX))];
+            let command = BatchCommand::Add {
+                batch_id,
+                key: key.clone(),
+                entries: chunk.iter().map(|(_, e)| e.clone()).collect(),
+                limits: self.limits,
+                at: Utc::now(),
+            };
+            let id = batch_id.to_string();
+            match self
+                .commands
+                .attempt::<Batch>(context, &id, command, &self.services)
+                .await
+            {
+                Ok(_) => {
+                    accepted.extend(chunk.iter().map(|(index, entry)| {
+                        let done = Accepted {
+                            request_id: entry.request_id,
+                            batch_id,
+                            custom_id: entry.spec.custom_id.clone(),
+                        };
+                        (*index, done)
+                    }));
+                    rest = &rest[chunk.len()..];
+                    if room.take().is_some() {
+                        self.close_full(context, batch_id, rest).await?;
+                        batch_id = next_batch_id(batch_id);
+                    }
+                }
+                Err(Refusal::Rejected(BatchError::WouldOverflow { requests, bytes })) => {
+                    match fitting(chunk, requests, bytes) {
+                        0 => {
+                            self.close_full(context, batch_id, chunk).await?;
+                            batch_id = next_batch_id(batch_id);
+                            room = None;
+                        }
+                        fits => room = Some(fits),
+                    }
+                }
+                Err(Refusal::Rejected(BatchError::NotBuilding { .. })) => {
+                    batch_id = next_batch_id(batch_id);
+                    room = None;
+                }
+                Err(Refusal::Rejected(BatchError::DuplicateCustomIds { ids })) => {
+                    return Err(SubmitError::DuplicateCustomIds(ids));
+                }
+                Err(Refusal::Failed(CommandError::Conflict)) if conflicts < MAX_CONFLICTS => {
+                    conflicts += 1;
+                    tokio::time::sleep(Duration::from_millis(u64::from(conflicts % 8))).await;
+                }
+                Err(refusal) => return Err(CommandError::from(refusal).into()),
+            }
+        }
+        Ok(accepted)
+    }
+
+    /// Closes a full batch; someone else closing it first is just as good.
+    async fn close_full(
+        &self,
+        context: &CommandContext,
+        batch_id: Uuid,
+        chunk: &[(usize, BatchEntry)],
+    ) -> Result<(), SubmitError> {
+        let command = BatchCommand::Close {
+            reason: CloseReason::Full,
+            successor: next_batch_id(batch_id),
+            at: Utc::now(),
+        };
+        let id = batch_id.to_string();
+        match self
+            .commands
+            .attempt::<Batch>(context, &id, command, &self.services)
+            .await
+        {
+            Ok(_) | Err(Refusal::Rejected(BatchError::InvalidTransition { .. })) => Ok(()),
+            Err(Refusal::Rejected(BatchError::Empty)) => {
+                let custom_id = chunk
+                    .first()
+                    .map(|(_, e)| e.spec.custom_id.clone())
+                    .unwrap_or_default();
+                Err(SubmitError::TooLarge(custom_id))
+            }
+            Err(refusal) => Err(CommandError::from(refusal).into()),
+        }
+    }
+}
+
+/// How many entries to append in one event.
+fn chunk_len(entries: &[(usize, BatchEntry)]) -> usize {
+    let mut bytes = 0;
+    let mut len = 0;
+    for (_, entry) in entries.iter().take(CHUNK_REQUESTS) {
+        bytes += entry.spec.jsonl_bytes();
+        if len > 0 && bytes > CHUNK_BYTES {
+            break;
+        }
+        len += 1;
+    }
+    len
+}
+
+/// How many leading entries fit in `requests` more requests and `bytes` more bytes.
+fn fitting(entries: &[(usize, BatchEntry)], requests: u64, bytes: u64) -> usize {
+    let mut used = 0;
+    entries
+        .iter()
+        .take(usize::try_from(requests).unwrap_or(usize::MAX))
+        .take_while(|(_, entry)| {
+            used += entry.spec.jsonl_bytes();
+            used <= bytes
+        })
+        .count()
+}
+
+/// The first batch of a key.
+fn first_batch_id(key: &BatchKey) -> Uuid {
+    let name = format!("{}\n{}\n{}", key.owner, key.endpoint.path(), key.model);
+    Uuid::new_v5(&BATCH_NAMESPACE, name.as_bytes())
+}
+
+/// The batch that follows `batch_id` for the same key.
+pub(super) fn next_batch_id(batch_id: Uuid) -> Uuid {
+    Uuid::new_v5(&batch_id, b"next")
+}
