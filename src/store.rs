@@ -1,16 +1,20 @@
-//! Event store wiring: postgres-es over our `events` and `snapshots` tables, with each
-//! aggregate's upcasters and its configured snapshot interval.
+//! Event store wiring: cqrs-es's persisted store over our `events` and `snapshots` tables
+//! (postgres-es loads, [`ChronicleRepository`] appends), with each aggregate's upcasters and
+//! its configured snapshot interval.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+mod repository;
+
 use chronicle_aggregates::{Upcast, Upcasters};
 use cqrs_es::persist::PersistedEventStore;
-use postgres_es::PostgresEventRepository;
 use sqlx::PgPool;
 
-/// A postgres-es event store for one aggregate type.
-pub type Store<A> = PersistedEventStore<PostgresEventRepository, A>;
+pub use repository::ChronicleRepository;
+
+/// The event store for one aggregate type.
+pub type Store<A> = PersistedEventStore<ChronicleRepository, A>;
 
 /// Builds event stores and knows every aggregate's upcasters.
 #[derive(Clone)]
@@ -32,7 +36,7 @@ impl EventStores {
 
     /// The store for `A`: snapshotting if configured, upcasting on every load.
     pub fn store<A: Upcast>(&self) -> Store<A> {
-        let repository = PostgresEventRepository::new(self.pool.clone());
+        let repository = ChronicleRepository::new(self.pool.clone());
         let store = match self.snapshot_every.get(A::TYPE) {
             Some(&every) => PersistedEventStore::new_snapshot_store(repository, every),
             None => PersistedEventStore::new_event_store(repository),

@@ -243,27 +243,35 @@ impl Submitter {
         batch_id: Uuid,
         chunk: &[(usize, BatchEntry)],
     ) -> Result<(), SubmitError> {
-        let command = BatchCommand::Close {
-            reason: CloseReason::Full,
-            successor: next_batch_id(batch_id),
-            at: Utc::now(),
-        };
         let id = batch_id.to_string();
-        match self
-            .commands
-            .attempt::<Batch>(context, &id, command, &self.services)
-            .await
-        {
-            Ok(_) | Err(Refusal::Rejected(BatchError::InvalidTransition { .. })) => Ok(()),
-            Err(Refusal::Rejected(BatchError::Empty)) => {
-                let custom_id = chunk
-                    .first()
-                    .map(|(_, e)| e.spec.custom_id.clone())
-                    .unwrap_or_default();
-                Err(SubmitError::TooLarge(custom_id))
+        for attempt in 0..MAX_CONFLICTS {
+            let command = BatchCommand::Close {
+                reason: CloseReason::Full,
+                successor: next_batch_id(batch_id),
+                at: Utc::now(),
+            };
+            match self
+                .commands
+                .attempt::<Batch>(context, &id, command, &self.services)
+                .await
+            {
+                Ok(_) | Err(Refusal::Rejected(BatchError::InvalidTransition { .. })) => {
+                    return Ok(())
+                }
+                Err(Refusal::Rejected(BatchError::Empty)) => {
+                    let custom_id = chunk
+                        .first()
+                        .map(|(_, e)| e.spec.custom_id.clone())
+                        .unwrap_or_default();
+                    return Err(SubmitError::TooLarge(custom_id));
+                }
+                Err(Refusal::Failed(CommandError::Conflict)) => {
+                    tokio::time::sleep(Duration::from_millis(u64::from(attempt % 8))).await;
+                }
+                Err(refusal) => return Err(CommandError::from(refusal).into()),
             }
-            Err(refusal) => Err(CommandError::from(refusal).into()),
         }
+        Err(CommandError::Conflict.into())
     }
 }
 

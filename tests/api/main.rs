@@ -5,6 +5,7 @@
     reason = "test support items are shared across this binary's modules"
 )]
 
+mod batching;
 mod cli;
 mod http;
 mod idempotency;

@@ -1,0 +1,159 @@
+//! Our event repository: postgres-es reads, and an append that is all-or-nothing.
+//!
+//! postgres-es 0.5 commits a snapshot update before checking that it matched, so a writer
+//! that loaded a snapshot and then newer events (another writer committed in between) gets
+//! its events committed *and* a conflict error; a retry then runs the command twice. This
+//! append checks the snapshot update inside the transaction and rolls back on a mismatch.
+//! It also inserts a command's events in one statement instead of one round trip each.
+
+use cqrs_es::persist::{
+    PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
+};
+use cqrs_es::Aggregate;
+use postgres_es::PostgresEventRepository;
+use serde_json::Value;
+use sqlx::PgPool;
+
+/// postgres-es for loading, our own transaction for appending.
+pub struct ChronicleRepository {
+    inner: PostgresEventRepository,
+    pool: PgPool,
+}
+
+impl ChronicleRepository {
+    /// A repository over the `events` and `snapshots` tables of `pool`.
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            inner: PostgresEventRepository::new(pool.clone()),
+            pool,
+        }
+    }
+}
+
+fn persistence(error: sqlx::Error) -> PersistenceError {
+    let duplicate = error
+        .as_database_error()
+        .and_then(|db| db.code())
+        .is_some_and(|code| code == "23505");
+    if duplicate {
+        PersistenceError::OptimisticLockError
+    } else if crate::command::is_unavailable(&error) {
+        PersistenceError::ConnectionError(Box::new(error))
+    } else {
+        PersistenceError::UnknownError(Box::new(error))
+    }
+}
+
+fn to_i64(value: usize) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+impl PersistedEventRepository for ChronicleRepository {
+    async fn get_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        self.inner.get_events::<A>(aggregate_id).await
+    }
+
+    async fn get_last_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+        last_sequence: usize,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        self.inner
+            .get_last_events::<A>(aggregate_id, last_sequence)
+            .await
+    }
+
+    async fn get_snapshot<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
+        self.inner.get_snapshot::<A>(aggregate_id).await
+    }
+
+    async fn persist<A: Aggregate>(
+        &self,
+        events: &[SerializedEvent],
+        snapshot_update: Option<(String, Value, usize)>,
+    ) -> Result<(), PersistenceError> {
+        let mut tx = self.pool.begin().await.map_err(persistence)?;
+        if !events.is_empty() {
+            sqlx::query(
+                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                                     event_version, payload, metadata)
+                 SELECT $1, * FROM UNNEST($2::text[], $3::bigint[], $4::text[], $5::text[],
+                                          $6::jsonb[], $7::jsonb[])",
+            )
+            .bind(A::TYPE)
+            .bind(
+                events
+                    .iter()
+                    .map(|e| e.aggregate_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                events
+                    .iter()
+                    .map(|e| to_i64(e.sequence))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                events
+                    .iter()
+                    .map(|e| e.event_type.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                events
+                    .iter()
+                    .map(|e| e.event_version.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(events.iter().map(|e| &e.payload).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| &e.metadata).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await
+            .map_err(persistence)?;
+        }
+        if let Some((aggregate_id, payload, current_snapshot)) = snapshot_update {
+            let last_sequence = events.last().map_or(0, |e| to_i64(e.sequence));
+            let written = sqlx::query(
+                "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence,
+                                        current_snapshot, payload)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
+                    SET last_sequence = EXCLUDED.last_sequence,
+                        current_snapshot = EXCLUDED.current_snapshot,
+                        payload = EXCLUDED.payload
+                  WHERE snapshots.current_snapshot = EXCLUDED.current_snapshot - 1",
+            )
+            .bind(A::TYPE)
+            .bind(&aggregate_id)
+            .bind(last_sequence)
+            .bind(to_i64(current_snapshot))
+            .bind(&payload)
+            .execute(&mut *tx)
+            .await
+            .map_err(persistence)?;
+            if written.rows_affected() != 1 {
+                // Another writer moved the snapshot since we loaded it: nothing of ours stays.
+                tx.rollback().await.map_err(persistence)?;
+                return Err(PersistenceError::OptimisticLockError);
+            }
+        }
+        tx.commit().await.map_err(persistence)
+    }
+
+    async fn stream_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<ReplayStream, PersistenceError> {
+        self.inner.stream_events::<A>(aggregate_id).await
+    }
+
+    async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
+        self.inner.stream_all_events::<A>().await
+    }
+}
