@@ -85,6 +85,24 @@ pub struct Config {
     )]
     pub batch_max_requests: u64,
 
+    /// Close a building batch when its oldest request waited this long, in milliseconds.
+    #[arg(
+        long,
+        env = "CHRONICLE_BATCH_MAX_WAIT_MS",
+        default_value_t = 600_000,
+        global = true
+    )]
+    pub batch_max_wait_ms: u64,
+
+    /// How often building batches are checked for their maximum wait, in milliseconds.
+    #[arg(
+        long,
+        env = "CHRONICLE_BATCH_CHECK_MS",
+        default_value_t = 5_000,
+        global = true
+    )]
+    pub batch_check_ms: u64,
+
     /// Largest batch input file in bytes (the provider's limit is 200 MB).
     #[arg(
         long,

@@ -2,9 +2,11 @@
 //! batches, owner actions on batches and requests, and the lookups the aggregates consult.
 
 mod actions;
+mod closer;
 mod custom_ids;
 mod submit;
 
 pub use actions::LlmActions;
+pub use closer::BatchCloser;
 pub use custom_ids::PgCustomIds;
 pub use submit::{Accepted, SubmitError, Submitter};

@@ -19,7 +19,7 @@ use crate::api::{build_schema, ApiServices};
 use crate::command::Commands;
 use crate::config::Config;
 use crate::http::{router, AppState};
-use crate::llm::{LlmActions, PgCustomIds, Submitter};
+use crate::llm::{BatchCloser, LlmActions, PgCustomIds, Submitter};
 use crate::log::{LogReader, LogWaker};
 use crate::projection::{self, ProjectionRunner, RunnerSettings};
 use crate::store::EventStores;
@@ -97,6 +97,14 @@ impl Application {
             max_requests: config.batch_max_requests,
             max_bytes: config.batch_max_bytes,
         };
+        let closer = BatchCloser::new(
+            commands.clone(),
+            pool.clone(),
+            batch_services.clone(),
+            Duration::from_millis(config.batch_max_wait_ms),
+            Duration::from_millis(config.batch_check_ms),
+        );
+        workers.spawn(closer.run(shutdown.clone()));
         let schema = build_schema(ApiServices {
             pool: pool.clone(),
             reader,

@@ -191,3 +191,20 @@ async fn request_lists_filter_and_page_newest_first() {
     assert_eq!(code(&forged), "VALIDATION");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_batch_closes_by_itself_after_the_maximum_wait() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn_configured(&db, "closer", |c| c.batch_max_wait_ms = 300).await;
+    let request = submit(&app, "a").await;
+    let batch_id = request["batchId"].as_str().expect("batch").to_owned();
+    let query = "query($id: UUID!) { batch(id: $id) { status closeReason } }";
+    let closed = eventually(Duration::from_secs(15), "the closer", || async {
+        let response = app.graphql(query, json!({ "id": batch_id })).await;
+        (response["data"]["batch"]["status"] == "uploading")
+            .then(|| response["data"]["batch"].clone())
+    })
+    .await;
+    assert_eq!(closed["closeReason"], "max_wait");
+    app.stop().await;
+}

@@ -51,6 +51,8 @@ impl TestApp {
             standby_retry_ms: 100,
             snapshots: vec![("Batch".into(), 1)],
             batch_max_requests: 50_000,
+            batch_max_wait_ms: 600_000,
+            batch_check_ms: 100,
             batch_max_bytes: 190_000_000,
         };
         change(&mut config);

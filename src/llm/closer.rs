@@ -1,0 +1,112 @@
+//! Closes building batches that waited long enough: when their oldest request is older than
+//! the configured maximum wait, or the batch is an hour old, whichever comes first.
+//!
+//! Every instance may run it: closing is a command on the batch, so two instances closing the
+//! same batch end with one `Closed` event and one harmless `INVALID_TRANSITION`.
+
+use std::time::Duration;
+
+use chronicle_aggregates::batch::{Batch, BatchCommand, BatchError, BatchServices, CloseReason};
+use chrono::Utc;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::submit::next_batch_id;
+use crate::command::{CommandContext, Commands, Refusal};
+
+/// A batch is closed after this long, whatever the configured wait.
+const MAX_AGE: Duration = Duration::from_secs(3600);
+
+/// The periodic batch closer.
+pub struct BatchCloser {
+    commands: Commands,
+    pool: PgPool,
+    services: BatchServices,
+    max_wait: Duration,
+    every: Duration,
+}
+
+impl BatchCloser {
+    /// Closes batches older than `max_wait`, checking `every` so often.
+    pub fn new(
+        commands: Commands,
+        pool: PgPool,
+        services: BatchServices,
+        max_wait: Duration,
+        every: Duration,
+    ) -> Self {
+        Self {
+            commands,
+            pool,
+            services,
+            max_wait,
+            every,
+        }
+    }
+
+    /// Runs until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            if let Err(error) = self.close_due().await {
+                tracing::warn!(%error, "closing waiting batches failed; will retry");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.every) => {}
+                () = shutdown.cancelled() => {}
+            }
+        }
+    }
+
+    /// Closes every batch that is due and returns how many this call closed.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn close_due(&self) -> Result<usize, sqlx::Error> {
+        let wait = self.max_wait.min(MAX_AGE);
+        let due: Vec<(Uuid, bool)> = sqlx::query_as(
+            "SELECT id, created_at < now() - $2::interval FROM batches
+              WHERE status = 'building' AND created_at < now() - $1::interval
+              ORDER BY created_at LIMIT 1000",
+        )
+        .bind(format!("{} milliseconds", wait.as_millis()))
+        .bind(format!("{} milliseconds", MAX_AGE.as_millis()))
+        .fetch_all(&self.pool)
+        .await?;
+        let context = CommandContext {
+            actor: "system".into(),
+            correlation_id: Uuid::now_v7().to_string(),
+            causation_id: None,
+        };
+        let mut closed = 0;
+        for (batch_id, too_old) in due {
+            let reason = if too_old {
+                CloseReason::MaxAge
+            } else {
+                CloseReason::MaxWait
+            };
+            let command = BatchCommand::Close {
+                reason,
+                successor: next_batch_id(batch_id),
+                at: Utc::now(),
+            };
+            let id = batch_id.to_string();
+            match self
+                .commands
+                .attempt::<Batch>(&context, &id, command, &self.services)
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(batch.id = %batch_id, reason = reason.as_str(), "closed batch");
+                    closed += 1;
+                }
+                // Closed meanwhile by its owner, a limit or another instance.
+                Err(Refusal::Rejected(BatchError::InvalidTransition { .. })) => {}
+                Err(refusal) => {
+                    tracing::warn!(batch.id = %batch_id, error = ?refusal, "cannot close batch");
+                }
+            }
+        }
+        Ok(closed)
+    }
+}
