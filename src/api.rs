@@ -11,6 +11,7 @@ mod projections;
 mod requests;
 mod schema;
 mod transitions;
+mod updates;
 
 pub use caller::Caller;
 pub use error::ApiError;

@@ -8,6 +8,7 @@ use super::event_log::{EventLogQuery, EventLogSubscription};
 use super::projections::ProjectionQuery;
 use super::requests::{RequestMutation, RequestQuery};
 use super::transitions::TransitionQuery;
+use super::updates::LlmSubscription;
 use crate::llm::{LlmActions, Submitter};
 use crate::log::{LogReader, LogWaker};
 
@@ -27,7 +28,7 @@ pub struct Mutation(RequestMutation, BatchMutation);
 
 /// All subscriptions.
 #[derive(MergedSubscription, Default)]
-pub struct Subscription(EventLogSubscription);
+pub struct Subscription(EventLogSubscription, LlmSubscription);
 
 /// The served schema.
 pub type ChronicleSchema = Schema<Query, Mutation, Subscription>;

@@ -30,6 +30,22 @@ impl LlmActions {
         Self { commands, services }
     }
 
+    /// Checks that `owner` owns the batch or request `id` of `aggregate_type`.
+    ///
+    /// # Errors
+    /// `NOT_FOUND` when it does not exist or is someone else's.
+    pub async fn check_owner(
+        &self,
+        owner: &str,
+        aggregate_type: &str,
+        id: Uuid,
+    ) -> Result<(), CommandError> {
+        match aggregate_type {
+            "Batch" => self.owned_batch(owner, id).await.map(drop),
+            _ => self.owned_request(owner, id).await.map(drop),
+        }
+    }
+
     async fn owned_batch(&self, owner: &str, batch_id: Uuid) -> Result<Batch, CommandError> {
         let batch = self.commands.load::<Batch>(&batch_id.to_string()).await?;
         match batch.key() {

@@ -111,3 +111,64 @@ async fn a_subscription_with_a_forged_cursor_fails_with_a_validation_code() {
     subscription.close().await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn batch_updates_replay_the_history_then_follow_live_and_resume_by_cursor() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db, "updates").await;
+    let submit =
+        "mutation($input: SubmitRequestInput!) { submitRequest(input: $input) { batchId } }";
+    let input = json!({ "customId": "a", "endpoint": "/v1/embeddings", "model": "m",
+                        "body": { "input": "x" }, "delivery": { "poll": true } });
+    let submitted = app.graphql(submit, json!({ "input": input })).await;
+    let batch_id = submitted["data"]["submitRequest"]["batchId"].clone();
+    let query = "subscription($id: UUID!, $after: String) {
+        batchUpdated(id: $id, after: $after) { cursor version eventType status } }";
+    let mut subscription =
+        Subscription::start(&app.ws_url(), query, json!({ "id": batch_id })).await;
+    let history = receive_field(&mut subscription, "batchUpdated", 2).await;
+    assert_eq!(history[0]["eventType"], "BatchOpened");
+    assert_eq!(history[1]["status"], "building");
+
+    let flush = "mutation($id: UUID!) { flushBatch(batchId: $id) { version } }";
+    app.graphql(flush, json!({ "id": batch_id })).await;
+    let live = receive_field(&mut subscription, "batchUpdated", 1).await;
+    assert_eq!(live[0]["eventType"], "BatchClosed");
+    assert_eq!(live[0]["status"], "uploading");
+    subscription.close().await;
+
+    let mut resumed = Subscription::start(
+        &app.ws_url(),
+        query,
+        json!({ "id": batch_id, "after": history[1]["cursor"] }),
+    )
+    .await;
+    let after = receive_field(&mut resumed, "batchUpdated", 1).await;
+    assert_eq!(after[0]["version"], 3);
+    resumed.close().await;
+
+    let mut someone_elses = Subscription::start(
+        &app.ws_url(),
+        query,
+        json!({ "id": "00000000-0000-7000-8000-000000000000" }),
+    )
+    .await;
+    let refused = someone_elses.next_message(WAIT).await.expect("a reply");
+    assert_eq!(
+        refused["payload"]["errors"][0]["extensions"]["code"], "NOT_FOUND",
+        "{refused}"
+    );
+    app.stop().await;
+}
+
+async fn receive_field(subscription: &mut Subscription, field: &str, count: usize) -> Vec<Value> {
+    let mut received = Vec::new();
+    for _ in 0..count {
+        let data = subscription
+            .next_data(WAIT)
+            .await
+            .expect("an update in time");
+        received.push(data[field].clone());
+    }
+    received
+}

@@ -1,0 +1,106 @@
+//! Live updates of one batch or request: `batchUpdated` and `requestUpdated`, resumable from
+//! a log cursor like the generic `events` subscription.
+
+use async_graphql::{Context, SimpleObject, Subscription};
+use chronicle_aggregates::batch::BatchEvent;
+use chronicle_aggregates::request::RequestEvent;
+use chronicle_projections::{LogCursor, RecordedEvent};
+use chrono::{DateTime, Utc};
+use futures::{Stream, StreamExt};
+use uuid::Uuid;
+
+use super::{ApiError, Caller};
+use crate::llm::LlmActions;
+use crate::log::{tail, LogFilter, LogReader, LogWaker};
+
+/// One change of a batch or request.
+#[derive(SimpleObject)]
+pub(crate) struct AggregateUpdate {
+    /// Resume after this update with `after`.
+    cursor: String,
+    /// The batch's or request's id.
+    id: String,
+    /// Its version after the change.
+    version: i64,
+    /// The event, e.g. `BatchClosed`.
+    event_type: String,
+    /// The state after the change (unreadable events leave it empty).
+    status: Option<String>,
+    /// When the change was recorded.
+    recorded_at: DateTime<Utc>,
+}
+
+fn update(event: RecordedEvent) -> AggregateUpdate {
+    let status = match event.aggregate_type.as_str() {
+        "Batch" => event
+            .decode::<BatchEvent>()
+            .ok()
+            .map(|e| e.status().as_str()),
+        _ => event
+            .decode::<RequestEvent>()
+            .ok()
+            .map(|e| e.status().as_str()),
+    };
+    AggregateUpdate {
+        cursor: event.cursor.to_string(),
+        id: event.aggregate_id,
+        version: event.sequence,
+        event_type: event.event_type,
+        status: status.map(str::to_owned),
+        recorded_at: event.recorded_at,
+    }
+}
+
+async fn updates(
+    ctx: &Context<'_>,
+    aggregate_type: &'static str,
+    id: Uuid,
+    after: Option<String>,
+) -> Result<impl Stream<Item = AggregateUpdate>, ApiError> {
+    let caller = Caller::from_ctx(ctx)?;
+    ctx.data_unchecked::<LlmActions>()
+        .check_owner(&caller.actor, aggregate_type, id)
+        .await?;
+    let start: LogCursor = match after {
+        Some(after) => after.parse()?,
+        None => LogCursor::START,
+    };
+    let filter = LogFilter {
+        aggregate_types: Some(vec![aggregate_type.to_owned()]),
+        aggregate_id: Some(id.to_string()),
+    };
+    let reader = ctx.data_unchecked::<LogReader>().clone();
+    let events = tail(reader, ctx.data_unchecked::<LogWaker>(), start, filter);
+    Ok(events.map(update))
+}
+
+/// Batch and request subscriptions.
+#[derive(Default)]
+pub(crate) struct LlmSubscription;
+
+#[Subscription]
+impl LlmSubscription {
+    /// Every change of one of your batches: its history first (or after `after`), then live.
+    /// Errors: `NOT_FOUND`, `VALIDATION` (bad cursor).
+    async fn batch_updated(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+        #[graphql(desc = "Resume after this cursor; from the batch's start when omitted.")]
+        after: Option<String>,
+    ) -> Result<impl Stream<Item = AggregateUpdate>, ApiError> {
+        updates(ctx, "Batch", id, after).await
+    }
+
+    /// Every change of one of your requests: its history first (or after `after`), then live.
+    /// Errors: `NOT_FOUND`, `VALIDATION` (bad cursor).
+    async fn request_updated(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+        #[graphql(desc = "Resume after this cursor; from the request's start when omitted.")]
+        after: Option<String>,
+    ) -> Result<impl Stream<Item = AggregateUpdate>, ApiError> {
+        updates(ctx, "Request", id, after).await
+    }
+}
