@@ -4,6 +4,7 @@
 mod batches;
 mod caller;
 mod error;
+mod error_codes;
 mod event_log;
 mod outcome;
 mod pagination;

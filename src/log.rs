@@ -5,6 +5,6 @@ mod reader;
 mod tail;
 mod waker;
 
-pub use reader::{LogFilter, LogReader};
+pub use reader::{LogFilter, LogReader, Page, MAX_PAGE_BYTES};
 pub use tail::tail;
 pub use waker::{LogWaker, Waiter};

@@ -36,9 +36,10 @@ impl EventStores {
 
     /// The store for `A`: snapshotting if configured, upcasting on every load.
     pub fn store<A: Upcast>(&self) -> Store<A> {
-        let repository = ChronicleRepository::new(self.pool.clone());
-        let store = match self.snapshot_every.get(A::TYPE) {
-            Some(&every) => PersistedEventStore::new_snapshot_store(repository, every),
+        let every = self.snapshot_every.get(A::TYPE).copied();
+        let repository = ChronicleRepository::new(self.pool.clone(), every.unwrap_or(0));
+        let store = match every {
+            Some(every) => PersistedEventStore::new_snapshot_store(repository, every),
             None => PersistedEventStore::new_event_store(repository),
         };
         store.with_upcasters(A::upcasters())

@@ -138,7 +138,7 @@ impl BatchQuery {
         let after = keyset_after(after.as_deref())?;
         let limit = i64::try_from(size + 1).unwrap_or(i64::MAX);
         let rows = batches::list(ctx.data_unchecked::<PgPool>(), &filter, after, limit).await?;
-        Ok(connection(rows, size, after.is_some(), |row| {
+        Ok(connection(rows, size, after.is_some(), false, |row| {
             (KeysetCursor(row.created_at, row.id), Batch::from(row))
         }))
     }

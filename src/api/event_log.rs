@@ -129,9 +129,14 @@ impl EventLogQuery {
                 limit,
             )
             .await?;
-        Ok(connection(page, size, after.is_some(), |event| {
-            (EdgeCursor(event.cursor), LogEvent::from(event))
-        }))
+        let more = page.truncated;
+        Ok(connection(
+            page.events,
+            size,
+            after.is_some(),
+            more,
+            |event| (EdgeCursor(event.cursor), LogEvent::from(event)),
+        ))
     }
 }
 

@@ -26,18 +26,19 @@ pub(crate) fn page_size(first: Option<i32>) -> Result<usize, ApiError> {
 }
 
 /// Builds a connection from `rows`, fetched with a limit of `size + 1` so that the extra row,
-/// if present, tells that a next page exists.
+/// if present, tells that a next page exists (as does `more`, when the source knows it).
 pub(crate) fn connection<C, N, R>(
     mut rows: Vec<R>,
     size: usize,
     has_previous: bool,
+    more: bool,
     edge: impl Fn(R) -> (C, N),
 ) -> Connection<C, N>
 where
     C: CursorType + Send + Sync,
     N: OutputType,
 {
-    let has_next = rows.len() > size;
+    let has_next = more || rows.len() > size;
     rows.truncate(size);
     let mut connection = Connection::new(has_previous, has_next);
     connection.edges.extend(rows.into_iter().map(|row| {

@@ -161,7 +161,7 @@ pub(crate) async fn request_page(
     let after = keyset_after(after.as_deref())?;
     let limit = i64::try_from(size + 1).unwrap_or(i64::MAX);
     let rows = requests::list(ctx.data_unchecked::<PgPool>(), &filter, after, limit).await?;
-    Ok(connection(rows, size, after.is_some(), |row| {
+    Ok(connection(rows, size, after.is_some(), false, |row| {
         (KeysetCursor(row.created_at, row.id), LlmRequest::from(row))
     }))
 }

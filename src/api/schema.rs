@@ -4,6 +4,7 @@ use async_graphql::{MergedObject, MergedSubscription, Schema, SchemaBuilder};
 use sqlx::PgPool;
 
 use super::batches::{BatchMutation, BatchQuery};
+use super::error_codes::DefaultErrorCodes;
 use super::event_log::{EventLogQuery, EventLogSubscription};
 use super::projections::ProjectionQuery;
 use super::requests::{RequestMutation, RequestQuery};
@@ -47,12 +48,17 @@ pub struct ApiServices {
     pub actions: LlmActions,
 }
 
+/// Deepest accepted query: GraphiQL's introspection query needs 13, our own types 7.
+const MAX_DEPTH: usize = 20;
+
 fn builder() -> SchemaBuilder<Query, Mutation, Subscription> {
     Schema::build(
         Query::default(),
         Mutation::default(),
         Subscription::default(),
     )
+    .extension(DefaultErrorCodes)
+    .limit_depth(MAX_DEPTH)
 }
 
 /// Builds the schema with the services resolvers read from the context.

@@ -48,7 +48,11 @@ impl Client {
             .await?
             .json()
             .await?;
-        ensure!(response["errors"].is_null(), "GraphQL error: {}", response["errors"]);
+        ensure!(
+            response["errors"].is_null(),
+            "GraphQL error: {}",
+            response["errors"]
+        );
         Ok(response)
     }
 }
@@ -78,7 +82,10 @@ async fn single_latencies(client: &Client, model: &str, samples: usize) -> anyho
     for i in 0..samples {
         let started = Instant::now();
         client
-            .graphql(SUBMIT_ONE, json!({ "input": item(&format!("single-{i}"), model) }))
+            .graphql(
+                SUBMIT_ONE,
+                json!({ "input": item(&format!("single-{i}"), model) }),
+            )
             .await?;
         took.push(started.elapsed());
     }
@@ -113,12 +120,19 @@ async fn main() -> anyhow::Result<()> {
     let server_task = tokio::spawn(app.run_until_stopped());
 
     eprintln!("bulk: submitting {bulk} requests in one call ...");
-    let items: Vec<Value> = (0..bulk).map(|i| item(&format!("bulk-{i}"), "big")).collect();
+    let items: Vec<Value> = (0..bulk)
+        .map(|i| item(&format!("bulk-{i}"), "big"))
+        .collect();
     let started = Instant::now();
-    client.graphql(SUBMIT_MANY, json!({ "requests": items })).await?;
+    client
+        .graphql(SUBMIT_MANY, json!({ "requests": items }))
+        .await?;
     let bulk_seconds = started.elapsed().as_secs_f64();
 
-    eprintln!("batch-latency: {} single submissions per batch ...", cli.samples);
+    eprintln!(
+        "batch-latency: {} single submissions per batch ...",
+        cli.samples
+    );
     let empty = single_latencies(&client, "small", cli.samples).await?;
     let full = single_latencies(&client, "big", cli.samples).await?;
 

@@ -63,10 +63,16 @@ impl Outcome {
     fn of(result: &Result<CommandReceipt, CommandError>) -> Option<Self> {
         match result {
             Ok(receipt) => Some(Self::Ok(receipt.clone())),
-            Err(CommandError::Rejected { code, message }) => Some(Self::Rejected {
-                code: code.as_str().to_owned(),
-                message: message.clone(),
-            }),
+            // A rejection by a rule is an outcome; a failure reported under a rejection code
+            // (a lookup that could not reach the database) is not.
+            Err(CommandError::Rejected { code, message })
+                if !matches!(code, ErrorCode::Internal | ErrorCode::Unavailable) =>
+            {
+                Some(Self::Rejected {
+                    code: code.as_str().to_owned(),
+                    message: message.clone(),
+                })
+            }
             // Transient failures are not outcomes: a retry should try again.
             Err(_) => None,
         }
@@ -192,19 +198,16 @@ impl KeyLock {
         let deadline = tokio::time::Instant::now() + LOCK_DEADLINE;
         let mut pause = Duration::from_millis(2);
         loop {
-            let mut conn = pool.acquire().await?;
-            let locked: bool =
-                sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-                    .bind(key)
-                    .fetch_one(&mut *conn)
-                    .await?;
-            if locked {
-                return Ok(Self {
-                    conn: Some(conn),
-                    key: key.to_owned(),
-                });
+            // The connection sits in the lock before the lock is asked for: if this future is
+            // dropped mid-query, Drop closes the session instead of pooling a locked one.
+            let mut lock = Self {
+                conn: Some(pool.acquire().await?),
+                key: key.to_owned(),
+            };
+            if lock.try_lock().await? {
+                return Ok(lock);
             }
-            drop(conn);
+            lock.release().await;
             if tokio::time::Instant::now() >= deadline {
                 return Err(CommandError::Conflict);
             }
@@ -213,17 +216,28 @@ impl KeyLock {
         }
     }
 
+    async fn try_lock(&mut self) -> Result<bool, sqlx::Error> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(false);
+        };
+        sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+            .bind(&self.key)
+            .fetch_one(&mut **conn)
+            .await
+    }
+
+    /// Unlocks and returns the connection to the pool; on any failure (or cancellation)
+    /// the connection stays here and Drop closes it.
     async fn release(&mut self) {
-        let Some(mut conn) = self.conn.take() else {
+        let Some(conn) = self.conn.as_mut() else {
             return;
         };
         let unlocked = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
             .bind(&self.key)
-            .execute(&mut *conn)
+            .execute(&mut **conn)
             .await;
-        if unlocked.is_err() {
-            // Closing the session is the other way to release a session lock.
-            drop(conn.detach());
+        if unlocked.is_ok() {
+            drop(self.conn.take());
         }
     }
 }

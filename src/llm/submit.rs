@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chronicle_aggregates::batch::{
-    Batch, BatchCommand, BatchEntry, BatchError, BatchKey, BatchLimits, BatchServices, CloseReason,
+    Batch, BatchCommand, BatchEntry, BatchError, BatchKey, BatchLimits, BatchServices, BatchStatus,
+    CloseReason,
 };
 use chronicle_aggregates::request::RequestSpec;
 use chronicle_aggregates::Endpoint;
@@ -107,7 +108,7 @@ impl Submitter {
                 endpoint,
                 model,
             };
-            let head = self.head(&key).await?;
+            let head = self.open_batch(&key).await?;
             self.check_custom_ids(head, &entries).await?;
             keyed.push((key, head, entries));
         }
@@ -120,8 +121,9 @@ impl Submitter {
         Ok(accepted.into_iter().flatten().collect())
     }
 
-    /// The newest batch of `key`, or the derived first one.
-    async fn head(&self, key: &BatchKey) -> Result<Uuid, CommandError> {
+    /// The batch of `key` that is open now (or would open with the next add): start at the
+    /// newest known batch and follow successors past closed ones.
+    async fn open_batch(&self, key: &BatchKey) -> Result<Uuid, CommandError> {
         let head: Option<Uuid> = sqlx::query_scalar(
             "SELECT batch_id FROM batch_heads WHERE owner = $1 AND endpoint = $2 AND model = $3",
         )
@@ -130,7 +132,14 @@ impl Submitter {
         .bind(&key.model)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(head.unwrap_or_else(|| first_batch_id(key)))
+        let mut batch_id = head.unwrap_or_else(|| first_batch_id(key));
+        loop {
+            let batch = self.commands.load::<Batch>(&batch_id.to_string()).await?;
+            match batch.status() {
+                None | Some(BatchStatus::Building) => return Ok(batch_id),
+                Some(_) => batch_id = next_batch_id(batch_id),
+            }
+        }
     }
 
     /// All-or-nothing for the common case: refuse before writing when custom ids repeat in

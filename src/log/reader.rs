@@ -24,6 +24,37 @@ pub struct LogFilter {
     pub aggregate_id: Option<String>,
 }
 
+/// Payload bytes a page aims to stay under, so that pages of large events (a bulk batch
+/// append carries up to 8 MB) do not multiply into gigabytes.
+pub const MAX_PAGE_BYTES: i64 = 16 * 1024 * 1024;
+
+/// One page of the log.
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// The events, in log order.
+    pub events: Vec<RecordedEvent>,
+    /// The oldest transaction still running when the page was read (`pg_snapshot_xmin`):
+    /// every event committed later has a transaction id at or above it.
+    pub horizon: i64,
+    /// The page stopped early at [`MAX_PAGE_BYTES`]: more events follow at once.
+    pub truncated: bool,
+}
+
+impl Page {
+    /// Where a reader that got this page may continue: after its last event, or, when it
+    /// was empty, past every settled transaction, so that a filtered reader does not rescan
+    /// the events it skipped.
+    pub fn next_cursor(&self, after: LogCursor) -> LogCursor {
+        match self.events.last() {
+            Some(last) => last.cursor,
+            None => after.max(LogCursor {
+                transaction_id: self.horizon.saturating_sub(1),
+                position: i64::MAX,
+            }),
+        }
+    }
+}
+
 /// Reads the global log; cheap to clone.
 #[derive(Clone)]
 pub struct LogReader {
@@ -31,18 +62,22 @@ pub struct LogReader {
     upcasters: Arc<Upcasters>,
 }
 
-type Row = (
-    i64,
-    i64,
-    String,
-    String,
-    i64,
-    String,
-    String,
-    Value,
-    Value,
-    DateTime<Utc>,
-);
+/// A row of a page: the horizon, and an event unless the page is empty.
+#[derive(sqlx::FromRow)]
+struct PageRow {
+    horizon: i64,
+    fetched: i64,
+    transaction_id: Option<i64>,
+    position: Option<i64>,
+    aggregate_type: Option<String>,
+    aggregate_id: Option<String>,
+    sequence: Option<i64>,
+    event_type: Option<String>,
+    event_version: Option<String>,
+    payload: Option<Value>,
+    metadata: Option<Value>,
+    recorded_at: Option<DateTime<Utc>>,
+}
 
 impl LogReader {
     /// A reader over `pool` that upcasts with `upcasters`.
@@ -50,7 +85,8 @@ impl LogReader {
         Self { pool, upcasters }
     }
 
-    /// Up to `limit` settled events after `after`, in log order.
+    /// Up to `limit` settled events after `after`, in log order, and never much more than
+    /// [`MAX_PAGE_BYTES`] of payload (the first event always comes, whatever its size).
     ///
     /// # Errors
     /// Any database error.
@@ -59,26 +95,49 @@ impl LogReader {
         after: LogCursor,
         filter: &LogFilter,
         limit: u32,
-    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT transaction_id::text::bigint, position, aggregate_type, aggregate_id,
-                    sequence, event_type, event_version, payload, metadata, recorded_at
-               FROM events
-              WHERE (transaction_id, position) > ($1::bigint::text::xid8, $2)
-                AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-                AND ($3::text[] IS NULL OR aggregate_type = ANY($3))
-                AND ($4::text IS NULL OR aggregate_id = $4)
-              ORDER BY transaction_id, position
-              LIMIT $5",
+    ) -> Result<Page, sqlx::Error> {
+        let rows: Vec<PageRow> = sqlx::query_as(
+            "WITH horizon AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin),
+             limited AS (
+                SELECT e.* FROM events e, horizon h
+                 WHERE (e.transaction_id, e.position) > ($1::bigint::text::xid8, $2)
+                   AND e.transaction_id < h.xmin
+                   AND ($3::text[] IS NULL OR e.aggregate_type = ANY($3))
+                   AND ($4::text IS NULL OR e.aggregate_id = $4)
+                 ORDER BY e.transaction_id, e.position
+                 LIMIT $5),
+             page AS (
+                SELECT *, sum(pg_column_size(payload)) OVER w AS running,
+                       row_number() OVER w AS n
+                  FROM limited WINDOW w AS (ORDER BY transaction_id, position))
+             SELECT h.xmin::text::bigint AS horizon, (SELECT count(*) FROM limited) AS fetched,
+                    p.transaction_id::text::bigint AS transaction_id, p.position,
+                    p.aggregate_type, p.aggregate_id, p.sequence, p.event_type,
+                    p.event_version, p.payload, p.metadata, p.recorded_at
+               FROM horizon h
+               LEFT JOIN page p ON p.n = 1 OR p.running <= $6
+              ORDER BY p.transaction_id, p.position",
         )
         .bind(after.transaction_id)
         .bind(after.position)
         .bind(filter.aggregate_types.as_deref())
         .bind(filter.aggregate_id.as_deref())
         .bind(i64::from(limit))
+        .bind(MAX_PAGE_BYTES)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(|row| self.recorded(row)).collect())
+        let horizon = rows.first().map_or(0, |row| row.horizon);
+        let fetched = rows.first().map_or(0, |row| row.fetched);
+        let events: Vec<RecordedEvent> = rows
+            .into_iter()
+            .filter_map(|row| self.recorded(row))
+            .collect();
+        let truncated = usize::try_from(fetched).unwrap_or_default() > events.len();
+        Ok(Page {
+            events,
+            horizon,
+            truncated,
+        })
     }
 
     /// The cursor of the newest settled event: everything committed later sorts after it.
@@ -101,33 +160,30 @@ impl LogReader {
         )
     }
 
-    fn recorded(&self, row: Row) -> RecordedEvent {
-        let (transaction_id, position, aggregate_type, aggregate_id, sequence, event_type) =
-            (row.0, row.1, row.2, row.3, row.4, row.5);
-        let (event_version, payload, metadata, recorded_at) = (row.6, row.7, row.8, row.9);
+    fn recorded(&self, row: PageRow) -> Option<RecordedEvent> {
         let stored = SerializedEvent::new(
-            aggregate_id,
-            usize::try_from(sequence).unwrap_or_default(),
-            aggregate_type,
-            event_type,
-            event_version,
-            payload,
-            metadata,
+            row.aggregate_id?,
+            usize::try_from(row.sequence?).unwrap_or_default(),
+            row.aggregate_type?,
+            row.event_type?,
+            row.event_version?,
+            row.payload?,
+            row.metadata?,
         );
         let current = self.upcasters.upcast(stored);
-        RecordedEvent {
+        Some(RecordedEvent {
             cursor: LogCursor {
-                transaction_id,
-                position,
+                transaction_id: row.transaction_id?,
+                position: row.position?,
             },
             metadata: EventMetadata::from_value(&current.metadata),
+            sequence: i64::try_from(current.sequence).unwrap_or_default(),
             aggregate_type: current.aggregate_type,
             aggregate_id: current.aggregate_id,
-            sequence,
             event_type: current.event_type,
             event_version: current.event_version,
             payload: current.payload,
-            recorded_at,
-        }
+            recorded_at: row.recorded_at?,
+        })
     }
 }

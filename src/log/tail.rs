@@ -44,12 +44,12 @@ pub fn tail(
                 return Some((event, state));
             }
             match state.reader.read(state.cursor, &state.filter, PAGE).await {
-                Ok(page) if page.is_empty() => state.waiter.wait().await,
                 Ok(page) => {
-                    if let Some(last) = page.last() {
-                        state.cursor = last.cursor;
+                    state.cursor = page.next_cursor(state.cursor);
+                    if page.events.is_empty() {
+                        state.waiter.wait().await;
                     }
-                    state.buffered.extend(page);
+                    state.buffered.extend(page.events);
                 }
                 Err(error) => {
                     tracing::warn!(%error, cursor = %state.cursor, "log tail read failed; retrying");

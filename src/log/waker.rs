@@ -73,7 +73,10 @@ async fn listen(pool: PgPool, sender: watch::Sender<u64>, shutdown: Cancellation
         };
         if let Err(error) = listener.listen(CHANNEL).await {
             tracing::warn!(%error, "LISTEN failed; retrying");
-            continue;
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                () = shutdown.cancelled() => return,
+            }
         }
         // Events may have been committed while we were not listening.
         wake();

@@ -122,7 +122,8 @@ impl ProjectionRunner {
         let page = self
             .reader
             .read(expected, &LogFilter::default(), self.settings.page_size)
-            .await?;
+            .await?
+            .events;
         let Some(last) = page.last() else {
             return Ok((expected, 0));
         };

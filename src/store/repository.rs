@@ -18,24 +18,30 @@ use sqlx::PgPool;
 pub struct ChronicleRepository {
     inner: PostgresEventRepository,
     pool: PgPool,
+    snapshot_every: usize,
 }
 
 impl ChronicleRepository {
-    /// A repository over the `events` and `snapshots` tables of `pool`.
-    pub fn new(pool: PgPool) -> Self {
+    /// A repository over the `events` and `snapshots` tables of `pool`, for an aggregate
+    /// snapshotted every `snapshot_every` events (0: never).
+    pub fn new(pool: PgPool, snapshot_every: usize) -> Self {
         Self {
             inner: PostgresEventRepository::new(pool.clone()),
             pool,
+            snapshot_every,
         }
     }
 }
 
+/// Unique violations of the stream keys mean a concurrent writer; any other is a bug.
+const STREAM_KEYS: [&str; 2] = ["events_pkey", "snapshots_pkey"];
+
 fn persistence(error: sqlx::Error) -> PersistenceError {
-    let duplicate = error
+    let concurrent = error
         .as_database_error()
-        .and_then(|db| db.code())
-        .is_some_and(|code| code == "23505");
-    if duplicate {
+        .and_then(|db| db.constraint())
+        .is_some_and(|constraint| STREAM_KEYS.contains(&constraint));
+    if concurrent {
         PersistenceError::OptimisticLockError
     } else if crate::command::is_unavailable(&error) {
         PersistenceError::ConnectionError(Box::new(error))
@@ -118,7 +124,11 @@ impl PersistedEventRepository for ChronicleRepository {
             .map_err(persistence)?;
         }
         if let Some((aggregate_id, payload, current_snapshot)) = snapshot_update {
-            let last_sequence = events.last().map_or(0, |e| to_i64(e.sequence));
+            // cqrs-es snapshots the state after the last multiple of the interval, which is
+            // not the last event when one command appends several.
+            let last = events.last().map_or(0, |e| e.sequence);
+            let every = self.snapshot_every.max(1);
+            let last_sequence = to_i64(last / every * every);
             let written = sqlx::query(
                 "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence,
                                         current_snapshot, payload)
@@ -127,7 +137,7 @@ impl PersistedEventRepository for ChronicleRepository {
                     SET last_sequence = EXCLUDED.last_sequence,
                         current_snapshot = EXCLUDED.current_snapshot,
                         payload = EXCLUDED.payload
-                  WHERE snapshots.current_snapshot = EXCLUDED.current_snapshot - 1",
+                  WHERE snapshots.last_sequence < EXCLUDED.last_sequence",
             )
             .bind(A::TYPE)
             .bind(&aggregate_id)
@@ -138,7 +148,9 @@ impl PersistedEventRepository for ChronicleRepository {
             .await
             .map_err(persistence)?;
             if written.rows_affected() != 1 {
-                // Another writer moved the snapshot since we loaded it: nothing of ours stays.
+                // A newer snapshot exists: another writer got there first (the event keys
+                // usually say so earlier). Nothing of ours stays. Comparing sequences rather
+                // than snapshot counters keeps a stale, unreadable snapshot replaceable.
                 tx.rollback().await.map_err(persistence)?;
                 return Err(PersistenceError::OptimisticLockError);
             }

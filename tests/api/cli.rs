@@ -29,7 +29,12 @@ fn an_unreachable_database_ends_in_one_clear_line() {
 #[tokio::test]
 async fn migrate_creates_a_missing_database_and_migrates_it() {
     let db = TestDb::new().await;
-    let name = format!("chronicle_test_cli_{}", uuid::Uuid::new_v4().simple());
+    // Named like every test database, so a failed run's leftover is swept.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let name = format!("chronicle_test_{now}_cli{}", uuid::Uuid::new_v4().simple());
     let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
     let url = std::env::var("DATABASE_URL")
         .ok()
@@ -51,6 +56,11 @@ async fn migrate_creates_a_missing_database_and_migrates_it() {
     .await
     .expect("pg_database");
     assert!(migrated);
+    let created = chronicle::db::connect(&chronicle::db::connect_options(&url).expect("url"), 1)
+        .await
+        .expect("connect to the created database");
+    assert!(chronicle::db::is_ready(&created).await, "not migrated");
+    created.close().await;
     sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
         .execute(&db.pool)
         .await

@@ -89,3 +89,46 @@ async fn the_log_pages_forward_without_gaps_or_repeats() {
     assert_eq!(other["data"]["eventLog"]["edges"], json!([]));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn errors_raised_before_resolvers_still_carry_a_code() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db, "http").await;
+    for (query, variables) in [
+        ("{ batch(id: \"not-a-uuid\") { id } }", json!({})),
+        ("{ nope }", json!({})),
+        (
+            "query($id: UUID!) { request(id: $id) { id } }",
+            json!({ "id": 5 }),
+        ),
+        (
+            "mutation { submitRequest(input: { customId: \"a\", endpoint: \"/v1/embeddings\",
+               model: \"m\", body: {}, delivery: { poll: true, webhookUrl: \"https://x.test\" } })
+               { requestId } }",
+            json!({}),
+        ),
+    ] {
+        let response = app.graphql(query, variables).await;
+        assert_eq!(
+            response["errors"][0]["extensions"]["code"], "VALIDATION",
+            "{response}"
+        );
+    }
+    let deep = format!(
+        "{{ __schema {{ types {{ fields {{ type {} name {} }} }} }} }}",
+        "{ ofType ".repeat(20),
+        "}".repeat(20)
+    );
+    let response = app.graphql(&deep, json!({})).await;
+    assert_eq!(
+        response["errors"][0]["extensions"]["code"], "VALIDATION",
+        "{response}"
+    );
+    assert!(
+        response["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("too deep")),
+        "{response}"
+    );
+    app.stop().await;
+}

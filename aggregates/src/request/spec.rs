@@ -66,8 +66,13 @@ impl RequestSpec {
                 problems.push("body must be a JSON object".into());
             }
         }
-        if body.to_string().len() > MAX_BODY_BYTES {
+        let compact = body.to_string();
+        if compact.len() > MAX_BODY_BYTES {
             problems.push(format!("body must be at most {MAX_BODY_BYTES} bytes"));
+        }
+        // PostgreSQL text and jsonb cannot hold NUL characters.
+        if custom_id.contains('\0') || model.contains('\0') || compact.contains("\\u0000") {
+            problems.push("text must not contain NUL characters".into());
         }
         if let Err(problem) = &delivery {
             problems.push(problem.clone());

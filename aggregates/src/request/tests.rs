@@ -299,6 +299,8 @@ fn each_submission_rule_is_reported() {
             "{problems:?}"
         );
     }
+    let nul = parse("a\0", "/v1/embeddings", "m", json!({ "input": "x\u{0}y" }));
+    assert_eq!(nul.expect_err("NUL").len(), 1);
     let bad_delivery = RequestSpec::parse(
         "a".into(),
         "/v1/embeddings",

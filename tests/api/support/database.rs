@@ -44,7 +44,9 @@ impl TestDb {
             .as_secs();
         let name = format!("chronicle_test_{now}_{}", uuid::Uuid::new_v4().simple());
         sqlx::query(&format!(
-            "CREATE DATABASE {name} TEMPLATE {template} STRATEGY FILE_COPY"
+            // WAL_LOG, not FILE_COPY: FILE_COPY holds a transaction id across two checkpoints,
+            // and the cluster-wide snapshot horizon would stall every other test's log reader.
+            "CREATE DATABASE {name} TEMPLATE {template} STRATEGY WAL_LOG"
         ))
         .execute(&mut conn)
         .await
