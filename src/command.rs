@@ -143,12 +143,15 @@ impl<E> From<sqlx::Error> for Refusal<E> {
 #[derive(Clone)]
 pub struct Commands {
     stores: EventStores,
+    locks: PgPool,
 }
 
 impl Commands {
-    /// A command path over `stores`.
-    pub fn new(stores: EventStores) -> Self {
-        Self { stores }
+    /// A command path over `stores`. Idempotency locks are held on connections of `locks`,
+    /// a pool of their own: a lock holder also needs connections to run its command, and
+    /// lock holders sharing the main pool could take all of it and wait on each other.
+    pub fn new(stores: EventStores, locks: PgPool) -> Self {
+        Self { stores, locks }
     }
 
     /// Runs `command` on aggregate `aggregate_id` of type `A`.
@@ -175,7 +178,8 @@ impl Commands {
                 .attempt::<A>(context, aggregate_id, command, services)
                 .await?),
             Some(key) => {
-                idempotency::execute_once(self.pool(), &context.actor, &key, |command_id| async {
+                let pools = (self.pool(), &self.locks);
+                idempotency::execute_once(pools, &context.actor, &key, |command_id| async {
                     Ok(self
                         .run::<A>(context, aggregate_id, command, services, command_id)
                         .await?)

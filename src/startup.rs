@@ -9,7 +9,7 @@ use chronicle_aggregates::batch::{Batch, BatchLimits, BatchServices};
 use chronicle_aggregates::request::Request;
 use chronicle_aggregates::Upcasters;
 use chronicle_projections::Projector;
-use sqlx::postgres::PgConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -25,6 +25,8 @@ use crate::projection::{self, ProjectionRunner, RunnerSettings};
 use crate::store::EventStores;
 
 const PROJECTION_PAGE: u32 = 500;
+/// Connections for idempotency locks: at most this many keyed commands run at once.
+const IDEMPOTENCY_LOCKS: u32 = 8;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// The domain parts an instance runs: every aggregate's upcasters and every projector.
@@ -89,7 +91,11 @@ impl Application {
             );
             workers.spawn(runner.run(waker.clone(), shutdown.clone()));
         }
-        let commands = Commands::new(stores);
+        let locks = PgPoolOptions::new()
+            .max_connections(IDEMPOTENCY_LOCKS)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_lazy_with(options.clone());
+        let commands = Commands::new(stores, locks);
         let batch_services = BatchServices {
             custom_ids: Arc::new(PgCustomIds::new(pool.clone())),
         };

@@ -2,9 +2,12 @@
 //!
 //! Starts a server on a fresh database of the configured PostgreSQL, drives it with a reqwest
 //! GraphQL client, prints a table and optionally writes JSON. Workloads:
-//! - `bulk`: one `submitRequests` call of 50,000 requests (5,000 with `--quick`);
-//! - `batch-latency`: single `submitRequest` latency into an empty batch and into a batch
-//!   that already holds those 50,000 requests; the two must stay close (snapshots).
+//! - `bulk`: one `submitRequests` call of 50,000 requests less the samples below (5,000
+//!   with `--quick`);
+//! - `batch-latency`: single `submitRequest` latency into an empty batch and into the batch
+//!   that holds the bulk requests, filling it to exactly the 50,000 limit; the two must stay
+//!   close (snapshots keep a batch's load constant);
+//! - `limit`: the next request opens a second batch, and the first holds exactly 50,000.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -101,7 +104,12 @@ async fn single_latencies(client: &Client, model: &str, samples: usize) -> anyho
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init(cli.config.log_format);
-    let bulk = if cli.quick { 5_000 } else { 50_000 };
+    let limit = if cli.quick { 5_000 } else { 50_000 };
+    ensure!(
+        cli.samples < limit,
+        "--samples must be below the batch limit"
+    );
+    let bulk = limit - cli.samples;
     let server = db::connect_options(&cli.config.database_url)?;
     let name = format!("chronicle_bench_{}", std::process::id());
     let options = server.clone().database(&name);
@@ -109,8 +117,7 @@ async fn main() -> anyhow::Result<()> {
     db::migrate(&pool).await?;
     let mut config = cli.config.clone();
     config.listen = "127.0.0.1:0".parse()?;
-    // Keep the full batch open so that commands can still be timed against it.
-    config.batch_max_requests = bulk as u64 + cli.samples as u64;
+    config.batch_max_requests = limit as u64;
     let app = Application::build(&config, pool.clone(), options, Wiring::standard()).await?;
     let client = Client {
         http: reqwest::Client::new(),
@@ -136,6 +143,38 @@ async fn main() -> anyhow::Result<()> {
     let empty = single_latencies(&client, "small", cli.samples).await?;
     let full = single_latencies(&client, "big", cli.samples).await?;
 
+    eprintln!("limit: one request beyond {limit} ...");
+    let overflow = client
+        .graphql(
+            "mutation($input: SubmitRequestInput!) { submitRequest(input: $input) { batchId } }",
+            json!({ "input": item("overflow", "big") }),
+        )
+        .await?;
+    let second = overflow["data"]["submitRequest"]["batchId"].clone();
+    // The read model follows the log: give it until the deadline to show the closed batch.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (full_batch, limit_ok) = loop {
+        let batches = client
+            .graphql(
+                "{ batches(filter: { model: \"big\" }) { edges { node { id requestCount status } } } }",
+                json!({}),
+            )
+            .await?;
+        let full_batch = batches["data"]["batches"]["edges"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|edge| &edge["node"])
+            .find(|node| node["id"] != second)
+            .cloned()
+            .unwrap_or_default();
+        let ok = full_batch["requestCount"] == limit && full_batch["status"] == "uploading";
+        if ok || Instant::now() > deadline {
+            break (full_batch, ok);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
     let results = json!({
         "bulk": { "requests": bulk, "seconds": bulk_seconds,
                   "requests_per_second": bulk as f64 / bulk_seconds },
@@ -143,6 +182,8 @@ async fn main() -> anyhow::Result<()> {
                            "bulk_requests_in_batch": bulk,
                            "p50_ratio": full["p50_ms"].as_f64().unwrap_or(0.0)
                                / empty["p50_ms"].as_f64().unwrap_or(f64::EPSILON).max(f64::EPSILON) },
+        "limit": { "max_requests": limit, "first_batch": full_batch, "next_batch": second,
+                   "holds": limit_ok },
     });
     let table = format!(
         "workload        measure                                  value\n\
@@ -151,13 +192,15 @@ async fn main() -> anyhow::Result<()> {
          batch-latency   submitRequest p50, empty batch (ms)      {:>10.2}\n\
          batch-latency   submitRequest p99, empty batch (ms)      {:>10.2}\n\
          batch-latency   submitRequest p50, batch of {bulk} (ms) {:>10.2}\n\
-         batch-latency   submitRequest p99, batch of {bulk} (ms) {:>10.2}\n",
+         batch-latency   submitRequest p99, batch of {bulk} (ms) {:>10.2}\n\
+         limit           batch 1 closed at exactly {limit}, next opened  {:>10}\n",
         bulk_seconds,
         bulk as f64 / bulk_seconds,
         empty["p50_ms"].as_f64().unwrap_or(0.0),
         empty["p99_ms"].as_f64().unwrap_or(0.0),
         full["p50_ms"].as_f64().unwrap_or(0.0),
         full["p99_ms"].as_f64().unwrap_or(0.0),
+        if limit_ok { "yes" } else { "NO" },
     );
     std::io::Write::write_all(&mut std::io::stdout(), table.as_bytes())?;
     if let Some(path) = &cli.json {
@@ -165,6 +208,7 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
 
+    ensure!(limit_ok, "the batch limit did not hold: {full_batch}");
     shutdown.cancel();
     server_task.await??;
     pool.close().await;

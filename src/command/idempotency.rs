@@ -91,7 +91,7 @@ impl Outcome {
 
 /// Runs `run` at most once per (actor, key); `run` receives the command id to stamp.
 pub(super) async fn execute_once<F, Fut>(
-    pool: &PgPool,
+    (pool, locks): (&PgPool, &PgPool),
     actor: &str,
     key: &IdempotencyKey,
     run: F,
@@ -102,7 +102,7 @@ where
 {
     let scoped = format!("{actor}\n{}", key.key);
     let command_id = Uuid::new_v5(&COMMAND_ID_NAMESPACE, scoped.as_bytes()).to_string();
-    let mut lock = KeyLock::acquire(pool, &scoped).await?;
+    let mut lock = KeyLock::acquire(locks, &scoped).await?;
     let result = async {
         if let Some((fingerprint, outcome)) = stored(pool, actor, &key.key).await? {
             if fingerprint != key.fingerprint {

@@ -106,3 +106,22 @@ async fn keys_that_are_empty_or_too_long_are_invalid() {
     assert!(IdempotencyKey::new("k".repeat(201), &1).is_err());
     assert!(IdempotencyKey::new("k".repeat(200), &1).is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_keyed_commands_at_once_do_not_starve_the_pool() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db, "idempotency").await;
+    let ledgers: Vec<String> = (0..40).map(|i| format!("l{i}")).collect();
+    for ledger in &ledgers {
+        app.ledger(ledger, LedgerCommand::Open).await.expect("open");
+    }
+    let outcomes = join_all(
+        ledgers
+            .iter()
+            .map(|ledger| deposit_once(&app, ledger, ledger, 1)),
+    )
+    .await;
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    assert_eq!(event_count(&app).await, 80);
+    app.stop().await;
+}
