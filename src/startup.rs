@@ -121,7 +121,7 @@ impl Application {
                 batch_services.clone(),
                 limits,
             ),
-            actions: LlmActions::new(commands.clone(), batch_services),
+            actions: LlmActions::new(commands.clone(), batch_services, pool.clone()),
         });
         Ok(Self {
             listener,

@@ -94,6 +94,7 @@ fn filter(aggregate_types: Option<Vec<String>>, aggregate_id: Option<String>) ->
     LogFilter {
         aggregate_types,
         aggregate_id,
+        owner: None,
     }
 }
 

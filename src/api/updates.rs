@@ -68,10 +68,38 @@ async fn updates(
     let filter = LogFilter {
         aggregate_types: Some(vec![aggregate_type.to_owned()]),
         aggregate_id: Some(id.to_string()),
+        owner: None,
     };
+    Ok(follow(ctx, start, filter))
+}
+
+/// Changes of all the caller's batches or requests, after `after` or from now.
+async fn owned_updates(
+    ctx: &Context<'_>,
+    aggregate_type: &'static str,
+    after: Option<String>,
+) -> Result<impl Stream<Item = AggregateUpdate>, ApiError> {
+    let caller = Caller::from_ctx(ctx)?;
+    let reader = ctx.data_unchecked::<LogReader>();
+    let start: LogCursor = match after {
+        Some(after) => after.parse()?,
+        None => reader.head().await?,
+    };
+    let filter = LogFilter {
+        aggregate_types: Some(vec![aggregate_type.to_owned()]),
+        aggregate_id: None,
+        owner: Some(caller.actor.clone()),
+    };
+    Ok(follow(ctx, start, filter))
+}
+
+fn follow(
+    ctx: &Context<'_>,
+    start: LogCursor,
+    filter: LogFilter,
+) -> impl Stream<Item = AggregateUpdate> {
     let reader = ctx.data_unchecked::<LogReader>().clone();
-    let events = tail(reader, ctx.data_unchecked::<LogWaker>(), start, filter);
-    Ok(events.map(update))
+    tail(reader, ctx.data_unchecked::<LogWaker>(), start, filter).map(update)
 }
 
 /// Batch and request subscriptions.
@@ -102,5 +130,25 @@ impl LlmSubscription {
         after: Option<String>,
     ) -> Result<impl Stream<Item = AggregateUpdate>, ApiError> {
         updates(ctx, "Request", id, after).await
+    }
+
+    /// Every change of any of your batches, from now (or after `after`), live.
+    /// Errors: `VALIDATION` (bad cursor).
+    async fn batches_updated(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Resume after this cursor; from now when omitted.")] after: Option<String>,
+    ) -> Result<impl Stream<Item = AggregateUpdate>, ApiError> {
+        owned_updates(ctx, "Batch", after).await
+    }
+
+    /// Every change of any of your requests, from now (or after `after`), live.
+    /// Errors: `VALIDATION` (bad cursor).
+    async fn requests_updated(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Resume after this cursor; from now when omitted.")] after: Option<String>,
+    ) -> Result<impl Stream<Item = AggregateUpdate>, ApiError> {
+        owned_updates(ctx, "Request", after).await
     }
 }

@@ -4,7 +4,10 @@
 use chronicle_aggregates::batch::{Batch, BatchCommand, BatchServices, BatchStatus, CloseReason};
 use chronicle_aggregates::request::{Request, RequestCommand};
 use chronicle_aggregates::ErrorCode;
+use std::time::Duration;
+
 use chrono::Utc;
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::submit::next_batch_id;
@@ -15,7 +18,11 @@ use crate::command::{CommandContext, CommandError, CommandReceipt, Commands, Ide
 pub struct LlmActions {
     commands: Commands,
     services: BatchServices,
+    pool: PgPool,
 }
+
+/// How long a command on a just-accepted request waits for the request's stream to start.
+const STREAM_START_WAIT: Duration = Duration::from_secs(10);
 
 fn not_found(what: &str) -> CommandError {
     CommandError::Rejected {
@@ -26,8 +33,12 @@ fn not_found(what: &str) -> CommandError {
 
 impl LlmActions {
     /// Actions through `commands`.
-    pub fn new(commands: Commands, services: BatchServices) -> Self {
-        Self { commands, services }
+    pub fn new(commands: Commands, services: BatchServices, pool: PgPool) -> Self {
+        Self {
+            commands,
+            services,
+            pool,
+        }
     }
 
     /// Checks that `owner` owns the batch or request `id` of `aggregate_type`.
@@ -55,14 +66,31 @@ impl LlmActions {
     }
 
     async fn owned_request(&self, owner: &str, request_id: Uuid) -> Result<Request, CommandError> {
-        let request = self
-            .commands
-            .load::<Request>(&request_id.to_string())
-            .await?;
+        let id = request_id.to_string();
+        let mut request = self.commands.load::<Request>(&id).await?;
+        if request.submission().is_none() && self.accepted(request_id).await? {
+            // Accepted into a batch a moment ago: its own stream starts from the batch event
+            // (`request_streams`). Wait for it rather than answer NOT_FOUND.
+            let deadline = tokio::time::Instant::now() + STREAM_START_WAIT;
+            while request.submission().is_none() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                request = self.commands.load::<Request>(&id).await?;
+            }
+        }
         match request.submission() {
             Some(submission) if submission.owner == owner => Ok(request),
             _ => Err(not_found("request")),
         }
+    }
+
+    /// True when some batch accepted this request id.
+    async fn accepted(&self, request_id: Uuid) -> Result<bool, CommandError> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM batch_custom_ids WHERE request_id = $1)",
+        )
+        .bind(request_id)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     async fn on_batch(

@@ -22,6 +22,8 @@ pub struct LogFilter {
     pub aggregate_types: Option<Vec<String>>,
     /// Only this aggregate.
     pub aggregate_id: Option<String>,
+    /// Only aggregates of this owner (as recorded with their first event).
+    pub owner: Option<String>,
 }
 
 /// Payload bytes a page aims to stay under, so that pages of large events (a bulk batch
@@ -104,6 +106,10 @@ impl LogReader {
                    AND e.transaction_id < h.xmin
                    AND ($3::text[] IS NULL OR e.aggregate_type = ANY($3))
                    AND ($4::text IS NULL OR e.aggregate_id = $4)
+                   AND ($7::text IS NULL OR EXISTS (
+                        SELECT 1 FROM aggregate_owners o
+                         WHERE o.aggregate_type = e.aggregate_type
+                           AND o.aggregate_id = e.aggregate_id AND o.owner = $7))
                  ORDER BY e.transaction_id, e.position
                  LIMIT $5),
              page AS (
@@ -124,6 +130,7 @@ impl LogReader {
         .bind(filter.aggregate_id.as_deref())
         .bind(i64::from(limit))
         .bind(MAX_PAGE_BYTES)
+        .bind(filter.owner.as_deref())
         .fetch_all(&self.pool)
         .await?;
         let horizon = rows.first().map_or(0, |row| row.horizon);

@@ -172,3 +172,47 @@ async fn receive_field(subscription: &mut Subscription, field: &str, count: usiz
     }
     received
 }
+
+#[tokio::test]
+async fn owner_wide_updates_show_only_the_callers_batches() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db, "updates").await;
+    let submit =
+        "mutation($input: SubmitRequestInput!) { submitRequest(input: $input) { batchId } }";
+    let input = |custom_id: &str, model: &str| {
+        json!({ "input": { "customId": custom_id, "endpoint": "/v1/embeddings", "model": model,
+                           "body": { "input": "x" }, "delivery": { "poll": true } } })
+    };
+    let first = app.graphql(submit, input("a", "m1")).await;
+    let flush = "mutation($id: UUID!) { flushBatch(batchId: $id) { cursor } }";
+    let flushed = app
+        .graphql(
+            flush,
+            json!({ "id": first["data"]["submitRequest"]["batchId"] }),
+        )
+        .await;
+    let after = flushed["data"]["flushBatch"]["cursor"].clone();
+    let query = "subscription($after: String) { batchesUpdated(after: $after) { id eventType } }";
+    let mut subscription =
+        Subscription::start(&app.ws_url(), query, json!({ "after": after })).await;
+
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                             payload, metadata)
+         VALUES ('Batch', '0190f0f0-0000-7000-8000-000000000001', 1, 'BatchOpened', '1.0.0',
+                 '{\"Opened\": {\"batch_id\": \"0190f0f0-0000-7000-8000-000000000001\",
+                   \"key\": {\"owner\": \"someone-else\", \"endpoint\": \"/v1/embeddings\",
+                             \"model\": \"m\"}, \"at\": \"2026-11-23T08:00:00Z\"}}', '{}')",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("another owner's batch");
+    let second = app.graphql(submit, input("b", "m2")).await;
+    let mine = second["data"]["submitRequest"]["batchId"].clone();
+    let updates = receive_field(&mut subscription, "batchesUpdated", 2).await;
+    assert_eq!(updates[0]["id"], mine, "{updates:?}");
+    assert_eq!(updates[0]["eventType"], "BatchOpened");
+    assert_eq!(updates[1]["eventType"], "BatchRequestsAdded");
+    subscription.close().await;
+    app.stop().await;
+}
