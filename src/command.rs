@@ -7,6 +7,9 @@ use chronicle_aggregates::{DomainError, ErrorCode, Upcast};
 use chronicle_projections::{EventMetadata, LogCursor};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{AggregateError, EventStore};
+use std::future::Future;
+
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -178,15 +181,51 @@ impl Commands {
                 .attempt::<A>(context, aggregate_id, command, services)
                 .await?),
             Some(key) => {
-                let pools = (self.pool(), &self.locks);
-                idempotency::execute_once(pools, &context.actor, &key, |command_id| async {
-                    Ok(self
-                        .run::<A>(context, aggregate_id, command, services, command_id)
-                        .await?)
-                })
+                let pool = self.pool();
+                let pools = (pool, &self.locks);
+                let recover = |command_id: String| async move {
+                    idempotency::recovered(pool, &command_id).await
+                };
+                idempotency::execute_once(
+                    pools,
+                    &context.actor,
+                    &key,
+                    recover,
+                    |command_id| async {
+                        Ok(self
+                            .run::<A>(context, aggregate_id, command, services, command_id)
+                            .await?)
+                    },
+                )
                 .await
             }
         }
+    }
+
+    /// Runs `operation` (which may send several commands) at most once per (actor, key) and
+    /// returns its first outcome to every repeat. Unlike [`Commands::execute`], an outcome
+    /// lost in a crash is not rebuilt: the repeat runs again, and the aggregates' own rules
+    /// (such as unique custom ids) refuse what was already done.
+    ///
+    /// # Errors
+    /// The operation's error, or a reused or invalid key.
+    pub async fn once<T, F, Fut>(
+        &self,
+        context: &CommandContext,
+        key: Option<IdempotencyKey>,
+        operation: F,
+    ) -> Result<T, CommandError>
+    where
+        T: Serialize + DeserializeOwned + Clone,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, CommandError>>,
+    {
+        let Some(key) = key else {
+            return operation().await;
+        };
+        let pools = (self.pool(), &self.locks);
+        let nothing = |_: String| async { Ok(None) };
+        idempotency::execute_once(pools, &context.actor, &key, nothing, |_| operation()).await
     }
 
     /// Runs `command` once, without idempotency, keeping the aggregate's typed rejection.

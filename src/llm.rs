@@ -9,4 +9,4 @@ mod submit;
 pub use actions::LlmActions;
 pub use closer::BatchCloser;
 pub use custom_ids::PgCustomIds;
-pub use submit::{Accepted, SubmitError, Submitter};
+pub use submit::{Accepted, Submitter};

@@ -8,7 +8,6 @@ use chronicle_aggregates::ErrorCode;
 use chronicle_projections::CursorError;
 
 use crate::command::{is_unavailable, CommandError};
-use crate::llm::SubmitError;
 
 /// One invalid item of a bulk input: its index and every rule it breaks.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -84,17 +83,6 @@ impl ApiError {
 impl From<CommandError> for ApiError {
     fn from(error: CommandError) -> Self {
         Self::Command(error)
-    }
-}
-
-impl From<SubmitError> for ApiError {
-    fn from(error: SubmitError) -> Self {
-        match error {
-            SubmitError::Command(error) => Self::Command(error),
-            rejected @ (SubmitError::DuplicateCustomIds(_) | SubmitError::TooLarge(_)) => {
-                Self::Validation(rejected.to_string())
-            }
-        }
     }
 }
 

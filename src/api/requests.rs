@@ -6,6 +6,7 @@ use chronicle_aggregates::request::RequestSpec;
 use chronicle_aggregates::Delivery;
 use chronicle_projections::requests::{self, RequestFilter, RequestRow};
 use chrono::{DateTime, Utc};
+use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -20,7 +21,7 @@ use crate::llm::{Accepted, LlmActions, Submitter};
 pub(crate) const MAX_BULK: usize = 50_000;
 
 /// How a request's result reaches its owner: exactly one of the fields.
-#[derive(OneofObject)]
+#[derive(OneofObject, Serialize)]
 pub(crate) enum DeliveryInput {
     /// POST the result to this absolute http(s) URL.
     WebhookUrl(String),
@@ -31,7 +32,7 @@ pub(crate) enum DeliveryInput {
 }
 
 /// One LLM request to submit.
-#[derive(InputObject)]
+#[derive(InputObject, Serialize)]
 pub(crate) struct SubmitRequestInput {
     /// Your own id for matching the result; 1–64 characters, unique within its batch.
     custom_id: String,
@@ -216,8 +217,10 @@ impl RequestMutation {
         &self,
         ctx: &Context<'_>,
         input: SubmitRequestInput,
+        #[graphql(desc = "Retrying with the same key returns the first outcome.")]
+        idempotency_key: Option<String>,
     ) -> Result<SubmittedRequest, ApiError> {
-        let mut accepted = submit(ctx, vec![input]).await?;
+        let mut accepted = submit(ctx, vec![input], idempotency_key).await?;
         accepted
             .pop()
             .ok_or(ApiError::NotFound("submitted request"))
@@ -230,8 +233,10 @@ impl RequestMutation {
         &self,
         ctx: &Context<'_>,
         requests: Vec<SubmitRequestInput>,
+        #[graphql(desc = "Retrying with the same key returns the first outcome.")]
+        idempotency_key: Option<String>,
     ) -> Result<Vec<SubmittedRequest>, ApiError> {
-        submit(ctx, requests).await
+        submit(ctx, requests, idempotency_key).await
     }
 
     /// Cancels a pending request while its batch is still building.
@@ -293,6 +298,7 @@ impl RequestMutation {
 async fn submit(
     ctx: &Context<'_>,
     inputs: Vec<SubmitRequestInput>,
+    idempotency_key: Option<String>,
 ) -> Result<Vec<SubmittedRequest>, ApiError> {
     let caller = Caller::from_ctx(ctx)?;
     if inputs.is_empty() || inputs.len() > MAX_BULK {
@@ -300,6 +306,7 @@ async fn submit(
             "submit 1 to {MAX_BULK} requests per call"
         )));
     }
+    let key = idempotency(idempotency_key, &("submitRequests", &inputs))?;
     let mut specs = Vec::with_capacity(inputs.len());
     let mut problems = Vec::new();
     for (index, input) in inputs.into_iter().enumerate() {
@@ -313,7 +320,7 @@ async fn submit(
     }
     let accepted = ctx
         .data_unchecked::<Submitter>()
-        .submit(&caller.command_context(), &caller.actor, specs)
+        .submit(&caller.command_context(), &caller.actor, specs, key)
         .await?;
     Ok(accepted.into_iter().map(SubmittedRequest::from).collect())
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use chronicle_aggregates::ErrorCode;
 use chronicle_projections::LogCursor;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::pool::PoolConnection;
@@ -54,15 +55,15 @@ impl IdempotencyKey {
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-enum Outcome {
-    Ok(CommandReceipt),
+enum Outcome<T> {
+    Ok(T),
     Rejected { code: String, message: String },
 }
 
-impl Outcome {
-    fn of(result: &Result<CommandReceipt, CommandError>) -> Option<Self> {
+impl<T: Clone> Outcome<T> {
+    fn of(result: &Result<T, CommandError>) -> Option<Self> {
         match result {
-            Ok(receipt) => Some(Self::Ok(receipt.clone())),
+            Ok(value) => Some(Self::Ok(value.clone())),
             // A rejection by a rule is an outcome; a failure reported under a rejection code
             // (a lookup that could not reach the database) is not.
             Err(CommandError::Rejected { code, message })
@@ -78,9 +79,9 @@ impl Outcome {
         }
     }
 
-    fn replay(self) -> Result<CommandReceipt, CommandError> {
+    fn replay(self) -> Result<T, CommandError> {
         match self {
-            Self::Ok(receipt) => Ok(receipt),
+            Self::Ok(value) => Ok(value),
             Self::Rejected { code, message } => Err(CommandError::Rejected {
                 code: ErrorCode::parse(&code).unwrap_or(ErrorCode::Internal),
                 message,
@@ -89,16 +90,21 @@ impl Outcome {
     }
 }
 
-/// Runs `run` at most once per (actor, key); `run` receives the command id to stamp.
-pub(super) async fn execute_once<F, Fut>(
+/// Runs `run` at most once per (actor, key); `run` receives the command id to stamp. Before
+/// running, `recover` may rebuild the outcome of a run whose outcome was never stored.
+pub(super) async fn execute_once<T, F, Fut, R, RFut>(
     (pool, locks): (&PgPool, &PgPool),
     actor: &str,
     key: &IdempotencyKey,
+    recover: R,
     run: F,
-) -> Result<CommandReceipt, CommandError>
+) -> Result<T, CommandError>
 where
+    T: Serialize + DeserializeOwned + Clone,
     F: FnOnce(String) -> Fut,
-    Fut: Future<Output = Result<CommandReceipt, CommandError>>,
+    Fut: Future<Output = Result<T, CommandError>>,
+    R: FnOnce(String) -> RFut,
+    RFut: Future<Output = Result<Option<T>, CommandError>>,
 {
     let scoped = format!("{actor}\n{}", key.key);
     let command_id = Uuid::new_v5(&COMMAND_ID_NAMESPACE, scoped.as_bytes()).to_string();
@@ -110,8 +116,8 @@ where
             }
             return outcome.replay();
         }
-        let result = match recovered(pool, &command_id).await? {
-            Some(receipt) => Ok(receipt),
+        let result = match recover(command_id.clone()).await? {
+            Some(value) => Ok(value),
             None => run(command_id).await,
         };
         if let Some(outcome) = Outcome::of(&result) {
@@ -124,26 +130,31 @@ where
     result
 }
 
-async fn stored(
+async fn stored<T: DeserializeOwned>(
     pool: &PgPool,
     actor: &str,
     key: &str,
-) -> Result<Option<(String, Outcome)>, CommandError> {
-    let row: Option<(String, sqlx::types::Json<Outcome>)> = sqlx::query_as(
+) -> Result<Option<(String, Outcome<T>)>, CommandError> {
+    let row: Option<(String, serde_json::Value)> = sqlx::query_as(
         "SELECT fingerprint, outcome FROM idempotency_keys WHERE actor = $1 AND key = $2",
     )
     .bind(actor)
     .bind(key)
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|(fingerprint, outcome)| (fingerprint, outcome.0)))
+    row.map(|(fingerprint, outcome)| {
+        serde_json::from_value(outcome)
+            .map(|outcome| (fingerprint, outcome))
+            .map_err(|error| CommandError::Internal(format!("stored outcome unreadable: {error}")))
+    })
+    .transpose()
 }
 
-async fn store(
+async fn store<T: Serialize>(
     pool: &PgPool,
     actor: &str,
     key: &IdempotencyKey,
-    outcome: &Outcome,
+    outcome: &Outcome<T>,
 ) -> Result<(), CommandError> {
     sqlx::query(
         "INSERT INTO idempotency_keys (actor, key, fingerprint, outcome) VALUES ($1, $2, $3, $4)",
@@ -158,7 +169,7 @@ async fn store(
 }
 
 /// The outcome of a command whose events were appended but whose outcome was never stored.
-async fn recovered(
+pub(super) async fn recovered(
     pool: &PgPool,
     command_id: &str,
 ) -> Result<Option<CommandReceipt>, CommandError> {

@@ -14,12 +14,13 @@ use chronicle_aggregates::batch::{
     CloseReason,
 };
 use chronicle_aggregates::request::RequestSpec;
-use chronicle_aggregates::Endpoint;
+use chronicle_aggregates::{Endpoint, ErrorCode};
 use chrono::Utc;
+use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::command::{CommandContext, CommandError, Commands, Refusal};
+use crate::command::{CommandContext, CommandError, Commands, IdempotencyKey, Refusal};
 
 /// Requests appended per batch event: bounds event size and transaction length in bulk.
 const CHUNK_REQUESTS: usize = 1000;
@@ -30,7 +31,7 @@ const MAX_CONFLICTS: u32 = 200;
 const BATCH_NAMESPACE: Uuid = Uuid::from_u128(0x6368_726f_6e69_636c_6500_0000_0000_0002);
 
 /// A request accepted into a batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Accepted {
     /// The new request's id.
     pub request_id: Uuid,
@@ -40,18 +41,11 @@ pub struct Accepted {
     pub custom_id: String,
 }
 
-/// Why a submission was refused. Nothing was written when it is refused before appending.
-#[derive(Debug, thiserror::Error)]
-pub enum SubmitError {
-    /// Custom ids repeated within the call or already in the open batch.
-    #[error("custom ids already used in their batch: {}", .0.join(", "))]
-    DuplicateCustomIds(Vec<String>),
-    /// A request is larger than an empty batch may hold.
-    #[error("request `{0}` is larger than a batch may hold")]
-    TooLarge(String),
-    /// Anything else.
-    #[error(transparent)]
-    Command(#[from] CommandError),
+fn duplicates(ids: &[String]) -> CommandError {
+    CommandError::Rejected {
+        code: ErrorCode::Validation,
+        message: format!("custom ids already used in their batch: {}", ids.join(", ")),
+    }
 }
 
 /// Adds requests to batches.
@@ -79,16 +73,30 @@ impl Submitter {
         }
     }
 
-    /// Accepts validated requests of `owner` into their batches, in order.
+    /// Accepts validated requests of `owner` into their batches, in order; with a key, a
+    /// repeat returns the first outcome (see [`Commands::once`]).
     ///
     /// # Errors
-    /// Duplicate custom ids (checked before anything is written), or a command failure.
+    /// `VALIDATION` for custom ids already used (checked before anything is written) or a
+    /// request too large for a batch; a reused key; any command failure.
     pub async fn submit(
         &self,
         context: &CommandContext,
         owner: &str,
         specs: Vec<RequestSpec>,
-    ) -> Result<Vec<Accepted>, SubmitError> {
+        key: Option<IdempotencyKey>,
+    ) -> Result<Vec<Accepted>, CommandError> {
+        self.commands
+            .once(context, key, || self.accept(context, owner, specs))
+            .await
+    }
+
+    async fn accept(
+        &self,
+        context: &CommandContext,
+        owner: &str,
+        specs: Vec<RequestSpec>,
+    ) -> Result<Vec<Accepted>, CommandError> {
         let mut groups: BTreeMap<(Endpoint, String), Vec<(usize, BatchEntry)>> = BTreeMap::new();
         let count = specs.len();
         for (index, spec) in specs.into_iter().enumerate() {
@@ -149,7 +157,7 @@ impl Submitter {
         &self,
         head: Uuid,
         entries: &[(usize, BatchEntry)],
-    ) -> Result<(), SubmitError> {
+    ) -> Result<(), CommandError> {
         let mut ids: Vec<String> = entries
             .iter()
             .map(|(_, e)| e.spec.custom_id.clone())
@@ -165,14 +173,14 @@ impl Submitter {
             .custom_ids
             .taken(head, &ids)
             .await
-            .map_err(CommandError::Internal)?;
+            .map_err(CommandError::Unavailable)?;
         repeated.extend(taken);
         repeated.sort();
         repeated.dedup();
         if repeated.is_empty() {
             Ok(())
         } else {
-            Err(SubmitError::DuplicateCustomIds(repeated))
+            Err(duplicates(&repeated))
         }
     }
 
@@ -182,7 +190,7 @@ impl Submitter {
         key: BatchKey,
         mut batch_id: Uuid,
         entries: Vec<(usize, BatchEntry)>,
-    ) -> Result<Vec<(usize, Accepted)>, SubmitError> {
+    ) -> Result<Vec<(usize, Accepted)>, CommandError> {
         let mut accepted = Vec::with_capacity(entries.len());
         let mut rest = entries.as_slice();
         // Set when the current batch has room for only this many more: add them, then close.
@@ -233,13 +241,13 @@ impl Submitter {
                     room = None;
                 }
                 Err(Refusal::Rejected(BatchError::DuplicateCustomIds { ids })) => {
-                    return Err(SubmitError::DuplicateCustomIds(ids));
+                    return Err(duplicates(&ids));
                 }
                 Err(Refusal::Failed(CommandError::Conflict)) if conflicts < MAX_CONFLICTS => {
                     conflicts += 1;
                     tokio::time::sleep(Duration::from_millis(u64::from(conflicts % 8))).await;
                 }
-                Err(refusal) => return Err(CommandError::from(refusal).into()),
+                Err(refusal) => return Err(refusal.into()),
             }
         }
         Ok(accepted)
@@ -251,7 +259,7 @@ impl Submitter {
         context: &CommandContext,
         batch_id: Uuid,
         chunk: &[(usize, BatchEntry)],
-    ) -> Result<(), SubmitError> {
+    ) -> Result<(), CommandError> {
         let id = batch_id.to_string();
         for attempt in 0..MAX_CONFLICTS {
             let command = BatchCommand::Close {
@@ -272,12 +280,15 @@ impl Submitter {
                         .first()
                         .map(|(_, e)| e.spec.custom_id.clone())
                         .unwrap_or_default();
-                    return Err(SubmitError::TooLarge(custom_id));
+                    return Err(CommandError::Rejected {
+                        code: ErrorCode::Validation,
+                        message: format!("request `{custom_id}` is larger than a batch may hold"),
+                    });
                 }
                 Err(Refusal::Failed(CommandError::Conflict)) => {
                     tokio::time::sleep(Duration::from_millis(u64::from(attempt % 8))).await;
                 }
-                Err(refusal) => return Err(CommandError::from(refusal).into()),
+                Err(refusal) => return Err(refusal.into()),
             }
         }
         Err(CommandError::Conflict.into())

@@ -259,3 +259,40 @@ async fn every_invalid_item_is_reported_by_index_and_nothing_is_written() {
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retried_submission_with_its_key_returns_the_first_outcome_once() {
+    let db = TestDb::new().await;
+    let app = Arc::new(TestApp::spawn(&db, "idempotent-submit").await);
+    let keyed = "mutation($requests: [SubmitRequestInput!]!, $key: String) {
+        submitRequests(requests: $requests, idempotencyKey: $key) { requestId batchId } }";
+    let items: Vec<Value> = (0..20).map(|i| item(&format!("r{i}"), "m")).collect();
+    let variables = json!({ "requests": items, "key": "bulk-1" });
+    let copies = (0..8).map(|_| {
+        let (app, variables) = (Arc::clone(&app), variables.clone());
+        async move { app.graphql(keyed, variables).await["data"]["submitRequests"].clone() }
+    });
+    let outcomes = join_all(copies).await;
+    assert!(
+        outcomes[0].as_array().is_some_and(|a| a.len() == 20),
+        "{:?}",
+        outcomes[0]
+    );
+    assert!(
+        outcomes.iter().all(|o| o == &outcomes[0]),
+        "copies disagree"
+    );
+    batches_holding(&app, 20).await;
+
+    let changed = json!({ "requests": [item("other", "m")], "key": "bulk-1" });
+    let reused = app.graphql(keyed, changed).await;
+    assert_eq!(
+        reused["errors"][0]["extensions"]["code"], "VALIDATION",
+        "{reused}"
+    );
+    Arc::try_unwrap(app)
+        .ok()
+        .expect("app still shared")
+        .stop()
+        .await;
+}
