@@ -291,7 +291,7 @@ impl Submitter {
                 Err(refusal) => return Err(refusal.into()),
             }
         }
-        Err(CommandError::Conflict.into())
+        Err(CommandError::Conflict)
     }
 }
 
