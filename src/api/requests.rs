@@ -283,6 +283,11 @@ impl RequestMutation {
         idempotency_key: Option<String>,
     ) -> Result<CommandOutcome, ApiError> {
         let caller = Caller::from_ctx(ctx)?;
+        if reason.contains('\0') || reason.chars().count() > 10_000 {
+            return Err(ApiError::Validation(
+                "reason must be at most 10,000 characters without NUL".into(),
+            ));
+        }
         let key = idempotency(
             idempotency_key,
             &("reportResultFailure", request_id, &reason),
