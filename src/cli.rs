@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 use crate::log::LogReader;
 use crate::projection::{ProjectionRunner, Rebuild, RunnerSettings};
+use crate::provider::{Emulator, Faults};
 use crate::startup::{Application, Wiring};
 use crate::{api, db, telemetry};
 
@@ -36,6 +37,15 @@ enum Command {
         #[command(subcommand)]
         action: ProjectionsAction,
     },
+    /// Serve an emulator of the OpenAI Files and Batch APIs (fake, labelled responses).
+    EmulateProvider {
+        /// Address to listen on; point a provider's base URL at it.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: std::net::SocketAddr,
+        /// Polls a batch spends in each of validating, in_progress and finalizing.
+        #[arg(long, default_value_t = 1)]
+        polls_per_status: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -60,6 +70,13 @@ impl Cli {
             return write_stdout(&api::sdl());
         }
         telemetry::init(config.log_format);
+        if let Command::EmulateProvider {
+            listen,
+            polls_per_status,
+        } = self.command
+        {
+            return emulate(listen, polls_per_status).await;
+        }
         let options = db::connect_options(&config.database_url)?;
         let pool = db::connect(&options, config.db_max_connections).await?;
         db::migrate(&pool).await?;
@@ -76,7 +93,7 @@ impl Cli {
                 });
                 app.run_until_stopped().await
             }
-            Command::Migrate | Command::Schema => Ok(()),
+            Command::Migrate | Command::Schema | Command::EmulateProvider { .. } => Ok(()),
             Command::Projections {
                 action: ProjectionsAction::Status,
             } => {
@@ -132,6 +149,23 @@ impl Cli {
             }
         }
     }
+}
+
+async fn emulate(listen: std::net::SocketAddr, polls_per_status: u32) -> anyhow::Result<()> {
+    let emulator = Emulator::new(Faults {
+        polls_per_status,
+        ..Faults::default()
+    });
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    tracing::info!(address = %listen, "provider emulator serving /v1/files and /v1/batches (fake responses)");
+    axum::serve(listener, emulator.router())
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .context("serving the emulator")
 }
 
 fn write_stdout(text: &str) -> anyhow::Result<()> {

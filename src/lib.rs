@@ -10,6 +10,7 @@ pub mod http;
 pub mod llm;
 pub mod log;
 pub mod projection;
+pub mod provider;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

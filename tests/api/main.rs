@@ -12,6 +12,7 @@ mod http;
 mod idempotency;
 mod log_order;
 mod projections;
+mod provider;
 mod schema_file;
 mod store;
 mod subscriptions;

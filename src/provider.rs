@@ -1,0 +1,144 @@
+//! LLM batch providers: the provider-neutral contract the driver uses, the OpenAI Batch API
+//! client, and an emulator of that API for tests and demos.
+
+mod emulator;
+mod openai;
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chronicle_aggregates::Endpoint;
+use futures::stream::BoxStream;
+use serde::Deserialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+pub use emulator::{Emulator, Faults};
+pub use openai::{OpenAi, OpenAiConfig};
+
+/// The metadata key that ties a provider batch to its Chronicle batch.
+pub const BATCH_METADATA_KEY: &str = "chronicle_batch_id";
+
+/// A provider batch's status, as the provider names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderStatus {
+    /// Checking the input file.
+    Validating,
+    /// Running.
+    InProgress,
+    /// Writing results.
+    Finalizing,
+    /// Done; results are in the output and error files.
+    Completed,
+    /// The input was rejected.
+    Failed,
+    /// The completion window ran out; some requests may have results.
+    Expired,
+    /// A cancel was asked for.
+    Cancelling,
+    /// Cancelled.
+    Cancelled,
+}
+
+/// How many requests a provider batch holds and how they fared.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct RequestCounts {
+    /// All requests.
+    pub total: u64,
+    /// Requests with a response.
+    pub completed: u64,
+    /// Requests with an error.
+    pub failed: u64,
+}
+
+/// A provider batch.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ProviderBatch {
+    /// The provider's id.
+    pub id: String,
+    /// Where it stands.
+    pub status: ProviderStatus,
+    /// The results of successful requests.
+    pub output_file_id: Option<String>,
+    /// The errors of failed requests.
+    pub error_file_id: Option<String>,
+    /// Counts so far.
+    #[serde(default)]
+    pub request_counts: RequestCounts,
+    /// Why it failed, when it did.
+    pub errors: Option<Value>,
+    /// What we attached on creation.
+    #[serde(default)]
+    pub metadata: HashMap<String, String>,
+}
+
+/// One line of a results file: a request's response or error, by custom id.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ResultLine {
+    /// The client's custom id.
+    pub custom_id: String,
+    /// The HTTP response the provider got for the request.
+    pub response: Option<LineResponse>,
+    /// The error, when the request failed.
+    pub error: Option<Value>,
+}
+
+/// The provider's response to one request.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct LineResponse {
+    /// The HTTP status of the request.
+    pub status_code: u16,
+    /// The response body.
+    pub body: Value,
+}
+
+/// Why a provider call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    /// The provider refused the call (a 4xx other than 408/429): retrying will not help.
+    #[error("the provider refused the call ({status}): {message}")]
+    Rejected {
+        /// The HTTP status.
+        status: u16,
+        /// The provider's message.
+        message: String,
+    },
+    /// The provider stayed unreachable, overloaded or failing through every retry.
+    #[error("the provider is unavailable: {0}")]
+    Unavailable(String),
+    /// The provider answered something we cannot read.
+    #[error("unreadable provider response: {0}")]
+    Malformed(String),
+}
+
+/// A batch provider (OpenAI Batch API and compatible ones).
+#[async_trait]
+pub trait Provider: Send + Sync {
+    /// Uploads a JSONL input file; returns its file id.
+    async fn upload(&self, jsonl: Bytes) -> Result<String, ProviderError>;
+
+    /// Creates a batch over an uploaded file, tagged with the Chronicle batch id.
+    async fn create_batch(
+        &self,
+        input_file_id: &str,
+        endpoint: Endpoint,
+        batch_id: Uuid,
+    ) -> Result<ProviderBatch, ProviderError>;
+
+    /// The provider batch already created for a Chronicle batch, if any (crash recovery).
+    async fn find_batch(&self, batch_id: Uuid) -> Result<Option<ProviderBatch>, ProviderError>;
+
+    /// A provider batch's current state.
+    async fn batch(&self, provider_batch_id: &str) -> Result<ProviderBatch, ProviderError>;
+
+    /// Asks the provider to cancel a batch.
+    async fn cancel(&self, provider_batch_id: &str) -> Result<ProviderBatch, ProviderError>;
+
+    /// The lines of a results file, parsed as they stream in.
+    async fn results(
+        &self,
+        file_id: &str,
+    ) -> Result<BoxStream<'static, Result<ResultLine, ProviderError>>, ProviderError>;
+}

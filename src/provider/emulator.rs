@@ -1,0 +1,251 @@
+//! An emulator of the OpenAI Files and Batch APIs for tests and demos (`chronicle
+//! emulate-provider`). It speaks the real shapes — file objects, batch objects with the real
+//! status progression and `request_counts`, JSONL output and error files — and answers with
+//! plausible fakes, labelled `[emulated]` in every generated message and by the
+//! `x-chronicle-emulator` header. Faults (failures, expiry, 429s, 503s) are configurable.
+
+mod state;
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use axum::extract::{Multipart, Path, Query, Request, State as Shared};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+pub use state::Faults;
+use state::{Batch, File, State};
+
+/// The emulator: state shared by its routes.
+#[derive(Clone)]
+pub struct Emulator {
+    state: Arc<Mutex<State>>,
+    faults: Arc<Faults>,
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = json!({ "error": { "message": message, "type": "invalid_request_error",
+                                  "param": null, "code": code } });
+    (status, Json(body)).into_response()
+}
+
+impl Emulator {
+    /// An emulator with these faults.
+    pub fn new(faults: Faults) -> Self {
+        Self {
+            state: Arc::default(),
+            faults: Arc::new(faults),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How many batches were created: crash tests check that a restart made no second one.
+    pub fn batch_count(&self) -> usize {
+        self.lock().batches.len()
+    }
+
+    /// The emulator's routes, under `/v1`.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/v1/files", post(upload))
+            .route("/v1/files/{id}/content", get(content))
+            .route("/v1/batches", post(create).get(list))
+            .route("/v1/batches/{id}", get(retrieve))
+            .route("/v1/batches/{id}/cancel", post(cancel))
+            .layer(middleware::from_fn_with_state(
+                self.clone(),
+                faults_and_label,
+            ))
+            .with_state(self.clone())
+    }
+}
+
+/// Counts calls, injects the configured 429s and 503s, requires a bearer token, and labels
+/// every response as emulated.
+async fn faults_and_label(
+    Shared(emulator): Shared<Emulator>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let call = {
+        let mut state = emulator.lock();
+        state.calls += 1;
+        state.calls
+    };
+    let every = |n: u64| n > 0 && call % n == 0;
+    let mut response = if every(emulator.faults.rate_limit_every) {
+        let mut limited = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_exceeded",
+            "[emulated] slow down",
+        );
+        limited
+            .headers_mut()
+            .insert("retry-after", HeaderValue::from_static("0"));
+        limited
+    } else if every(emulator.faults.unavailable_every) {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "[emulated] try again",
+        )
+    } else if !request.headers().contains_key("authorization") {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_api_key",
+            "[emulated] missing API key",
+        )
+    } else {
+        next.run(request).await
+    };
+    response
+        .headers_mut()
+        .insert("x-chronicle-emulator", HeaderValue::from_static("true"));
+    response
+}
+
+async fn upload(Shared(emulator): Shared<Emulator>, mut form: Multipart) -> Response {
+    let (mut purpose, mut file) = (None, None);
+    while let Ok(Some(field)) = form.next_field().await {
+        match field.name() {
+            Some("purpose") => purpose = field.text().await.ok(),
+            Some("file") => {
+                let filename = field.file_name().unwrap_or("input.jsonl").to_owned();
+                file = field
+                    .bytes()
+                    .await
+                    .ok()
+                    .map(|bytes| (filename, bytes.to_vec()));
+            }
+            Some(_) | None => {}
+        }
+    }
+    let (Some(purpose), Some((filename, bytes))) = (purpose, file) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_file",
+            "purpose and file are required",
+        );
+    };
+    let mut state = emulator.lock();
+    let id = state.id("file");
+    let file = File {
+        bytes,
+        purpose,
+        filename,
+        created_at: now(),
+    };
+    let body = file.to_json(&id);
+    state.files.insert(id, file);
+    Json(body).into_response()
+}
+
+async fn content(Shared(emulator): Shared<Emulator>, Path(id): Path<String>) -> Response {
+    match emulator.lock().files.get(&id) {
+        Some(file) => file.bytes.clone().into_response(),
+        None => error(StatusCode::NOT_FOUND, "not_found", "no such file"),
+    }
+}
+
+#[derive(Deserialize)]
+struct CreateBatch {
+    input_file_id: String,
+    endpoint: String,
+    completion_window: String,
+    #[serde(default)]
+    metadata: Value,
+}
+
+async fn create(Shared(emulator): Shared<Emulator>, Json(input): Json<CreateBatch>) -> Response {
+    let mut state = emulator.lock();
+    if !state.files.contains_key(&input.input_file_id) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_file",
+            "input file not found",
+        );
+    }
+    let id = state.id("batch");
+    let batch = Batch {
+        id: id.clone(),
+        endpoint: input.endpoint,
+        input_file_id: input.input_file_id,
+        completion_window: input.completion_window,
+        metadata: input.metadata,
+        created_at: now(),
+        status: "validating",
+        polls: 0,
+        output_file_id: None,
+        error_file_id: None,
+        counts: (0, 0, 0),
+        errors: None,
+    };
+    let body = batch.to_json();
+    state.batches.insert(id, batch);
+    Json(body).into_response()
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list(Shared(emulator): Shared<Emulator>, Query(query): Query<ListQuery>) -> Response {
+    let state = emulator.lock();
+    let limit = query.limit.unwrap_or(20).clamp(1, 100);
+    // Newest first, like the real API.
+    let newest: Vec<&Batch> = state.batches.values().rev().collect();
+    let start = query
+        .after
+        .and_then(|after| newest.iter().position(|b| b.id == after).map(|i| i + 1))
+        .unwrap_or(0);
+    let page: Vec<Value> = newest
+        .iter()
+        .skip(start)
+        .take(limit)
+        .map(|b| b.to_json())
+        .collect();
+    let has_more = newest.len() > start + page.len();
+    Json(
+        json!({ "object": "list", "data": page, "has_more": has_more,
+                 "first_id": page.first().map(|b| b["id"].clone()),
+                 "last_id": page.last().map(|b| b["id"].clone()) }),
+    )
+    .into_response()
+}
+
+async fn retrieve(Shared(emulator): Shared<Emulator>, Path(id): Path<String>) -> Response {
+    let mut state = emulator.lock();
+    state.advance(&id, &emulator.faults, now());
+    match state.batches.get(&id) {
+        Some(batch) => Json(batch.to_json()).into_response(),
+        None => error(StatusCode::NOT_FOUND, "not_found", "no such batch"),
+    }
+}
+
+async fn cancel(Shared(emulator): Shared<Emulator>, Path(id): Path<String>) -> Response {
+    let mut state = emulator.lock();
+    let Some(batch) = state.batches.get_mut(&id) else {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such batch");
+    };
+    if matches!(batch.status, "validating" | "in_progress" | "finalizing") {
+        batch.status = "cancelling";
+        batch.polls = 0;
+    } else if batch.status != "cancelling" {
+        let message = format!("cannot cancel a batch that is {}", batch.status);
+        return error(StatusCode::CONFLICT, "invalid_state", &message);
+    }
+    Json(batch.to_json()).into_response()
+}
