@@ -103,6 +103,30 @@ pub struct Config {
     )]
     pub batch_check_ms: u64,
 
+    /// Base URL of the OpenAI-compatible batch provider (e.g. `https://api.openai.com`, or
+    /// `http://127.0.0.1:8090` for `chronicle emulate-provider`). Without it, closed batches
+    /// wait and no provider is called.
+    #[arg(long, env = "CHRONICLE_PROVIDER_URL", global = true)]
+    pub provider_url: Option<String>,
+
+    /// Name of the environment variable that holds the provider's API key (never logged).
+    #[arg(
+        long,
+        env = "CHRONICLE_PROVIDER_API_KEY_ENV",
+        default_value = "OPENAI_API_KEY",
+        global = true
+    )]
+    pub provider_api_key_env: String,
+
+    /// How often the provider driver polls batches at the provider, in milliseconds.
+    #[arg(
+        long,
+        env = "CHRONICLE_PROVIDER_POLL_MS",
+        default_value_t = 30_000,
+        global = true
+    )]
+    pub provider_poll_ms: u64,
+
     /// Largest batch input file in bytes (the provider's limit is 200 MB).
     #[arg(
         long,

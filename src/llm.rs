@@ -4,9 +4,12 @@
 mod actions;
 mod closer;
 mod custom_ids;
+mod driver;
+mod request_bulk;
 mod submit;
 
 pub use actions::LlmActions;
 pub use closer::BatchCloser;
 pub use custom_ids::PgCustomIds;
+pub use driver::{DriverError, ProviderDriver};
 pub use submit::{Accepted, Submitter};

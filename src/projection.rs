@@ -13,6 +13,7 @@ use chronicle_projections::requests::Requests;
 use chronicle_projections::transitions::Transitions;
 use chronicle_projections::Projector;
 
+pub use leader::Leadership;
 pub use runner::{ProjectionRunner, Rebuild, RunnerError, RunnerSettings};
 
 /// The projectors every instance runs.

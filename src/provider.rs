@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chronicle_aggregates::Endpoint;
 use futures::stream::BoxStream;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -21,7 +21,7 @@ pub use openai::{OpenAi, OpenAiConfig};
 pub const BATCH_METADATA_KEY: &str = "chronicle_batch_id";
 
 /// A provider batch's status, as the provider names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProviderStatus {
     /// Checking the input file.
@@ -60,6 +60,8 @@ pub struct ProviderBatch {
     pub id: String,
     /// Where it stands.
     pub status: ProviderStatus,
+    /// The uploaded input file.
+    pub input_file_id: String,
     /// The results of successful requests.
     pub output_file_id: Option<String>,
     /// The errors of failed requests.

@@ -19,12 +19,16 @@ use crate::api::{build_schema, ApiServices};
 use crate::command::Commands;
 use crate::config::Config;
 use crate::http::{router, AppState};
-use crate::llm::{BatchCloser, LlmActions, PgCustomIds, Submitter};
+use crate::llm::{BatchCloser, LlmActions, PgCustomIds, ProviderDriver, Submitter};
 use crate::log::{LogReader, LogWaker};
 use crate::projection::{self, ProjectionRunner, RunnerSettings};
+use crate::provider::{OpenAi, OpenAiConfig};
 use crate::store::EventStores;
 
 const PROJECTION_PAGE: u32 = 500;
+/// Timeout of one provider HTTP attempt, and retries after it.
+const PROVIDER_TIMEOUT: Duration = Duration::from_secs(120);
+const PROVIDER_RETRIES: usize = 8;
 /// Connections for idempotency locks: at most this many keyed commands run at once.
 const IDEMPOTENCY_LOCKS: u32 = 8;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -111,6 +115,30 @@ impl Application {
             Duration::from_millis(config.batch_check_ms),
         );
         workers.spawn(closer.run(shutdown.clone()));
+        if let Some(base_url) = &config.provider_url {
+            let api_key = std::env::var(&config.provider_api_key_env).unwrap_or_else(|_| {
+                tracing::warn!(variable = %config.provider_api_key_env, "provider API key variable is not set; calls go without a key");
+                String::new()
+            });
+            let provider = OpenAi::new(OpenAiConfig {
+                base_url: base_url.clone(),
+                api_key: api_key.into(),
+                organization: None,
+                project: None,
+                timeout: PROVIDER_TIMEOUT,
+                max_retries: PROVIDER_RETRIES,
+            })
+            .context("building the provider client")?;
+            let driver = ProviderDriver::new(
+                commands.clone(),
+                pool.clone(),
+                options.clone(),
+                Arc::new(provider),
+                batch_services.clone(),
+                Duration::from_millis(config.provider_poll_ms),
+            );
+            workers.spawn(driver.run(shutdown.clone()));
+        }
         let schema = build_schema(ApiServices {
             pool: pool.clone(),
             reader,

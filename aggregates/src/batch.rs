@@ -67,7 +67,23 @@ pub struct Batch {
     size_bytes: u64,
     opened_at: Option<DateTime<Utc>>,
     successor: Option<Uuid>,
+    provider: ProviderFacts,
     updated_at: Option<DateTime<Utc>>,
+}
+
+/// What the provider told us about a batch so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderFacts {
+    /// The uploaded input file.
+    pub input_file_id: Option<String>,
+    /// The provider's batch id.
+    pub batch_id: Option<String>,
+    /// The last recorded provider status and (total, completed, failed) counts.
+    pub progress: Option<(String, u64, u64, u64)>,
+    /// The results file.
+    pub output_file_id: Option<String>,
+    /// The errors file.
+    pub error_file_id: Option<String>,
 }
 
 impl Batch {
@@ -99,6 +115,11 @@ impl Batch {
     /// When it opened.
     pub fn opened_at(&self) -> Option<DateTime<Utc>> {
         self.opened_at
+    }
+
+    /// What the provider told us about it.
+    pub fn provider(&self) -> &ProviderFacts {
+        &self.provider
     }
 
     async fn add(
@@ -218,6 +239,23 @@ impl Aggregate for Batch {
                 provider_batch_id,
                 at,
             })?,
+            BatchCommand::RecordProviderProgress {
+                provider_status,
+                total,
+                completed,
+                failed,
+                at,
+            } => match self.status {
+                Some(BatchStatus::ProviderProcessing) => vec![BatchEvent::ProviderProgressed {
+                    provider_status,
+                    total,
+                    completed,
+                    failed,
+                    at,
+                }],
+                Some(status) => return Err(BatchError::NotAtProvider { status }),
+                None => return Err(BatchError::NotFound),
+            },
             BatchCommand::MarkProviderCompleted {
                 output_file_id,
                 error_file_id,
@@ -250,7 +288,15 @@ impl Aggregate for Batch {
                 self.transition(BatchEvent::Failed { error, at })?
             }
             BatchCommand::Cancel { at } => self.transition(BatchEvent::Cancelled { at })?,
-            BatchCommand::Expire { at } => self.transition(BatchEvent::Expired { at })?,
+            BatchCommand::Expire {
+                output_file_id,
+                error_file_id,
+                at,
+            } => self.transition(BatchEvent::Expired {
+                output_file_id,
+                error_file_id,
+                at,
+            })?,
         };
         for event in events {
             sink.write(event, self).await;
@@ -276,17 +322,39 @@ impl Aggregate for Batch {
                 self.size_bytes += size_bytes;
             }
             BatchEvent::Closed { successor, .. } => self.successor = Some(successor),
-            BatchEvent::InputUploaded { .. }
-            | BatchEvent::SubmittedToProvider { .. }
-            | BatchEvent::ProviderCompleted { .. }
-            | BatchEvent::DownloadStarted { .. }
+            BatchEvent::InputUploaded { input_file_id, .. } => {
+                self.provider.input_file_id = Some(input_file_id);
+            }
+            BatchEvent::SubmittedToProvider {
+                provider_batch_id, ..
+            } => self.provider.batch_id = Some(provider_batch_id),
+            BatchEvent::ProviderProgressed {
+                provider_status,
+                total,
+                completed,
+                failed,
+                ..
+            } => self.provider.progress = Some((provider_status, total, completed, failed)),
+            BatchEvent::ProviderCompleted {
+                output_file_id,
+                error_file_id,
+                ..
+            }
+            | BatchEvent::Expired {
+                output_file_id,
+                error_file_id,
+                ..
+            } => {
+                self.provider.output_file_id = output_file_id;
+                self.provider.error_file_id = error_file_id;
+            }
+            BatchEvent::DownloadStarted { .. }
             | BatchEvent::ResultsDownloaded { .. }
             | BatchEvent::DeliveryStarted { .. }
             | BatchEvent::DeliveryFinished { .. }
             | BatchEvent::Completed { .. }
             | BatchEvent::Failed { .. }
-            | BatchEvent::Cancelled { .. }
-            | BatchEvent::Expired { .. } => {}
+            | BatchEvent::Cancelled { .. } => {}
         }
     }
 }

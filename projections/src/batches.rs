@@ -84,6 +84,7 @@ impl Projector for Batches {
                 .bind(at)
                 .bind(provider_batch_id),
                 BatchEvent::InputUploaded { .. }
+                | BatchEvent::ProviderProgressed { .. }
                 | BatchEvent::ProviderCompleted { .. }
                 | BatchEvent::DownloadStarted { .. }
                 | BatchEvent::ResultsDownloaded { .. }

@@ -21,9 +21,12 @@ fn state_after(event: &RecordedEvent) -> Result<Option<&'static str>, Projection
         "Request" => Some(event.decode::<RequestEvent>()?.status().as_str()),
         "Batch" => {
             let decoded = event.decode::<BatchEvent>()?;
-            // Adding requests keeps a batch building: no state change.
-            (!matches!(decoded, BatchEvent::RequestsAdded { .. }))
-                .then(|| decoded.status().as_str())
+            // Adding requests and provider progress change no state.
+            (!matches!(
+                decoded,
+                BatchEvent::RequestsAdded { .. } | BatchEvent::ProviderProgressed { .. }
+            ))
+            .then(|| decoded.status().as_str())
         }
         _ => None,
     })

@@ -1,4 +1,5 @@
-//! Leadership of a projector: a session-level advisory lock held on a dedicated connection.
+//! Leadership of a projector or worker: a session-level advisory lock on a dedicated
+//! connection.
 //!
 //! The lock lives as long as the connection: if this instance dies or loses its database
 //! connection, PostgreSQL releases it and a standby takes over. The checkpoint's optimistic
@@ -9,20 +10,20 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
 /// This instance's claim to run one projector.
-pub(crate) struct Leadership {
+pub struct Leadership {
     conn: PgConnection,
 }
 
 impl Leadership {
-    /// Claims `projector` if no other session holds it; `None` if another does.
-    pub(crate) async fn try_claim(
+    /// Claims `role` if no other session holds it; `None` if another does.
+    pub async fn try_claim(
         options: &PgConnectOptions,
-        projector: &str,
+        role: &str,
     ) -> Result<Option<Self>, sqlx::Error> {
         let mut conn = options.connect().await?;
         let claimed: bool =
             sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-                .bind(lock_key(projector))
+                .bind(lock_key(role))
                 .fetch_one(&mut conn)
                 .await?;
         if claimed {
@@ -34,11 +35,12 @@ impl Leadership {
     }
 
     /// Fails when the connection holding the lock is gone, i.e. the claim may be lost.
-    pub(crate) async fn confirm(&mut self) -> Result<(), sqlx::Error> {
+    pub async fn confirm(&mut self) -> Result<(), sqlx::Error> {
         self.conn.ping().await
     }
 }
 
-fn lock_key(projector: &str) -> String {
-    format!("chronicle.projection.{projector}")
+/// The advisory lock of a role: `projection.<name>` for projectors, or a worker's name.
+fn lock_key(role: &str) -> String {
+    format!("chronicle.{role}")
 }

@@ -72,7 +72,7 @@ impl ProjectionRunner {
     pub async fn run(self, waker: LogWaker, shutdown: CancellationToken) {
         let name = self.projector.name();
         while !shutdown.is_cancelled() {
-            match Leadership::try_claim(&self.options, name).await {
+            match Leadership::try_claim(&self.options, &format!("projection.{name}")).await {
                 Ok(Some(leadership)) => {
                     tracing::info!(projection = name, "projector active on this instance");
                     if let Err(error) = self.lead(leadership, &waker, &shutdown).await {
@@ -150,7 +150,8 @@ impl ProjectionRunner {
     /// A database or projection error.
     pub async fn rebuild(&self) -> Result<Rebuild, RunnerError> {
         let name = self.projector.name();
-        let leadership = Leadership::try_claim(&self.options, name).await?;
+        let leadership =
+            Leadership::try_claim(&self.options, &format!("projection.{name}")).await?;
         let mut tx = self.pool.begin().await?;
         checkpoint::lock(&mut tx, name).await?;
         self.projector.reset(&mut tx).await?;

@@ -8,6 +8,7 @@
 mod batch_actions;
 mod batching;
 mod cli;
+mod driver;
 mod http;
 mod idempotency;
 mod log_order;

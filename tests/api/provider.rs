@@ -13,16 +13,12 @@ use futures::TryStreamExt;
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::support::spawn_emulator;
+
 async fn spawn(faults: Faults) -> (Emulator, OpenAi) {
-    let emulator = Emulator::new(faults);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    let router = emulator.router();
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let (emulator, base_url) = spawn_emulator(faults).await;
     let client = OpenAi::new(OpenAiConfig {
-        base_url: format!("http://{address}"),
+        base_url,
         api_key: "test-key".to_owned().into(),
         organization: Some("org-test".into()),
         project: None,

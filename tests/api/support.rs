@@ -3,11 +3,13 @@
 
 mod app;
 mod database;
+mod emulator;
 mod ledger;
 mod ws;
 
 pub use app::{context as app_context, TestApp};
 pub use database::TestDb;
+pub use emulator::spawn_emulator;
 pub use ledger::{Ledger, LedgerCommand};
 pub use ws::Subscription;
 

@@ -45,6 +45,19 @@ pub enum BatchCommand {
         /// Now.
         at: DateTime<Utc>,
     },
+    /// Record the provider's progress (status or counts changed).
+    RecordProviderProgress {
+        /// The provider's status, e.g. `in_progress`.
+        provider_status: String,
+        /// Requests in the provider batch.
+        total: u64,
+        /// Requests with a response so far.
+        completed: u64,
+        /// Requests with an error so far.
+        failed: u64,
+        /// Now.
+        at: DateTime<Utc>,
+    },
     /// The provider finished the batch.
     MarkProviderCompleted {
         /// The output file, if any.
@@ -99,6 +112,10 @@ pub enum BatchCommand {
     },
     /// The provider's completion window ran out.
     Expire {
+        /// Results of the requests that finished in time, if any.
+        output_file_id: Option<String>,
+        /// Errors of the requests that finished in time, if any.
+        error_file_id: Option<String>,
         /// Now.
         at: DateTime<Utc>,
     },

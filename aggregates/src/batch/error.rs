@@ -26,6 +26,12 @@ pub enum BatchError {
         /// Where the command would take it.
         to: BatchStatus,
     },
+    /// Provider progress applies while the provider is processing the batch.
+    #[error("the batch is {}, not at the provider", status.as_str())]
+    NotAtProvider {
+        /// Where the batch stands.
+        status: BatchStatus,
+    },
     /// An empty batch has nothing to send.
     #[error("an empty batch cannot be closed")]
     Empty,
@@ -55,9 +61,10 @@ impl DomainError for BatchError {
     fn code(&self) -> ErrorCode {
         match self {
             Self::NotFound => ErrorCode::NotFound,
-            Self::NotBuilding { .. } | Self::InvalidTransition { .. } | Self::Empty => {
-                ErrorCode::InvalidTransition
-            }
+            Self::NotBuilding { .. }
+            | Self::NotAtProvider { .. }
+            | Self::InvalidTransition { .. }
+            | Self::Empty => ErrorCode::InvalidTransition,
             Self::KeyMismatch
             | Self::NoEntries
             | Self::DuplicateCustomIds { .. }

@@ -53,6 +53,20 @@ pub enum BatchEvent {
         /// When.
         at: DateTime<Utc>,
     },
+    /// The provider reported progress: a new provider status or new request counts. Recorded
+    /// only when something changed, never once per poll.
+    ProviderProgressed {
+        /// The provider's status, e.g. `in_progress`.
+        provider_status: String,
+        /// Requests in the provider batch.
+        total: u64,
+        /// Requests with a response so far.
+        completed: u64,
+        /// Requests with an error so far.
+        failed: u64,
+        /// When.
+        at: DateTime<Utc>,
+    },
     /// The provider finished the batch.
     ProviderCompleted {
         /// The provider's output file, if any request succeeded.
@@ -105,8 +119,12 @@ pub enum BatchEvent {
         /// When.
         at: DateTime<Utc>,
     },
-    /// The provider's completion window ran out.
+    /// The provider's completion window ran out; what finished is in these files.
     Expired {
+        /// Results of the requests that finished in time, if any.
+        output_file_id: Option<String>,
+        /// Errors of the requests that finished in time, if any.
+        error_file_id: Option<String>,
         /// When.
         at: DateTime<Utc>,
     },
@@ -119,7 +137,9 @@ impl BatchEvent {
             Self::Opened { .. } | Self::RequestsAdded { .. } => BatchStatus::Building,
             Self::Closed { .. } => BatchStatus::Uploading,
             Self::InputUploaded { .. } => BatchStatus::Uploaded,
-            Self::SubmittedToProvider { .. } => BatchStatus::ProviderProcessing,
+            Self::SubmittedToProvider { .. } | Self::ProviderProgressed { .. } => {
+                BatchStatus::ProviderProcessing
+            }
             Self::ProviderCompleted { .. } => BatchStatus::ProviderCompleted,
             Self::DownloadStarted { .. } => BatchStatus::Downloading,
             Self::ResultsDownloaded { .. } => BatchStatus::ReadyToDeliver,
@@ -140,6 +160,7 @@ impl BatchEvent {
             | Self::Closed { at, .. }
             | Self::InputUploaded { at, .. }
             | Self::SubmittedToProvider { at, .. }
+            | Self::ProviderProgressed { at, .. }
             | Self::ProviderCompleted { at, .. }
             | Self::DownloadStarted { at }
             | Self::ResultsDownloaded { at, .. }
@@ -148,7 +169,7 @@ impl BatchEvent {
             | Self::Completed { at }
             | Self::Failed { at, .. }
             | Self::Cancelled { at }
-            | Self::Expired { at } => *at,
+            | Self::Expired { at, .. } => *at,
         }
     }
 }
@@ -161,6 +182,7 @@ impl DomainEvent for BatchEvent {
             Self::Closed { .. } => "BatchClosed",
             Self::InputUploaded { .. } => "BatchInputUploaded",
             Self::SubmittedToProvider { .. } => "BatchSubmittedToProvider",
+            Self::ProviderProgressed { .. } => "BatchProviderProgressed",
             Self::ProviderCompleted { .. } => "BatchProviderCompleted",
             Self::DownloadStarted { .. } => "BatchDownloadStarted",
             Self::ResultsDownloaded { .. } => "BatchResultsDownloaded",

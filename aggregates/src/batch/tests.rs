@@ -175,7 +175,18 @@ fn command_to(to: BatchStatus) -> (BatchCommand, BatchEvent) {
             },
         ),
         BatchStatus::Cancelled => (BatchCommand::Cancel { at }, BatchEvent::Cancelled { at }),
-        BatchStatus::Expired => (BatchCommand::Expire { at }, BatchEvent::Expired { at }),
+        BatchStatus::Expired => (
+            BatchCommand::Expire {
+                output_file_id: None,
+                error_file_id: None,
+                at,
+            },
+            BatchEvent::Expired {
+                output_file_id: None,
+                error_file_id: None,
+                at,
+            },
+        ),
     }
 }
 
@@ -383,4 +394,37 @@ fn counts_and_sizes_follow_the_added_requests() {
     assert_eq!(batch.request_count(), 3);
     assert_eq!(batch.size_bytes(), entry("a").spec.jsonl_bytes() * 3);
     assert_eq!(batch.status(), Some(BatchStatus::Building));
+}
+
+#[test]
+fn provider_progress_is_recorded_only_while_the_provider_processes_the_batch() {
+    let progress = || BatchCommand::RecordProviderProgress {
+        provider_status: "in_progress".into(),
+        total: 1,
+        completed: 0,
+        failed: 0,
+        at: at(),
+    };
+    for status in BatchStatus::ALL {
+        let result = framework()
+            .given(history(status))
+            .when(progress())
+            .inspect_result();
+        if status == BatchStatus::ProviderProcessing {
+            let expected = BatchEvent::ProviderProgressed {
+                provider_status: "in_progress".into(),
+                total: 1,
+                completed: 0,
+                failed: 0,
+                at: at(),
+            };
+            assert_eq!(result, Ok(vec![expected]));
+        } else {
+            assert_eq!(
+                result,
+                Err(BatchError::NotAtProvider { status }),
+                "{status:?}"
+            );
+        }
+    }
 }

@@ -120,6 +120,26 @@ impl RequestEvent {
     }
 }
 
+impl RequestEvent {
+    /// The status after an event of this type, for readers that see only the stored type.
+    pub fn status_after_type(event_type: &str) -> Option<RequestStatus> {
+        Some(match event_type {
+            "RequestSubmitted" => RequestStatus::Pending,
+            "RequestSentToProvider" => RequestStatus::ProviderProcessing,
+            "RequestResultRecorded" => RequestStatus::ProviderProcessed,
+            "RequestFailed" => RequestStatus::Failed,
+            "RequestExpired" => RequestStatus::Expired,
+            "RequestCancelled" => RequestStatus::Cancelled,
+            "RequestDeliveryStarted" => RequestStatus::Delivering,
+            "RequestDelivered" => RequestStatus::Delivered,
+            "RequestDeliveryFailed" => RequestStatus::DeliveryFailed,
+            "RequestConsumed" => RequestStatus::Consumed,
+            "RequestConsumeFailed" => RequestStatus::ConsumeFailed,
+            _ => return None,
+        })
+    }
+}
+
 impl DomainEvent for RequestEvent {
     fn event_type(&self) -> String {
         match self {

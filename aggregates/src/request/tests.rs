@@ -329,3 +329,16 @@ fn a_valid_request_counts_its_jsonl_line() {
     assert_eq!(parsed["url"], "/v1/embeddings");
     assert_eq!(spec.jsonl_bytes(), line.len() as u64 + 1);
 }
+
+#[test]
+fn every_event_type_names_the_status_it_leads_to() {
+    use cqrs_es::DomainEvent;
+    for status in RequestStatus::ALL {
+        let (_, event) = command_to(status);
+        assert_eq!(
+            RequestEvent::status_after_type(&event.event_type()),
+            Some(event.status())
+        );
+    }
+    assert_eq!(RequestEvent::status_after_type("BatchOpened"), None);
+}

@@ -53,6 +53,9 @@ impl TestApp {
             batch_max_requests: 50_000,
             batch_max_wait_ms: 600_000,
             batch_check_ms: 100,
+            provider_url: None,
+            provider_api_key_env: "CHRONICLE_TEST_PROVIDER_KEY".into(),
+            provider_poll_ms: 50,
             batch_max_bytes: 190_000_000,
         };
         change(&mut config);

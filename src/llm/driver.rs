@@ -1,0 +1,330 @@
+//! The provider driver: takes closed batches through the provider's batch API — upload,
+//! create, poll, download — and records every step as an event.
+//!
+//! One instance drives at a time (leadership, like a projector). Each step starts from the
+//! batch aggregate's own state, so a step repeated after a crash resumes where the events say
+//! it stands. The one step that must not be repeated, creating the provider batch, first asks
+//! the provider for a batch tagged with our batch id (`Provider::find_batch`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chronicle_aggregates::batch::{Batch, BatchCommand, BatchServices, BatchStatus};
+use chronicle_aggregates::request::RequestEvent;
+use chronicle_projections::EventMetadata;
+use chrono::Utc;
+use serde_json::{json, Value};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+mod files;
+
+use super::request_bulk;
+use crate::command::{CommandContext, CommandError, Commands};
+use crate::projection::Leadership;
+use crate::provider::{Provider, ProviderBatch, ProviderError, ProviderStatus};
+
+/// Why a driver step stopped; the step is tried again on the next round.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The provider failed after its retries.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// A command failed.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// The database failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// The provider driver.
+pub struct ProviderDriver {
+    commands: Commands,
+    pool: PgPool,
+    options: PgConnectOptions,
+    provider: Arc<dyn Provider>,
+    services: BatchServices,
+    poll_every: Duration,
+}
+
+impl ProviderDriver {
+    /// A driver that polls provider batches every `poll_every`.
+    pub fn new(
+        commands: Commands,
+        pool: PgPool,
+        options: PgConnectOptions,
+        provider: Arc<dyn Provider>,
+        services: BatchServices,
+        poll_every: Duration,
+    ) -> Self {
+        Self {
+            commands,
+            pool,
+            options,
+            provider,
+            services,
+            poll_every,
+        }
+    }
+
+    /// Runs until `shutdown`, driving batches while this instance holds the driver role.
+    pub async fn run(self, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            match Leadership::try_claim(&self.options, "provider_driver").await {
+                Ok(Some(mut leadership)) => {
+                    while !shutdown.is_cancelled() && leadership.confirm().await.is_ok() {
+                        if let Err(error) = self.round().await {
+                            tracing::warn!(%error, "provider driver round failed");
+                        }
+                        tokio::select! {
+                            () = tokio::time::sleep(self.poll_every) => {}
+                            () = shutdown.cancelled() => {}
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, "cannot claim the provider driver role"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.poll_every) => {}
+                () = shutdown.cancelled() => {}
+            }
+        }
+    }
+
+    /// One pass over every batch with provider work to do.
+    ///
+    /// # Errors
+    /// The batch list could not be read; a failing batch is logged and skipped.
+    pub async fn round(&self) -> Result<(), DriverError> {
+        let ids: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM batches
+              WHERE status IN ('uploading', 'uploaded', 'provider_processing',
+                               'provider_completed', 'expired', 'downloading')
+              ORDER BY updated_at LIMIT 100",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for batch_id in ids {
+            if let Err(error) = self.drive(batch_id).await {
+                tracing::warn!(batch.id = %batch_id, %error, "provider step failed; will retry");
+            }
+        }
+        Ok(())
+    }
+
+    fn context(batch_id: Uuid) -> CommandContext {
+        CommandContext {
+            actor: "system".into(),
+            correlation_id: batch_id.to_string(),
+            causation_id: None,
+        }
+    }
+
+    async fn command(&self, batch_id: Uuid, command: BatchCommand) -> Result<(), DriverError> {
+        self.commands
+            .execute::<Batch>(
+                &Self::context(batch_id),
+                &batch_id.to_string(),
+                command,
+                &self.services,
+                None,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Advances one batch as far as it can go now.
+    async fn drive(&self, batch_id: Uuid) -> Result<(), DriverError> {
+        loop {
+            let batch = self.commands.load::<Batch>(&batch_id.to_string()).await?;
+            let before = batch.status();
+            match before {
+                Some(BatchStatus::Uploading) => self.upload(batch_id, &batch).await?,
+                Some(BatchStatus::Uploaded) => self.create(batch_id, &batch).await?,
+                Some(BatchStatus::ProviderProcessing) => self.poll(batch_id, &batch).await?,
+                Some(BatchStatus::ProviderCompleted | BatchStatus::Expired) => {
+                    self.command(batch_id, BatchCommand::StartDownload { at: Utc::now() })
+                        .await?;
+                }
+                Some(BatchStatus::Downloading) => self.download(batch_id, &batch).await?,
+                _ => return Ok(()),
+            }
+            let after = self.commands.load::<Batch>(&batch_id.to_string()).await?;
+            if after.status() == before {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Uploads the batch's input file, unless a crash left a provider batch behind already.
+    async fn upload(&self, batch_id: Uuid, _batch: &Batch) -> Result<(), DriverError> {
+        if let Some(existing) = self.provider.find_batch(batch_id).await? {
+            return self.adopt(batch_id, &existing).await;
+        }
+        let input = self.input_file(batch_id).await?;
+        let input_file_id = self.provider.upload(input).await?;
+        let command = BatchCommand::MarkUploaded {
+            input_file_id,
+            at: Utc::now(),
+        };
+        self.command(batch_id, command).await
+    }
+
+    /// Records a provider batch created before a crash, instead of creating a second one.
+    async fn adopt(&self, batch_id: Uuid, existing: &ProviderBatch) -> Result<(), DriverError> {
+        tracing::info!(batch.id = %batch_id, provider.batch_id = %existing.id, "adopting the provider batch created before a restart");
+        let batch = self.commands.load::<Batch>(&batch_id.to_string()).await?;
+        if batch.status() == Some(BatchStatus::Uploading) {
+            let command = BatchCommand::MarkUploaded {
+                input_file_id: existing.input_file_id.clone(),
+                at: Utc::now(),
+            };
+            self.command(batch_id, command).await?;
+        }
+        let command = BatchCommand::MarkSubmitted {
+            provider_batch_id: existing.id.clone(),
+            at: Utc::now(),
+        };
+        self.command(batch_id, command).await
+    }
+
+    async fn create(&self, batch_id: Uuid, batch: &Batch) -> Result<(), DriverError> {
+        if let Some(existing) = self.provider.find_batch(batch_id).await? {
+            return self.adopt(batch_id, &existing).await;
+        }
+        let (Some(key), Some(file)) = (batch.key(), &batch.provider().input_file_id) else {
+            return Ok(());
+        };
+        let created = self
+            .provider
+            .create_batch(file, key.endpoint, batch_id)
+            .await;
+        match created {
+            Ok(created) => {
+                let command = BatchCommand::MarkSubmitted {
+                    provider_batch_id: created.id,
+                    at: Utc::now(),
+                };
+                self.command(batch_id, command).await
+            }
+            Err(ProviderError::Rejected { status, message }) => {
+                self.fail(batch_id, json!({ "status": status, "message": message }))
+                    .await
+            }
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    async fn poll(&self, batch_id: Uuid, batch: &Batch) -> Result<(), DriverError> {
+        self.send_pending(batch_id).await?;
+        let Some(provider_batch_id) = &batch.provider().batch_id else {
+            return Ok(());
+        };
+        let current = self.provider.batch(provider_batch_id).await?;
+        let counts = current.request_counts;
+        let status = serde_json::to_value(current.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let progress = (
+            status.clone(),
+            counts.total,
+            counts.completed,
+            counts.failed,
+        );
+        if batch.provider().progress.as_ref() != Some(&progress) {
+            let command = BatchCommand::RecordProviderProgress {
+                provider_status: status,
+                total: counts.total,
+                completed: counts.completed,
+                failed: counts.failed,
+                at: Utc::now(),
+            };
+            self.command(batch_id, command).await?;
+        }
+        let at = Utc::now();
+        match current.status {
+            ProviderStatus::Completed => {
+                let command = BatchCommand::MarkProviderCompleted {
+                    output_file_id: current.output_file_id,
+                    error_file_id: current.error_file_id,
+                    at,
+                };
+                self.command(batch_id, command).await
+            }
+            ProviderStatus::Failed => {
+                self.fail(batch_id, current.errors.unwrap_or(Value::Null))
+                    .await
+            }
+            ProviderStatus::Expired => {
+                // An expired batch still downloads what finished in time.
+                let command = BatchCommand::Expire {
+                    output_file_id: current.output_file_id,
+                    error_file_id: current.error_file_id,
+                    at,
+                };
+                self.command(batch_id, command).await
+            }
+            ProviderStatus::Cancelling | ProviderStatus::Cancelled => {
+                self.command(batch_id, BatchCommand::Cancel { at }).await
+            }
+            ProviderStatus::Validating
+            | ProviderStatus::InProgress
+            | ProviderStatus::Finalizing => Ok(()),
+        }
+    }
+
+    /// Marks the batch failed and every request still waiting on it failed too.
+    async fn fail(&self, batch_id: Uuid, error: Value) -> Result<(), DriverError> {
+        let at = Utc::now();
+        self.command(
+            batch_id,
+            BatchCommand::Fail {
+                error: error.clone(),
+                at,
+            },
+        )
+        .await?;
+        let requests = self.request_ids(batch_id).await?;
+        let events = requests
+            .into_iter()
+            .map(|id| {
+                (
+                    id,
+                    RequestEvent::Failed {
+                        error: error.clone(),
+                        at,
+                    },
+                )
+            })
+            .collect();
+        request_bulk::append(&self.pool, &self.metadata(batch_id), events).await?;
+        Ok(())
+    }
+
+    /// Moves the batch's pending requests to provider_processing (idempotent).
+    async fn send_pending(&self, batch_id: Uuid) -> Result<(), DriverError> {
+        let at = Utc::now();
+        let events = self
+            .request_ids(batch_id)
+            .await?
+            .into_iter()
+            .map(|id| (id, RequestEvent::SentToProvider { at }))
+            .collect();
+        request_bulk::append(&self.pool, &self.metadata(batch_id), events).await?;
+        Ok(())
+    }
+
+    fn metadata(&self, batch_id: Uuid) -> EventMetadata {
+        EventMetadata {
+            actor: "system".into(),
+            correlation_id: batch_id.to_string(),
+            causation_id: None,
+            command_id: Uuid::now_v7().to_string(),
+        }
+    }
+}

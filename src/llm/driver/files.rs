@@ -1,0 +1,138 @@
+//! The driver's file work: building a batch's input file and applying its results files.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use chronicle_aggregates::batch::{Batch, BatchCommand, BatchEvent};
+use chronicle_aggregates::request::{RequestEvent, RequestStatus};
+use chrono::Utc;
+use futures::TryStreamExt;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::{DriverError, ProviderDriver};
+use crate::llm::request_bulk;
+use crate::provider::ResultLine;
+
+/// Results applied per transaction while downloading.
+const RESULTS_CHUNK: usize = 1000;
+
+impl ProviderDriver {
+    /// Downloads the results and errors, records each request's outcome, expires the rest.
+    pub(super) async fn download(&self, batch_id: Uuid, batch: &Batch) -> Result<(), DriverError> {
+        self.send_pending(batch_id).await?;
+        let ids = self.custom_ids(batch_id).await?;
+        let (mut succeeded, mut failed) = (0, 0);
+        for file in [
+            &batch.provider().output_file_id,
+            &batch.provider().error_file_id,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let mut lines = self.provider.results(file).await?;
+            let mut chunk = Vec::with_capacity(RESULTS_CHUNK);
+            while let Some(line) = lines.try_next().await? {
+                let Some(event) = outcome(line.clone()) else {
+                    continue;
+                };
+                if matches!(event, RequestEvent::ResultRecorded { .. }) {
+                    succeeded += 1;
+                } else {
+                    failed += 1;
+                }
+                if let Some(request_id) = ids.get(&line.custom_id) {
+                    chunk.push((*request_id, event));
+                }
+                if chunk.len() == RESULTS_CHUNK {
+                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(RESULTS_CHUNK));
+                    request_bulk::append(&self.pool, &self.metadata(batch_id), full).await?;
+                }
+            }
+            request_bulk::append(&self.pool, &self.metadata(batch_id), chunk).await?;
+        }
+        // Requests the provider never answered (an expired batch) expire.
+        let at = Utc::now();
+        let unanswered = ids
+            .into_values()
+            .map(|id| (id, RequestEvent::Expired { at }))
+            .collect();
+        request_bulk::append(&self.pool, &self.metadata(batch_id), unanswered).await?;
+        let command = BatchCommand::MarkDownloaded {
+            succeeded,
+            failed,
+            at: Utc::now(),
+        };
+        self.command(batch_id, command).await
+    }
+
+    pub(super) async fn custom_ids(
+        &self,
+        batch_id: Uuid,
+    ) -> Result<HashMap<String, Uuid>, sqlx::Error> {
+        let rows: Vec<(String, Uuid)> = sqlx::query_as(
+            "SELECT custom_id, request_id FROM batch_custom_ids WHERE batch_id = $1",
+        )
+        .bind(batch_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    pub(super) async fn request_ids(&self, batch_id: Uuid) -> Result<Vec<Uuid>, sqlx::Error> {
+        Ok(self.custom_ids(batch_id).await?.into_values().collect())
+    }
+
+    /// The JSONL input of a batch: every request it accepted, except cancelled ones.
+    pub(super) async fn input_file(&self, batch_id: Uuid) -> Result<Bytes, DriverError> {
+        let payloads: Vec<Value> = sqlx::query_scalar(
+            "SELECT payload FROM events
+              WHERE aggregate_type = 'Batch' AND aggregate_id = $1
+                AND event_type = 'BatchRequestsAdded'
+              ORDER BY sequence",
+        )
+        .bind(batch_id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        let request_ids = self.request_ids(batch_id).await?;
+        let cancelled: Vec<Uuid> = request_bulk::statuses(&self.pool, &request_ids)
+            .await?
+            .into_iter()
+            .filter(|(_, _, status)| *status == RequestStatus::Cancelled)
+            .map(|(id, ..)| id)
+            .collect();
+        let mut jsonl = String::new();
+        for payload in payloads {
+            let Ok(BatchEvent::RequestsAdded { entries, .. }) = serde_json::from_value(payload)
+            else {
+                continue;
+            };
+            for entry in entries {
+                if !cancelled.contains(&entry.request_id) {
+                    jsonl.push_str(&entry.spec.jsonl_line());
+                    jsonl.push('\n');
+                }
+            }
+        }
+        Ok(Bytes::from(jsonl))
+    }
+}
+
+/// The request event a results line stands for.
+fn outcome(line: ResultLine) -> Option<RequestEvent> {
+    let at = Utc::now();
+    match (line.response, line.error) {
+        (Some(response), None) if (200..300).contains(&response.status_code) => {
+            Some(RequestEvent::ResultRecorded {
+                response: response.body,
+                at,
+            })
+        }
+        (Some(response), None) => Some(RequestEvent::Failed {
+            error: json!({ "status_code": response.status_code, "body": response.body }),
+            at,
+        }),
+        (_, Some(error)) => Some(RequestEvent::Failed { error, at }),
+        (None, None) => None,
+    }
+}

@@ -1,0 +1,153 @@
+//! The provider driver against the emulator: batches go from building to ready_to_deliver
+//! with every request matched, and failures and expiry end in the right states.
+
+use std::time::Duration;
+
+use chronicle::provider::Faults;
+use serde_json::{json, Value};
+
+use crate::support::{eventually, spawn_emulator, TestApp, TestDb};
+
+const SUBMIT_MANY: &str = "mutation($requests: [SubmitRequestInput!]!) {
+    submitRequests(requests: $requests) { requestId batchId } }";
+
+fn items(count: usize) -> Vec<Value> {
+    (0..count)
+        .map(|i| {
+            let mut body = json!({ "model": "m", "messages": [{ "role": "user", "content": format!("q{i}") }] });
+            if i % 10 == 3 {
+                body["emulator_error"] = json!(true);
+            }
+            json!({ "customId": format!("r{i}"), "endpoint": "/v1/chat/completions",
+                    "model": "m", "body": body, "delivery": { "poll": true } })
+        })
+        .collect()
+}
+
+/// Submits `count` requests, flushes their batch and waits for the batch to reach `status`.
+async fn run(app: &TestApp, count: usize, status: &str) -> String {
+    let response = app
+        .graphql(SUBMIT_MANY, json!({ "requests": items(count) }))
+        .await;
+    let batch_id = response["data"]["submitRequests"][0]["batchId"]
+        .as_str()
+        .expect("batch id")
+        .to_owned();
+    let flush = "mutation($id: UUID!) { flushBatch(batchId: $id) { version } }";
+    app.graphql(flush, json!({ "id": batch_id })).await;
+    let query = "query($id: UUID!) { batch(id: $id) { status } }";
+    eventually(Duration::from_secs(60), status, || async {
+        let response = app.graphql(query, json!({ "id": batch_id })).await;
+        (response["data"]["batch"]["status"] == status).then_some(())
+    })
+    .await;
+    batch_id
+}
+
+/// Request statuses of the batch once the read model shows `total` of them settled.
+async fn request_statuses(app: &TestApp, total: i64) -> Vec<(String, i64)> {
+    eventually(Duration::from_secs(30), "request statuses", || async {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, count(*) FROM requests GROUP BY status ORDER BY status")
+                .fetch_all(&app.pool)
+                .await
+                .ok()?;
+        let settled: i64 = rows
+            .iter()
+            .filter(|(s, _)| s != "pending" && s != "provider_processing")
+            .map(|(_, n)| n)
+            .sum();
+        (settled == total).then_some(rows)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_requests_reach_ready_to_deliver_each_matched_to_its_result() {
+    let db = TestDb::new().await;
+    let (emulator, url) = spawn_emulator(Faults::default()).await;
+    let app = TestApp::spawn_configured(&db, "driver", |c| c.provider_url = Some(url)).await;
+    let batch_id = run(&app, 1000, "ready_to_deliver").await;
+
+    let statuses = request_statuses(&app, 1000).await;
+    assert_eq!(
+        statuses,
+        [
+            ("failed".to_owned(), 100),
+            ("provider_processed".to_owned(), 900)
+        ]
+    );
+    let mismatched: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM requests WHERE status = 'provider_processed'
+            AND response -> 'choices' -> 0 -> 'message' ->> 'content'
+                <> '[emulated] ' || (body -> 'messages' -> 0 ->> 'content')",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("match");
+    assert_eq!(mismatched, 0, "a result reached the wrong request");
+    assert_eq!(emulator.batch_count(), 1);
+
+    let query = "query($id: UUID!) { transitions(aggregateId: $id) { toState } }";
+    let trail = eventually(Duration::from_secs(15), "the audit trail", || async {
+        let response = app.graphql(query, json!({ "id": batch_id })).await;
+        let states: Vec<String> = response["data"]["transitions"]
+            .as_array()?
+            .iter()
+            .filter_map(|t| t["toState"].as_str().map(str::to_owned))
+            .collect();
+        (states.last().map(String::as_str) == Some("ready_to_deliver")).then_some(states)
+    })
+    .await;
+    assert_eq!(
+        trail,
+        [
+            "building",
+            "uploading",
+            "uploaded",
+            "provider_processing",
+            "provider_completed",
+            "downloading",
+            "ready_to_deliver"
+        ]
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_batch_the_provider_rejects_fails_with_all_its_requests() {
+    let db = TestDb::new().await;
+    let faults = Faults {
+        fail_batches: Some("[emulated] invalid input".into()),
+        ..Faults::default()
+    };
+    let (_emulator, url) = spawn_emulator(faults).await;
+    let app = TestApp::spawn_configured(&db, "driver", |c| c.provider_url = Some(url)).await;
+    run(&app, 10, "failed").await;
+    assert_eq!(
+        request_statuses(&app, 10).await,
+        [("failed".to_owned(), 10)]
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_batch_delivers_what_finished_and_expires_the_rest() {
+    let db = TestDb::new().await;
+    let faults = Faults {
+        expire_batches: true,
+        ..Faults::default()
+    };
+    let (_emulator, url) = spawn_emulator(faults).await;
+    let app = TestApp::spawn_configured(&db, "driver", |c| c.provider_url = Some(url)).await;
+    run(&app, 20, "ready_to_deliver").await;
+    // Every second request (r0, r2, ...) finished in time; the others expire.
+    assert_eq!(
+        request_statuses(&app, 20).await,
+        [
+            ("expired".to_owned(), 10),
+            ("provider_processed".to_owned(), 10)
+        ]
+    );
+    app.stop().await;
+}
