@@ -38,3 +38,6 @@ EXECUTE FUNCTION record_aggregate_owner();
 
 -- A request accepted into a batch before its own stream started is found here by id.
 CREATE INDEX batch_custom_ids_request ON batch_custom_ids (request_id);
+
+-- The provider driver asks the provider to cancel a batch cancelled in flight, once.
+ALTER TABLE batches ADD COLUMN provider_cancel_requested boolean NOT NULL DEFAULT false;

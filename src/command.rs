@@ -142,6 +142,14 @@ impl<E> From<sqlx::Error> for Refusal<E> {
     }
 }
 
+/// How often a command decides again after losing a race to another writer.
+const CONFLICT_RETRIES: u32 = 5;
+
+/// A few milliseconds of jitter, so racing writers do not retry in lockstep.
+fn rand_jitter() -> u8 {
+    Uuid::new_v4().as_bytes()[0] % 8
+}
+
 /// Runs commands against the event store.
 #[derive(Clone)]
 pub struct Commands {
@@ -175,6 +183,7 @@ impl Commands {
     where
         A: Upcast + Clone,
         A::Error: DomainError,
+        A::Command: Clone,
     {
         match idempotency {
             None => Ok(self
@@ -242,6 +251,7 @@ impl Commands {
     where
         A: Upcast + Clone,
         A::Error: DomainError,
+        A::Command: Clone,
     {
         let command_id = Uuid::now_v7().to_string();
         self.run::<A>(context, aggregate_id, command, services, command_id)
@@ -265,7 +275,44 @@ impl Commands {
         Ok(loaded.aggregate)
     }
 
+    /// Runs the command, deciding again on fresh state when another writer got in first:
+    /// a conflict only means the decision was made on a stale version.
     async fn run<A>(
+        &self,
+        context: &CommandContext,
+        aggregate_id: &str,
+        command: A::Command,
+        services: &A::Services,
+        command_id: String,
+    ) -> Result<CommandReceipt, Refusal<A::Error>>
+    where
+        A: Upcast + Clone,
+        A::Error: DomainError,
+        A::Command: Clone,
+    {
+        let mut conflicts = 0;
+        loop {
+            let outcome = self
+                .run_once::<A>(
+                    context,
+                    aggregate_id,
+                    command.clone(),
+                    services,
+                    command_id.clone(),
+                )
+                .await;
+            match outcome {
+                Err(Refusal::Failed(CommandError::Conflict)) if conflicts < CONFLICT_RETRIES => {
+                    conflicts += 1;
+                    let pause = u64::from(conflicts) * 3 + u64::from(rand_jitter());
+                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn run_once<A>(
         &self,
         context: &CommandContext,
         aggregate_id: &str,

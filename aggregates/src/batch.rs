@@ -84,6 +84,8 @@ pub struct ProviderFacts {
     pub output_file_id: Option<String>,
     /// The errors file.
     pub error_file_id: Option<String>,
+    /// The provider was asked to cancel the batch.
+    pub cancel_requested: bool,
 }
 
 impl Batch {
@@ -288,6 +290,17 @@ impl Aggregate for Batch {
                 self.transition(BatchEvent::Failed { error, at })?
             }
             BatchCommand::Cancel { at } => self.transition(BatchEvent::Cancelled { at })?,
+            BatchCommand::RecordProviderCancel { at } => {
+                let at_provider = self.provider.batch_id.is_some();
+                match self.status {
+                    Some(BatchStatus::Cancelled)
+                        if at_provider && !self.provider.cancel_requested =>
+                    {
+                        vec![BatchEvent::ProviderCancelRequested { at }]
+                    }
+                    _ => return Err(BatchError::NoProviderCancel),
+                }
+            }
             BatchCommand::Expire {
                 output_file_id,
                 error_file_id,
@@ -355,6 +368,7 @@ impl Aggregate for Batch {
             | BatchEvent::Completed { .. }
             | BatchEvent::Failed { .. }
             | BatchEvent::Cancelled { .. } => {}
+            BatchEvent::ProviderCancelRequested { .. } => self.provider.cancel_requested = true,
         }
     }
 }

@@ -83,6 +83,14 @@ impl Projector for Batches {
                 .bind(version)
                 .bind(at)
                 .bind(provider_batch_id),
+                BatchEvent::ProviderCancelRequested { .. } => sqlx::query(
+                    "UPDATE batches SET version = $2, updated_at = $3,
+                            provider_cancel_requested = true
+                      WHERE id = $1::uuid",
+                )
+                .bind(id)
+                .bind(version)
+                .bind(at),
                 BatchEvent::InputUploaded { .. }
                 | BatchEvent::ProviderProgressed { .. }
                 | BatchEvent::ProviderCompleted { .. }

@@ -24,7 +24,9 @@ fn state_after(event: &RecordedEvent) -> Result<Option<&'static str>, Projection
             // Adding requests and provider progress change no state.
             (!matches!(
                 decoded,
-                BatchEvent::RequestsAdded { .. } | BatchEvent::ProviderProgressed { .. }
+                BatchEvent::RequestsAdded { .. }
+                    | BatchEvent::ProviderProgressed { .. }
+                    | BatchEvent::ProviderCancelRequested { .. }
             ))
             .then(|| decoded.status().as_str())
         }

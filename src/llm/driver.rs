@@ -104,6 +104,8 @@ impl ProviderDriver {
             "SELECT id FROM batches
               WHERE status IN ('uploading', 'uploaded', 'provider_processing',
                                'provider_completed', 'expired', 'downloading')
+                 OR (status = 'cancelled' AND provider_batch_id IS NOT NULL
+                     AND NOT provider_cancel_requested)
               ORDER BY updated_at LIMIT 100",
         )
         .fetch_all(&self.pool)
@@ -151,6 +153,9 @@ impl ProviderDriver {
                         .await?;
                 }
                 Some(BatchStatus::Downloading) => self.download(batch_id, &batch).await?,
+                Some(BatchStatus::Cancelled) => {
+                    return self.cancel_at_provider(batch_id, &batch).await
+                }
                 _ => return Ok(()),
             }
             let after = self.commands.load::<Batch>(&batch_id.to_string()).await?;
@@ -278,6 +283,38 @@ impl ProviderDriver {
         }
     }
 
+    /// Passes an owner's cancel on to the provider, once, and fails the requests in flight.
+    async fn cancel_at_provider(&self, batch_id: Uuid, batch: &Batch) -> Result<(), DriverError> {
+        let facts = batch.provider();
+        let Some(provider_batch_id) = facts.batch_id.as_ref().filter(|_| !facts.cancel_requested)
+        else {
+            return Ok(());
+        };
+        match self.provider.cancel(provider_batch_id).await {
+            // Already finished or cancelled there: nothing left to stop.
+            Ok(_) | Err(ProviderError::Rejected { .. }) => {}
+            Err(other) => return Err(other.into()),
+        }
+        let at = Utc::now();
+        self.command(batch_id, BatchCommand::RecordProviderCancel { at })
+            .await?;
+        let error = json!({ "message": "the batch was cancelled by its owner" });
+        self.move_requests(batch_id, RequestEvent::Failed { error, at })
+            .await
+    }
+
+    /// Appends `event` to every request of the batch whose state lets it move (idempotent).
+    async fn move_requests(&self, batch_id: Uuid, event: RequestEvent) -> Result<(), DriverError> {
+        let events = self
+            .request_ids(batch_id)
+            .await?
+            .into_iter()
+            .map(|id| (id, event.clone()))
+            .collect();
+        request_bulk::append(&self.pool, &self.metadata(batch_id), events).await?;
+        Ok(())
+    }
+
     /// Marks the batch failed and every request still waiting on it failed too.
     async fn fail(&self, batch_id: Uuid, error: Value) -> Result<(), DriverError> {
         let at = Utc::now();
@@ -289,34 +326,14 @@ impl ProviderDriver {
             },
         )
         .await?;
-        let requests = self.request_ids(batch_id).await?;
-        let events = requests
-            .into_iter()
-            .map(|id| {
-                (
-                    id,
-                    RequestEvent::Failed {
-                        error: error.clone(),
-                        at,
-                    },
-                )
-            })
-            .collect();
-        request_bulk::append(&self.pool, &self.metadata(batch_id), events).await?;
-        Ok(())
+        self.move_requests(batch_id, RequestEvent::Failed { error, at })
+            .await
     }
 
     /// Moves the batch's pending requests to provider_processing (idempotent).
     async fn send_pending(&self, batch_id: Uuid) -> Result<(), DriverError> {
-        let at = Utc::now();
-        let events = self
-            .request_ids(batch_id)
-            .await?
-            .into_iter()
-            .map(|id| (id, RequestEvent::SentToProvider { at }))
-            .collect();
-        request_bulk::append(&self.pool, &self.metadata(batch_id), events).await?;
-        Ok(())
+        let event = RequestEvent::SentToProvider { at: Utc::now() };
+        self.move_requests(batch_id, event).await
     }
 
     fn metadata(&self, batch_id: Uuid) -> EventMetadata {

@@ -55,6 +55,15 @@ impl Emulator {
         self.lock().batches.len()
     }
 
+    /// Every batch's status, oldest first.
+    pub fn statuses(&self) -> Vec<String> {
+        self.lock()
+            .batches
+            .values()
+            .map(|b| b.status.to_owned())
+            .collect()
+    }
+
     /// The emulator's routes, under `/v1`.
     pub fn router(&self) -> Router {
         Router::new()

@@ -151,3 +151,124 @@ async fn an_expired_batch_delivers_what_finished_and_expires_the_rest() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn rate_limits_and_outages_during_upload_poll_and_download_lose_nothing() {
+    let db = TestDb::new().await;
+    let faults = Faults {
+        rate_limit_every: 3,
+        unavailable_every: 5,
+        ..Faults::default()
+    };
+    let (emulator, url) = spawn_emulator(faults).await;
+    let app = TestApp::spawn_configured(&db, "driver", |c| c.provider_url = Some(url)).await;
+    run(&app, 100, "ready_to_deliver").await;
+    assert_eq!(
+        request_statuses(&app, 100).await,
+        [
+            ("failed".to_owned(), 10),
+            ("provider_processed".to_owned(), 90)
+        ]
+    );
+    assert_eq!(emulator.batch_count(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_owner_cancel_in_flight_reaches_the_provider_once() {
+    let db = TestDb::new().await;
+    let faults = Faults {
+        polls_per_status: 1_000_000,
+        ..Faults::default()
+    };
+    let (emulator, url) = spawn_emulator(faults).await;
+    let app = TestApp::spawn_configured(&db, "driver", |c| c.provider_url = Some(url)).await;
+    let batch_id = run(&app, 5, "provider_processing").await;
+    let cancel = "mutation($id: UUID!) { cancelBatch(batchId: $id) { version } }";
+    let cancelled = app.graphql(cancel, json!({ "id": batch_id })).await;
+    assert!(cancelled["errors"].is_null(), "{cancelled}");
+    eventually(Duration::from_secs(30), "the provider cancel", || async {
+        (emulator.statuses() == ["cancelling"]).then_some(())
+    })
+    .await;
+    assert_eq!(request_statuses(&app, 5).await, [("failed".to_owned(), 5)]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_after_the_provider_batch_was_created_adopts_it_instead_of_creating_another() {
+    use chronicle::command::CommandContext;
+    use chronicle::provider::{OpenAi, OpenAiConfig, Provider};
+    use chronicle_aggregates::batch::{Batch, BatchCommand, BatchServices};
+    use chronicle_aggregates::Endpoint;
+
+    let db = TestDb::new().await;
+    let (emulator, url) = spawn_emulator(Faults::default()).await;
+    // First life, without a driver: the batch closes; then, as the driver would, the input
+    // is uploaded and recorded, and the provider batch created — but the process dies before
+    // recording it.
+    let first = TestApp::spawn(&db, "first-life").await;
+    let response = first
+        .graphql(SUBMIT_MANY, json!({ "requests": items(30) }))
+        .await;
+    let batch_id: uuid::Uuid = response["data"]["submitRequests"][0]["batchId"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .expect("batch id");
+    let flush = "mutation($id: UUID!) { flushBatch(batchId: $id) { version } }";
+    first.graphql(flush, json!({ "id": batch_id })).await;
+    let provider = OpenAi::new(OpenAiConfig {
+        base_url: url.clone(),
+        api_key: "key".to_owned().into(),
+        organization: None,
+        project: None,
+        timeout: Duration::from_secs(5),
+        max_retries: 3,
+    })
+    .expect("client");
+    let file = provider
+        .upload(bytes::Bytes::from_static(b"{\"custom_id\":\"r0\"}\n"))
+        .await
+        .expect("upload");
+    let context = CommandContext {
+        actor: "system".into(),
+        correlation_id: "crash".into(),
+        causation_id: None,
+    };
+    let services = BatchServices {
+        custom_ids: std::sync::Arc::new(chronicle::llm::PgCustomIds::new(db.pool.clone())),
+    };
+    let uploaded = BatchCommand::MarkUploaded {
+        input_file_id: file.clone(),
+        at: chrono::Utc::now(),
+    };
+    first
+        .commands
+        .execute::<Batch>(&context, &batch_id.to_string(), uploaded, &services, None)
+        .await
+        .expect("uploaded");
+    provider
+        .create_batch(&file, Endpoint::ChatCompletions, batch_id)
+        .await
+        .expect("created before the crash");
+    first.stop().await;
+
+    let second =
+        TestApp::spawn_configured(&db, "second-life", |c| c.provider_url = Some(url)).await;
+    let query = "query($id: UUID!) { batch(id: $id) { status providerBatchId } }";
+    eventually(
+        Duration::from_secs(60),
+        "the adopted batch to finish",
+        || async {
+            let response = second.graphql(query, json!({ "id": batch_id })).await;
+            (response["data"]["batch"]["status"] == "ready_to_deliver").then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        emulator.batch_count(),
+        1,
+        "a second provider batch was created"
+    );
+    second.stop().await;
+}

@@ -110,6 +110,11 @@ pub enum BatchCommand {
         /// Now.
         at: DateTime<Utc>,
     },
+    /// Record that the provider was asked to cancel (after the owner cancelled in flight).
+    RecordProviderCancel {
+        /// Now.
+        at: DateTime<Utc>,
+    },
     /// The provider's completion window ran out.
     Expire {
         /// Results of the requests that finished in time, if any.

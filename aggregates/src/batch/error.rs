@@ -32,6 +32,9 @@ pub enum BatchError {
         /// Where the batch stands.
         status: BatchStatus,
     },
+    /// Only a cancelled batch that reached the provider, once, asks the provider to cancel.
+    #[error("no provider batch to cancel")]
+    NoProviderCancel,
     /// An empty batch has nothing to send.
     #[error("an empty batch cannot be closed")]
     Empty,
@@ -64,6 +67,7 @@ impl DomainError for BatchError {
             Self::NotBuilding { .. }
             | Self::NotAtProvider { .. }
             | Self::InvalidTransition { .. }
+            | Self::NoProviderCancel
             | Self::Empty => ErrorCode::InvalidTransition,
             Self::KeyMismatch
             | Self::NoEntries

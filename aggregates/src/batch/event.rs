@@ -119,6 +119,11 @@ pub enum BatchEvent {
         /// When.
         at: DateTime<Utc>,
     },
+    /// The provider was asked to cancel a batch its owner cancelled while it was there.
+    ProviderCancelRequested {
+        /// When.
+        at: DateTime<Utc>,
+    },
     /// The provider's completion window ran out; what finished is in these files.
     Expired {
         /// Results of the requests that finished in time, if any.
@@ -147,7 +152,7 @@ impl BatchEvent {
             Self::DeliveryFinished { outcome, .. } => outcome.status(),
             Self::Completed { .. } => BatchStatus::Done,
             Self::Failed { .. } => BatchStatus::Failed,
-            Self::Cancelled { .. } => BatchStatus::Cancelled,
+            Self::Cancelled { .. } | Self::ProviderCancelRequested { .. } => BatchStatus::Cancelled,
             Self::Expired { .. } => BatchStatus::Expired,
         }
     }
@@ -169,6 +174,7 @@ impl BatchEvent {
             | Self::Completed { at }
             | Self::Failed { at, .. }
             | Self::Cancelled { at }
+            | Self::ProviderCancelRequested { at }
             | Self::Expired { at, .. } => *at,
         }
     }
@@ -191,6 +197,7 @@ impl DomainEvent for BatchEvent {
             Self::Completed { .. } => "BatchCompleted",
             Self::Failed { .. } => "BatchFailed",
             Self::Cancelled { .. } => "BatchCancelled",
+            Self::ProviderCancelRequested { .. } => "BatchProviderCancelRequested",
             Self::Expired { .. } => "BatchExpired",
         }
         .to_owned()

@@ -428,3 +428,25 @@ fn provider_progress_is_recorded_only_while_the_provider_processes_the_batch() {
         }
     }
 }
+
+#[test]
+fn a_cancelled_batch_that_reached_the_provider_records_one_cancel_request() {
+    let record = || BatchCommand::RecordProviderCancel { at: at() };
+    let mut cancelled_in_flight = history(BatchStatus::ProviderProcessing);
+    cancelled_in_flight.push(BatchEvent::Cancelled { at: at() });
+    framework()
+        .given(cancelled_in_flight.clone())
+        .when(record())
+        .then_expect_events(vec![BatchEvent::ProviderCancelRequested { at: at() }]);
+    cancelled_in_flight.push(BatchEvent::ProviderCancelRequested { at: at() });
+    framework()
+        .given(cancelled_in_flight)
+        .when(record())
+        .then_expect_error(BatchError::NoProviderCancel);
+    for status in BatchStatus::ALL {
+        framework()
+            .given(history(status))
+            .when(record())
+            .then_expect_error(BatchError::NoProviderCancel);
+    }
+}

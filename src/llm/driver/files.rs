@@ -52,12 +52,8 @@ impl ProviderDriver {
             request_bulk::append(&self.pool, &self.metadata(batch_id), chunk).await?;
         }
         // Requests the provider never answered (an expired batch) expire.
-        let at = Utc::now();
-        let unanswered = ids
-            .into_values()
-            .map(|id| (id, RequestEvent::Expired { at }))
-            .collect();
-        request_bulk::append(&self.pool, &self.metadata(batch_id), unanswered).await?;
+        let expired = RequestEvent::Expired { at: Utc::now() };
+        self.move_requests(batch_id, expired).await?;
         let command = BatchCommand::MarkDownloaded {
             succeeded,
             failed,
