@@ -238,7 +238,12 @@ async fn every_invalid_item_is_reported_by_index_and_nothing_is_written() {
 
     app.graphql(SUBMIT_MANY, json!({ "requests": [item("dup", "m")] }))
         .await;
-    let before = event_count(&app).await;
+    // Opened + RequestsAdded, and the request stream derived from them.
+    let before = eventually(Duration::from_secs(15), "the request stream", || async {
+        let count = event_count(&app).await;
+        (count == 3).then_some(count)
+    })
+    .await;
     let repeated = app
         .graphql(
             SUBMIT_MANY,
