@@ -8,11 +8,10 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::outcome::{idempotency, CommandOutcome};
+use super::outcome::{run_action, CommandOutcome};
 use super::pagination::{connection, keyset_after, page_size, KeysetCursor};
 use super::requests::{request_page, LlmRequest};
 use super::{ApiError, Caller};
-use crate::llm::LlmActions;
 
 /// The requests of one (owner, endpoint, model) that go to the provider together.
 #[derive(SimpleObject)]
@@ -158,13 +157,10 @@ impl BatchMutation {
         batch_id: Uuid,
         idempotency_key: Option<String>,
     ) -> Result<CommandOutcome, ApiError> {
-        let caller = Caller::from_ctx(ctx)?;
-        let key = idempotency(idempotency_key, &("flushBatch", batch_id))?;
-        let receipt = ctx
-            .data_unchecked::<LlmActions>()
-            .flush_batch(&caller.command_context(), batch_id, key)
-            .await?;
-        Ok(receipt.into())
+        run_action(ctx, idempotency_key, &("flushBatch", batch_id), |actions, context, key| async move {
+            actions.flush_batch(&context, batch_id, key).await
+        })
+        .await
     }
 
     /// Cancels a batch that has not finished at the provider.
@@ -175,12 +171,9 @@ impl BatchMutation {
         batch_id: Uuid,
         idempotency_key: Option<String>,
     ) -> Result<CommandOutcome, ApiError> {
-        let caller = Caller::from_ctx(ctx)?;
-        let key = idempotency(idempotency_key, &("cancelBatch", batch_id))?;
-        let receipt = ctx
-            .data_unchecked::<LlmActions>()
-            .cancel_batch(&caller.command_context(), batch_id, key)
-            .await?;
-        Ok(receipt.into())
+        run_action(ctx, idempotency_key, &("cancelBatch", batch_id), |actions, context, key| async move {
+            actions.cancel_batch(&context, batch_id, key).await
+        })
+        .await
     }
 }

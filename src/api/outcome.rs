@@ -1,10 +1,13 @@
 //! What a mutation that runs one command returns, and its idempotency key argument.
 
-use async_graphql::SimpleObject;
+use std::future::Future;
+
+use async_graphql::{Context, SimpleObject};
 use serde::Serialize;
 
-use super::ApiError;
-use crate::command::{CommandReceipt, IdempotencyKey};
+use super::{ApiError, Caller};
+use crate::command::{CommandContext, CommandError, CommandReceipt, IdempotencyKey};
+use crate::llm::LlmActions;
 
 /// The outcome of a command.
 #[derive(SimpleObject)]
@@ -41,4 +44,24 @@ pub(crate) fn idempotency(
     Ok(key
         .map(|key| IdempotencyKey::new(key, arguments))
         .transpose()?)
+}
+
+/// The shape of every owner-action mutation: identify the caller, take the idempotency key
+/// (fingerprinted with the `arguments`), run one action, return its outcome.
+///
+/// # Errors
+/// `UNAUTHENTICATED`, `VALIDATION` (key), or the action's error.
+pub(crate) async fn run_action<'a, Fut>(
+    ctx: &Context<'a>,
+    idempotency_key: Option<String>,
+    arguments: &impl Serialize,
+    action: impl FnOnce(&'a LlmActions, CommandContext, Option<IdempotencyKey>) -> Fut,
+) -> Result<CommandOutcome, ApiError>
+where
+    Fut: Future<Output = Result<CommandReceipt, CommandError>>,
+{
+    let caller = Caller::from_ctx(ctx)?;
+    let key = idempotency(idempotency_key, arguments)?;
+    let actions = ctx.data_unchecked::<LlmActions>();
+    Ok(action(actions, caller.command_context(), key).await?.into())
 }

@@ -12,10 +12,10 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::error::ItemProblem;
-use super::outcome::{idempotency, CommandOutcome};
+use super::outcome::{idempotency, run_action, CommandOutcome};
 use super::pagination::{connection, keyset_after, page_size, KeysetCursor};
 use super::{ApiError, Caller};
-use crate::llm::{Accepted, LlmActions, Submitter};
+use crate::llm::{Accepted, Submitter};
 
 /// Most requests in one `submitRequests` call.
 pub(crate) const MAX_BULK: usize = 50_000;
@@ -247,13 +247,15 @@ impl RequestMutation {
         request_id: Uuid,
         idempotency_key: Option<String>,
     ) -> Result<CommandOutcome, ApiError> {
-        let caller = Caller::from_ctx(ctx)?;
-        let key = idempotency(idempotency_key, &("cancelRequest", request_id))?;
-        let receipt = ctx
-            .data_unchecked::<LlmActions>()
-            .cancel_request(&caller.command_context(), request_id, key)
-            .await?;
-        Ok(receipt.into())
+        run_action(
+            ctx,
+            idempotency_key,
+            &("cancelRequest", request_id),
+            |actions, context, key| async move {
+                actions.cancel_request(&context, request_id, key).await
+            },
+        )
+        .await
     }
 
     /// Poll delivery: acknowledges a fetched result.
@@ -264,13 +266,15 @@ impl RequestMutation {
         request_id: Uuid,
         idempotency_key: Option<String>,
     ) -> Result<CommandOutcome, ApiError> {
-        let caller = Caller::from_ctx(ctx)?;
-        let key = idempotency(idempotency_key, &("acknowledgeResult", request_id))?;
-        let receipt = ctx
-            .data_unchecked::<LlmActions>()
-            .acknowledge_result(&caller.command_context(), request_id, key)
-            .await?;
-        Ok(receipt.into())
+        run_action(
+            ctx,
+            idempotency_key,
+            &("acknowledgeResult", request_id),
+            |actions, context, key| async move {
+                actions.acknowledge_result(&context, request_id, key).await
+            },
+        )
+        .await
     }
 
     /// Poll delivery: reports that a fetched result could not be used.
@@ -282,21 +286,23 @@ impl RequestMutation {
         reason: String,
         idempotency_key: Option<String>,
     ) -> Result<CommandOutcome, ApiError> {
-        let caller = Caller::from_ctx(ctx)?;
         if reason.contains('\0') || reason.chars().count() > 10_000 {
             return Err(ApiError::Validation(
                 "reason must be at most 10,000 characters without NUL".into(),
             ));
         }
-        let key = idempotency(
+        let arguments = ("reportResultFailure", request_id, reason.clone());
+        run_action(
+            ctx,
             idempotency_key,
-            &("reportResultFailure", request_id, &reason),
-        )?;
-        let receipt = ctx
-            .data_unchecked::<LlmActions>()
-            .report_result_failure(&caller.command_context(), request_id, reason, key)
-            .await?;
-        Ok(receipt.into())
+            &arguments,
+            |actions, context, key| async move {
+                actions
+                    .report_result_failure(&context, request_id, reason, key)
+                    .await
+            },
+        )
+        .await
     }
 }
 
