@@ -127,6 +127,32 @@ pub struct Config {
     )]
     pub provider_poll_ms: u64,
 
+    /// Uploads and batch creations in flight at once, per provider.
+    #[arg(
+        long,
+        env = "CHRONICLE_PROVIDER_UPLOADS",
+        default_value_t = 1,
+        global = true
+    )]
+    pub provider_uploads: usize,
+
+    /// Polls and downloads in flight at once, per provider.
+    #[arg(
+        long,
+        env = "CHRONICLE_PROVIDER_POLLS",
+        default_value_t = 4,
+        global = true
+    )]
+    pub provider_polls: usize,
+
+    /// `OpenAI-Organization` header for provider calls.
+    #[arg(long, env = "CHRONICLE_PROVIDER_ORGANIZATION", global = true)]
+    pub provider_organization: Option<String>,
+
+    /// `OpenAI-Project` header for provider calls.
+    #[arg(long, env = "CHRONICLE_PROVIDER_PROJECT", global = true)]
+    pub provider_project: Option<String>,
+
     /// Largest batch input file in bytes (the provider's limit is 200 MB).
     #[arg(
         long,

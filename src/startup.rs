@@ -19,7 +19,7 @@ use crate::api::{build_schema, ApiServices};
 use crate::command::Commands;
 use crate::config::Config;
 use crate::http::{router, AppState};
-use crate::llm::{BatchCloser, LlmActions, PgCustomIds, ProviderDriver, Submitter};
+use crate::llm::{BatchCloser, DriverSettings, LlmActions, PgCustomIds, ProviderDriver, Submitter};
 use crate::log::{LogReader, LogWaker};
 use crate::projection::{self, ProjectionRunner, RunnerSettings};
 use crate::provider::{OpenAi, OpenAiConfig};
@@ -123,8 +123,8 @@ impl Application {
             let provider = OpenAi::new(OpenAiConfig {
                 base_url: base_url.clone(),
                 api_key: api_key.into(),
-                organization: None,
-                project: None,
+                organization: config.provider_organization.clone(),
+                project: config.provider_project.clone(),
                 timeout: PROVIDER_TIMEOUT,
                 max_retries: PROVIDER_RETRIES,
             })
@@ -135,7 +135,11 @@ impl Application {
                 options.clone(),
                 Arc::new(provider),
                 batch_services.clone(),
-                Duration::from_millis(config.provider_poll_ms),
+                DriverSettings {
+                    poll_every: Duration::from_millis(config.provider_poll_ms),
+                    uploads: config.provider_uploads,
+                    polls: config.provider_polls,
+                },
             );
             workers.spawn(driver.run(shutdown.clone()));
         }

@@ -13,9 +13,11 @@ use chronicle_aggregates::batch::{Batch, BatchCommand, BatchServices, BatchStatu
 use chronicle_aggregates::request::RequestEvent;
 use chronicle_projections::EventMetadata;
 use chrono::Utc;
+use futures::StreamExt;
 use serde_json::{json, Value};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -40,6 +42,17 @@ pub enum DriverError {
     Database(#[from] sqlx::Error),
 }
 
+/// How often and how much at once the driver talks to its provider.
+#[derive(Debug, Clone, Copy)]
+pub struct DriverSettings {
+    /// Pause between rounds over the batches at the provider.
+    pub poll_every: Duration,
+    /// Uploads and batch creations in flight at once.
+    pub uploads: usize,
+    /// Polls and downloads in flight at once.
+    pub polls: usize,
+}
+
 /// The provider driver.
 pub struct ProviderDriver {
     commands: Commands,
@@ -48,25 +61,32 @@ pub struct ProviderDriver {
     provider: Arc<dyn Provider>,
     services: BatchServices,
     poll_every: Duration,
+    uploads: Semaphore,
+    polls: Semaphore,
+    in_flight: usize,
 }
 
 impl ProviderDriver {
-    /// A driver that polls provider batches every `poll_every`.
+    /// A driver with `settings`.
     pub fn new(
         commands: Commands,
         pool: PgPool,
         options: PgConnectOptions,
         provider: Arc<dyn Provider>,
         services: BatchServices,
-        poll_every: Duration,
+        settings: DriverSettings,
     ) -> Self {
+        let (uploads, polls) = (settings.uploads.max(1), settings.polls.max(1));
         Self {
             commands,
             pool,
             options,
             provider,
             services,
-            poll_every,
+            poll_every: settings.poll_every,
+            uploads: Semaphore::new(uploads),
+            polls: Semaphore::new(polls),
+            in_flight: uploads + polls,
         }
     }
 
@@ -110,11 +130,13 @@ impl ProviderDriver {
         )
         .fetch_all(&self.pool)
         .await?;
-        for batch_id in ids {
-            if let Err(error) = self.drive(batch_id).await {
-                tracing::warn!(batch.id = %batch_id, %error, "provider step failed; will retry");
-            }
-        }
+        futures::stream::iter(ids)
+            .for_each_concurrent(self.in_flight, |batch_id| async move {
+                if let Err(error) = self.drive(batch_id).await {
+                    tracing::warn!(batch.id = %batch_id, %error, "provider step failed; will retry");
+                }
+            })
+            .await;
         Ok(())
     }
 
@@ -145,14 +167,26 @@ impl ProviderDriver {
             let batch = self.commands.load::<Batch>(&batch_id.to_string()).await?;
             let before = batch.status();
             match before {
-                Some(BatchStatus::Uploading) => self.upload(batch_id, &batch).await?,
-                Some(BatchStatus::Uploaded) => self.create(batch_id, &batch).await?,
-                Some(BatchStatus::ProviderProcessing) => self.poll(batch_id, &batch).await?,
+                Some(BatchStatus::Uploading) => {
+                    let _permit = self.uploads.acquire().await.ok();
+                    self.upload(batch_id, &batch).await?;
+                }
+                Some(BatchStatus::Uploaded) => {
+                    let _permit = self.uploads.acquire().await.ok();
+                    self.create(batch_id, &batch).await?;
+                }
+                Some(BatchStatus::ProviderProcessing) => {
+                    let _permit = self.polls.acquire().await.ok();
+                    self.poll(batch_id, &batch).await?;
+                }
                 Some(BatchStatus::ProviderCompleted | BatchStatus::Expired) => {
                     self.command(batch_id, BatchCommand::StartDownload { at: Utc::now() })
                         .await?;
                 }
-                Some(BatchStatus::Downloading) => self.download(batch_id, &batch).await?,
+                Some(BatchStatus::Downloading) => {
+                    let _permit = self.polls.acquire().await.ok();
+                    self.download(batch_id, &batch).await?;
+                }
                 Some(BatchStatus::Cancelled) => {
                     return self.cancel_at_provider(batch_id, &batch).await
                 }

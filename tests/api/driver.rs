@@ -272,3 +272,53 @@ async fn a_restart_after_the_provider_batch_was_created_adopts_it_instead_of_cre
     );
     second.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn several_batches_are_driven_at_once() {
+    let db = TestDb::new().await;
+    let (emulator, url) = spawn_emulator(Faults::default()).await;
+    let app = TestApp::spawn_configured(&db, "driver", |c| c.provider_url = Some(url)).await;
+    let requests: Vec<Value> = (0..30)
+        .map(|i| {
+            let model = format!("m{}", i % 3);
+            json!({ "customId": format!("r{i}"), "endpoint": "/v1/chat/completions",
+                    "model": model, "body": { "messages": [] }, "delivery": { "poll": true } })
+        })
+        .collect();
+    let response = app
+        .graphql(SUBMIT_MANY, json!({ "requests": requests }))
+        .await;
+    let mut batches: Vec<String> = response["data"]["submitRequests"]
+        .as_array()
+        .expect("accepted")
+        .iter()
+        .filter_map(|a| a["batchId"].as_str().map(str::to_owned))
+        .collect();
+    batches.sort();
+    batches.dedup();
+    assert_eq!(batches.len(), 3);
+    let flush = "mutation($id: UUID!) { flushBatch(batchId: $id) { version } }";
+    for batch in &batches {
+        app.graphql(flush, json!({ "id": batch })).await;
+    }
+    eventually(
+        Duration::from_secs(60),
+        "three finished batches",
+        || async {
+            let ready: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM batches WHERE status = 'ready_to_deliver'",
+            )
+            .fetch_one(&app.pool)
+            .await
+            .ok()?;
+            (ready == 3).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(emulator.batch_count(), 3);
+    assert_eq!(
+        request_statuses(&app, 30).await,
+        [("provider_processed".to_owned(), 30)]
+    );
+    app.stop().await;
+}

@@ -56,6 +56,10 @@ impl TestApp {
             provider_url: None,
             provider_api_key_env: "CHRONICLE_TEST_PROVIDER_KEY".into(),
             provider_poll_ms: 50,
+            provider_uploads: 1,
+            provider_polls: 4,
+            provider_organization: None,
+            provider_project: None,
             batch_max_bytes: 190_000_000,
         };
         change(&mut config);
