@@ -2,6 +2,7 @@
 //! client, and an emulator of that API for tests and demos.
 
 mod emulator;
+mod http;
 mod openai;
 
 use std::collections::HashMap;
@@ -115,16 +116,31 @@ pub enum ProviderError {
     Malformed(String),
 }
 
-/// A batch provider (OpenAI Batch API and compatible ones).
+/// What a provider batch is created from.
+#[derive(Debug, Clone)]
+pub enum BatchInput<'a> {
+    /// A file uploaded before (OpenAI).
+    File(&'a str),
+    /// The JSONL itself, sent with the create call (providers without file uploads).
+    Inline(Bytes),
+}
+
+/// A batch provider (OpenAI Batch API and compatible ones, Anthropic Message Batches).
 #[async_trait]
 pub trait Provider: Send + Sync {
+    /// True when batches are created from the requests themselves, not from an upload.
+    fn inline_input(&self) -> bool {
+        false
+    }
+
     /// Uploads a JSONL input file; returns its file id.
     async fn upload(&self, jsonl: Bytes) -> Result<String, ProviderError>;
 
-    /// Creates a batch over an uploaded file, tagged with the Chronicle batch id.
+    /// Creates a batch over an uploaded file or inline input, tagged with the Chronicle
+    /// batch id where the provider keeps metadata.
     async fn create_batch(
         &self,
-        input_file_id: &str,
+        input: BatchInput<'_>,
         endpoint: Endpoint,
         batch_id: Uuid,
     ) -> Result<ProviderBatch, ProviderError>;

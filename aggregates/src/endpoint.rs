@@ -19,15 +19,19 @@ pub enum Endpoint {
     /// `/v1/completions`
     #[serde(rename = "/v1/completions")]
     Completions,
+    /// `/v1/messages` (Anthropic Messages; the body is the Messages API's params).
+    #[serde(rename = "/v1/messages")]
+    Messages,
 }
 
 impl Endpoint {
     /// Every supported endpoint.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::ChatCompletions,
         Self::Embeddings,
         Self::Responses,
         Self::Completions,
+        Self::Messages,
     ];
 
     /// The endpoint's URL path.
@@ -37,6 +41,7 @@ impl Endpoint {
             Self::Embeddings => "/v1/embeddings",
             Self::Responses => "/v1/responses",
             Self::Completions => "/v1/completions",
+            Self::Messages => "/v1/messages",
         }
     }
 

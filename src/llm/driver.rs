@@ -26,7 +26,7 @@ mod files;
 use super::request_bulk;
 use crate::command::{CommandContext, CommandError, Commands};
 use crate::projection::Leadership;
-use crate::provider::{Provider, ProviderBatch, ProviderError, ProviderStatus};
+use crate::provider::{BatchInput, Provider, ProviderBatch, ProviderError, ProviderStatus};
 
 /// Why a driver step stopped; the step is tried again on the next round.
 #[derive(Debug, thiserror::Error)]
@@ -238,9 +238,14 @@ impl ProviderDriver {
         let (Some(key), Some(file)) = (batch.key(), &batch.provider().input_file_id) else {
             return Ok(());
         };
+        let input = if self.provider.inline_input() {
+            BatchInput::Inline(self.input_file(batch_id).await?)
+        } else {
+            BatchInput::File(file)
+        };
         let created = self
             .provider
-            .create_batch(file, key.endpoint, batch_id)
+            .create_batch(input, key.endpoint, batch_id)
             .await;
         match created {
             Ok(created) => {

@@ -198,7 +198,7 @@ async fn an_owner_cancel_in_flight_reaches_the_provider_once() {
 #[tokio::test]
 async fn a_restart_after_the_provider_batch_was_created_adopts_it_instead_of_creating_another() {
     use chronicle::command::CommandContext;
-    use chronicle::provider::{OpenAi, OpenAiConfig, Provider};
+    use chronicle::provider::{BatchInput, OpenAi, OpenAiConfig, Provider};
     use chronicle_aggregates::batch::{Batch, BatchCommand, BatchServices};
     use chronicle_aggregates::Endpoint;
 
@@ -248,7 +248,7 @@ async fn a_restart_after_the_provider_batch_was_created_adopts_it_instead_of_cre
         .await
         .expect("uploaded");
     provider
-        .create_batch(&file, Endpoint::ChatCompletions, batch_id)
+        .create_batch(BatchInput::File(&file), Endpoint::ChatCompletions, batch_id)
         .await
         .expect("created before the crash");
     first.stop().await;

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chronicle::provider::{
-    Emulator, Faults, OpenAi, OpenAiConfig, Provider, ProviderBatch, ProviderError, ProviderStatus,
+    BatchInput, Emulator, Faults, OpenAi, OpenAiConfig, Provider, ProviderBatch, ProviderError,
+    ProviderStatus,
 };
 use chronicle_aggregates::Endpoint;
 use futures::TryStreamExt;
@@ -64,7 +65,11 @@ async fn poll_until_settled(client: &OpenAi, id: &str) -> ProviderBatch {
 async fn run_batch(client: &OpenAi, count: usize) -> ProviderBatch {
     let file = client.upload(input(count)).await.expect("upload");
     let batch = client
-        .create_batch(&file, Endpoint::ChatCompletions, Uuid::now_v7())
+        .create_batch(
+            BatchInput::File(&file),
+            Endpoint::ChatCompletions,
+            Uuid::now_v7(),
+        )
         .await
         .expect("create");
     poll_until_settled(client, &batch.id).await
@@ -89,7 +94,7 @@ async fn a_thousand_requests_go_through_and_every_result_matches_its_request() {
     let file = client.upload(input(1000)).await.expect("upload");
     let ours = Uuid::now_v7();
     let created = client
-        .create_batch(&file, Endpoint::ChatCompletions, ours)
+        .create_batch(BatchInput::File(&file), Endpoint::ChatCompletions, ours)
         .await
         .expect("create");
     assert_eq!(created.status, ProviderStatus::Validating);
@@ -155,7 +160,11 @@ async fn rate_limits_and_outages_are_retried_until_the_call_succeeds() {
 async fn validation_errors_are_final_and_carry_the_providers_message() {
     let (_emulator, client) = spawn(Faults::default()).await;
     let refused = client
-        .create_batch("file-does-not-exist", Endpoint::Embeddings, Uuid::now_v7())
+        .create_batch(
+            BatchInput::File("file-does-not-exist"),
+            Endpoint::Embeddings,
+            Uuid::now_v7(),
+        )
         .await;
     assert_eq!(
         refused,
@@ -199,7 +208,11 @@ async fn failed_expired_and_cancelled_batches_report_the_right_status() {
     .await;
     let file = cancelling.upload(input(4)).await.expect("upload");
     let batch = cancelling
-        .create_batch(&file, Endpoint::ChatCompletions, Uuid::now_v7())
+        .create_batch(
+            BatchInput::File(&file),
+            Endpoint::ChatCompletions,
+            Uuid::now_v7(),
+        )
         .await
         .expect("create");
     let asked = cancelling.cancel(&batch.id).await.expect("cancel");

@@ -1,0 +1,128 @@
+//! What every provider client shares: sending with retries, reading JSON, and reading a
+//! results file line by line as it downloads.
+//!
+//! Retries (exponential backoff with jitter, via `backon`) cover connection errors, timeouts,
+//! 408, 429 and 5xx, honouring `Retry-After`; other 4xx answers are final.
+
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use reqwest::{RequestBuilder, Response, StatusCode};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio_util::codec::{FramedRead, LinesCodec};
+use tokio_util::io::StreamReader;
+
+use super::ProviderError;
+
+/// Longest results line accepted (one response body).
+const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
+
+/// One attempt's failure, before retries decide.
+#[derive(Debug)]
+enum Attempt {
+    Retryable {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    Final(ProviderError),
+}
+
+impl Attempt {
+    fn into_error(self) -> ProviderError {
+        match self {
+            Self::Retryable { reason, .. } => ProviderError::Unavailable(reason),
+            Self::Final(error) => error,
+        }
+    }
+}
+
+/// Sends the request `build` makes, retrying what is worth retrying, at most `retries` times.
+pub(super) async fn send(
+    build: impl Fn() -> RequestBuilder,
+    retries: usize,
+) -> Result<Response, ProviderError> {
+    let attempt = || async { classify(build().send().await).await };
+    let backoff = ExponentialBuilder::default()
+        .with_jitter()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(30))
+        .with_max_times(retries);
+    attempt
+        .retry(backoff)
+        .when(|failure| matches!(failure, Attempt::Retryable { .. }))
+        .adjust(|failure, delay| match failure {
+            Attempt::Retryable {
+                retry_after: Some(wait),
+                ..
+            } => delay.map(|_| *wait),
+            Attempt::Retryable { .. } | Attempt::Final(_) => delay,
+        })
+        .notify(|failure, delay| {
+            tracing::warn!(error = ?failure, retry_in = ?delay, "provider call failed; retrying");
+        })
+        .await
+        .map_err(Attempt::into_error)
+}
+
+/// Sorts a response (or transport failure) into success, retryable and final.
+async fn classify(sent: Result<Response, reqwest::Error>) -> Result<Response, Attempt> {
+    let response = sent.map_err(|error| Attempt::Retryable {
+        reason: error.to_string(),
+        retry_after: None,
+    })?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let body: Value = response.json().await.unwrap_or_default();
+    // OpenAI and Anthropic both put the message at error.message.
+    let message = body["error"]["message"]
+        .as_str()
+        .unwrap_or("no message")
+        .to_owned();
+    let retryable = status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status.is_server_error();
+    if retryable {
+        Err(Attempt::Retryable {
+            reason: format!("{status}: {message}"),
+            retry_after,
+        })
+    } else {
+        Err(Attempt::Final(ProviderError::Rejected {
+            status: status.as_u16(),
+            message,
+        }))
+    }
+}
+
+/// The response body as `T`.
+pub(super) async fn json<T: DeserializeOwned>(response: Response) -> Result<T, ProviderError> {
+    response
+        .json()
+        .await
+        .map_err(|e| ProviderError::Malformed(e.to_string()))
+}
+
+/// The non-empty lines of a response body, as they arrive.
+pub(super) fn lines(response: Response) -> BoxStream<'static, Result<String, ProviderError>> {
+    let bytes = response
+        .bytes_stream()
+        .map_err(|e| std::io::Error::other(e.to_string()));
+    FramedRead::new(
+        StreamReader::new(bytes),
+        LinesCodec::new_with_max_length(MAX_LINE_BYTES),
+    )
+    .map_err(|e| ProviderError::Unavailable(format!("reading results: {e}")))
+    .try_filter(|line| futures::future::ready(!line.trim().is_empty()))
+    .boxed()
+}
