@@ -118,6 +118,20 @@ pub struct Config {
     )]
     pub provider_api_key_env: String,
 
+    /// Base URL of the Anthropic API (Message Batches), e.g. `https://api.anthropic.com`;
+    /// batches of `/v1/messages` requests go there.
+    #[arg(long, env = "CHRONICLE_ANTHROPIC_URL", global = true)]
+    pub anthropic_url: Option<String>,
+
+    /// Name of the environment variable that holds the Anthropic API key (never logged).
+    #[arg(
+        long,
+        env = "CHRONICLE_ANTHROPIC_API_KEY_ENV",
+        default_value = "ANTHROPIC_API_KEY",
+        global = true
+    )]
+    pub anthropic_api_key_env: String,
+
     /// How often the provider driver polls batches at the provider, in milliseconds.
     #[arg(
         long,

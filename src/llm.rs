@@ -11,5 +11,5 @@ mod submit;
 pub use actions::LlmActions;
 pub use closer::BatchCloser;
 pub use custom_ids::PgCustomIds;
-pub use driver::{DriverError, DriverSettings, ProviderDriver};
+pub use driver::{DriverError, DriverSettings, ProviderDriver, Providers};
 pub use submit::{Accepted, Submitter};

@@ -1,6 +1,7 @@
 //! LLM batch providers: the provider-neutral contract the driver uses, the OpenAI Batch API
 //! client, and an emulator of that API for tests and demos.
 
+mod anthropic;
 mod emulator;
 mod http;
 mod openai;
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+pub use anthropic::{Anthropic, AnthropicConfig};
 pub use emulator::{Emulator, Faults};
 pub use openai::{OpenAi, OpenAiConfig};
 

@@ -9,6 +9,7 @@ use chronicle_aggregates::batch::{Batch, BatchLimits, BatchServices};
 use chronicle_aggregates::request::Request;
 use chronicle_aggregates::Upcasters;
 use chronicle_projections::Projector;
+use secrecy::SecretString;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -19,10 +20,12 @@ use crate::api::{build_schema, ApiServices};
 use crate::command::Commands;
 use crate::config::Config;
 use crate::http::{router, AppState};
-use crate::llm::{BatchCloser, DriverSettings, LlmActions, PgCustomIds, ProviderDriver, Submitter};
+use crate::llm::{
+    BatchCloser, DriverSettings, LlmActions, PgCustomIds, ProviderDriver, Providers, Submitter,
+};
 use crate::log::{LogReader, LogWaker};
 use crate::projection::{self, ProjectionRunner, RunnerSettings};
-use crate::provider::{OpenAi, OpenAiConfig};
+use crate::provider::{Anthropic, AnthropicConfig, OpenAi, OpenAiConfig, Provider};
 use crate::store::EventStores;
 
 const PROJECTION_PAGE: u32 = 500;
@@ -51,6 +54,52 @@ impl Wiring {
             projectors: projection::standard(),
         }
     }
+}
+
+/// The API key in the variable `name`; a missing one is logged (by name, never the value).
+fn api_key(name: &str) -> SecretString {
+    std::env::var(name)
+        .unwrap_or_else(|_| {
+            tracing::warn!(variable = %name, "provider API key variable is not set; calls go without a key");
+            String::new()
+        })
+        .into()
+}
+
+/// The configured providers.
+fn providers(config: &Config) -> anyhow::Result<Providers> {
+    let openai = config
+        .provider_url
+        .as_ref()
+        .map(|base_url| {
+            OpenAi::new(OpenAiConfig {
+                base_url: base_url.clone(),
+                api_key: api_key(&config.provider_api_key_env),
+                organization: config.provider_organization.clone(),
+                project: config.provider_project.clone(),
+                timeout: PROVIDER_TIMEOUT,
+                max_retries: PROVIDER_RETRIES,
+            })
+        })
+        .transpose()
+        .context("building the OpenAI client")?;
+    let anthropic = config
+        .anthropic_url
+        .as_ref()
+        .map(|base_url| {
+            Anthropic::new(AnthropicConfig {
+                base_url: base_url.clone(),
+                api_key: api_key(&config.anthropic_api_key_env),
+                timeout: PROVIDER_TIMEOUT,
+                max_retries: PROVIDER_RETRIES,
+            })
+        })
+        .transpose()
+        .context("building the Anthropic client")?;
+    Ok(Providers {
+        openai: openai.map(|p| Arc::new(p) as Arc<dyn Provider>),
+        anthropic: anthropic.map(|p| Arc::new(p) as Arc<dyn Provider>),
+    })
 }
 
 /// A built instance: call [`Application::run_until_stopped`] to serve.
@@ -115,25 +164,13 @@ impl Application {
             Duration::from_millis(config.batch_check_ms),
         );
         workers.spawn(closer.run(shutdown.clone()));
-        if let Some(base_url) = &config.provider_url {
-            let api_key = std::env::var(&config.provider_api_key_env).unwrap_or_else(|_| {
-                tracing::warn!(variable = %config.provider_api_key_env, "provider API key variable is not set; calls go without a key");
-                String::new()
-            });
-            let provider = OpenAi::new(OpenAiConfig {
-                base_url: base_url.clone(),
-                api_key: api_key.into(),
-                organization: config.provider_organization.clone(),
-                project: config.provider_project.clone(),
-                timeout: PROVIDER_TIMEOUT,
-                max_retries: PROVIDER_RETRIES,
-            })
-            .context("building the provider client")?;
+        let providers = providers(config)?;
+        if providers.any() {
             let driver = ProviderDriver::new(
                 commands.clone(),
                 pool.clone(),
                 options.clone(),
-                Arc::new(provider),
+                providers,
                 batch_services.clone(),
                 DriverSettings {
                     poll_every: Duration::from_millis(config.provider_poll_ms),

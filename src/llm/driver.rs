@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use chronicle_aggregates::batch::{Batch, BatchCommand, BatchServices, BatchStatus};
 use chronicle_aggregates::request::RequestEvent;
+use chronicle_aggregates::Endpoint;
 use chronicle_projections::EventMetadata;
 use chrono::Utc;
 use futures::StreamExt;
@@ -42,6 +43,34 @@ pub enum DriverError {
     Database(#[from] sqlx::Error),
 }
 
+/// The providers batches go to, by endpoint: `/v1/messages` to Anthropic, the others to the
+/// OpenAI-compatible one. A batch whose provider is not configured waits.
+#[derive(Clone, Default)]
+pub struct Providers {
+    /// The OpenAI-compatible Batch API.
+    pub openai: Option<Arc<dyn Provider>>,
+    /// Anthropic Message Batches.
+    pub anthropic: Option<Arc<dyn Provider>>,
+}
+
+impl Providers {
+    /// The provider for batches of `endpoint`.
+    pub fn for_endpoint(&self, endpoint: Endpoint) -> Option<&Arc<dyn Provider>> {
+        match endpoint {
+            Endpoint::Messages => self.anthropic.as_ref(),
+            Endpoint::ChatCompletions
+            | Endpoint::Embeddings
+            | Endpoint::Responses
+            | Endpoint::Completions => self.openai.as_ref(),
+        }
+    }
+
+    /// True when at least one provider is configured.
+    pub fn any(&self) -> bool {
+        self.openai.is_some() || self.anthropic.is_some()
+    }
+}
+
 /// How often and how much at once the driver talks to its provider.
 #[derive(Debug, Clone, Copy)]
 pub struct DriverSettings {
@@ -58,7 +87,7 @@ pub struct ProviderDriver {
     commands: Commands,
     pool: PgPool,
     options: PgConnectOptions,
-    provider: Arc<dyn Provider>,
+    providers: Providers,
     services: BatchServices,
     poll_every: Duration,
     uploads: Semaphore,
@@ -72,7 +101,7 @@ impl ProviderDriver {
         commands: Commands,
         pool: PgPool,
         options: PgConnectOptions,
-        provider: Arc<dyn Provider>,
+        providers: Providers,
         services: BatchServices,
         settings: DriverSettings,
     ) -> Self {
@@ -81,7 +110,7 @@ impl ProviderDriver {
             commands,
             pool,
             options,
-            provider,
+            providers,
             services,
             poll_every: settings.poll_every,
             uploads: Semaphore::new(uploads),
@@ -165,19 +194,26 @@ impl ProviderDriver {
     async fn drive(&self, batch_id: Uuid) -> Result<(), DriverError> {
         loop {
             let batch = self.commands.load::<Batch>(&batch_id.to_string()).await?;
+            let Some(provider) = batch
+                .key()
+                .and_then(|key| self.providers.for_endpoint(key.endpoint))
+            else {
+                return Ok(());
+            };
+            let provider = provider.as_ref();
             let before = batch.status();
             match before {
                 Some(BatchStatus::Uploading) => {
                     let _permit = self.uploads.acquire().await.ok();
-                    self.upload(batch_id, &batch).await?;
+                    self.upload(provider, batch_id, &batch).await?;
                 }
                 Some(BatchStatus::Uploaded) => {
                     let _permit = self.uploads.acquire().await.ok();
-                    self.create(batch_id, &batch).await?;
+                    self.create(provider, batch_id, &batch).await?;
                 }
                 Some(BatchStatus::ProviderProcessing) => {
                     let _permit = self.polls.acquire().await.ok();
-                    self.poll(batch_id, &batch).await?;
+                    self.poll(provider, batch_id, &batch).await?;
                 }
                 Some(BatchStatus::ProviderCompleted | BatchStatus::Expired) => {
                     self.command(batch_id, BatchCommand::StartDownload { at: Utc::now() })
@@ -185,10 +221,10 @@ impl ProviderDriver {
                 }
                 Some(BatchStatus::Downloading) => {
                     let _permit = self.polls.acquire().await.ok();
-                    self.download(batch_id, &batch).await?;
+                    self.download(provider, batch_id, &batch).await?;
                 }
                 Some(BatchStatus::Cancelled) => {
-                    return self.cancel_at_provider(batch_id, &batch).await
+                    return self.cancel_at_provider(provider, batch_id, &batch).await
                 }
                 _ => return Ok(()),
             }
@@ -200,12 +236,17 @@ impl ProviderDriver {
     }
 
     /// Uploads the batch's input file, unless a crash left a provider batch behind already.
-    async fn upload(&self, batch_id: Uuid, _batch: &Batch) -> Result<(), DriverError> {
-        if let Some(existing) = self.provider.find_batch(batch_id).await? {
+    async fn upload(
+        &self,
+        provider: &dyn Provider,
+        batch_id: Uuid,
+        _batch: &Batch,
+    ) -> Result<(), DriverError> {
+        if let Some(existing) = provider.find_batch(batch_id).await? {
             return self.adopt(batch_id, &existing).await;
         }
         let input = self.input_file(batch_id).await?;
-        let input_file_id = self.provider.upload(input).await?;
+        let input_file_id = provider.upload(input).await?;
         let command = BatchCommand::MarkUploaded {
             input_file_id,
             at: Utc::now(),
@@ -231,22 +272,24 @@ impl ProviderDriver {
         self.command(batch_id, command).await
     }
 
-    async fn create(&self, batch_id: Uuid, batch: &Batch) -> Result<(), DriverError> {
-        if let Some(existing) = self.provider.find_batch(batch_id).await? {
+    async fn create(
+        &self,
+        provider: &dyn Provider,
+        batch_id: Uuid,
+        batch: &Batch,
+    ) -> Result<(), DriverError> {
+        if let Some(existing) = provider.find_batch(batch_id).await? {
             return self.adopt(batch_id, &existing).await;
         }
         let (Some(key), Some(file)) = (batch.key(), &batch.provider().input_file_id) else {
             return Ok(());
         };
-        let input = if self.provider.inline_input() {
+        let input = if provider.inline_input() {
             BatchInput::Inline(self.input_file(batch_id).await?)
         } else {
             BatchInput::File(file)
         };
-        let created = self
-            .provider
-            .create_batch(input, key.endpoint, batch_id)
-            .await;
+        let created = provider.create_batch(input, key.endpoint, batch_id).await;
         match created {
             Ok(created) => {
                 let command = BatchCommand::MarkSubmitted {
@@ -263,12 +306,17 @@ impl ProviderDriver {
         }
     }
 
-    async fn poll(&self, batch_id: Uuid, batch: &Batch) -> Result<(), DriverError> {
+    async fn poll(
+        &self,
+        provider: &dyn Provider,
+        batch_id: Uuid,
+        batch: &Batch,
+    ) -> Result<(), DriverError> {
         self.send_pending(batch_id).await?;
         let Some(provider_batch_id) = &batch.provider().batch_id else {
             return Ok(());
         };
-        let current = self.provider.batch(provider_batch_id).await?;
+        let current = provider.batch(provider_batch_id).await?;
         let counts = current.request_counts;
         let status = serde_json::to_value(current.status)
             .ok()
@@ -323,13 +371,18 @@ impl ProviderDriver {
     }
 
     /// Passes an owner's cancel on to the provider, once, and fails the requests in flight.
-    async fn cancel_at_provider(&self, batch_id: Uuid, batch: &Batch) -> Result<(), DriverError> {
+    async fn cancel_at_provider(
+        &self,
+        provider: &dyn Provider,
+        batch_id: Uuid,
+        batch: &Batch,
+    ) -> Result<(), DriverError> {
         let facts = batch.provider();
         let Some(provider_batch_id) = facts.batch_id.as_ref().filter(|_| !facts.cancel_requested)
         else {
             return Ok(());
         };
-        match self.provider.cancel(provider_batch_id).await {
+        match provider.cancel(provider_batch_id).await {
             // Already finished or cancelled there: nothing left to stop.
             Ok(_) | Err(ProviderError::Rejected { .. }) => {}
             Err(other) => return Err(other.into()),

@@ -1,9 +1,10 @@
-//! An emulator of the OpenAI Files and Batch APIs for tests and demos (`chronicle
-//! emulate-provider`). It speaks the real shapes — file objects, batch objects with the real
+//! An emulator of the OpenAI Files and Batch APIs, and of Anthropic's Message Batches, for
+//! tests and demos (`chronicle emulate-provider`). It speaks the real shapes — file objects, batch objects with the real
 //! status progression and `request_counts`, JSONL output and error files — and answers with
 //! plausible fakes, labelled `[emulated]` in every generated message and by the
 //! `x-chronicle-emulator` header. Faults (failures, expiry, 429s, 503s) are configurable.
 
+mod messages;
 mod state;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -27,11 +28,11 @@ pub struct Emulator {
     faults: Arc<Faults>,
 }
 
-fn now() -> i64 {
+pub(super) fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
+pub(super) fn error(status: StatusCode, code: &str, message: &str) -> Response {
     let body = json!({ "error": { "message": message, "type": "invalid_request_error",
                                   "param": null, "code": code } });
     (status, Json(body)).into_response()
@@ -50,9 +51,11 @@ impl Emulator {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// How many batches were created: crash tests check that a restart made no second one.
+    /// How many batches were created (both APIs): crash tests check that a restart made no
+    /// second one.
     pub fn batch_count(&self) -> usize {
-        self.lock().batches.len()
+        let state = self.lock();
+        state.batches.len() + state.messages.len()
     }
 
     /// Every batch's status, oldest first.
@@ -72,6 +75,10 @@ impl Emulator {
             .route("/v1/batches", post(create).get(list))
             .route("/v1/batches/{id}", get(retrieve))
             .route("/v1/batches/{id}/cancel", post(cancel))
+            .route("/v1/messages/batches", post(messages::create))
+            .route("/v1/messages/batches/{id}", get(messages::retrieve))
+            .route("/v1/messages/batches/{id}/cancel", post(messages::cancel))
+            .route("/v1/messages/batches/{id}/results", get(messages::results))
             .layer(middleware::from_fn_with_state(
                 self.clone(),
                 faults_and_label,
@@ -109,7 +116,9 @@ async fn faults_and_label(
             "unavailable",
             "[emulated] try again",
         )
-    } else if !request.headers().contains_key("authorization") {
+    } else if !request.headers().contains_key("authorization")
+        && !request.headers().contains_key("x-api-key")
+    {
         error(
             StatusCode::UNAUTHORIZED,
             "invalid_api_key",

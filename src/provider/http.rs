@@ -39,6 +39,19 @@ impl Attempt {
     }
 }
 
+/// An HTTP client whose every attempt times out after `timeout`.
+pub(super) fn client(timeout: Duration) -> Result<reqwest::Client, ProviderError> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .map_err(|e| ProviderError::Unavailable(e.to_string()))
+}
+
+/// `base` (with or without a trailing slash) + `/v1` + `path`.
+pub(super) fn url(base: &str, path: &str) -> String {
+    format!("{}/v1{path}", base.trim_end_matches('/'))
+}
+
 /// Sends the request `build` makes, retrying what is worth retrying, at most `retries` times.
 pub(super) async fn send(
     build: impl Fn() -> RequestBuilder,

@@ -62,15 +62,12 @@ impl OpenAi {
     /// # Errors
     /// The HTTP client cannot be built (TLS setup).
     pub fn new(config: OpenAiConfig) -> Result<Self, ProviderError> {
-        let http = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .build()
-            .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        let http = http::client(config.timeout)?;
         Ok(Self { http, config })
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}/v1{path}", self.config.base_url.trim_end_matches('/'))
+        http::url(&self.config.base_url, path)
     }
 
     fn authorized(&self, request: RequestBuilder) -> RequestBuilder {

@@ -322,3 +322,53 @@ async fn several_batches_are_driven_at_once() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn messages_requests_go_to_anthropic_message_batches() {
+    let db = TestDb::new().await;
+    let (emulator, url) = spawn_emulator(Faults::default()).await;
+    let app = TestApp::spawn_configured(&db, "driver", |c| c.anthropic_url = Some(url)).await;
+    let requests: Vec<Value> = (0..12)
+        .map(|i| {
+            let mut params = json!({ "model": "claude-emulated", "max_tokens": 64,
+                                     "messages": [{ "role": "user", "content": format!("q{i}") }] });
+            if i == 5 {
+                params["emulator_error"] = json!(true);
+            }
+            json!({ "customId": format!("m{i}"), "endpoint": "/v1/messages",
+                    "model": "claude-emulated", "body": params, "delivery": { "poll": true } })
+        })
+        .collect();
+    let response = app
+        .graphql(SUBMIT_MANY, json!({ "requests": requests }))
+        .await;
+    let batch_id = response["data"]["submitRequests"][0]["batchId"].clone();
+    let flush = "mutation($id: UUID!) { flushBatch(batchId: $id) { version } }";
+    app.graphql(flush, json!({ "id": batch_id })).await;
+    let query = "query($id: UUID!) { batch(id: $id) { status providerBatchId } }";
+    let batch = eventually(Duration::from_secs(60), "ready_to_deliver", || async {
+        let response = app.graphql(query, json!({ "id": batch_id })).await;
+        (response["data"]["batch"]["status"] == "ready_to_deliver")
+            .then(|| response["data"]["batch"].clone())
+    })
+    .await;
+    assert!(batch["providerBatchId"]
+        .as_str()
+        .is_some_and(|id| id.starts_with("msgbatch-emu")));
+    assert_eq!(
+        request_statuses(&app, 12).await,
+        [
+            ("failed".to_owned(), 1),
+            ("provider_processed".to_owned(), 11)
+        ]
+    );
+    let text: String = sqlx::query_scalar(
+        "SELECT response -> 'content' -> 0 ->> 'text' FROM requests WHERE custom_id = 'm3'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("m3");
+    assert_eq!(text, "[emulated] q3");
+    assert_eq!(emulator.batch_count(), 1);
+    app.stop().await;
+}

@@ -45,8 +45,8 @@ fn input(lines: usize) -> Bytes {
     Bytes::from(jsonl)
 }
 
-async fn poll_until_settled(client: &OpenAi, id: &str) -> ProviderBatch {
-    for _ in 0..50 {
+async fn poll_until_settled(client: &dyn Provider, id: &str) -> ProviderBatch {
+    for _ in 0..100 {
         let batch = client.batch(id).await.expect("poll");
         if !matches!(
             batch.status,
@@ -218,5 +218,69 @@ async fn failed_expired_and_cancelled_batches_report_the_right_status() {
     let asked = cancelling.cancel(&batch.id).await.expect("cancel");
     assert_eq!(asked.status, ProviderStatus::Cancelling);
     let cancelled = poll_until_settled(&cancelling, &batch.id).await;
+    assert_eq!(cancelled.status, ProviderStatus::Cancelled);
+}
+
+#[tokio::test]
+async fn anthropic_message_batches_expire_and_cancel_like_the_real_api() {
+    use chronicle::provider::{Anthropic, AnthropicConfig};
+
+    let client = |url: String| {
+        Anthropic::new(AnthropicConfig {
+            base_url: url,
+            api_key: "test-key".to_owned().into(),
+            timeout: Duration::from_secs(5),
+            max_retries: 3,
+        })
+        .expect("client")
+    };
+    let (_emulator, url) = spawn_emulator(Faults {
+        expire_batches: true,
+        ..Faults::default()
+    })
+    .await;
+    let expiring = client(url);
+    let created = expiring
+        .create_batch(
+            BatchInput::Inline(input(6)),
+            Endpoint::Messages,
+            Uuid::now_v7(),
+        )
+        .await
+        .expect("create");
+    let ended = poll_until_settled(&expiring, &created.id).await;
+    assert_eq!(ended.status, ProviderStatus::Expired);
+    let answered: Vec<_> = expiring
+        .results(ended.output_file_id.as_deref().expect("results url"))
+        .await
+        .expect("results")
+        .try_collect()
+        .await
+        .expect("lines");
+    let with_outcome = answered
+        .iter()
+        .filter(|l| l.response.is_some() || l.error.is_some())
+        .count();
+    assert_eq!((answered.len(), with_outcome), (6, 3));
+
+    let (_emulator, url) = spawn_emulator(Faults {
+        polls_per_status: 5,
+        ..Faults::default()
+    })
+    .await;
+    let cancelling = client(url);
+    let created = cancelling
+        .create_batch(
+            BatchInput::Inline(input(3)),
+            Endpoint::Messages,
+            Uuid::now_v7(),
+        )
+        .await
+        .expect("create");
+    assert_eq!(
+        cancelling.cancel(&created.id).await.expect("cancel").status,
+        ProviderStatus::Cancelling
+    );
+    let cancelled = poll_until_settled(&cancelling, &created.id).await;
     assert_eq!(cancelled.status, ProviderStatus::Cancelled);
 }

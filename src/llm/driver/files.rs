@@ -12,14 +12,19 @@ use uuid::Uuid;
 
 use super::{DriverError, ProviderDriver};
 use crate::llm::request_bulk;
-use crate::provider::ResultLine;
+use crate::provider::{Provider, ResultLine};
 
 /// Results applied per transaction while downloading.
 const RESULTS_CHUNK: usize = 1000;
 
 impl ProviderDriver {
     /// Downloads the results and errors, records each request's outcome, expires the rest.
-    pub(super) async fn download(&self, batch_id: Uuid, batch: &Batch) -> Result<(), DriverError> {
+    pub(super) async fn download(
+        &self,
+        provider: &dyn Provider,
+        batch_id: Uuid,
+        batch: &Batch,
+    ) -> Result<(), DriverError> {
         self.send_pending(batch_id).await?;
         let ids = self.custom_ids(batch_id).await?;
         let (mut succeeded, mut failed) = (0, 0);
@@ -30,7 +35,7 @@ impl ProviderDriver {
         .into_iter()
         .flatten()
         {
-            let mut lines = self.provider.results(file).await?;
+            let mut lines = provider.results(file).await?;
             let mut chunk = Vec::with_capacity(RESULTS_CHUNK);
             while let Some(line) = lines.try_next().await? {
                 let Some(event) = outcome(line.clone()) else {

@@ -49,6 +49,7 @@ pub(super) struct Batch {
 pub(super) struct State {
     pub(super) files: BTreeMap<String, File>,
     pub(super) batches: BTreeMap<String, Batch>,
+    pub(super) messages: BTreeMap<String, super::messages::MessageBatch>,
     pub(super) calls: u64,
     next_id: u64,
 }

@@ -59,6 +59,8 @@ impl TestApp {
             provider_uploads: 1,
             provider_polls: 4,
             provider_organization: None,
+            anthropic_url: None,
+            anthropic_api_key_env: "CHRONICLE_TEST_ANTHROPIC_KEY".into(),
             provider_project: None,
             batch_max_bytes: 190_000_000,
         };
