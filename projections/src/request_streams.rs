@@ -1,14 +1,19 @@
-//! `request_streams`: starts each request's own event stream from the batch that accepted it.
+//! `request_streams`: derives request events from their batch's events.
 //!
 //! A submission is one append to the batch stream (`BatchRequestsAdded` carries the request
-//! bodies). This log consumer derives a `RequestSubmitted` event (sequence 1) for every entry
-//! and inserts it in the same transaction that advances its checkpoint, so each request
-//! stream starts exactly once, also across crashes. Inserting ignores streams that already
-//! exist, so a rebuild from the start of the log is harmless: `reset` deletes nothing.
+//! bodies). This log consumer derives a `RequestSubmitted` event (sequence 1) for every entry,
+//! and, when the batch is cancelled or fails, settles its requests that were still waiting:
+//! pending ones are cancelled (or fail with the batch), ones at the provider fail. It writes
+//! in the same transaction that advances its checkpoint, so each derived event is appended
+//! exactly once, also across crashes; and because it reads the log in order, a request's
+//! stream always exists before its batch's outcome arrives. Appends skip streams that already
+//! exist or moved on, so a rebuild from the start of the log is harmless: `reset` deletes
+//! nothing.
 
 use async_trait::async_trait;
-use chronicle_aggregates::batch::{BatchEvent, BatchKey};
-use chronicle_aggregates::request::RequestEvent;
+use chronicle_aggregates::batch::{BatchEntry, BatchEvent, BatchKey};
+use chronicle_aggregates::request::{RequestEvent, RequestStatus};
+use chrono::{DateTime, Utc};
 use cqrs_es::DomainEvent;
 use serde_json::{json, Value};
 use sqlx::PgConnection;
@@ -35,55 +40,141 @@ impl Projector for RequestStreams {
         conn: &mut PgConnection,
         events: &[RecordedEvent],
     ) -> Result<(), ProjectionError> {
-        for event in events
-            .iter()
-            .filter(|e| e.event_type == "BatchRequestsAdded")
-        {
-            let BatchEvent::RequestsAdded { entries, at, .. } = event.decode()? else {
-                continue;
-            };
-            let key = batch_key(conn, &event.aggregate_id).await?;
-            let batch_id = event.aggregate_id.parse().map_err(|_| malformed(event))?;
-            let mut ids = Vec::with_capacity(entries.len());
-            let mut payloads = Vec::with_capacity(entries.len());
-            let (mut event_type, mut event_version) = (String::new(), String::new());
-            for entry in entries {
-                ids.push(entry.request_id.to_string());
-                let submitted = RequestEvent::Submitted {
-                    request_id: entry.request_id,
-                    owner: key.owner.clone(),
-                    batch_id,
-                    spec: entry.spec,
-                    at,
-                };
-                event_type = submitted.event_type();
-                event_version = submitted.event_version();
-                payloads.push(serde_json::to_value(&submitted).map_err(|_| malformed(event))?);
+        for event in events.iter().filter(|e| e.aggregate_type == "Batch") {
+            match event.decode::<BatchEvent>()? {
+                BatchEvent::RequestsAdded { entries, at, .. } => {
+                    start_streams(conn, event, entries, at).await?;
+                }
+                BatchEvent::Cancelled { at } => {
+                    let error = json!({ "message": "the batch was cancelled by its owner" });
+                    settle(conn, event, at, error).await?;
+                }
+                BatchEvent::Failed { error, at } => settle(conn, event, at, error).await?,
+                BatchEvent::Opened { .. }
+                | BatchEvent::Closed { .. }
+                | BatchEvent::InputUploaded { .. }
+                | BatchEvent::SubmittedToProvider { .. }
+                | BatchEvent::ProviderProgressed { .. }
+                | BatchEvent::ProviderCompleted { .. }
+                | BatchEvent::DownloadStarted { .. }
+                | BatchEvent::ResultsDownloaded { .. }
+                | BatchEvent::DeliveryStarted { .. }
+                | BatchEvent::DeliveryFinished { .. }
+                | BatchEvent::Completed { .. }
+                | BatchEvent::ProviderCancelRequested { .. }
+                | BatchEvent::Expired { .. } => {}
             }
-            let cause = event.cursor.to_string();
-            let metadata = json!({
-                "actor": "system",
-                "correlation_id": event.metadata.correlation_id,
-                "causation_id": cause,
-                "command_id": Uuid::new_v5(&Uuid::NAMESPACE_OID, cause.as_bytes()).to_string(),
-            });
-            sqlx::query(
-                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
-                                     event_version, payload, metadata)
-                 SELECT 'Request', id, 1, $3, $4, payload, $5
-                   FROM UNNEST($1::text[], $2::jsonb[]) AS t(id, payload)
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(&ids)
-            .bind(&payloads)
-            .bind(&event_type)
-            .bind(&event_version)
-            .bind(&metadata)
-            .execute(&mut *conn)
-            .await?;
         }
         Ok(())
     }
+}
+
+fn metadata(event: &RecordedEvent) -> Value {
+    let cause = event.cursor.to_string();
+    json!({
+        "actor": "system",
+        "correlation_id": event.metadata.correlation_id,
+        "causation_id": cause,
+        "command_id": Uuid::new_v5(&Uuid::NAMESPACE_OID, cause.as_bytes()).to_string(),
+    })
+}
+
+/// Settles the batch's waiting requests after it was cancelled or failed.
+async fn settle(
+    conn: &mut PgConnection,
+    event: &RecordedEvent,
+    at: DateTime<Utc>,
+    error: Value,
+) -> Result<(), ProjectionError> {
+    let current: Vec<(String, i64, String)> = sqlx::query_as(
+        "SELECT DISTINCT ON (e.aggregate_id) e.aggregate_id, e.sequence, e.event_type
+           FROM events e
+          WHERE e.aggregate_type = 'Request'
+            AND e.aggregate_id IN (SELECT request_id::text FROM batch_custom_ids
+                                    WHERE batch_id = $1::uuid)
+          ORDER BY e.aggregate_id, e.sequence DESC",
+    )
+    .bind(&event.aggregate_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let cancelled = event.event_type == "BatchCancelled";
+    let mut rows = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (id, sequence, event_type) in current {
+        let outcome = match RequestEvent::status_after_type(&event_type) {
+            Some(RequestStatus::Pending) if cancelled => RequestEvent::Cancelled { at },
+            Some(RequestStatus::Pending | RequestStatus::ProviderProcessing) => {
+                RequestEvent::Failed {
+                    error: error.clone(),
+                    at,
+                }
+            }
+            _ => continue,
+        };
+        rows.0.push(id);
+        rows.1.push(sequence + 1);
+        rows.2.push(outcome.event_type());
+        rows.3.push(outcome.event_version());
+        rows.4
+            .push(serde_json::to_value(&outcome).map_err(|_| malformed(event))?);
+    }
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                             event_version, payload, metadata)
+         SELECT 'Request', *, $6 FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[],
+                                             $5::jsonb[])
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(rows.0)
+    .bind(rows.1)
+    .bind(rows.2)
+    .bind(rows.3)
+    .bind(rows.4)
+    .bind(metadata(event))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Starts the streams of requests a batch accepted.
+async fn start_streams(
+    conn: &mut PgConnection,
+    event: &RecordedEvent,
+    entries: Vec<BatchEntry>,
+    at: DateTime<Utc>,
+) -> Result<(), ProjectionError> {
+    let key = batch_key(conn, &event.aggregate_id).await?;
+    let batch_id = event.aggregate_id.parse().map_err(|_| malformed(event))?;
+    let mut ids = Vec::with_capacity(entries.len());
+    let mut payloads = Vec::with_capacity(entries.len());
+    let (mut event_type, mut event_version) = (String::new(), String::new());
+    for entry in entries {
+        ids.push(entry.request_id.to_string());
+        let submitted = RequestEvent::Submitted {
+            request_id: entry.request_id,
+            owner: key.owner.clone(),
+            batch_id,
+            spec: entry.spec,
+            at,
+        };
+        event_type = submitted.event_type();
+        event_version = submitted.event_version();
+        payloads.push(serde_json::to_value(&submitted).map_err(|_| malformed(event))?);
+    }
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                                 event_version, payload, metadata)
+             SELECT 'Request', id, 1, $3, $4, payload, $5
+               FROM UNNEST($1::text[], $2::jsonb[]) AS t(id, payload)
+             ON CONFLICT DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&payloads)
+    .bind(&event_type)
+    .bind(&event_version)
+    .bind(metadata(event))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 async fn batch_key(conn: &mut PgConnection, batch_id: &str) -> Result<BatchKey, ProjectionError> {

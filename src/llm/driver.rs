@@ -370,7 +370,7 @@ impl ProviderDriver {
         }
     }
 
-    /// Passes an owner's cancel on to the provider, once, and fails the requests in flight.
+    /// Passes an owner's cancel on to the provider, once.
     async fn cancel_at_provider(
         &self,
         provider: &dyn Provider,
@@ -388,10 +388,8 @@ impl ProviderDriver {
             Err(other) => return Err(other.into()),
         }
         let at = Utc::now();
+        // The batch's requests are settled by `request_streams`, which follows the log.
         self.command(batch_id, BatchCommand::RecordProviderCancel { at })
-            .await?;
-        let error = json!({ "message": "the batch was cancelled by its owner" });
-        self.move_requests(batch_id, RequestEvent::Failed { error, at })
             .await
     }
 
@@ -407,19 +405,16 @@ impl ProviderDriver {
         Ok(())
     }
 
-    /// Marks the batch failed and every request still waiting on it failed too.
+    /// Marks the batch failed (`request_streams` then fails the requests still waiting).
     async fn fail(&self, batch_id: Uuid, error: Value) -> Result<(), DriverError> {
-        let at = Utc::now();
         self.command(
             batch_id,
             BatchCommand::Fail {
-                error: error.clone(),
-                at,
+                error,
+                at: Utc::now(),
             },
         )
-        .await?;
-        self.move_requests(batch_id, RequestEvent::Failed { error, at })
-            .await
+        .await
     }
 
     /// Moves the batch's pending requests to provider_processing (idempotent).

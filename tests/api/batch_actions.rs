@@ -206,3 +206,24 @@ async fn a_batch_closes_by_itself_after_the_maximum_wait() {
     assert_eq!(closed["closeReason"], "max_wait");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn cancelling_a_building_batch_cancels_its_requests() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db, "actions").await;
+    let first = submit(&app, "a").await;
+    submit(&app, "b").await;
+    let cancel = "mutation($id: UUID!) { cancelBatch(batchId: $id) { version } }";
+    let cancelled = app.graphql(cancel, json!({ "id": first["batchId"] })).await;
+    assert!(cancelled["errors"].is_null(), "{cancelled}");
+    eventually(Duration::from_secs(15), "cancelled requests", || async {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, count(*) FROM requests GROUP BY status")
+                .fetch_all(&app.pool)
+                .await
+                .ok()?;
+        (rows == [("cancelled".to_owned(), 2)]).then_some(())
+    })
+    .await;
+    app.stop().await;
+}

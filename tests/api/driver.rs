@@ -191,7 +191,14 @@ async fn an_owner_cancel_in_flight_reaches_the_provider_once() {
         (emulator.statuses() == ["cancelling"]).then_some(())
     })
     .await;
-    assert_eq!(request_statuses(&app, 5).await, [("failed".to_owned(), 5)]);
+    // Requests already at the provider fail; any not yet sent are cancelled.
+    let settled = request_statuses(&app, 5).await;
+    assert!(
+        settled
+            .iter()
+            .all(|(s, _)| s == "failed" || s == "cancelled"),
+        "{settled:?}"
+    );
     app.stop().await;
 }
 
