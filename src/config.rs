@@ -159,6 +159,11 @@ pub struct Config {
     )]
     pub provider_polls: usize,
 
+    /// Talk to Azure OpenAI with this `api-version` (e.g. `2024-10-21`): `/openai/...` paths,
+    /// the `api-key` header, and the base URL of the Azure resource.
+    #[arg(long, env = "CHRONICLE_PROVIDER_AZURE_API_VERSION", global = true)]
+    pub provider_azure_api_version: Option<String>,
+
     /// `OpenAI-Organization` header for provider calls.
     #[arg(long, env = "CHRONICLE_PROVIDER_ORGANIZATION", global = true)]
     pub provider_organization: Option<String>,

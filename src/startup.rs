@@ -79,6 +79,7 @@ fn providers(config: &Config) -> anyhow::Result<Providers> {
                 project: config.provider_project.clone(),
                 timeout: PROVIDER_TIMEOUT,
                 max_retries: PROVIDER_RETRIES,
+                azure_api_version: config.provider_azure_api_version.clone(),
             })
         })
         .transpose()

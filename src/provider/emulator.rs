@@ -67,9 +67,30 @@ impl Emulator {
             .collect()
     }
 
-    /// The emulator's routes, under `/v1`.
+    /// Calls made to the Azure OpenAI paths.
+    pub fn azure_calls(&self) -> u64 {
+        self.lock().azure_calls
+    }
+
+    /// The contents of every uploaded file, oldest first.
+    pub fn uploads(&self) -> Vec<String> {
+        self.lock()
+            .files
+            .values()
+            .filter(|f| f.purpose == "batch")
+            .map(|f| String::from_utf8_lossy(&f.bytes).into_owned())
+            .collect()
+    }
+
+    /// The emulator's routes: OpenAI's under `/v1`, Azure OpenAI's under `/openai`, and
+    /// Anthropic's Message Batches.
     pub fn router(&self) -> Router {
         Router::new()
+            .route("/openai/files", post(upload))
+            .route("/openai/files/{id}/content", get(content))
+            .route("/openai/batches", post(create).get(list))
+            .route("/openai/batches/{id}", get(retrieve))
+            .route("/openai/batches/{id}/cancel", post(cancel))
             .route("/v1/files", post(upload))
             .route("/v1/files/{id}/content", get(content))
             .route("/v1/batches", post(create).get(list))
@@ -94,11 +115,17 @@ async fn faults_and_label(
     request: Request,
     next: Next,
 ) -> Response {
+    let azure = request.uri().path().starts_with("/openai/");
     let call = {
         let mut state = emulator.lock();
         state.calls += 1;
+        state.azure_calls += u64::from(azure);
         state.calls
     };
+    let versioned = request
+        .uri()
+        .query()
+        .is_some_and(|query| query.contains("api-version="));
     let every = |n: u64| n > 0 && call % n == 0;
     let mut response = if every(emulator.faults.rate_limit_every) {
         let mut limited = error(
@@ -116,8 +143,16 @@ async fn faults_and_label(
             "unavailable",
             "[emulated] try again",
         )
-    } else if !request.headers().contains_key("authorization")
-        && !request.headers().contains_key("x-api-key")
+    } else if azure && (!versioned || !request.headers().contains_key("api-key")) {
+        let message = "[emulated] Azure calls need api-version and the api-key header";
+        error(
+            StatusCode::BAD_REQUEST,
+            "missing_required_parameter",
+            message,
+        )
+    } else if !["authorization", "x-api-key", "api-key"]
+        .iter()
+        .any(|name| request.headers().contains_key(*name))
     {
         error(
             StatusCode::UNAUTHORIZED,

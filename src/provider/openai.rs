@@ -36,9 +36,12 @@ pub struct OpenAiConfig {
     pub timeout: Duration,
     /// Retries after the first attempt.
     pub max_retries: usize,
+    /// Azure OpenAI instead of OpenAI: its `api-version`.
+    pub azure_api_version: Option<String>,
 }
 
-/// The OpenAI provider.
+/// The OpenAI provider (also Azure OpenAI: `/openai/...` paths with `api-version`, the
+/// `api-key` header, and endpoint paths without `/v1` in the batch and its input lines).
 pub struct OpenAi {
     http: reqwest::Client,
     config: OpenAiConfig,
@@ -67,11 +70,31 @@ impl OpenAi {
     }
 
     fn url(&self, path: &str) -> String {
-        http::url(&self.config.base_url, path)
+        match &self.config.azure_api_version {
+            None => http::url(&self.config.base_url, path),
+            Some(_) => format!(
+                "{}/openai{path}",
+                self.config.base_url.trim_end_matches('/')
+            ),
+        }
+    }
+
+    /// An endpoint path as this flavour names it (`/chat/completions` on Azure).
+    fn endpoint_path<'p>(&self, path: &'p str) -> &'p str {
+        match self.config.azure_api_version {
+            None => path,
+            Some(_) => path.strip_prefix("/v1").unwrap_or(path),
+        }
     }
 
     fn authorized(&self, request: RequestBuilder) -> RequestBuilder {
-        let mut request = request.bearer_auth(self.config.api_key.expose_secret());
+        let key = self.config.api_key.expose_secret();
+        let mut request = match &self.config.azure_api_version {
+            None => request.bearer_auth(key),
+            Some(version) => request
+                .header("api-key", key)
+                .query(&[("api-version", version)]),
+        };
         if let Some(organization) = &self.config.organization {
             request = request.header("OpenAI-Organization", organization);
         }
@@ -79,6 +102,24 @@ impl OpenAi {
             request = request.header("OpenAI-Project", project);
         }
         request
+    }
+
+    /// Input lines with Azure's endpoint paths.
+    fn azure_lines(&self, jsonl: &[u8]) -> Result<Bytes, ProviderError> {
+        let mut out = String::with_capacity(jsonl.len());
+        for line in String::from_utf8_lossy(jsonl)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+        {
+            let mut request: serde_json::Value = serde_json::from_str(line)
+                .map_err(|e| ProviderError::Malformed(format!("input line: {e}")))?;
+            if let Some(url) = request["url"].as_str().map(str::to_owned) {
+                request["url"] = self.endpoint_path(&url).into();
+            }
+            out.push_str(&request.to_string());
+            out.push('\n');
+        }
+        Ok(Bytes::from(out))
     }
 
     /// Sends the request `build` makes, authorized, with retries.
@@ -90,6 +131,11 @@ impl OpenAi {
 #[async_trait]
 impl Provider for OpenAi {
     async fn upload(&self, jsonl: Bytes) -> Result<String, ProviderError> {
+        let jsonl = if self.config.azure_api_version.is_some() {
+            self.azure_lines(&jsonl)?
+        } else {
+            jsonl
+        };
         let response = self
             .call(|| {
                 let file = reqwest::multipart::Part::stream(jsonl.clone())
@@ -118,7 +164,7 @@ impl Provider for OpenAi {
         };
         let body = json!({
             "input_file_id": input_file_id,
-            "endpoint": endpoint.path(),
+            "endpoint": self.endpoint_path(endpoint.path()),
             "completion_window": "24h",
             "metadata": { BATCH_METADATA_KEY: batch_id.to_string() },
         });

@@ -231,6 +231,7 @@ async fn a_restart_after_the_provider_batch_was_created_adopts_it_instead_of_cre
         project: None,
         timeout: Duration::from_secs(5),
         max_retries: 3,
+        azure_api_version: None,
     })
     .expect("client");
     let file = provider
@@ -377,5 +378,38 @@ async fn messages_requests_go_to_anthropic_message_batches() {
     .expect("m3");
     assert_eq!(text, "[emulated] q3");
     assert_eq!(emulator.batch_count(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn azure_openai_gets_its_own_paths_header_and_endpoint_names() {
+    let db = TestDb::new().await;
+    let (emulator, url) = spawn_emulator(Faults::default()).await;
+    let app = TestApp::spawn_configured(&db, "driver", |c| {
+        c.provider_url = Some(url);
+        c.provider_azure_api_version = Some("2024-10-21".into());
+    })
+    .await;
+    run(&app, 10, "ready_to_deliver").await;
+    assert_eq!(
+        request_statuses(&app, 10).await,
+        [
+            ("failed".to_owned(), 1),
+            ("provider_processed".to_owned(), 9)
+        ]
+    );
+    assert!(
+        emulator.azure_calls() >= 4,
+        "upload, create, poll and download go to /openai"
+    );
+    let uploads = emulator.uploads();
+    assert_eq!(uploads.len(), 1);
+    assert!(
+        uploads[0]
+            .lines()
+            .all(|line| line.contains("\"url\":\"/chat/completions\"")),
+        "{}",
+        uploads[0]
+    );
     app.stop().await;
 }

@@ -25,6 +25,7 @@ async fn spawn(faults: Faults) -> (Emulator, OpenAi) {
         project: None,
         timeout: Duration::from_secs(5),
         max_retries: 8,
+        azure_api_version: None,
     })
     .expect("client");
     (emulator, client)

@@ -51,6 +51,7 @@ pub(super) struct State {
     pub(super) batches: BTreeMap<String, Batch>,
     pub(super) messages: BTreeMap<String, super::messages::MessageBatch>,
     pub(super) calls: u64,
+    pub(super) azure_calls: u64,
     next_id: u64,
 }
 
@@ -163,7 +164,7 @@ fn fake_body(request: &Value, now: i64) -> Value {
     let body = &request["body"];
     let model = body["model"].as_str().unwrap_or("emulated-model");
     match request["url"].as_str().unwrap_or_default() {
-        "/v1/embeddings" => json!({
+        "/v1/embeddings" | "/embeddings" => json!({
             "object": "list", "model": model,
             "data": [{ "object": "embedding", "index": 0,
                        "embedding": [0.0125, -0.0042, 0.0371] }],
