@@ -126,6 +126,9 @@ async fn faults_and_label(
         .uri()
         .query()
         .is_some_and(|query| query.contains("api-version="));
+    if emulator.faults.latency_ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(emulator.faults.latency_ms)).await;
+    }
     let every = |n: u64| n > 0 && call % n == 0;
     let mut response = if every(emulator.faults.rate_limit_every) {
         let mut limited = error(
@@ -205,10 +208,22 @@ async fn upload(Shared(emulator): Shared<Emulator>, mut form: Multipart) -> Resp
 }
 
 async fn content(Shared(emulator): Shared<Emulator>, Path(id): Path<String>) -> Response {
-    match emulator.lock().files.get(&id) {
-        Some(file) => file.bytes.clone().into_response(),
-        None => error(StatusCode::NOT_FOUND, "not_found", "no such file"),
+    let mut state = emulator.lock();
+    state.downloads += 1;
+    let cut = state.downloads <= emulator.faults.cut_first_downloads;
+    let Some(file) = state.files.get(&id) else {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such file");
+    };
+    if !cut {
+        return file.bytes.clone().into_response();
     }
+    // Half the file, then the connection "drops".
+    let half = bytes::Bytes::copy_from_slice(&file.bytes[..file.bytes.len() / 2]);
+    let broken: [Result<bytes::Bytes, std::io::Error>; 2] = [
+        Ok(half),
+        Err(std::io::Error::other("[emulated] connection dropped")),
+    ];
+    axum::body::Body::from_stream(futures::stream::iter(broken)).into_response()
 }
 
 #[derive(Deserialize)]

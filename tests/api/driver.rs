@@ -24,6 +24,13 @@ fn items(count: usize) -> Vec<Value> {
         .collect()
 }
 
+/// An emulator with `faults`, and an app whose provider driver talks to it.
+async fn with_driver(db: &TestDb, faults: Faults) -> (chronicle::provider::Emulator, TestApp) {
+    let (emulator, url) = spawn_emulator(faults).await;
+    let app = TestApp::spawn_configured(db, "driver", |c| c.provider_url = Some(url)).await;
+    (emulator, app)
+}
+
 /// Submits `count` requests, flushes their batch and waits for the batch to reach `status`.
 async fn run(app: &TestApp, count: usize, status: &str) -> String {
     let response = app
@@ -65,8 +72,7 @@ async fn request_statuses(app: &TestApp, total: i64) -> Vec<(String, i64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_requests_reach_ready_to_deliver_each_matched_to_its_result() {
     let db = TestDb::new().await;
-    let (emulator, url) = spawn_emulator(Faults::default()).await;
-    let app = TestApp::spawn_configured(&db, "driver", |c| c.provider_url = Some(url)).await;
+    let (emulator, app) = with_driver(&db, Faults::default()).await;
     let batch_id = run(&app, 1000, "ready_to_deliver").await;
 
     let statuses = request_statuses(&app, 1000).await;
@@ -121,8 +127,7 @@ async fn a_batch_the_provider_rejects_fails_with_all_its_requests() {
         fail_batches: Some("[emulated] invalid input".into()),
         ..Faults::default()
     };
-    let (_emulator, url) = spawn_emulator(faults).await;
-    let app = TestApp::spawn_configured(&db, "driver", |c| c.provider_url = Some(url)).await;
+    let (_emulator, app) = with_driver(&db, faults).await;
     run(&app, 10, "failed").await;
     assert_eq!(
         request_statuses(&app, 10).await,
@@ -138,8 +143,7 @@ async fn an_expired_batch_delivers_what_finished_and_expires_the_rest() {
         expire_batches: true,
         ..Faults::default()
     };
-    let (_emulator, url) = spawn_emulator(faults).await;
-    let app = TestApp::spawn_configured(&db, "driver", |c| c.provider_url = Some(url)).await;
+    let (_emulator, app) = with_driver(&db, faults).await;
     run(&app, 20, "ready_to_deliver").await;
     // Every second request (r0, r2, ...) finished in time; the others expire.
     assert_eq!(
@@ -160,8 +164,7 @@ async fn rate_limits_and_outages_during_upload_poll_and_download_lose_nothing() 
         unavailable_every: 5,
         ..Faults::default()
     };
-    let (emulator, url) = spawn_emulator(faults).await;
-    let app = TestApp::spawn_configured(&db, "driver", |c| c.provider_url = Some(url)).await;
+    let (emulator, app) = with_driver(&db, faults).await;
     run(&app, 100, "ready_to_deliver").await;
     assert_eq!(
         request_statuses(&app, 100).await,
@@ -181,8 +184,7 @@ async fn an_owner_cancel_in_flight_reaches_the_provider_once() {
         polls_per_status: 1_000_000,
         ..Faults::default()
     };
-    let (emulator, url) = spawn_emulator(faults).await;
-    let app = TestApp::spawn_configured(&db, "driver", |c| c.provider_url = Some(url)).await;
+    let (emulator, app) = with_driver(&db, faults).await;
     let batch_id = run(&app, 5, "provider_processing").await;
     let cancel = "mutation($id: UUID!) { cancelBatch(batchId: $id) { version } }";
     let cancelled = app.graphql(cancel, json!({ "id": batch_id })).await;
@@ -205,7 +207,7 @@ async fn an_owner_cancel_in_flight_reaches_the_provider_once() {
 #[tokio::test]
 async fn a_restart_after_the_provider_batch_was_created_adopts_it_instead_of_creating_another() {
     use chronicle::command::CommandContext;
-    use chronicle::provider::{BatchInput, OpenAi, OpenAiConfig, Provider};
+    use chronicle::provider::{BatchInput, Provider};
     use chronicle_aggregates::batch::{Batch, BatchCommand, BatchServices};
     use chronicle_aggregates::Endpoint;
 
@@ -214,26 +216,7 @@ async fn a_restart_after_the_provider_batch_was_created_adopts_it_instead_of_cre
     // First life, without a driver: the batch closes; then, as the driver would, the input
     // is uploaded and recorded, and the provider batch created — but the process dies before
     // recording it.
-    let first = TestApp::spawn(&db, "first-life").await;
-    let response = first
-        .graphql(SUBMIT_MANY, json!({ "requests": items(30) }))
-        .await;
-    let batch_id: uuid::Uuid = response["data"]["submitRequests"][0]["batchId"]
-        .as_str()
-        .and_then(|id| id.parse().ok())
-        .expect("batch id");
-    let flush = "mutation($id: UUID!) { flushBatch(batchId: $id) { version } }";
-    first.graphql(flush, json!({ "id": batch_id })).await;
-    let provider = OpenAi::new(OpenAiConfig {
-        base_url: url.clone(),
-        api_key: "key".to_owned().into(),
-        organization: None,
-        project: None,
-        timeout: Duration::from_secs(5),
-        max_retries: 3,
-        azure_api_version: None,
-    })
-    .expect("client");
+    let (first, batch_id, provider) = first_life(&db, &url).await;
     let file = provider
         .upload(bytes::Bytes::from_static(b"{\"custom_id\":\"r0\"}\n"))
         .await
@@ -284,8 +267,7 @@ async fn a_restart_after_the_provider_batch_was_created_adopts_it_instead_of_cre
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn several_batches_are_driven_at_once() {
     let db = TestDb::new().await;
-    let (emulator, url) = spawn_emulator(Faults::default()).await;
-    let app = TestApp::spawn_configured(&db, "driver", |c| c.provider_url = Some(url)).await;
+    let (emulator, app) = with_driver(&db, Faults::default()).await;
     let requests: Vec<Value> = (0..30)
         .map(|i| {
             let model = format!("m{}", i % 3);
@@ -412,4 +394,99 @@ async fn azure_openai_gets_its_own_paths_header_and_endpoint_names() {
         uploads[0]
     );
     app.stop().await;
+}
+
+#[tokio::test]
+async fn downloads_that_break_off_are_resumed_without_losing_or_repeating_results() {
+    let db = TestDb::new().await;
+    let faults = Faults {
+        cut_first_downloads: 2,
+        latency_ms: 5,
+        ..Faults::default()
+    };
+    let (_emulator, app) = with_driver(&db, faults).await;
+    run(&app, 100, "ready_to_deliver").await;
+    assert_eq!(
+        request_statuses(&app, 100).await,
+        [
+            ("failed".to_owned(), 10),
+            ("provider_processed".to_owned(), 90)
+        ]
+    );
+    let repeated: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT aggregate_id FROM events
+          WHERE event_type = 'RequestResultRecorded' GROUP BY aggregate_id
+         HAVING count(*) > 1) twice",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("count");
+    assert_eq!(repeated, 0, "a result was recorded twice");
+    app.stop().await;
+}
+
+/// A first life without a driver: 30 requests submitted and their batch closed; returns the
+/// app, the batch id and a client of the emulator at `url`.
+async fn first_life(db: &TestDb, url: &str) -> (TestApp, uuid::Uuid, chronicle::provider::OpenAi) {
+    use chronicle::provider::{OpenAi, OpenAiConfig};
+
+    let first = TestApp::spawn(db, "first-life").await;
+    let response = first
+        .graphql(SUBMIT_MANY, json!({ "requests": items(30) }))
+        .await;
+    let batch_id: uuid::Uuid = response["data"]["submitRequests"][0]["batchId"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .expect("batch id");
+    let flush = "mutation($id: UUID!) { flushBatch(batchId: $id) { version } }";
+    first.graphql(flush, json!({ "id": batch_id })).await;
+    let provider = OpenAi::new(OpenAiConfig {
+        base_url: url.to_owned(),
+        api_key: "key".to_owned().into(),
+        organization: None,
+        project: None,
+        timeout: Duration::from_secs(5),
+        max_retries: 3,
+        azure_api_version: None,
+    })
+    .expect("client");
+    (first, batch_id, provider)
+}
+
+#[tokio::test]
+async fn a_restart_after_the_upload_uploads_again_and_creates_one_provider_batch() {
+    use chronicle::provider::Provider;
+
+    let db = TestDb::new().await;
+    let (emulator, url) = spawn_emulator(Faults::default()).await;
+    // The first life uploads the input and dies before recording it.
+    let (first, batch_id, provider) = first_life(&db, &url).await;
+    provider
+        .upload(bytes::Bytes::from_static(b"{\"custom_id\":\"r0\"}\n"))
+        .await
+        .expect("upload");
+    first.stop().await;
+
+    let second =
+        TestApp::spawn_configured(&db, "second-life", |c| c.provider_url = Some(url)).await;
+    let query = "query($id: UUID!) { batch(id: $id) { status } }";
+    eventually(Duration::from_secs(60), "the batch to finish", || async {
+        let response = second.graphql(query, json!({ "id": batch_id })).await;
+        (response["data"]["batch"]["status"] == "ready_to_deliver").then_some(())
+    })
+    .await;
+    assert_eq!(emulator.batch_count(), 1);
+    assert_eq!(
+        emulator.uploads().len(),
+        2,
+        "the orphan upload and the real one"
+    );
+    assert_eq!(
+        request_statuses(&second, 30).await,
+        [
+            ("failed".to_owned(), 3),
+            ("provider_processed".to_owned(), 27)
+        ]
+    );
+    second.stop().await;
 }

@@ -18,6 +18,10 @@ pub struct Faults {
     pub unavailable_every: u64,
     /// Polls a batch stays in each of validating, in_progress and finalizing.
     pub polls_per_status: u32,
+    /// Added to every answer, in milliseconds.
+    pub latency_ms: u64,
+    /// The first this-many file downloads break off halfway, as a dropped connection does.
+    pub cut_first_downloads: u64,
 }
 
 /// An uploaded file.
@@ -52,6 +56,7 @@ pub(super) struct State {
     pub(super) messages: BTreeMap<String, super::messages::MessageBatch>,
     pub(super) calls: u64,
     pub(super) azure_calls: u64,
+    pub(super) downloads: u64,
     next_id: u64,
 }
 
