@@ -190,8 +190,21 @@ impl ProviderDriver {
         Ok(())
     }
 
-    /// Advances one batch as far as it can go now.
+    /// Advances one batch; a batch the provider refuses fails with the provider's message.
     async fn drive(&self, batch_id: Uuid) -> Result<(), DriverError> {
+        match self.advance(batch_id).await {
+            // The provider refused (a 4xx other than 408/429): retrying will not help.
+            Err(DriverError::Provider(ProviderError::Rejected { status, message })) => {
+                tracing::warn!(batch.id = %batch_id, status, %message, "the provider refused the batch");
+                self.fail(batch_id, json!({ "status": status, "message": message }))
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    /// Takes one batch as far as it can go now.
+    async fn advance(&self, batch_id: Uuid) -> Result<(), DriverError> {
         loop {
             let batch = self.commands.load::<Batch>(&batch_id.to_string()).await?;
             let Some(provider) = batch
@@ -290,20 +303,11 @@ impl ProviderDriver {
             BatchInput::File(file)
         };
         let created = provider.create_batch(input, key.endpoint, batch_id).await;
-        match created {
-            Ok(created) => {
-                let command = BatchCommand::MarkSubmitted {
-                    provider_batch_id: created.id,
-                    at: Utc::now(),
-                };
-                self.command(batch_id, command).await
-            }
-            Err(ProviderError::Rejected { status, message }) => {
-                self.fail(batch_id, json!({ "status": status, "message": message }))
-                    .await
-            }
-            Err(other) => Err(other.into()),
-        }
+        let command = BatchCommand::MarkSubmitted {
+            provider_batch_id: created?.id,
+            at: Utc::now(),
+        };
+        self.command(batch_id, command).await
     }
 
     async fn poll(

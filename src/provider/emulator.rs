@@ -172,6 +172,13 @@ async fn faults_and_label(
 }
 
 async fn upload(Shared(emulator): Shared<Emulator>, mut form: Multipart) -> Response {
+    if emulator.faults.reject_uploads {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_file",
+            "[emulated] the file is invalid",
+        );
+    }
     let (mut purpose, mut file) = (None, None);
     while let Ok(Some(field)) = form.next_field().await {
         match field.name() {

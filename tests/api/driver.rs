@@ -490,3 +490,26 @@ async fn a_restart_after_the_upload_uploads_again_and_creates_one_provider_batch
     );
     second.stop().await;
 }
+
+#[tokio::test]
+async fn an_upload_the_provider_refuses_fails_the_batch_with_its_message() {
+    let db = TestDb::new().await;
+    let faults = Faults {
+        reject_uploads: true,
+        ..Faults::default()
+    };
+    let (_emulator, app) = with_driver(&db, faults).await;
+    let batch_id = run(&app, 5, "failed").await;
+    assert_eq!(request_statuses(&app, 5).await, [("failed".to_owned(), 5)]);
+    let error: serde_json::Value = sqlx::query_scalar(
+        "SELECT payload -> 'Failed' -> 'error' FROM events
+          WHERE aggregate_id = $1 AND event_type = 'BatchFailed'",
+    )
+    .bind(&batch_id)
+    .fetch_one(&app.pool)
+    .await
+    .expect("failure event");
+    assert_eq!(error["status"], 400);
+    assert_eq!(error["message"], "[emulated] the file is invalid");
+    app.stop().await;
+}

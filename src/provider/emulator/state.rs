@@ -18,6 +18,8 @@ pub struct Faults {
     pub unavailable_every: u64,
     /// Polls a batch stays in each of validating, in_progress and finalizing.
     pub polls_per_status: u32,
+    /// Uploads are refused as invalid (400).
+    pub reject_uploads: bool,
     /// Added to every answer, in milliseconds.
     pub latency_ms: u64,
     /// The first this-many file downloads break off halfway, as a dropped connection does.
