@@ -181,6 +181,8 @@ pub struct RequestFilter {
     pub created_from: Option<DateTime<Utc>>,
     /// Submitted before.
     pub created_until: Option<DateTime<Utc>>,
+    /// Only requests whose results are pulled by their owner (poll delivery).
+    pub polled_only: bool,
 }
 
 const COLUMNS: &str = "id, owner, batch_id, custom_id, endpoint, model, status, delivery, body,
@@ -224,6 +226,7 @@ pub async fn list(
             AND ($6::timestamptz IS NULL OR created_at >= $6)
             AND ($7::timestamptz IS NULL OR created_at < $7)
             AND ($8::timestamptz IS NULL OR (created_at, id) < ($8, $9))
+            AND (NOT $11 OR delivery ->> 'kind' = 'poll')
           ORDER BY created_at DESC, id DESC
           LIMIT $10"
     ))
@@ -237,6 +240,7 @@ pub async fn list(
     .bind(after.map(|(at, _)| at))
     .bind(after.map(|(_, id)| id))
     .bind(limit)
+    .bind(filter.polled_only)
     .fetch_all(db)
     .await
 }

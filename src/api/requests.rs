@@ -200,6 +200,25 @@ impl RequestQuery {
             batch_id: None,
             created_from: filter.created_from,
             created_until: filter.created_until,
+            polled_only: false,
+        };
+        request_page(ctx, filter, first, after).await
+    }
+
+    /// Poll delivery: your results not yet acknowledged, newest first. Fetch, use, then call
+    /// `acknowledgeResult` (or `reportResultFailure`). Errors: `VALIDATION` (cursor, page size).
+    async fn unacknowledged_results(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Page size, 1 to 1000 (default 100).")] first: Option<i32>,
+        #[graphql(desc = "Continue after this cursor.")] after: Option<String>,
+    ) -> Result<Connection<KeysetCursor, LlmRequest>, ApiError> {
+        let caller = Caller::from_ctx(ctx)?;
+        let filter = RequestFilter {
+            owner: caller.actor.clone(),
+            status: Some("provider_processed".into()),
+            polled_only: true,
+            ..RequestFilter::default()
         };
         request_page(ctx, filter, first, after).await
     }

@@ -513,3 +513,38 @@ async fn an_upload_the_provider_refuses_fails_the_batch_with_its_message() {
     assert_eq!(error["message"], "[emulated] the file is invalid");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn polled_results_wait_until_their_owner_acknowledges_them() {
+    let db = TestDb::new().await;
+    let (_emulator, app) = with_driver(&db, Faults::default()).await;
+    run(&app, 10, "ready_to_deliver").await;
+    let query = "{ unacknowledgedResults(first: 100) { edges { node { id customId response } } } }";
+    let results = eventually(Duration::from_secs(15), "nine results", || async {
+        let response = app.graphql(query, json!({})).await;
+        let edges = response["data"]["unacknowledgedResults"]["edges"]
+            .as_array()?
+            .clone();
+        (edges.len() == 9).then_some(edges)
+    })
+    .await;
+    assert!(results.iter().all(|e| e["node"]["response"].is_object()));
+    let first = results[0]["node"]["id"].clone();
+    let ack = "mutation($id: UUID!) { acknowledgeResult(requestId: $id) { version } }";
+    let acknowledged = app.graphql(ack, json!({ "id": first })).await;
+    assert!(acknowledged["errors"].is_null(), "{acknowledged}");
+    let again = app.graphql(ack, json!({ "id": first })).await;
+    assert_eq!(
+        again["errors"][0]["extensions"]["code"],
+        "INVALID_TRANSITION"
+    );
+    eventually(Duration::from_secs(15), "eight left", || async {
+        let response = app.graphql(query, json!({})).await;
+        let edges = response["data"]["unacknowledgedResults"]["edges"]
+            .as_array()?
+            .clone();
+        (edges.len() == 8).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
