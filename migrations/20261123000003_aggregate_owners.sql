@@ -41,3 +41,8 @@ CREATE INDEX batch_custom_ids_request ON batch_custom_ids (request_id);
 
 -- The provider driver asks the provider to cancel a batch cancelled in flight, once.
 ALTER TABLE batches ADD COLUMN provider_cancel_requested boolean NOT NULL DEFAULT false;
+
+-- The provider driver's work list, read every round.
+CREATE INDEX batches_driver ON batches (updated_at)
+    WHERE status IN ('uploading', 'uploaded', 'provider_processing', 'provider_completed',
+                     'expired', 'downloading', 'cancelled');

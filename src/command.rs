@@ -61,8 +61,8 @@ pub enum CommandError {
     /// The idempotency key was already used for a different command.
     #[error("idempotency key `{0}` was already used for a different command")]
     IdempotencyKeyReused(String),
-    /// The idempotency key is empty or too long.
-    #[error("idempotency key must be 1 to 200 characters")]
+    /// The idempotency key is empty, too long, or holds a NUL.
+    #[error("idempotency key must be 1 to 200 characters without NUL")]
     InvalidIdempotencyKey,
     /// The database could not be reached.
     #[error("the database is unavailable: {0}")]

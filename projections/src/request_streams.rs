@@ -79,7 +79,9 @@ fn metadata(event: &RecordedEvent) -> Value {
     })
 }
 
-/// Settles the batch's waiting requests after it was cancelled or failed.
+/// Settles the batch's waiting requests after it was cancelled or failed. A request that moved
+/// meanwhile (the driver sent it) makes the insert fail on its stream key; the page is then
+/// retried and reads the new state, so no settling event is lost.
 async fn settle(
     conn: &mut PgConnection,
     event: &RecordedEvent,
@@ -121,8 +123,7 @@ async fn settle(
         "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
                              event_version, payload, metadata)
          SELECT 'Request', *, $6 FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[],
-                                             $5::jsonb[])
-         ON CONFLICT DO NOTHING",
+                                             $5::jsonb[])",
     )
     .bind(rows.0)
     .bind(rows.1)

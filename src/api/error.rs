@@ -47,6 +47,7 @@ impl ApiError {
             | Self::Validation(_) => ErrorCode::Validation,
             Self::Command(CommandError::Unavailable(_)) => ErrorCode::Unavailable,
             Self::Database(error) if is_unavailable(error) => ErrorCode::Unavailable,
+            Self::Database(error) if is_bad_argument(error) => ErrorCode::Validation,
             Self::Command(CommandError::Internal(_)) | Self::Database(_) => ErrorCode::Internal,
             Self::Unauthenticated => ErrorCode::Unauthenticated,
             Self::NotFound(_) => ErrorCode::NotFound,
@@ -68,7 +69,7 @@ impl ApiError {
             | ErrorCode::Forbidden => match self {
                 Self::Command(error) => error.to_string(),
                 Self::Validation(message) => message.clone(),
-                Self::Database(error) => error.to_string(),
+                Self::Database(_) => "an argument holds text or a date the store cannot keep".into(),
                 Self::Unauthenticated => "no caller identity on this request".into(),
                 Self::NotFound(what) => format!("{what} not found"),
                 Self::InvalidItems(items) => format!(
@@ -78,6 +79,16 @@ impl ApiError {
             },
         }
     }
+}
+
+/// Argument text or dates PostgreSQL cannot hold (NUL characters, dates out of range): the
+/// caller's input was bad, not our server.
+fn is_bad_argument(error: &sqlx::Error) -> bool {
+    const CODES: [&str; 4] = ["22021", "22P05", "22008", "22007"];
+    error
+        .as_database_error()
+        .and_then(|db| db.code())
+        .is_some_and(|code| CODES.contains(&code.as_ref()))
 }
 
 impl From<CommandError> for ApiError {

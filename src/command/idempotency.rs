@@ -41,7 +41,7 @@ impl IdempotencyKey {
     /// # Errors
     /// The key is empty or longer than 200 characters.
     pub fn new(key: String, request: &impl Serialize) -> Result<Self, CommandError> {
-        if key.is_empty() || key.chars().count() > MAX_KEY_LENGTH {
+        if key.is_empty() || key.chars().count() > MAX_KEY_LENGTH || key.contains('\0') {
             return Err(CommandError::InvalidIdempotencyKey);
         }
         let body =

@@ -65,6 +65,15 @@ impl Providers {
         }
     }
 
+    /// The endpoint paths some configured provider serves.
+    pub fn endpoints(&self) -> Vec<&'static str> {
+        Endpoint::ALL
+            .into_iter()
+            .filter(|endpoint| self.for_endpoint(*endpoint).is_some())
+            .map(Endpoint::path)
+            .collect()
+    }
+
     /// True when at least one provider is configured.
     pub fn any(&self) -> bool {
         self.openai.is_some() || self.anthropic.is_some()
@@ -151,12 +160,14 @@ impl ProviderDriver {
     pub async fn round(&self) -> Result<(), DriverError> {
         let ids: Vec<Uuid> = sqlx::query_scalar(
             "SELECT id FROM batches
-              WHERE status IN ('uploading', 'uploaded', 'provider_processing',
-                               'provider_completed', 'expired', 'downloading')
-                 OR (status = 'cancelled' AND provider_batch_id IS NOT NULL
-                     AND NOT provider_cancel_requested)
-              ORDER BY updated_at LIMIT 100",
+              WHERE endpoint = ANY($1)
+                AND (status IN ('uploading', 'uploaded', 'provider_processing',
+                                'provider_completed', 'expired', 'downloading')
+                     OR (status = 'cancelled' AND provider_batch_id IS NOT NULL
+                         AND NOT provider_cancel_requested))
+              ORDER BY updated_at LIMIT 1000",
         )
+        .bind(self.providers.endpoints())
         .fetch_all(&self.pool)
         .await?;
         futures::stream::iter(ids)
@@ -258,6 +269,11 @@ impl ProviderDriver {
         if let Some(existing) = provider.find_batch(batch_id).await? {
             return self.adopt(batch_id, &existing).await;
         }
+        if !self.streams_started(batch_id).await? {
+            // `request_streams` has not started every request's stream yet: results could
+            // not be recorded for the missing ones. Next round.
+            return Ok(());
+        }
         let input = self.input_file(batch_id).await?;
         let input_file_id = provider.upload(input).await?;
         let command = BatchCommand::MarkUploaded {
@@ -316,7 +332,10 @@ impl ProviderDriver {
         batch_id: Uuid,
         batch: &Batch,
     ) -> Result<(), DriverError> {
-        self.send_pending(batch_id).await?;
+        if batch.provider().progress.is_none() {
+            // First poll after submission: the requests are at the provider now.
+            self.send_pending(batch_id).await?;
+        }
         let Some(provider_batch_id) = &batch.provider().batch_id else {
             return Ok(());
         };
@@ -419,6 +438,22 @@ impl ProviderDriver {
             },
         )
         .await
+    }
+
+    /// True when every request the batch accepted has its own stream.
+    async fn streams_started(&self, batch_id: Uuid) -> Result<bool, DriverError> {
+        let missing: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM batch_custom_ids b
+                             WHERE b.batch_id = $1
+                               AND NOT EXISTS (SELECT 1 FROM events e
+                                                WHERE e.aggregate_type = 'Request'
+                                                  AND e.aggregate_id = b.request_id::text
+                                                  AND e.sequence = 1))",
+        )
+        .bind(batch_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(!missing)
     }
 
     /// Moves the batch's pending requests to provider_processing (idempotent).

@@ -7,6 +7,8 @@
 //! Only worker-driven events go through here (sent, result, failure, expiry): they carry no
 //! decision beyond the transition table. Owner commands go through the aggregate.
 
+use std::collections::HashMap;
+
 use chronicle_aggregates::request::{RequestEvent, RequestStatus};
 use chronicle_projections::EventMetadata;
 use cqrs_es::DomainEvent;
@@ -49,10 +51,14 @@ pub(crate) async fn append(
         return Ok(0);
     }
     let ids: Vec<Uuid> = events.iter().map(|(id, _)| *id).collect();
-    let current = statuses(pool, &ids).await?;
+    let current: HashMap<Uuid, (i64, RequestStatus)> = statuses(pool, &ids)
+        .await?
+        .into_iter()
+        .map(|(id, sequence, status)| (id, (sequence, status)))
+        .collect();
     let mut rows = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (id, event) in events {
-        let Some((_, sequence, from)) = current.iter().find(|(known, ..)| *known == id) else {
+        let Some((sequence, from)) = current.get(&id) else {
             continue;
         };
         if !from.can_transition_to(event.status()) {

@@ -168,9 +168,10 @@ impl Provider for OpenAi {
             "completion_window": "24h",
             "metadata": { BATCH_METADATA_KEY: batch_id.to_string() },
         });
-        let response = self
-            .call(|| self.http.post(self.url("/batches")).json(&body))
-            .await?;
+        // Not retried: a create that timed out may have succeeded, and a retry would make a
+        // second batch. The driver's next round finds it by metadata instead.
+        let url = self.url("/batches");
+        let response = http::send(|| self.authorized(self.http.post(&url).json(&body)), 0).await?;
         http::json(response).await
     }
 

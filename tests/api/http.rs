@@ -132,3 +132,23 @@ async fn errors_raised_before_resolvers_still_carry_a_code() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn text_the_store_cannot_hold_is_a_validation_error() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db, "http").await;
+    let query = "{ requests(filter: { status: \"a\\u0000b\" }) { edges { cursor } } }";
+    let response = app.graphql(query, json!({})).await;
+    assert_eq!(
+        response["errors"][0]["extensions"]["code"], "VALIDATION",
+        "{response}"
+    );
+    let key = "mutation { flushBatch(batchId: \"00000000-0000-7000-8000-000000000000\",
+                 idempotencyKey: \"k\\u0000\") { version } }";
+    let response = app.graphql(key, json!({})).await;
+    assert_eq!(
+        response["errors"][0]["extensions"]["code"], "VALIDATION",
+        "{response}"
+    );
+    app.stop().await;
+}

@@ -45,6 +45,14 @@ impl RequestSpec {
             ));
         }
         let endpoint = Endpoint::parse(endpoint);
+        // Anthropic refuses a whole batch over one custom id outside [A-Za-z0-9_-].
+        let anthropic_id = |id: &str| {
+            id.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        };
+        if endpoint == Some(Endpoint::Messages) && !anthropic_id(&custom_id) {
+            problems.push("custom id for /v1/messages may hold only A-Z, a-z, 0-9, _ and -".into());
+        }
         if endpoint.is_none() {
             let supported: Vec<&str> = Endpoint::ALL.iter().map(|e| e.path()).collect();
             problems.push(format!("endpoint must be one of {}", supported.join(", ")));
@@ -89,13 +97,21 @@ impl RequestSpec {
         }
     }
 
-    /// The request's line in the batch input file (JSONL), as uploaded to the provider.
+    /// The request's line in the batch input file (JSONL), as uploaded to the provider. The
+    /// body gets the request's `model` when it has none: providers reject a whole batch file
+    /// over one line without it.
     pub fn jsonl_line(&self) -> String {
+        let mut body = self.body.clone();
+        if let Some(fields) = body.as_object_mut() {
+            fields
+                .entry("model")
+                .or_insert_with(|| Value::String(self.model.clone()));
+        }
         json!({
             "custom_id": self.custom_id,
             "method": "POST",
             "url": self.endpoint.path(),
-            "body": self.body,
+            "body": body,
         })
         .to_string()
     }

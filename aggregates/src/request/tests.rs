@@ -342,3 +342,20 @@ fn every_event_type_names_the_status_it_leads_to() {
     }
     assert_eq!(RequestEvent::status_after_type("BatchOpened"), None);
 }
+
+#[test]
+fn a_body_without_model_gets_the_requests_model_in_its_jsonl_line() {
+    let spec = parse("a", "/v1/embeddings", "m", json!({ "input": "hi" })).unwrap();
+    let line: serde_json::Value = serde_json::from_str(&spec.jsonl_line()).unwrap();
+    assert_eq!(line["body"]["model"], "m");
+    assert_eq!(spec.jsonl_bytes(), spec.jsonl_line().len() as u64 + 1);
+}
+
+#[test]
+fn anthropic_custom_ids_are_limited_to_its_alphabet() {
+    let body = json!({ "messages": [] });
+    assert!(parse("row_1-a", "/v1/messages", "claude", body.clone()).is_ok());
+    let refused = parse("row.1", "/v1/messages", "claude", body.clone()).expect_err("dot");
+    assert!(refused[0].contains("/v1/messages"), "{refused:?}");
+    assert!(parse("row.1", "/v1/chat/completions", "m", body).is_ok());
+}

@@ -1,6 +1,6 @@
 //! The driver's file work: building a batch's input file and applying its results files.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 use chronicle_aggregates::batch::{Batch, BatchCommand, BatchEvent};
@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::{DriverError, ProviderDriver};
 use crate::llm::request_bulk;
-use crate::provider::{Provider, ResultLine};
+use crate::provider::{Provider, ProviderError, ResultLine};
 
 /// Results applied per transaction while downloading.
 const RESULTS_CHUNK: usize = 1000;
@@ -37,7 +37,7 @@ impl ProviderDriver {
         {
             let mut lines = provider.results(file).await?;
             let mut chunk = Vec::with_capacity(RESULTS_CHUNK);
-            while let Some(line) = lines.try_next().await? {
+            while let Some(line) = next_line(&mut lines, batch_id).await? {
                 let Some(event) = outcome(line.clone()) else {
                     continue;
                 };
@@ -96,7 +96,7 @@ impl ProviderDriver {
         .fetch_all(&self.pool)
         .await?;
         let request_ids = self.request_ids(batch_id).await?;
-        let cancelled: Vec<Uuid> = request_bulk::statuses(&self.pool, &request_ids)
+        let cancelled: HashSet<Uuid> = request_bulk::statuses(&self.pool, &request_ids)
             .await?
             .into_iter()
             .filter(|(_, _, status)| *status == RequestStatus::Cancelled)
@@ -116,6 +116,23 @@ impl ProviderDriver {
             }
         }
         Ok(Bytes::from(jsonl))
+    }
+}
+
+/// The next readable results line. A line the provider wrote but we cannot read is skipped
+/// (its request later expires as unanswered) instead of stalling the batch; a broken
+/// download is an error, and the download step runs again.
+async fn next_line(
+    lines: &mut futures::stream::BoxStream<'static, Result<ResultLine, ProviderError>>,
+    batch_id: Uuid,
+) -> Result<Option<ResultLine>, DriverError> {
+    loop {
+        match lines.try_next().await {
+            Err(ProviderError::Malformed(reason)) => {
+                tracing::warn!(batch.id = %batch_id, %reason, "skipping an unreadable results line");
+            }
+            other => return Ok(other?),
+        }
     }
 }
 
