@@ -212,9 +212,9 @@ impl Commands {
     }
 
     /// Runs `operation` (which may send several commands) at most once per (actor, key) and
-    /// returns its first outcome to every repeat. Unlike [`Commands::execute`], an outcome
-    /// lost in a crash is not rebuilt: the repeat runs again, and the aggregates' own rules
-    /// (such as unique custom ids) refuse what was already done.
+    /// returns its first outcome to every repeat. With a key, `operation` gets the key's
+    /// derived command id, the same on every repeat, so that a repeat after a partial failure
+    /// (whose outcome was never stored) can recognize what the first run already did.
     ///
     /// # Errors
     /// The operation's error, or a reused or invalid key.
@@ -226,15 +226,18 @@ impl Commands {
     ) -> Result<T, CommandError>
     where
         T: Serialize + DeserializeOwned + Clone,
-        F: FnOnce() -> Fut,
+        F: FnOnce(Option<Uuid>) -> Fut,
         Fut: Future<Output = Result<T, CommandError>>,
     {
         let Some(key) = key else {
-            return operation().await;
+            return operation(None).await;
         };
         let pools = (self.pool(), &self.locks);
         let nothing = |_: String| async { Ok(None) };
-        idempotency::execute_once(pools, &context.actor, &key, nothing, |_| operation()).await
+        idempotency::execute_once(pools, &context.actor, &key, nothing, |command_id| {
+            operation(command_id.parse().ok())
+        })
+        .await
     }
 
     /// Runs `command` once, without idempotency, keeping the aggregate's typed rejection.

@@ -6,7 +6,7 @@
 //! batch's successor id is derived from its own id, so concurrent submitters that find a
 //! batch closed all move to the same next batch. `batch_heads` only shortens the walk.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use chronicle_aggregates::batch::{
@@ -87,23 +87,42 @@ impl Submitter {
         key: Option<IdempotencyKey>,
     ) -> Result<Vec<Accepted>, CommandError> {
         self.commands
-            .once(context, key, || self.accept(context, owner, specs))
+            .once(context, key, |seed| {
+                self.accept(context, owner, specs, seed)
+            })
             .await
     }
 
+    /// With a `seed` (a keyed submission), request ids derive from it, so that a repeat
+    /// after a partial failure finds the requests the first run accepted and adds only the
+    /// rest; without one they are fresh (uuid v7).
     async fn accept(
         &self,
         context: &CommandContext,
         owner: &str,
         specs: Vec<RequestSpec>,
+        seed: Option<Uuid>,
     ) -> Result<Vec<Accepted>, CommandError> {
-        let mut groups: BTreeMap<(Endpoint, String), Vec<(usize, BatchEntry)>> = BTreeMap::new();
         let count = specs.len();
-        for (index, spec) in specs.into_iter().enumerate() {
-            let entry = BatchEntry {
-                request_id: Uuid::now_v7(),
-                spec,
-            };
+        let ids: Vec<Uuid> = (0..count)
+            .map(|index| match seed {
+                Some(seed) => Uuid::new_v5(&seed, &(index as u64).to_le_bytes()),
+                None => Uuid::now_v7(),
+            })
+            .collect();
+        let earlier = self.already_accepted(&ids).await?;
+        let mut accepted: Vec<Option<Accepted>> = vec![None; count];
+        let mut groups: BTreeMap<(Endpoint, String), Vec<(usize, BatchEntry)>> = BTreeMap::new();
+        for ((index, spec), request_id) in specs.into_iter().enumerate().zip(ids) {
+            if let Some(batch_id) = earlier.get(&request_id) {
+                accepted[index] = Some(Accepted {
+                    request_id,
+                    batch_id: *batch_id,
+                    custom_id: spec.custom_id,
+                });
+                continue;
+            }
+            let entry = BatchEntry { request_id, spec };
             groups
                 .entry((entry.spec.endpoint, entry.spec.model.clone()))
                 .or_default()
@@ -120,13 +139,23 @@ impl Submitter {
             self.check_custom_ids(head, &entries).await?;
             keyed.push((key, head, entries));
         }
-        let mut accepted: Vec<Option<Accepted>> = vec![None; count];
         for (key, head, entries) in keyed {
             for (index, done) in self.add_all(context, key, head, entries).await? {
                 accepted[index] = Some(done);
             }
         }
         Ok(accepted.into_iter().flatten().collect())
+    }
+
+    /// The batches that already hold any of `ids`.
+    async fn already_accepted(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, Uuid>, CommandError> {
+        let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(
+            "SELECT request_id, batch_id FROM batch_custom_ids WHERE request_id = ANY($1)",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().collect())
     }
 
     /// The batch of `key` that is open now (or would open with the next add): start at the

@@ -301,3 +301,33 @@ async fn a_retried_submission_with_its_key_returns_the_first_outcome_once() {
         .stop()
         .await;
 }
+
+#[tokio::test]
+async fn a_keyed_submission_repeated_after_its_outcome_was_lost_completes_without_duplicates() {
+    let db = TestDb::new().await;
+    let app =
+        TestApp::spawn_configured(&db, "idempotent-submit", |c| c.batch_max_requests = 4).await;
+    let keyed = "mutation($requests: [SubmitRequestInput!]!, $key: String) {
+        submitRequests(requests: $requests, idempotencyKey: $key) { requestId batchId } }";
+    let items: Vec<Value> = (0..10).map(|i| item(&format!("r{i}"), "m")).collect();
+    let variables = json!({ "requests": items, "key": "bulk-1" });
+    let first = app.graphql(keyed, variables.clone()).await;
+    assert!(first["errors"].is_null(), "{first}");
+    // As if the process died after appending but before storing the outcome.
+    sqlx::query("DELETE FROM idempotency_keys")
+        .execute(&app.pool)
+        .await
+        .expect("forget the outcome");
+    let again = app.graphql(keyed, variables).await;
+    assert!(again["errors"].is_null(), "{again}");
+    assert_eq!(
+        again["data"], first["data"],
+        "the repeat answers with the same requests"
+    );
+    let members: i64 = sqlx::query_scalar("SELECT count(*) FROM batch_custom_ids")
+        .fetch_one(&app.pool)
+        .await
+        .expect("members");
+    assert_eq!(members, 10, "no request was added twice");
+    app.stop().await;
+}
