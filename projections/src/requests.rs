@@ -1,7 +1,9 @@
 //! `requests`: one row per request with what list views filter on, from the request streams.
 
 use async_trait::async_trait;
-use chronicle_aggregates::request::RequestEvent;
+use std::collections::BTreeMap;
+
+use chronicle_aggregates::request::{RequestEvent, RequestStatus};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgConnection;
@@ -75,60 +77,117 @@ impl Projector for Requests {
         conn: &mut PgConnection,
         events: &[RecordedEvent],
     ) -> Result<(), ProjectionError> {
+        // New rows first, then one update per request with its latest state: in log order a
+        // request's changes all follow its submission, so this equals applying one by one.
         let mut new_rows = NewRows::default();
+        let mut changes: BTreeMap<&str, Change> = BTreeMap::new();
         for event in events.iter().filter(|e| e.aggregate_type == "Request") {
             let decoded: RequestEvent = event.decode()?;
-            if let RequestEvent::Submitted {
-                request_id,
-                owner,
-                batch_id,
-                spec,
-                at,
-            } = decoded
-            {
-                new_rows.ids.push(request_id.to_string());
-                new_rows.owners.push(owner);
-                new_rows.batches.push(batch_id.to_string());
-                new_rows.custom_ids.push(spec.custom_id);
-                new_rows.endpoints.push(spec.endpoint.path().to_owned());
-                new_rows.models.push(spec.model);
-                new_rows
-                    .deliveries
-                    .push(serde_json::to_value(&spec.delivery).unwrap_or_default());
-                new_rows.bodies.push(spec.body);
-                new_rows.versions.push(event.sequence);
-                new_rows.times.push(at);
-                continue;
+            let change = changes.entry(&event.aggregate_id).or_default();
+            match decoded {
+                RequestEvent::Submitted {
+                    request_id,
+                    owner,
+                    batch_id,
+                    spec,
+                    at,
+                } => {
+                    new_rows.ids.push(request_id.to_string());
+                    new_rows.owners.push(owner);
+                    new_rows.batches.push(batch_id.to_string());
+                    new_rows.custom_ids.push(spec.custom_id);
+                    new_rows.endpoints.push(spec.endpoint.path().to_owned());
+                    new_rows.models.push(spec.model);
+                    new_rows
+                        .deliveries
+                        .push(serde_json::to_value(&spec.delivery).unwrap_or_default());
+                    new_rows.bodies.push(spec.body);
+                    new_rows.versions.push(event.sequence);
+                    new_rows.times.push(at);
+                    change.record(RequestStatus::Pending, event.sequence, at);
+                }
+                RequestEvent::ResultRecorded { response, at } => {
+                    change.record(RequestStatus::ProviderProcessed, event.sequence, at);
+                    change.response = Some(response);
+                }
+                RequestEvent::Failed { error, at } => {
+                    change.record(RequestStatus::Failed, event.sequence, at);
+                    change.error = Some(error);
+                }
+                other @ (RequestEvent::SentToProvider { .. }
+                | RequestEvent::Expired { .. }
+                | RequestEvent::Cancelled { .. }
+                | RequestEvent::DeliveryStarted { .. }
+                | RequestEvent::Delivered { .. }
+                | RequestEvent::DeliveryFailed { .. }
+                | RequestEvent::Consumed { .. }
+                | RequestEvent::ConsumeFailed { .. }) => {
+                    change.record(other.status(), event.sequence, other.at());
+                }
             }
-            new_rows.flush(conn).await?;
-            let response = if let RequestEvent::ResultRecorded { response, .. } = &decoded {
-                Some(response)
-            } else {
-                None
-            };
-            let error = if let RequestEvent::Failed { error, .. } = &decoded {
-                Some(error)
-            } else {
-                None
-            };
-            sqlx::query(
-                "UPDATE requests
-                    SET status = $2, version = $3, updated_at = $4,
-                        response = COALESCE($5, response), error = COALESCE($6, error)
-                  WHERE id = $1::uuid",
-            )
-            .bind(&event.aggregate_id)
-            .bind(decoded.status().as_str())
-            .bind(event.sequence)
-            .bind(decoded.at())
-            .bind(response)
-            .bind(error)
-            .execute(&mut *conn)
-            .await?;
         }
         new_rows.flush(conn).await?;
+        let mut rows = Updates::default();
+        for (id, change) in changes {
+            let Some(status) = change.status else {
+                continue;
+            };
+            rows.ids.push(id);
+            rows.statuses.push(status.as_str());
+            rows.versions.push(change.version);
+            rows.times.push(change.at);
+            rows.responses.push(change.response);
+            rows.errors.push(change.error);
+        }
+        sqlx::query(
+            "UPDATE requests r
+                SET status = u.status, version = u.version, updated_at = u.at,
+                    response = COALESCE(u.response, r.response),
+                    error = COALESCE(u.error, r.error)
+               FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::timestamptz[],
+                           $5::jsonb[], $6::jsonb[])
+                    AS u(id, status, version, at, response, error)
+              WHERE r.id = u.id::uuid",
+        )
+        .bind(rows.ids)
+        .bind(rows.statuses)
+        .bind(rows.versions)
+        .bind(rows.times)
+        .bind(rows.responses)
+        .bind(rows.errors)
+        .execute(conn)
+        .await?;
         Ok(())
     }
+}
+
+/// A request's latest state within one page.
+#[derive(Default)]
+struct Change {
+    status: Option<RequestStatus>,
+    version: i64,
+    at: DateTime<Utc>,
+    response: Option<Value>,
+    error: Option<Value>,
+}
+
+impl Change {
+    fn record(&mut self, status: RequestStatus, version: i64, at: DateTime<Utc>) {
+        self.status = Some(status);
+        self.version = version;
+        self.at = at;
+    }
+}
+
+/// The update arrays of one page.
+#[derive(Default)]
+struct Updates<'a> {
+    ids: Vec<&'a str>,
+    statuses: Vec<&'static str>,
+    versions: Vec<i64>,
+    times: Vec<DateTime<Utc>>,
+    responses: Vec<Option<Value>>,
+    errors: Vec<Option<Value>>,
 }
 
 /// A row of the `requests` read model.
