@@ -222,6 +222,13 @@ impl Aggregate for Batch {
                 self.add(batch_id, key, entries, limits, at, services)
                     .await?
             }
+            BatchCommand::WithdrawRequest { request_id, at } => match self.status {
+                Some(BatchStatus::Building) => {
+                    vec![BatchEvent::RequestWithdrawn { request_id, at }]
+                }
+                Some(status) => return Err(BatchError::NotBuilding { status }),
+                None => return Err(BatchError::NotFound),
+            },
             BatchCommand::Close {
                 reason,
                 successor,
@@ -335,6 +342,8 @@ impl Aggregate for Batch {
                 self.size_bytes += size_bytes;
             }
             BatchEvent::Closed { successor, .. } => self.successor = Some(successor),
+            // A withdrawn request still counts toward the limits: the batch was sized with it.
+            BatchEvent::RequestWithdrawn { .. } => {}
             BatchEvent::InputUploaded { input_file_id, .. } => {
                 self.provider.input_file_id = Some(input_file_id);
             }

@@ -92,6 +92,7 @@ impl Projector for Batches {
                 .bind(version)
                 .bind(at),
                 BatchEvent::InputUploaded { .. }
+                | BatchEvent::RequestWithdrawn { .. }
                 | BatchEvent::ProviderProgressed { .. }
                 | BatchEvent::ProviderCompleted { .. }
                 | BatchEvent::DownloadStarted { .. }

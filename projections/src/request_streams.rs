@@ -50,6 +50,9 @@ impl Projector for RequestStreams {
                     settle(conn, event, at, error).await?;
                 }
                 BatchEvent::Failed { error, at } => settle(conn, event, at, error).await?,
+                BatchEvent::RequestWithdrawn { request_id, at } => {
+                    withdraw(conn, event, request_id, at).await?;
+                }
                 BatchEvent::Opened { .. }
                 | BatchEvent::Closed { .. }
                 | BatchEvent::InputUploaded { .. }
@@ -77,6 +80,45 @@ fn metadata(event: &RecordedEvent) -> Value {
         "causation_id": cause,
         "command_id": Uuid::new_v5(&Uuid::NAMESPACE_OID, cause.as_bytes()).to_string(),
     })
+}
+
+/// Cancels a request its batch withdrew, if it is still pending. A concurrent change to the
+/// request fails the insert on its stream key and the page is retried.
+async fn withdraw(
+    conn: &mut PgConnection,
+    event: &RecordedEvent,
+    request_id: Uuid,
+    at: DateTime<Utc>,
+) -> Result<(), ProjectionError> {
+    let latest: Option<(i64, String)> = sqlx::query_as(
+        "SELECT sequence, event_type FROM events
+          WHERE aggregate_type = 'Request' AND aggregate_id = $1
+          ORDER BY sequence DESC LIMIT 1",
+    )
+    .bind(request_id.to_string())
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((sequence, event_type)) = latest else {
+        return Ok(());
+    };
+    if RequestEvent::status_after_type(&event_type) != Some(RequestStatus::Pending) {
+        return Ok(());
+    }
+    let cancelled = RequestEvent::Cancelled { at };
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                             event_version, payload, metadata)
+         VALUES ('Request', $1, $2, $3, $4, $5, $6)",
+    )
+    .bind(request_id.to_string())
+    .bind(sequence + 1)
+    .bind(cancelled.event_type())
+    .bind(cancelled.event_version())
+    .bind(serde_json::to_value(&cancelled).map_err(|_| malformed(event))?)
+    .bind(metadata(event))
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Settles the batch's waiting requests after it was cancelled or failed. A request that moved

@@ -25,6 +25,7 @@ fn state_after(event: &RecordedEvent) -> Result<Option<&'static str>, Projection
             (!matches!(
                 decoded,
                 BatchEvent::RequestsAdded { .. }
+                    | BatchEvent::RequestWithdrawn { .. }
                     | BatchEvent::ProviderProgressed { .. }
                     | BatchEvent::ProviderCancelRequested { .. }
             ))

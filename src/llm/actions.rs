@@ -1,8 +1,8 @@
 //! What owners do to their batches and requests after submitting: flush, cancel, and (for
 //! poll delivery) acknowledge results. Each checks ownership, then runs one command.
 
-use chronicle_aggregates::batch::{Batch, BatchCommand, BatchServices, BatchStatus, CloseReason};
-use chronicle_aggregates::request::{Request, RequestCommand};
+use chronicle_aggregates::batch::{Batch, BatchCommand, BatchServices, CloseReason};
+use chronicle_aggregates::request::{Request, RequestCommand, RequestStatus};
 use chronicle_aggregates::ErrorCode;
 use std::time::Duration;
 
@@ -162,22 +162,25 @@ impl LlmActions {
         key: Option<IdempotencyKey>,
     ) -> Result<CommandReceipt, CommandError> {
         let request = self.owned_request(&context.actor, request_id).await?;
-        let batch_id = request
-            .submission()
-            .map(|s| s.batch_id.to_string())
-            .unwrap_or_default();
-        let batch = self.commands.load::<Batch>(&batch_id).await?;
-        if let Some(status) = batch.status().filter(|s| *s != BatchStatus::Building) {
+        let Some(submission) = request.submission() else {
+            return Err(not_found("request"));
+        };
+        if let Some(status) = request.status().filter(|s| *s != RequestStatus::Pending) {
             return Err(CommandError::Rejected {
                 code: ErrorCode::InvalidTransition,
-                message: format!(
-                    "the request's batch is {}; requests can be cancelled while it is building",
-                    status.as_str()
-                ),
+                message: format!("a {} request cannot be cancelled", status.as_str()),
             });
         }
-        let command = RequestCommand::Cancel { at: Utc::now() };
-        self.on_request(context, request_id, command, key).await
+        // The batch decides: withdrawing serializes with its closing, so a withdrawn request
+        // is never uploaded. `request_streams` then marks the request cancelled.
+        let command = BatchCommand::WithdrawRequest {
+            request_id,
+            at: Utc::now(),
+        };
+        let batch_id = submission.batch_id.to_string();
+        self.commands
+            .execute::<Batch>(context, &batch_id, command, &self.services, key)
+            .await
     }
 
     /// Poll delivery: acknowledges a fetched result.

@@ -548,3 +548,44 @@ async fn polled_results_wait_until_their_owner_acknowledges_them() {
     .await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_withdrawn_request_is_left_out_of_the_upload() {
+    let db = TestDb::new().await;
+    let (emulator, app) = with_driver(&db, Faults::default()).await;
+    let response = app
+        .graphql(SUBMIT_MANY, json!({ "requests": items(3) }))
+        .await;
+    let accepted = response["data"]["submitRequests"].clone();
+    let cancel = "mutation($id: UUID!) { cancelRequest(requestId: $id) { aggregateType } }";
+    let cancelled = app
+        .graphql(cancel, json!({ "id": accepted[1]["requestId"] }))
+        .await;
+    assert_eq!(
+        cancelled["data"]["cancelRequest"]["aggregateType"], "Batch",
+        "{cancelled}"
+    );
+    let flush = "mutation($id: UUID!) { flushBatch(batchId: $id) { version } }";
+    app.graphql(flush, json!({ "id": accepted[0]["batchId"] }))
+        .await;
+    eventually(Duration::from_secs(60), "ready_to_deliver", || async {
+        let count: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM batches WHERE status = 'ready_to_deliver'")
+                .fetch_one(&app.pool)
+                .await
+                .ok()?;
+        (count == 1).then_some(())
+    })
+    .await;
+    let uploads = emulator.uploads();
+    assert_eq!(uploads[0].lines().count(), 2);
+    assert!(!uploads[0].contains("\"r1\""), "{}", uploads[0]);
+    assert_eq!(
+        request_statuses(&app, 3).await,
+        [
+            ("cancelled".to_owned(), 1),
+            ("provider_processed".to_owned(), 2)
+        ]
+    );
+    app.stop().await;
+}

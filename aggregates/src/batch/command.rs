@@ -22,6 +22,13 @@ pub enum BatchCommand {
         /// Now.
         at: DateTime<Utc>,
     },
+    /// Withdraw a request before the batch closes (its owner cancelled it).
+    WithdrawRequest {
+        /// The request; it must be in this batch.
+        request_id: Uuid,
+        /// Now.
+        at: DateTime<Utc>,
+    },
     /// Stop accepting requests; later ones go to `successor`.
     Close {
         /// Why.

@@ -30,6 +30,13 @@ pub enum BatchEvent {
         /// When.
         at: DateTime<Utc>,
     },
+    /// Its owner withdrew a request while the batch was building: it will not be sent.
+    RequestWithdrawn {
+        /// The withdrawn request.
+        request_id: Uuid,
+        /// When.
+        at: DateTime<Utc>,
+    },
     /// The batch stopped accepting requests; new ones go to `successor`.
     Closed {
         /// Why it closed.
@@ -139,7 +146,9 @@ impl BatchEvent {
     /// The status the batch is in after this event.
     pub const fn status(&self) -> BatchStatus {
         match self {
-            Self::Opened { .. } | Self::RequestsAdded { .. } => BatchStatus::Building,
+            Self::Opened { .. } | Self::RequestsAdded { .. } | Self::RequestWithdrawn { .. } => {
+                BatchStatus::Building
+            }
             Self::Closed { .. } => BatchStatus::Uploading,
             Self::InputUploaded { .. } => BatchStatus::Uploaded,
             Self::SubmittedToProvider { .. } | Self::ProviderProgressed { .. } => {
@@ -162,6 +171,7 @@ impl BatchEvent {
         match self {
             Self::Opened { at, .. }
             | Self::RequestsAdded { at, .. }
+            | Self::RequestWithdrawn { at, .. }
             | Self::Closed { at, .. }
             | Self::InputUploaded { at, .. }
             | Self::SubmittedToProvider { at, .. }
@@ -185,6 +195,7 @@ impl DomainEvent for BatchEvent {
         match self {
             Self::Opened { .. } => "BatchOpened",
             Self::RequestsAdded { .. } => "BatchRequestsAdded",
+            Self::RequestWithdrawn { .. } => "BatchRequestWithdrawn",
             Self::Closed { .. } => "BatchClosed",
             Self::InputUploaded { .. } => "BatchInputUploaded",
             Self::SubmittedToProvider { .. } => "BatchSubmittedToProvider",

@@ -450,3 +450,26 @@ fn a_cancelled_batch_that_reached_the_provider_records_one_cancel_request() {
             .then_expect_error(BatchError::NoProviderCancel);
     }
 }
+
+#[test]
+fn requests_are_withdrawn_only_while_the_batch_builds() {
+    let withdraw = || BatchCommand::WithdrawRequest {
+        request_id: Uuid::from_u128(9),
+        at: at(),
+    };
+    for status in BatchStatus::ALL {
+        let result = framework()
+            .given(history(status))
+            .when(withdraw())
+            .inspect_result();
+        let expected = if status == BatchStatus::Building {
+            Ok(vec![BatchEvent::RequestWithdrawn {
+                request_id: Uuid::from_u128(9),
+                at: at(),
+            }])
+        } else {
+            Err(BatchError::NotBuilding { status })
+        };
+        assert_eq!(result, expected, "{status:?}");
+    }
+}

@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 use chronicle_aggregates::batch::{Batch, BatchCommand, BatchEvent};
-use chronicle_aggregates::request::{RequestEvent, RequestStatus};
+use chronicle_aggregates::request::RequestEvent;
 use chrono::Utc;
 use futures::TryStreamExt;
 use serde_json::{json, Value};
@@ -86,34 +86,34 @@ impl ProviderDriver {
 
     /// The JSONL input of a batch: every request it accepted, except cancelled ones.
     pub(super) async fn input_file(&self, batch_id: Uuid) -> Result<Bytes, DriverError> {
+        // The batch stream alone decides: it serializes withdrawals with closing.
         let payloads: Vec<Value> = sqlx::query_scalar(
             "SELECT payload FROM events
               WHERE aggregate_type = 'Batch' AND aggregate_id = $1
-                AND event_type = 'BatchRequestsAdded'
+                AND event_type IN ('BatchRequestsAdded', 'BatchRequestWithdrawn')
               ORDER BY sequence",
         )
         .bind(batch_id.to_string())
         .fetch_all(&self.pool)
         .await?;
-        let request_ids = self.request_ids(batch_id).await?;
-        let cancelled: HashSet<Uuid> = request_bulk::statuses(&self.pool, &request_ids)
-            .await?
-            .into_iter()
-            .filter(|(_, _, status)| *status == RequestStatus::Cancelled)
-            .map(|(id, ..)| id)
-            .collect();
-        let mut jsonl = String::new();
+        let mut entries = Vec::new();
+        let mut withdrawn = HashSet::new();
         for payload in payloads {
-            let Ok(BatchEvent::RequestsAdded { entries, .. }) = serde_json::from_value(payload)
-            else {
-                continue;
-            };
-            for entry in entries {
-                if !cancelled.contains(&entry.request_id) {
-                    jsonl.push_str(&entry.spec.jsonl_line());
-                    jsonl.push('\n');
+            match serde_json::from_value(payload) {
+                Ok(BatchEvent::RequestsAdded { entries: added, .. }) => entries.extend(added),
+                Ok(BatchEvent::RequestWithdrawn { request_id, .. }) => {
+                    withdrawn.insert(request_id);
                 }
+                _ => {}
             }
+        }
+        let mut jsonl = String::new();
+        for entry in entries
+            .into_iter()
+            .filter(|e| !withdrawn.contains(&e.request_id))
+        {
+            jsonl.push_str(&entry.spec.jsonl_line());
+            jsonl.push('\n');
         }
         Ok(Bytes::from(jsonl))
     }
