@@ -5,7 +5,6 @@ mod actions;
 mod closer;
 mod custom_ids;
 mod driver;
-mod request_bulk;
 mod submit;
 
 pub use actions::LlmActions;

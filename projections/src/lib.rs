@@ -11,6 +11,7 @@ pub mod checkpoint;
 mod cursor;
 mod event;
 mod projector;
+pub mod request_moves;
 pub mod request_streams;
 pub mod requests;
 pub mod transitions;

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::{ProjectionError, Projector, RecordedEvent};
+use crate::{request_moves, ProjectionError, Projector, RecordedEvent};
 
 /// The log consumer that starts request streams.
 #[derive(Debug, Default, Clone, Copy)]
@@ -82,99 +82,47 @@ fn metadata(event: &RecordedEvent) -> Value {
     })
 }
 
-/// Cancels a request its batch withdrew, if it is still pending. A concurrent change to the
-/// request fails the insert on its stream key and the page is retried.
+/// Cancels a request its batch withdrew, if it is still pending.
 async fn withdraw(
     conn: &mut PgConnection,
     event: &RecordedEvent,
     request_id: Uuid,
     at: DateTime<Utc>,
 ) -> Result<(), ProjectionError> {
-    let latest: Option<(i64, String)> = sqlx::query_as(
-        "SELECT sequence, event_type FROM events
-          WHERE aggregate_type = 'Request' AND aggregate_id = $1
-          ORDER BY sequence DESC LIMIT 1",
-    )
-    .bind(request_id.to_string())
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some((sequence, event_type)) = latest else {
-        return Ok(());
+    let cancel = |_: &str, from: RequestStatus| {
+        (from == RequestStatus::Pending).then_some(RequestEvent::Cancelled { at })
     };
-    if RequestEvent::status_after_type(&event_type) != Some(RequestStatus::Pending) {
-        return Ok(());
-    }
-    let cancelled = RequestEvent::Cancelled { at };
-    sqlx::query(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
-                             event_version, payload, metadata)
-         VALUES ('Request', $1, $2, $3, $4, $5, $6)",
-    )
-    .bind(request_id.to_string())
-    .bind(sequence + 1)
-    .bind(cancelled.event_type())
-    .bind(cancelled.event_version())
-    .bind(serde_json::to_value(&cancelled).map_err(|_| malformed(event))?)
-    .bind(metadata(event))
-    .execute(conn)
-    .await?;
+    request_moves::append(conn, &metadata(event), &[request_id.to_string()], cancel).await?;
     Ok(())
 }
 
-/// Settles the batch's waiting requests after it was cancelled or failed. A request that moved
-/// meanwhile (the driver sent it) makes the insert fail on its stream key; the page is then
-/// retried and reads the new state, so no settling event is lost.
+/// Settles the batch's waiting requests after it was cancelled or failed: pending ones are
+/// cancelled (or fail with the batch), ones at the provider fail.
 async fn settle(
     conn: &mut PgConnection,
     event: &RecordedEvent,
     at: DateTime<Utc>,
     error: Value,
 ) -> Result<(), ProjectionError> {
-    let current: Vec<(String, i64, String)> = sqlx::query_as(
-        "SELECT DISTINCT ON (e.aggregate_id) e.aggregate_id, e.sequence, e.event_type
-           FROM events e
-          WHERE e.aggregate_type = 'Request'
-            AND e.aggregate_id IN (SELECT request_id::text FROM batch_custom_ids
-                                    WHERE batch_id = $1::uuid)
-          ORDER BY e.aggregate_id, e.sequence DESC",
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT request_id::text FROM batch_custom_ids WHERE batch_id = $1::uuid",
     )
     .bind(&event.aggregate_id)
     .fetch_all(&mut *conn)
     .await?;
     let cancelled = event.event_type == "BatchCancelled";
-    let mut rows = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (id, sequence, event_type) in current {
-        let outcome = match RequestEvent::status_after_type(&event_type) {
-            Some(RequestStatus::Pending) if cancelled => RequestEvent::Cancelled { at },
-            Some(RequestStatus::Pending | RequestStatus::ProviderProcessing) => {
-                RequestEvent::Failed {
-                    error: error.clone(),
-                    at,
-                }
+    // The transition table keeps finished requests where they are.
+    let outcome = |_: &str, from: RequestStatus| {
+        Some(if cancelled && from == RequestStatus::Pending {
+            RequestEvent::Cancelled { at }
+        } else {
+            RequestEvent::Failed {
+                error: error.clone(),
+                at,
             }
-            _ => continue,
-        };
-        rows.0.push(id);
-        rows.1.push(sequence + 1);
-        rows.2.push(outcome.event_type());
-        rows.3.push(outcome.event_version());
-        rows.4
-            .push(serde_json::to_value(&outcome).map_err(|_| malformed(event))?);
-    }
-    sqlx::query(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
-                             event_version, payload, metadata)
-         SELECT 'Request', *, $6 FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[],
-                                             $5::jsonb[])",
-    )
-    .bind(rows.0)
-    .bind(rows.1)
-    .bind(rows.2)
-    .bind(rows.3)
-    .bind(rows.4)
-    .bind(metadata(event))
-    .execute(conn)
-    .await?;
+        })
+    };
+    request_moves::append(conn, &metadata(event), &ids, outcome).await?;
     Ok(())
 }
 

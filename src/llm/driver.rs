@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chronicle_aggregates::batch::{Batch, BatchCommand, BatchServices, BatchStatus};
-use chronicle_aggregates::request::RequestEvent;
+use chronicle_aggregates::request::{RequestEvent, RequestStatus};
 use chronicle_aggregates::Endpoint;
-use chronicle_projections::EventMetadata;
+use chronicle_projections::{request_moves, EventMetadata};
 use chrono::Utc;
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -24,7 +24,6 @@ use uuid::Uuid;
 
 mod files;
 
-use super::request_bulk;
 use crate::command::{CommandContext, CommandError, Commands};
 use crate::projection::Leadership;
 use crate::provider::{BatchInput, Provider, ProviderBatch, ProviderError, ProviderStatus};
@@ -418,13 +417,26 @@ impl ProviderDriver {
 
     /// Appends `event` to every request of the batch whose state lets it move (idempotent).
     async fn move_requests(&self, batch_id: Uuid, event: RequestEvent) -> Result<(), DriverError> {
-        let events = self
+        let ids: Vec<String> = self
             .request_ids(batch_id)
             .await?
-            .into_iter()
-            .map(|id| (id, event.clone()))
+            .iter()
+            .map(Uuid::to_string)
             .collect();
-        request_bulk::append(&self.pool, &self.metadata(batch_id), events).await?;
+        self.apply_moves(batch_id, &ids, request_moves::all(&event))
+            .await
+    }
+
+    /// Appends the events `decide` picks to the requests `ids` (see `request_moves`).
+    async fn apply_moves(
+        &self,
+        batch_id: Uuid,
+        ids: &[String],
+        decide: impl Fn(&str, RequestStatus) -> Option<RequestEvent>,
+    ) -> Result<(), DriverError> {
+        let metadata = serde_json::to_value(self.metadata(batch_id).to_map()).unwrap_or_default();
+        let mut conn = self.pool.acquire().await?;
+        request_moves::append(&mut conn, &metadata, ids, decide).await?;
         Ok(())
     }
 

@@ -11,8 +11,8 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::{DriverError, ProviderDriver};
-use crate::llm::request_bulk;
 use crate::provider::{Provider, ProviderError, ResultLine};
+use chronicle_projections::request_moves;
 
 /// Results applied per transaction while downloading.
 const RESULTS_CHUNK: usize = 1000;
@@ -36,7 +36,7 @@ impl ProviderDriver {
         .flatten()
         {
             let mut lines = provider.results(file).await?;
-            let mut chunk = Vec::with_capacity(RESULTS_CHUNK);
+            let mut chunk = HashMap::with_capacity(RESULTS_CHUNK);
             while let Some(line) = next_line(&mut lines, batch_id).await? {
                 let Some(event) = outcome(line.clone()) else {
                     continue;
@@ -47,14 +47,14 @@ impl ProviderDriver {
                     failed += 1;
                 }
                 if let Some(request_id) = ids.get(&line.custom_id) {
-                    chunk.push((*request_id, event));
+                    chunk.insert(request_id.to_string(), event);
                 }
                 if chunk.len() == RESULTS_CHUNK {
-                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(RESULTS_CHUNK));
-                    request_bulk::append(&self.pool, &self.metadata(batch_id), full).await?;
+                    self.apply_results(batch_id, std::mem::take(&mut chunk))
+                        .await?;
                 }
             }
-            request_bulk::append(&self.pool, &self.metadata(batch_id), chunk).await?;
+            self.apply_results(batch_id, chunk).await?;
         }
         // Requests the provider never answered (an expired batch) expire.
         let expired = RequestEvent::Expired { at: Utc::now() };
@@ -65,6 +65,17 @@ impl ProviderDriver {
             at: Utc::now(),
         };
         self.command(batch_id, command).await
+    }
+
+    /// Records a chunk of results (request id → its result or error event).
+    async fn apply_results(
+        &self,
+        batch_id: Uuid,
+        results: HashMap<String, RequestEvent>,
+    ) -> Result<(), DriverError> {
+        let ids: Vec<String> = results.keys().cloned().collect();
+        self.apply_moves(batch_id, &ids, request_moves::each(&results))
+            .await
     }
 
     pub(super) async fn custom_ids(
