@@ -3,6 +3,7 @@
 
 mod batches;
 mod caller;
+mod deliveries;
 mod error;
 mod error_codes;
 mod event_log;

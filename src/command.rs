@@ -29,6 +29,27 @@ pub struct CommandContext {
     pub causation_id: Option<String>,
 }
 
+impl CommandContext {
+    /// The context of a worker's command, correlated with what it works on.
+    pub fn system(correlation_id: impl ToString) -> Self {
+        Self {
+            actor: "system".into(),
+            correlation_id: correlation_id.to_string(),
+            causation_id: None,
+        }
+    }
+
+    /// The metadata of events appended in this context by command `command_id`.
+    pub fn metadata(&self, command_id: String) -> EventMetadata {
+        EventMetadata {
+            actor: self.actor.clone(),
+            correlation_id: self.correlation_id.clone(),
+            causation_id: self.causation_id.clone(),
+            command_id,
+        }
+    }
+}
+
 /// What a command did: the aggregate's new version and where its last event sits in the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandReceipt {
@@ -339,12 +360,7 @@ impl Commands {
             .await
             .map_err(Refusal::Rejected)?;
         let events = sink.collect().await;
-        let metadata = EventMetadata {
-            actor: context.actor.clone(),
-            correlation_id: context.correlation_id.clone(),
-            causation_id: context.causation_id.clone(),
-            command_id,
-        };
+        let metadata = context.metadata(command_id);
         let committed = store.commit(events, loaded, metadata.to_map()).await?;
         let version = committed
             .last()

@@ -180,6 +180,97 @@ pub struct Config {
         global = true
     )]
     pub batch_max_bytes: u64,
+
+    /// How results are pushed to their owners.
+    #[command(flatten)]
+    pub delivery: DeliveryConfig,
+}
+
+/// Settings of the delivery worker (webhooks and RabbitMQ).
+#[derive(Debug, Clone, Args)]
+pub struct DeliveryConfig {
+    /// RabbitMQ broker for `rabbitmqQueue` / `rabbitmqExchange` deliveries.
+    #[arg(
+        long,
+        env = "CHRONICLE_RABBITMQ_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        global = true
+    )]
+    pub rabbitmq_url: String,
+
+    /// Deliveries in flight at once.
+    #[arg(
+        long,
+        env = "CHRONICLE_DELIVERY_CONCURRENCY",
+        default_value_t = 50,
+        global = true
+    )]
+    pub delivery_concurrency: usize,
+
+    /// Deliveries in flight at once to one target (a webhook origin, or the broker), so a
+    /// slow receiver cannot take every slot.
+    #[arg(
+        long,
+        env = "CHRONICLE_DELIVERY_PER_TARGET",
+        default_value_t = 10,
+        global = true
+    )]
+    pub delivery_per_target: usize,
+
+    /// Timeout of one webhook call or broker publish, in milliseconds.
+    #[arg(
+        long,
+        env = "CHRONICLE_DELIVERY_TIMEOUT_MS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub delivery_timeout_ms: u64,
+
+    /// Attempts per delivery round before the request becomes `delivery_failed`.
+    #[arg(
+        long,
+        env = "CHRONICLE_DELIVERY_MAX_ATTEMPTS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub delivery_max_attempts: u32,
+
+    /// A round gives up when its next attempt would start later than this after the round
+    /// began, in seconds.
+    #[arg(
+        long,
+        env = "CHRONICLE_DELIVERY_DEADLINE_SECS",
+        default_value_t = 86_400,
+        global = true
+    )]
+    pub delivery_deadline_secs: u64,
+
+    /// First retry delay in milliseconds; it doubles per attempt, plus up to 100% jitter.
+    #[arg(
+        long,
+        env = "CHRONICLE_DELIVERY_BACKOFF_MIN_MS",
+        default_value_t = 1_000,
+        global = true
+    )]
+    pub delivery_backoff_min_ms: u64,
+
+    /// Longest retry delay before jitter, in milliseconds.
+    #[arg(
+        long,
+        env = "CHRONICLE_DELIVERY_BACKOFF_MAX_MS",
+        default_value_t = 600_000,
+        global = true
+    )]
+    pub delivery_backoff_max_ms: u64,
+
+    /// How often the delivery worker looks for due deliveries, in milliseconds.
+    #[arg(
+        long,
+        env = "CHRONICLE_DELIVERY_POLL_MS",
+        default_value_t = 250,
+        global = true
+    )]
+    pub delivery_poll_ms: u64,
 }
 
 /// How log lines are written.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use chronicle_projections::aggregate_index::AggregateIndex;
 use chronicle_projections::batches::Batches;
+use chronicle_projections::delivery_attempts::DeliveryAttempts;
 use chronicle_projections::request_streams::RequestStreams;
 use chronicle_projections::requests::Requests;
 use chronicle_projections::transitions::Transitions;
@@ -24,5 +25,6 @@ pub fn standard() -> Vec<Arc<dyn Projector>> {
         Arc::new(Requests),
         Arc::new(Batches),
         Arc::new(Transitions),
+        Arc::new(DeliveryAttempts),
     ]
 }

@@ -19,6 +19,10 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{build_schema, ApiServices};
 use crate::command::Commands;
 use crate::config::Config;
+use crate::delivery::{
+    DeliverySettings, DeliveryWorker, RabbitPublisher, RetryPolicy, Transports, WebhookSecrets,
+    WebhookSender,
+};
 use crate::http::{router, AppState};
 use crate::llm::{
     BatchCloser, DriverSettings, LlmActions, PgCustomIds, ProviderDriver, Providers, Submitter,
@@ -103,6 +107,42 @@ fn providers(config: &Config) -> anyhow::Result<Providers> {
     })
 }
 
+/// The delivery worker as configured.
+fn delivery_worker(
+    config: &Config,
+    commands: Commands,
+    pool: PgPool,
+    options: PgConnectOptions,
+    services: BatchServices,
+    secrets: Arc<WebhookSecrets>,
+) -> anyhow::Result<DeliveryWorker> {
+    let settings = &config.delivery;
+    let timeout = Duration::from_millis(settings.delivery_timeout_ms);
+    let transports = Transports {
+        webhooks: WebhookSender::new(timeout).context("building the webhook client")?,
+        rabbitmq: RabbitPublisher::new(settings.rabbitmq_url.clone(), timeout),
+        secrets,
+    };
+    Ok(DeliveryWorker::new(
+        commands,
+        pool,
+        options,
+        services,
+        transports,
+        DeliverySettings {
+            concurrency: settings.delivery_concurrency,
+            per_target: settings.delivery_per_target,
+            poll_every: Duration::from_millis(settings.delivery_poll_ms),
+            policy: RetryPolicy {
+                max_attempts: settings.delivery_max_attempts.max(1),
+                deadline: Duration::from_secs(settings.delivery_deadline_secs),
+                min_delay: Duration::from_millis(settings.delivery_backoff_min_ms),
+                max_delay: Duration::from_millis(settings.delivery_backoff_max_ms),
+            },
+        },
+    ))
+}
+
 /// A built instance: call [`Application::run_until_stopped`] to serve.
 pub struct Application {
     listener: TcpListener,
@@ -181,6 +221,16 @@ impl Application {
             );
             workers.spawn(driver.run(shutdown.clone()));
         }
+        let secrets = Arc::new(WebhookSecrets::new(pool.clone()));
+        let delivery = delivery_worker(
+            config,
+            commands.clone(),
+            pool.clone(),
+            options.clone(),
+            batch_services.clone(),
+            secrets.clone(),
+        )?;
+        workers.spawn(delivery.run(shutdown.clone()));
         let schema = build_schema(ApiServices {
             pool: pool.clone(),
             reader,
@@ -192,6 +242,7 @@ impl Application {
                 limits,
             ),
             actions: LlmActions::new(commands.clone(), batch_services, pool.clone()),
+            secrets,
         });
         Ok(Self {
             listener,

@@ -4,7 +4,7 @@
 //! requests or 190 MB of input), its oldest request waited long enough, it is an hour old, or
 //! its owner flushes it. Closing names its successor, so every submitter finds the next open
 //! batch the same way. Then the provider driver takes it through upload, processing and
-//! download, and delivery ends it. [`BatchStatus::can_transition_to`] is the table.
+//! download, and delivery ends it (`done` once every request is settled). [`BatchStatus::can_transition_to`] is the table.
 //!
 //! The batch stream records submissions (`RequestsAdded` carries each request's body), so
 //! accepting requests is one append. Its state stays small — counts and sizes, never the
@@ -36,7 +36,7 @@ pub use command::BatchCommand;
 pub use error::BatchError;
 pub use event::BatchEvent;
 pub use status::BatchStatus;
-pub use values::{BatchEntry, BatchKey, BatchLimits, CloseReason, DeliveryOutcome};
+pub use values::{BatchEntry, BatchKey, BatchLimits, CloseReason};
 
 use crate::Upcast;
 
@@ -289,10 +289,15 @@ impl Aggregate for Batch {
             BatchCommand::StartDelivery { at } => {
                 self.transition(BatchEvent::DeliveryStarted { at })?
             }
-            BatchCommand::FinishDelivery { outcome, at } => {
-                self.transition(BatchEvent::DeliveryFinished { outcome, at })?
-            }
-            BatchCommand::Complete { at } => self.transition(BatchEvent::Completed { at })?,
+            BatchCommand::FinishDelivery {
+                delivered,
+                undelivered,
+                at,
+            } => self.transition(BatchEvent::DeliveryFinished {
+                delivered,
+                undelivered,
+                at,
+            })?,
             BatchCommand::Fail { error, at } => {
                 self.transition(BatchEvent::Failed { error, at })?
             }
@@ -374,7 +379,6 @@ impl Aggregate for Batch {
             | BatchEvent::ResultsDownloaded { .. }
             | BatchEvent::DeliveryStarted { .. }
             | BatchEvent::DeliveryFinished { .. }
-            | BatchEvent::Completed { .. }
             | BatchEvent::Failed { .. }
             | BatchEvent::Cancelled { .. } => {}
             BatchEvent::ProviderCancelRequested { .. } => self.provider.cancel_requested = true,

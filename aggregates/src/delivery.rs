@@ -19,6 +19,13 @@ pub enum Delivery {
         /// The queue's name.
         queue: String,
     },
+    /// Publish the result to this RabbitMQ exchange with this routing key.
+    RabbitmqExchange {
+        /// The exchange, which must exist.
+        exchange: String,
+        /// The routing key.
+        routing_key: String,
+    },
     /// Keep the result until the owner fetches and acknowledges it.
     Poll,
 }
@@ -62,6 +69,43 @@ impl Delivery {
         })
     }
 
+    /// A RabbitMQ delivery through an existing exchange.
+    ///
+    /// # Errors
+    /// The exchange name is empty, or either name is longer than 255 bytes or contains
+    /// control characters.
+    pub fn rabbitmq_exchange(exchange: &str, routing_key: &str) -> Result<Self, String> {
+        if exchange.is_empty() {
+            return Err("exchange name must not be empty".into());
+        }
+        for (what, name) in [("exchange name", exchange), ("routing key", routing_key)] {
+            if name.len() > MAX_QUEUE_BYTES {
+                return Err(format!("{what} must be at most {MAX_QUEUE_BYTES} bytes"));
+            }
+            if name.chars().any(char::is_control) {
+                return Err(format!("{what} must not contain control characters"));
+            }
+        }
+        Ok(Self::RabbitmqExchange {
+            exchange: exchange.to_owned(),
+            routing_key: routing_key.to_owned(),
+        })
+    }
+
+    /// What deliveries share for fairness: a webhook's origin (`https://host:port`), or
+    /// `rabbitmq` for the broker; `None` for poll delivery.
+    pub fn target(&self) -> Option<String> {
+        match self {
+            Self::Webhook { url } => Some(
+                Url::parse(url)
+                    .map(|u| u.origin().ascii_serialization())
+                    .unwrap_or_else(|_| url.clone()),
+            ),
+            Self::Rabbitmq { .. } | Self::RabbitmqExchange { .. } => Some("rabbitmq".into()),
+            Self::Poll => None,
+        }
+    }
+
     /// True when the owner pulls the result.
     pub fn is_poll(&self) -> bool {
         matches!(self, Self::Poll)
@@ -98,5 +142,27 @@ mod tests {
         ] {
             assert!(Delivery::rabbitmq(&bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn webhooks_share_a_target_per_origin() {
+        let a = Delivery::webhook("https://user:pw@Receiver.test:443/a?x=1").unwrap();
+        let b = Delivery::webhook("https://receiver.test/b").unwrap();
+        assert_eq!(a.target().as_deref(), Some("https://receiver.test"));
+        assert_eq!(a.target(), b.target());
+        assert_eq!(
+            Delivery::webhook("http://127.0.0.1:9000/x").unwrap().target().as_deref(),
+            Some("http://127.0.0.1:9000")
+        );
+        assert_eq!(Delivery::Poll.target(), None);
+    }
+
+    #[test]
+    fn exchanges_need_a_name_and_routing_keys_may_be_empty() {
+        assert!(Delivery::rabbitmq_exchange("amq.topic", "results.eu").is_ok());
+        assert!(Delivery::rabbitmq_exchange("results", "").is_ok());
+        assert!(Delivery::rabbitmq_exchange("", "key").is_err());
+        assert!(Delivery::rabbitmq_exchange("x", &"k".repeat(256)).is_err());
+        assert!(Delivery::rabbitmq_exchange("x\u{7}", "k").is_err());
     }
 }

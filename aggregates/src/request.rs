@@ -4,10 +4,12 @@
 //! provider (`provider_processing`), gets its result (`provider_processed`) or an error
 //! (`failed`), or expires with its batch (`expired`). Results are pushed (`delivering` →
 //! `delivered`, or `delivery_failed` and redelivered) or, with poll delivery, fetched by the
-//! owner, who acknowledges them (`consumed`) or reports a failure (`consume_failed`). An owner
-//! may cancel a request while it is pending. [`RequestStatus::can_transition_to`] is the table.
+//! owner, who acknowledges them (`consumed`) or reports a failure (`consume_failed`). A pushed
+//! result may be delivered again (a new round) after its last round ended. An owner may cancel
+//! a request while it is pending. [`RequestStatus::can_transition_to`] is the table.
 
 mod command;
+mod delivery;
 mod error;
 mod event;
 mod spec;
@@ -24,6 +26,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 pub use command::RequestCommand;
+pub use delivery::{delivery_id, AttemptVerdict, DeliveryAttempt, DeliveryProgress};
 pub use error::RequestError;
 pub use event::RequestEvent;
 pub use spec::{RequestSpec, MAX_BODY_BYTES, MAX_CUSTOM_ID_CHARS};
@@ -39,6 +42,8 @@ pub struct Request {
     response: Option<Value>,
     error: Option<Value>,
     updated_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    delivery: DeliveryProgress,
 }
 
 /// What was submitted, by whom, into which batch.
@@ -77,7 +82,12 @@ impl Request {
         self.error.as_ref()
     }
 
-    fn decide(&self, command: RequestCommand) -> Result<RequestEvent, RequestError> {
+    /// Where the current delivery round stands.
+    pub fn delivery(&self) -> &DeliveryProgress {
+        &self.delivery
+    }
+
+    fn decide(&self, command: RequestCommand) -> Result<Vec<RequestEvent>, RequestError> {
         let event = match command {
             RequestCommand::Submit {
                 request_id,
@@ -89,14 +99,19 @@ impl Request {
                 if self.submission.is_some() {
                     return Err(RequestError::AlreadySubmitted);
                 }
-                return Ok(RequestEvent::Submitted {
+                return Ok(vec![RequestEvent::Submitted {
                     request_id,
                     owner,
                     batch_id,
                     spec,
                     at,
-                });
+                }]);
             }
+            RequestCommand::RecordDeliveryAttempt {
+                attempt,
+                verdict,
+                at,
+            } => return self.record_attempt(attempt, verdict, at),
             RequestCommand::MarkSentToProvider { at } => RequestEvent::SentToProvider { at },
             RequestCommand::RecordResult { response, at } => {
                 RequestEvent::ResultRecorded { response, at }
@@ -105,19 +120,20 @@ impl Request {
             RequestCommand::Expire { at } => RequestEvent::Expired { at },
             RequestCommand::Cancel { at } => RequestEvent::Cancelled { at },
             RequestCommand::StartDelivery { at } => RequestEvent::DeliveryStarted { at },
-            RequestCommand::MarkDelivered { at } => RequestEvent::Delivered { at },
-            RequestCommand::MarkDeliveryFailed { reason, at } => {
-                RequestEvent::DeliveryFailed { reason, at }
-            }
             RequestCommand::Acknowledge { at } => RequestEvent::Consumed { at },
             RequestCommand::ReportConsumeFailure { reason, at } => {
                 RequestEvent::ConsumeFailed { reason, at }
             }
         };
+        self.check(event.status())?;
+        Ok(vec![event])
+    }
+
+    /// Checks a move to `to` against the table and the request's delivery mode.
+    fn check(&self, to: RequestStatus) -> Result<(), RequestError> {
         let (Some(from), Some(submission)) = (self.status, &self.submission) else {
             return Err(RequestError::NotFound);
         };
-        let to = event.status();
         if !from.can_transition_to(to) {
             return Err(RequestError::InvalidTransition { from, to });
         }
@@ -137,8 +153,41 @@ impl Request {
             | RequestStatus::Expired
             | RequestStatus::Cancelled
             | RequestStatus::Consumed
-            | RequestStatus::ConsumeFailed => Ok(event),
+            | RequestStatus::ConsumeFailed => Ok(()),
         }
+    }
+
+    /// An attempt of the current round, and the round's end when the verdict ends it.
+    fn record_attempt(
+        &self,
+        attempt: DeliveryAttempt,
+        verdict: AttemptVerdict,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<RequestEvent>, RequestError> {
+        let status = self.status.ok_or(RequestError::NotFound)?;
+        if status != RequestStatus::Delivering {
+            return Err(RequestError::NotDelivering { status });
+        }
+        let expected_number = self.delivery.attempts + 1;
+        if attempt.round != self.delivery.round || attempt.number != expected_number {
+            return Err(RequestError::UnexpectedAttempt {
+                expected_round: self.delivery.round,
+                expected_number,
+            });
+        }
+        let (retry_at, end) = match verdict {
+            AttemptVerdict::Delivered => (None, Some(RequestEvent::Delivered { at })),
+            AttemptVerdict::RetryAt(retry_at) => (Some(retry_at), None),
+            AttemptVerdict::GiveUp { reason } => {
+                (None, Some(RequestEvent::DeliveryFailed { reason, at }))
+            }
+        };
+        let attempted = RequestEvent::DeliveryAttempted {
+            attempt,
+            retry_at,
+            at,
+        };
+        Ok(std::iter::once(attempted).chain(end).collect())
     }
 }
 
@@ -155,8 +204,9 @@ impl Aggregate for Request {
         _services: &Self::Services,
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        let event = self.decide(command)?;
-        sink.write(event, self).await;
+        for event in self.decide(command)? {
+            sink.write(event, self).await;
+        }
         Ok(())
     }
 
@@ -181,10 +231,23 @@ impl Aggregate for Request {
             }
             RequestEvent::ResultRecorded { response, .. } => self.response = Some(response),
             RequestEvent::Failed { error, .. } => self.error = Some(error),
+            RequestEvent::DeliveryStarted { at } => {
+                self.delivery = DeliveryProgress {
+                    round: self.delivery.round + 1,
+                    attempts: 0,
+                    started_at: Some(at),
+                    retry_at: None,
+                };
+            }
+            RequestEvent::DeliveryAttempted {
+                attempt, retry_at, ..
+            } => {
+                self.delivery.attempts = attempt.number;
+                self.delivery.retry_at = retry_at;
+            }
             RequestEvent::SentToProvider { .. }
             | RequestEvent::Expired { .. }
             | RequestEvent::Cancelled { .. }
-            | RequestEvent::DeliveryStarted { .. }
             | RequestEvent::Delivered { .. }
             | RequestEvent::DeliveryFailed { .. }
             | RequestEvent::Consumed { .. }

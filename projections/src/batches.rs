@@ -99,7 +99,6 @@ impl Projector for Batches {
                 | BatchEvent::ResultsDownloaded { .. }
                 | BatchEvent::DeliveryStarted { .. }
                 | BatchEvent::DeliveryFinished { .. }
-                | BatchEvent::Completed { .. }
                 | BatchEvent::Failed { .. }
                 | BatchEvent::Cancelled { .. }
                 | BatchEvent::Expired { .. } => sqlx::query(
@@ -217,6 +216,23 @@ pub async fn list(
     .bind(after.map(|(at, _)| at))
     .bind(after.map(|(_, id)| id))
     .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// How many of a batch's requests are in each status (statuses with none are left out).
+///
+/// # Errors
+/// Any database error.
+pub async fn request_counts(
+    db: impl sqlx::PgExecutor<'_>,
+    batch_id: uuid::Uuid,
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT status, n FROM batch_request_counts WHERE batch_id = $1 AND n > 0
+          ORDER BY status",
+    )
+    .bind(batch_id)
     .fetch_all(db)
     .await
 }

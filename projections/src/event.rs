@@ -37,6 +37,11 @@ impl EventMetadata {
         map
     }
 
+    /// The `metadata` column's JSON.
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self.to_map()).unwrap_or_default()
+    }
+
     /// Reads stored metadata leniently: fields a writer did not set come back empty.
     pub fn from_value(value: &Value) -> Self {
         let field = |name: &str| value.get(name).and_then(Value::as_str).map(str::to_owned);

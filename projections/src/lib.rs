@@ -9,6 +9,7 @@ pub mod aggregate_index;
 pub mod batches;
 pub mod checkpoint;
 mod cursor;
+pub mod delivery_attempts;
 mod event;
 mod projector;
 pub mod request_moves;

@@ -63,7 +63,6 @@ impl Projector for RequestStreams {
                 | BatchEvent::ResultsDownloaded { .. }
                 | BatchEvent::DeliveryStarted { .. }
                 | BatchEvent::DeliveryFinished { .. }
-                | BatchEvent::Completed { .. }
                 | BatchEvent::ProviderCancelRequested { .. }
                 | BatchEvent::Expired { .. } => {}
             }

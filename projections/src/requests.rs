@@ -24,6 +24,7 @@ struct NewRows {
     endpoints: Vec<String>,
     models: Vec<String>,
     deliveries: Vec<Value>,
+    targets: Vec<Option<String>>,
     bodies: Vec<Value>,
     versions: Vec<i64>,
     times: Vec<DateTime<Utc>>,
@@ -37,13 +38,15 @@ impl NewRows {
         let rows = std::mem::take(self);
         sqlx::query(
             "INSERT INTO requests (id, owner, batch_id, custom_id, endpoint, model, status,
-                                   delivery, body, version, created_at, updated_at)
+                                   delivery, delivery_target, body, version, created_at,
+                                   updated_at)
              SELECT id::uuid, owner, batch::uuid, custom_id, endpoint, model, 'pending',
-                    delivery, body, version, at, at
+                    delivery, target, body, version, at, at
                FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                           $6::text[], $7::jsonb[], $8::jsonb[], $9::bigint[],
-                           $10::timestamptz[])
-                    AS t(id, owner, batch, custom_id, endpoint, model, delivery, body, version, at)",
+                           $6::text[], $7::jsonb[], $8::text[], $9::jsonb[], $10::bigint[],
+                           $11::timestamptz[])
+                    AS t(id, owner, batch, custom_id, endpoint, model, delivery, target, body,
+                         version, at)",
         )
         .bind(rows.ids)
         .bind(rows.owners)
@@ -52,6 +55,7 @@ impl NewRows {
         .bind(rows.endpoints)
         .bind(rows.models)
         .bind(rows.deliveries)
+        .bind(rows.targets)
         .bind(rows.bodies)
         .bind(rows.versions)
         .bind(rows.times)
@@ -101,6 +105,7 @@ impl Projector for Requests {
                     new_rows
                         .deliveries
                         .push(serde_json::to_value(&spec.delivery).unwrap_or_default());
+                    new_rows.targets.push(spec.delivery.target());
                     new_rows.bodies.push(spec.body);
                     new_rows.versions.push(event.sequence);
                     new_rows.times.push(at);
@@ -114,12 +119,33 @@ impl Projector for Requests {
                     change.record(RequestStatus::Failed, event.sequence, at);
                     change.error = Some(error);
                 }
+                RequestEvent::DeliveryStarted { at } => {
+                    change.record(RequestStatus::Delivering, event.sequence, at);
+                    change.delivery.start();
+                }
+                RequestEvent::DeliveryAttempted {
+                    attempt, retry_at, ..
+                } => {
+                    change.record(RequestStatus::Delivering, event.sequence, event.recorded_at);
+                    let error = attempt.error.or_else(|| {
+                        attempt
+                            .status_code
+                            .filter(|code| !(200..300).contains(code))
+                            .map(|code| format!("HTTP {code}"))
+                    });
+                    change.delivery.attempted(attempt.number, retry_at, error);
+                }
+                RequestEvent::DeliveryFailed { reason, at } => {
+                    change.record(RequestStatus::DeliveryFailed, event.sequence, at);
+                    change.delivery.ended(Some(reason));
+                }
+                RequestEvent::Delivered { at } => {
+                    change.record(RequestStatus::Delivered, event.sequence, at);
+                    change.delivery.ended(None);
+                }
                 other @ (RequestEvent::SentToProvider { .. }
                 | RequestEvent::Expired { .. }
                 | RequestEvent::Cancelled { .. }
-                | RequestEvent::DeliveryStarted { .. }
-                | RequestEvent::Delivered { .. }
-                | RequestEvent::DeliveryFailed { .. }
                 | RequestEvent::Consumed { .. }
                 | RequestEvent::ConsumeFailed { .. }) => {
                     change.record(other.status(), event.sequence, other.at());
@@ -138,15 +164,30 @@ impl Projector for Requests {
             rows.times.push(change.at);
             rows.responses.push(change.response);
             rows.errors.push(change.error);
+            rows.rounds_started.push(change.delivery.rounds_started);
+            rows.attempts.push(change.delivery.attempts);
+            rows.schedule_set.push(change.delivery.schedule.is_some());
+            rows.next_attempts.push(change.delivery.schedule.flatten());
+            rows.delivery_errors_set
+                .push(change.delivery.error.is_some());
+            rows.delivery_errors.push(change.delivery.error.flatten());
         }
         sqlx::query(
             "UPDATE requests r
                 SET status = u.status, version = u.version, updated_at = u.at,
                     response = COALESCE(u.response, r.response),
-                    error = COALESCE(u.error, r.error)
+                    error = COALESCE(u.error, r.error),
+                    delivery_rounds = r.delivery_rounds + u.rounds_started,
+                    delivery_attempts = COALESCE(u.attempts, r.delivery_attempts),
+                    next_attempt_at = CASE WHEN u.schedule_set THEN u.next_attempt_at
+                                           ELSE r.next_attempt_at END,
+                    delivery_error = CASE WHEN u.delivery_error_set THEN u.delivery_error
+                                          ELSE r.delivery_error END
                FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::timestamptz[],
-                           $5::jsonb[], $6::jsonb[])
-                    AS u(id, status, version, at, response, error)
+                           $5::jsonb[], $6::jsonb[], $7::int[], $8::int[], $9::bool[],
+                           $10::timestamptz[], $11::bool[], $12::text[])
+                    AS u(id, status, version, at, response, error, rounds_started, attempts,
+                         schedule_set, next_attempt_at, delivery_error_set, delivery_error)
               WHERE r.id = u.id::uuid",
         )
         .bind(rows.ids)
@@ -155,6 +196,12 @@ impl Projector for Requests {
         .bind(rows.times)
         .bind(rows.responses)
         .bind(rows.errors)
+        .bind(rows.rounds_started)
+        .bind(rows.attempts)
+        .bind(rows.schedule_set)
+        .bind(rows.next_attempts)
+        .bind(rows.delivery_errors_set)
+        .bind(rows.delivery_errors)
         .execute(conn)
         .await?;
         Ok(())
@@ -169,6 +216,38 @@ struct Change {
     at: DateTime<Utc>,
     response: Option<Value>,
     error: Option<Value>,
+    delivery: DeliveryChange,
+}
+
+/// How a request's delivery columns change within one page; `None` leaves a column as is.
+#[derive(Default)]
+struct DeliveryChange {
+    rounds_started: i32,
+    attempts: Option<i32>,
+    schedule: Option<Option<DateTime<Utc>>>,
+    error: Option<Option<String>>,
+}
+
+impl DeliveryChange {
+    fn start(&mut self) {
+        self.rounds_started += 1;
+        self.attempts = Some(0);
+        self.schedule = Some(None);
+        self.error = Some(None);
+    }
+
+    fn attempted(&mut self, number: u32, retry_at: Option<DateTime<Utc>>, error: Option<String>) {
+        self.attempts = Some(i32::try_from(number).unwrap_or(i32::MAX));
+        self.schedule = Some(retry_at);
+        self.error = Some(error);
+    }
+
+    fn ended(&mut self, reason: Option<String>) {
+        self.schedule = Some(None);
+        if reason.is_some() {
+            self.error = Some(reason);
+        }
+    }
 }
 
 impl Change {
@@ -188,6 +267,12 @@ struct Updates<'a> {
     times: Vec<DateTime<Utc>>,
     responses: Vec<Option<Value>>,
     errors: Vec<Option<Value>>,
+    rounds_started: Vec<i32>,
+    attempts: Vec<Option<i32>>,
+    schedule_set: Vec<bool>,
+    next_attempts: Vec<Option<DateTime<Utc>>>,
+    delivery_errors_set: Vec<bool>,
+    delivery_errors: Vec<Option<String>>,
 }
 
 /// A row of the `requests` read model.
@@ -215,6 +300,14 @@ pub struct RequestRow {
     pub response: Option<Value>,
     /// The provider's error, once recorded.
     pub error: Option<Value>,
+    /// Delivery rounds started (each redelivery starts one).
+    pub delivery_rounds: i32,
+    /// Attempts in the current round.
+    pub delivery_attempts: i32,
+    /// When the next attempt is due, while delivering after a failed attempt.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Why the last attempt failed, or why delivery failed.
+    pub delivery_error: Option<String>,
     /// The aggregate's version this row reflects.
     pub version: i64,
     /// When it was submitted.
@@ -245,7 +338,8 @@ pub struct RequestFilter {
 }
 
 const COLUMNS: &str = "id, owner, batch_id, custom_id, endpoint, model, status, delivery, body,
-                       response, error, version, created_at, updated_at";
+                       response, error, delivery_rounds, delivery_attempts, next_attempt_at,
+                       delivery_error, version, created_at, updated_at";
 
 /// One request of `owner`.
 ///

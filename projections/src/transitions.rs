@@ -18,7 +18,12 @@ pub struct Transitions;
 /// The state an event leaves its aggregate in, or `None` when it changes no state.
 fn state_after(event: &RecordedEvent) -> Result<Option<&'static str>, ProjectionError> {
     Ok(match event.aggregate_type.as_str() {
-        "Request" => Some(event.decode::<RequestEvent>()?.status().as_str()),
+        "Request" => {
+            let decoded = event.decode::<RequestEvent>()?;
+            // An attempt leaves a delivering request delivering.
+            (!matches!(decoded, RequestEvent::DeliveryAttempted { .. }))
+                .then(|| decoded.status().as_str())
+        }
         "Batch" => {
             let decoded = event.decode::<BatchEvent>()?;
             // Adding requests and provider progress change no state.

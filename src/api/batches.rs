@@ -2,6 +2,7 @@
 
 use async_graphql::connection::Connection;
 use async_graphql::{ComplexObject, Context, InputObject, Object, SimpleObject};
+use chronicle_aggregates::request::RequestStatus;
 use chronicle_projections::batches::{self, BatchFilter, BatchRow};
 use chronicle_projections::requests::RequestFilter;
 use chrono::{DateTime, Utc};
@@ -24,8 +25,8 @@ pub(crate) struct Batch {
     /// The model.
     model: String,
     /// `building`, `uploading`, `uploaded`, `provider_processing`, `provider_completed`,
-    /// `downloading`, `ready_to_deliver`, `delivering`, `delivered`, `partially_delivered`,
-    /// `delivery_failed`, `done`, `failed`, `cancelled` or `expired`.
+    /// `downloading`, `ready_to_deliver`, `delivering`, `done`, `failed`, `cancelled` or
+    /// `expired`.
     status: String,
     /// Requests in the batch.
     request_count: i64,
@@ -67,8 +68,55 @@ impl From<BatchRow> for Batch {
     }
 }
 
+/// How many of a batch's requests are in each status.
+#[derive(SimpleObject, Default)]
+pub(crate) struct RequestCounts {
+    pending: i64,
+    provider_processing: i64,
+    provider_processed: i64,
+    delivering: i64,
+    delivered: i64,
+    failed: i64,
+    delivery_failed: i64,
+    expired: i64,
+    cancelled: i64,
+    consumed: i64,
+    consume_failed: i64,
+}
+
+impl RequestCounts {
+    fn from_rows(rows: Vec<(String, i64)>) -> Self {
+        let mut counts = Self::default();
+        for (status, n) in rows {
+            let slot = match RequestStatus::ALL.into_iter().find(|s| s.as_str() == status) {
+                Some(RequestStatus::Pending) => &mut counts.pending,
+                Some(RequestStatus::ProviderProcessing) => &mut counts.provider_processing,
+                Some(RequestStatus::ProviderProcessed) => &mut counts.provider_processed,
+                Some(RequestStatus::Delivering) => &mut counts.delivering,
+                Some(RequestStatus::Delivered) => &mut counts.delivered,
+                Some(RequestStatus::Failed) => &mut counts.failed,
+                Some(RequestStatus::DeliveryFailed) => &mut counts.delivery_failed,
+                Some(RequestStatus::Expired) => &mut counts.expired,
+                Some(RequestStatus::Cancelled) => &mut counts.cancelled,
+                Some(RequestStatus::Consumed) => &mut counts.consumed,
+                Some(RequestStatus::ConsumeFailed) => &mut counts.consume_failed,
+                None => continue,
+            };
+            *slot = n;
+        }
+        counts
+    }
+}
+
 #[ComplexObject]
 impl Batch {
+    /// How many of its requests are in each status (as the `requests` read model has them).
+    async fn request_counts(&self, ctx: &Context<'_>) -> Result<RequestCounts, ApiError> {
+        let pool = ctx.data_unchecked::<PgPool>();
+        let rows = batches::request_counts(pool, self.id).await?;
+        Ok(RequestCounts::from_rows(rows))
+    }
+
     /// The batch's requests, newest first.
     async fn requests(
         &self,

@@ -1,9 +1,12 @@
 //! LLM requests over GraphQL: submitting (one or in bulk), owner actions, and queries.
 
 use async_graphql::connection::Connection;
-use async_graphql::{Context, InputObject, Json, Object, OneofObject, SimpleObject};
+use async_graphql::{
+    ComplexObject, Context, InputObject, Json, Object, OneofObject, SimpleObject,
+};
 use chronicle_aggregates::request::RequestSpec;
 use chronicle_aggregates::Delivery;
+use chronicle_projections::delivery_attempts;
 use chronicle_projections::requests::{self, RequestFilter, RequestRow};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -11,6 +14,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::deliveries::DeliveryAttempt;
 use super::error::ItemProblem;
 use super::outcome::{idempotency, run_action, CommandOutcome};
 use super::pagination::{connection, keyset_after, page_size, KeysetCursor};
@@ -25,10 +29,21 @@ pub(crate) const MAX_BULK: usize = 50_000;
 pub(crate) enum DeliveryInput {
     /// POST the result to this absolute http(s) URL.
     WebhookUrl(String),
-    /// Publish the result to this RabbitMQ queue.
+    /// Publish the result to this RabbitMQ queue (declared durable if missing).
     RabbitmqQueue(String),
+    /// Publish the result to an existing RabbitMQ exchange with a routing key.
+    RabbitmqExchange(RabbitmqExchangeInput),
     /// Keep the result until fetched and acknowledged (the value is ignored).
     Poll(bool),
+}
+
+/// A RabbitMQ exchange and routing key.
+#[derive(InputObject, Serialize)]
+pub(crate) struct RabbitmqExchangeInput {
+    /// The exchange; it must exist.
+    exchange: String,
+    /// The routing key (may be empty).
+    routing_key: String,
 }
 
 /// One LLM request to submit.
@@ -51,6 +66,9 @@ impl SubmitRequestInput {
         let delivery = match self.delivery {
             DeliveryInput::WebhookUrl(url) => Delivery::webhook(&url),
             DeliveryInput::RabbitmqQueue(queue) => Delivery::rabbitmq(&queue),
+            DeliveryInput::RabbitmqExchange(target) => {
+                Delivery::rabbitmq_exchange(&target.exchange, &target.routing_key)
+            }
             DeliveryInput::Poll(_) => Ok(Delivery::Poll),
         };
         RequestSpec::parse(
@@ -86,6 +104,7 @@ impl From<Accepted> for SubmittedRequest {
 
 /// An LLM request and where it stands.
 #[derive(SimpleObject)]
+#[graphql(complex)]
 pub(crate) struct LlmRequest {
     /// The request's id.
     id: Uuid,
@@ -108,6 +127,14 @@ pub(crate) struct LlmRequest {
     response: Option<Json<Value>>,
     /// The provider's error, if any.
     error: Option<Json<Value>>,
+    /// Delivery rounds started (each redelivery starts one); 0 before delivery.
+    delivery_rounds: i32,
+    /// Attempts in the current delivery round.
+    delivery_attempt_count: i32,
+    /// When the next delivery attempt is due, after a failed one.
+    next_attempt_at: Option<DateTime<Utc>>,
+    /// Why the last delivery attempt failed, or why delivery failed.
+    delivery_error: Option<String>,
     /// Version of the request's event stream that this view reflects.
     version: i64,
     /// When it was submitted.
@@ -129,10 +156,24 @@ impl From<RequestRow> for LlmRequest {
             body: Json(row.body),
             response: row.response.map(Json),
             error: row.error.map(Json),
+            delivery_rounds: row.delivery_rounds,
+            delivery_attempt_count: row.delivery_attempts,
+            next_attempt_at: row.next_attempt_at,
+            delivery_error: row.delivery_error,
             version: row.version,
             created_at: row.created_at,
             updated_at: row.updated_at,
         }
+    }
+}
+
+#[ComplexObject]
+impl LlmRequest {
+    /// Every delivery attempt, oldest first.
+    async fn delivery_attempts(&self, ctx: &Context<'_>) -> Result<Vec<DeliveryAttempt>, ApiError> {
+        let pool = ctx.data_unchecked::<PgPool>();
+        let rows = delivery_attempts::of_request(pool, self.id).await?;
+        Ok(rows.into_iter().map(DeliveryAttempt::from).collect())
     }
 }
 

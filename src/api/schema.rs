@@ -1,15 +1,19 @@
 //! The schema's roots, merged from each area's query, mutation and subscription objects.
 
 use async_graphql::{MergedObject, MergedSubscription, Schema, SchemaBuilder};
+use std::sync::Arc;
+
 use sqlx::PgPool;
 
 use super::batches::{BatchMutation, BatchQuery};
+use super::deliveries::{DeliveryMutation, DeliveryQuery};
 use super::error_codes::DefaultErrorCodes;
 use super::event_log::{EventLogQuery, EventLogSubscription};
 use super::projections::ProjectionQuery;
 use super::requests::{RequestMutation, RequestQuery};
 use super::transitions::TransitionQuery;
 use super::updates::LlmSubscription;
+use crate::delivery::WebhookSecrets;
 use crate::llm::{LlmActions, Submitter};
 use crate::log::{LogReader, LogWaker};
 
@@ -21,11 +25,12 @@ pub struct Query(
     RequestQuery,
     BatchQuery,
     TransitionQuery,
+    DeliveryQuery,
 );
 
 /// All mutations.
 #[derive(MergedObject, Default)]
-pub struct Mutation(RequestMutation, BatchMutation);
+pub struct Mutation(RequestMutation, BatchMutation, DeliveryMutation);
 
 /// All subscriptions.
 #[derive(MergedSubscription, Default)]
@@ -46,6 +51,8 @@ pub struct ApiServices {
     pub submitter: Submitter,
     /// Owner actions on batches and requests.
     pub actions: LlmActions,
+    /// Webhook signing secrets.
+    pub secrets: Arc<WebhookSecrets>,
 }
 
 /// Deepest accepted query: GraphiQL's introspection query needs 13, our own types 7.
@@ -69,6 +76,7 @@ pub fn build_schema(services: ApiServices) -> ChronicleSchema {
         .data(services.waker)
         .data(services.submitter)
         .data(services.actions)
+        .data(services.secrets)
         .finish()
 }
 

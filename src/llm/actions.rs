@@ -1,12 +1,13 @@
-//! What owners do to their batches and requests after submitting: flush, cancel, and (for
-//! poll delivery) acknowledge results. Each checks ownership, then runs one command.
+//! What owners do to their batches and requests after submitting: flush, cancel, redeliver,
+//! and (for poll delivery) acknowledge results. Each checks ownership, then runs its command.
 
 use chronicle_aggregates::batch::{Batch, BatchCommand, BatchServices, CloseReason};
-use chronicle_aggregates::request::{Request, RequestCommand, RequestStatus};
+use chronicle_aggregates::request::{Request, RequestCommand, RequestEvent, RequestStatus};
 use chronicle_aggregates::ErrorCode;
 use std::time::Duration;
 
 use chrono::Utc;
+use chronicle_projections::request_moves;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -180,6 +181,64 @@ impl LlmActions {
         let batch_id = submission.batch_id.to_string();
         self.commands
             .execute::<Batch>(context, &batch_id, command, &self.services, key)
+            .await
+    }
+
+    /// Delivers a pushed result again, in a new round with a new delivery id (after its
+    /// last round ended: delivered, or delivery failed).
+    ///
+    /// # Errors
+    /// `NOT_FOUND`, `INVALID_TRANSITION` (still delivering, no result, or poll delivery),
+    /// `CONFLICT`.
+    pub async fn redeliver(
+        &self,
+        context: &CommandContext,
+        request_id: Uuid,
+        key: Option<IdempotencyKey>,
+    ) -> Result<CommandReceipt, CommandError> {
+        let command = RequestCommand::StartDelivery { at: Utc::now() };
+        self.on_request(context, request_id, command, key).await
+    }
+
+    /// Delivers again the batch's pushed results whose delivery failed (and, unless
+    /// `only_failed`, those delivered too); returns how many started a new round. The batch
+    /// goes back to delivering if it was done.
+    ///
+    /// # Errors
+    /// `NOT_FOUND`, or a database failure.
+    pub async fn redeliver_batch(
+        &self,
+        context: &CommandContext,
+        batch_id: Uuid,
+        only_failed: bool,
+        key: Option<IdempotencyKey>,
+    ) -> Result<u64, CommandError> {
+        self.owned_batch(&context.actor, batch_id).await?;
+        self.commands
+            .once(context, key, |command_id| async move {
+                let statuses: &[&str] = if only_failed {
+                    &["delivery_failed"]
+                } else {
+                    &["delivery_failed", "delivered"]
+                };
+                let ids: Vec<String> = sqlx::query_scalar(
+                    "SELECT id::text FROM requests
+                      WHERE batch_id = $1 AND status = ANY($2)
+                        AND delivery ->> 'kind' <> 'poll'",
+                )
+                .bind(batch_id)
+                .bind(statuses)
+                .fetch_all(&self.pool)
+                .await?;
+                let command_id = command_id.unwrap_or_else(Uuid::now_v7);
+                let metadata = context.metadata(command_id.to_string()).to_value();
+                let started = RequestEvent::DeliveryStarted { at: Utc::now() };
+                let mut conn = self.pool.acquire().await?;
+                let moved =
+                    request_moves::append(&mut conn, &metadata, &ids, request_moves::all(&started))
+                        .await?;
+                Ok(moved as u64)
+            })
             .await
     }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use chronicle_aggregates::batch::{Batch, BatchCommand, BatchServices, BatchStatus};
 use chronicle_aggregates::request::{RequestEvent, RequestStatus};
 use chronicle_aggregates::Endpoint;
-use chronicle_projections::{request_moves, EventMetadata};
+use chronicle_projections::request_moves;
 use chrono::Utc;
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -179,18 +179,10 @@ impl ProviderDriver {
         Ok(())
     }
 
-    fn context(batch_id: Uuid) -> CommandContext {
-        CommandContext {
-            actor: "system".into(),
-            correlation_id: batch_id.to_string(),
-            causation_id: None,
-        }
-    }
-
     async fn command(&self, batch_id: Uuid, command: BatchCommand) -> Result<(), DriverError> {
         self.commands
             .execute::<Batch>(
-                &Self::context(batch_id),
+                &CommandContext::system(batch_id),
                 &batch_id.to_string(),
                 command,
                 &self.services,
@@ -434,7 +426,9 @@ impl ProviderDriver {
         ids: &[String],
         decide: impl Fn(&str, RequestStatus) -> Option<RequestEvent>,
     ) -> Result<(), DriverError> {
-        let metadata = serde_json::to_value(self.metadata(batch_id).to_map()).unwrap_or_default();
+        let metadata = CommandContext::system(batch_id)
+            .metadata(Uuid::now_v7().to_string())
+            .to_value();
         let mut conn = self.pool.acquire().await?;
         request_moves::append(&mut conn, &metadata, ids, decide).await?;
         Ok(())
@@ -474,12 +468,4 @@ impl ProviderDriver {
         self.move_requests(batch_id, event).await
     }
 
-    fn metadata(&self, batch_id: Uuid) -> EventMetadata {
-        EventMetadata {
-            actor: "system".into(),
-            correlation_id: batch_id.to_string(),
-            causation_id: None,
-            command_id: Uuid::now_v7().to_string(),
-        }
-    }
 }

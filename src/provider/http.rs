@@ -9,13 +9,14 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
-use reqwest::{RequestBuilder, Response, StatusCode};
+use reqwest::{RequestBuilder, Response};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio_util::codec::{FramedRead, LinesCodec};
 use tokio_util::io::StreamReader;
 
 use super::ProviderError;
+use crate::retry_rules;
 
 /// Longest results line accepted (one response body).
 const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
@@ -90,22 +91,14 @@ async fn classify(sent: Result<Response, reqwest::Error>) -> Result<Response, At
     if status.is_success() {
         return Ok(response);
     }
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<u64>().ok())
-        .map(Duration::from_secs);
+    let retry_after = retry_rules::retry_after(response.headers());
     let body: Value = response.json().await.unwrap_or_default();
     // OpenAI and Anthropic both put the message at error.message.
     let message = body["error"]["message"]
         .as_str()
         .unwrap_or("no message")
         .to_owned();
-    let retryable = status == StatusCode::TOO_MANY_REQUESTS
-        || status == StatusCode::REQUEST_TIMEOUT
-        || status.is_server_error();
-    if retryable {
+    if retry_rules::retryable_status(status) {
         Err(Attempt::Retryable {
             reason: format!("{status}: {message}"),
             retry_after,

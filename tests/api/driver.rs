@@ -1,5 +1,6 @@
-//! The provider driver against the emulator: batches go from building to ready_to_deliver
-//! with every request matched, and failures and expiry end in the right states.
+//! The provider driver against the emulator: batches go from building through
+//! ready_to_deliver (to delivering: these requests are polled by their owner) with every
+//! request matched, and failures and expiry end in the right states.
 
 use std::time::Duration;
 
@@ -70,10 +71,10 @@ async fn request_statuses(app: &TestApp, total: i64) -> Vec<(String, i64)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_thousand_requests_reach_ready_to_deliver_each_matched_to_its_result() {
+async fn a_thousand_requests_are_each_matched_to_its_result() {
     let db = TestDb::new().await;
     let (emulator, app) = with_driver(&db, Faults::default()).await;
-    let batch_id = run(&app, 1000, "ready_to_deliver").await;
+    let batch_id = run(&app, 1000, "delivering").await;
 
     let statuses = request_statuses(&app, 1000).await;
     assert_eq!(
@@ -102,7 +103,7 @@ async fn a_thousand_requests_reach_ready_to_deliver_each_matched_to_its_result()
             .iter()
             .filter_map(|t| t["toState"].as_str().map(str::to_owned))
             .collect();
-        (states.last().map(String::as_str) == Some("ready_to_deliver")).then_some(states)
+        (states.last().map(String::as_str) == Some("delivering")).then_some(states)
     })
     .await;
     assert_eq!(
@@ -114,7 +115,8 @@ async fn a_thousand_requests_reach_ready_to_deliver_each_matched_to_its_result()
             "provider_processing",
             "provider_completed",
             "downloading",
-            "ready_to_deliver"
+            "ready_to_deliver",
+            "delivering"
         ]
     );
     app.stop().await;
@@ -144,7 +146,7 @@ async fn an_expired_batch_delivers_what_finished_and_expires_the_rest() {
         ..Faults::default()
     };
     let (_emulator, app) = with_driver(&db, faults).await;
-    run(&app, 20, "ready_to_deliver").await;
+    run(&app, 20, "delivering").await;
     // Every second request (r0, r2, ...) finished in time; the others expire.
     assert_eq!(
         request_statuses(&app, 20).await,
@@ -165,7 +167,7 @@ async fn rate_limits_and_outages_during_upload_poll_and_download_lose_nothing() 
         ..Faults::default()
     };
     let (emulator, app) = with_driver(&db, faults).await;
-    run(&app, 100, "ready_to_deliver").await;
+    run(&app, 100, "delivering").await;
     assert_eq!(
         request_statuses(&app, 100).await,
         [
@@ -252,7 +254,7 @@ async fn a_restart_after_the_provider_batch_was_created_adopts_it_instead_of_cre
         "the adopted batch to finish",
         || async {
             let response = second.graphql(query, json!({ "id": batch_id })).await;
-            (response["data"]["batch"]["status"] == "ready_to_deliver").then_some(())
+            (response["data"]["batch"]["status"] == "delivering").then_some(())
         },
     )
     .await;
@@ -296,7 +298,7 @@ async fn several_batches_are_driven_at_once() {
         "three finished batches",
         || async {
             let ready: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM batches WHERE status = 'ready_to_deliver'",
+                "SELECT count(*) FROM batches WHERE status = 'delivering'",
             )
             .fetch_one(&app.pool)
             .await
@@ -336,9 +338,9 @@ async fn messages_requests_go_to_anthropic_message_batches() {
     let flush = "mutation($id: UUID!) { flushBatch(batchId: $id) { version } }";
     app.graphql(flush, json!({ "id": batch_id })).await;
     let query = "query($id: UUID!) { batch(id: $id) { status providerBatchId } }";
-    let batch = eventually(Duration::from_secs(60), "ready_to_deliver", || async {
+    let batch = eventually(Duration::from_secs(60), "delivering", || async {
         let response = app.graphql(query, json!({ "id": batch_id })).await;
-        (response["data"]["batch"]["status"] == "ready_to_deliver")
+        (response["data"]["batch"]["status"] == "delivering")
             .then(|| response["data"]["batch"].clone())
     })
     .await;
@@ -372,7 +374,7 @@ async fn azure_openai_gets_its_own_paths_header_and_endpoint_names() {
         c.provider_azure_api_version = Some("2024-10-21".into());
     })
     .await;
-    run(&app, 10, "ready_to_deliver").await;
+    run(&app, 10, "delivering").await;
     assert_eq!(
         request_statuses(&app, 10).await,
         [
@@ -405,7 +407,7 @@ async fn downloads_that_break_off_are_resumed_without_losing_or_repeating_result
         ..Faults::default()
     };
     let (_emulator, app) = with_driver(&db, faults).await;
-    run(&app, 100, "ready_to_deliver").await;
+    run(&app, 100, "delivering").await;
     assert_eq!(
         request_statuses(&app, 100).await,
         [
@@ -472,7 +474,7 @@ async fn a_restart_after_the_upload_uploads_again_and_creates_one_provider_batch
     let query = "query($id: UUID!) { batch(id: $id) { status } }";
     eventually(Duration::from_secs(60), "the batch to finish", || async {
         let response = second.graphql(query, json!({ "id": batch_id })).await;
-        (response["data"]["batch"]["status"] == "ready_to_deliver").then_some(())
+        (response["data"]["batch"]["status"] == "delivering").then_some(())
     })
     .await;
     assert_eq!(emulator.batch_count(), 1);
@@ -518,7 +520,7 @@ async fn an_upload_the_provider_refuses_fails_the_batch_with_its_message() {
 async fn polled_results_wait_until_their_owner_acknowledges_them() {
     let db = TestDb::new().await;
     let (_emulator, app) = with_driver(&db, Faults::default()).await;
-    run(&app, 10, "ready_to_deliver").await;
+    run(&app, 10, "delivering").await;
     let query = "{ unacknowledgedResults(first: 100) { edges { node { id customId response } } } }";
     let results = eventually(Duration::from_secs(15), "nine results", || async {
         let response = app.graphql(query, json!({})).await;
@@ -568,9 +570,9 @@ async fn a_withdrawn_request_is_left_out_of_the_upload() {
     let flush = "mutation($id: UUID!) { flushBatch(batchId: $id) { version } }";
     app.graphql(flush, json!({ "id": accepted[0]["batchId"] }))
         .await;
-    eventually(Duration::from_secs(60), "ready_to_deliver", || async {
+    eventually(Duration::from_secs(60), "delivering", || async {
         let count: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM batches WHERE status = 'ready_to_deliver'")
+            sqlx::query_scalar("SELECT count(*) FROM batches WHERE status = 'delivering'")
                 .fetch_one(&app.pool)
                 .await
                 .ok()?;

@@ -8,6 +8,7 @@
 mod batch_actions;
 mod batching;
 mod cli;
+mod delivery;
 mod driver;
 mod http;
 mod idempotency;

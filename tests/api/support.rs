@@ -5,12 +5,16 @@ mod app;
 mod database;
 mod emulator;
 mod ledger;
+mod proxy;
+mod receiver;
 mod ws;
 
 pub use app::{context as app_context, TestApp};
 pub use database::TestDb;
 pub use emulator::spawn_emulator;
 pub use ledger::{Ledger, LedgerCommand};
+pub use proxy::Proxy;
+pub use receiver::{Behaviour, Receiver};
 pub use ws::Subscription;
 
 use std::future::Future;

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{BatchEntry, BatchKey, BatchLimits, CloseReason, DeliveryOutcome};
+use super::{BatchEntry, BatchKey, BatchLimits, CloseReason};
 
 /// A batch's commands.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,20 +88,17 @@ pub enum BatchCommand {
         /// Now.
         at: DateTime<Utc>,
     },
-    /// Start (or retry) delivering results.
+    /// Start delivering results, or again after a redelivery.
     StartDelivery {
         /// Now.
         at: DateTime<Utc>,
     },
-    /// Delivery ended with this outcome.
+    /// Every request is settled: the batch is done.
     FinishDelivery {
-        /// All, some or none delivered.
-        outcome: DeliveryOutcome,
-        /// Now.
-        at: DateTime<Utc>,
-    },
-    /// Archive the finished batch.
-    Complete {
+        /// Results delivered or consumed.
+        delivered: u64,
+        /// Results whose delivery failed, or whose owner reported them unusable.
+        undelivered: u64,
         /// Now.
         at: DateTime<Utc>,
     },

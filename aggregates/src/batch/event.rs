@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{BatchEntry, BatchKey, BatchStatus, CloseReason, DeliveryOutcome};
+use super::{BatchEntry, BatchKey, BatchStatus, CloseReason};
 
 /// A batch's events.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,15 +102,12 @@ pub enum BatchEvent {
         /// When.
         at: DateTime<Utc>,
     },
-    /// Delivery ended; the outcome follows from the requests' outcomes.
+    /// Every request is settled; how many results reached their owners and how many not.
     DeliveryFinished {
-        /// All, some or none delivered.
-        outcome: DeliveryOutcome,
-        /// When.
-        at: DateTime<Utc>,
-    },
-    /// The batch is finished.
-    Completed {
+        /// Results delivered or consumed.
+        delivered: u64,
+        /// Results whose delivery failed, or whose owner reported them unusable.
+        undelivered: u64,
         /// When.
         at: DateTime<Utc>,
     },
@@ -158,8 +155,7 @@ impl BatchEvent {
             Self::DownloadStarted { .. } => BatchStatus::Downloading,
             Self::ResultsDownloaded { .. } => BatchStatus::ReadyToDeliver,
             Self::DeliveryStarted { .. } => BatchStatus::Delivering,
-            Self::DeliveryFinished { outcome, .. } => outcome.status(),
-            Self::Completed { .. } => BatchStatus::Done,
+            Self::DeliveryFinished { .. } => BatchStatus::Done,
             Self::Failed { .. } => BatchStatus::Failed,
             Self::Cancelled { .. } | Self::ProviderCancelRequested { .. } => BatchStatus::Cancelled,
             Self::Expired { .. } => BatchStatus::Expired,
@@ -181,7 +177,6 @@ impl BatchEvent {
             | Self::ResultsDownloaded { at, .. }
             | Self::DeliveryStarted { at }
             | Self::DeliveryFinished { at, .. }
-            | Self::Completed { at }
             | Self::Failed { at, .. }
             | Self::Cancelled { at }
             | Self::ProviderCancelRequested { at }
@@ -205,7 +200,6 @@ impl DomainEvent for BatchEvent {
             Self::ResultsDownloaded { .. } => "BatchResultsDownloaded",
             Self::DeliveryStarted { .. } => "BatchDeliveryStarted",
             Self::DeliveryFinished { .. } => "BatchDeliveryFinished",
-            Self::Completed { .. } => "BatchCompleted",
             Self::Failed { .. } => "BatchFailed",
             Self::Cancelled { .. } => "BatchCancelled",
             Self::ProviderCancelRequested { .. } => "BatchProviderCancelRequested",

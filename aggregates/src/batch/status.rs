@@ -20,15 +20,10 @@ pub enum BatchStatus {
     Downloading,
     /// Every request has its result or error.
     ReadyToDeliver,
-    /// Results are being delivered.
+    /// Results are being delivered (pushed, or waiting for their owner to fetch them).
     Delivering,
-    /// Every result was delivered.
-    Delivered,
-    /// Some results were delivered, some not.
-    PartiallyDelivered,
-    /// No result could be delivered.
-    DeliveryFailed,
-    /// Finished and archived.
+    /// Every request is settled: delivered, consumed, failed, expired, cancelled, or its
+    /// delivery failed. A redelivery takes it back to delivering.
     Done,
     /// The provider or the upload failed.
     Failed,
@@ -40,7 +35,7 @@ pub enum BatchStatus {
 
 impl BatchStatus {
     /// Every status.
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 12] = [
         Self::Building,
         Self::Uploading,
         Self::Uploaded,
@@ -49,9 +44,6 @@ impl BatchStatus {
         Self::Downloading,
         Self::ReadyToDeliver,
         Self::Delivering,
-        Self::Delivered,
-        Self::PartiallyDelivered,
-        Self::DeliveryFailed,
         Self::Done,
         Self::Failed,
         Self::Cancelled,
@@ -61,13 +53,12 @@ impl BatchStatus {
     /// The transition table: true when a batch may move from `self` to `to`.
     ///
     /// An expired batch is still downloaded: requests that got results before the window ran
-    /// out are delivered, the others expire. Delivery may be retried from a partial or failed
-    /// delivery.
+    /// out are delivered, the others expire. A done batch delivers again when some of its results
+    /// are redelivered.
     pub const fn can_transition_to(self, to: Self) -> bool {
         use BatchStatus::{
-            Building, Cancelled, Delivered, Delivering, DeliveryFailed, Done, Downloading, Expired,
-            Failed, PartiallyDelivered, ProviderCompleted, ProviderProcessing, ReadyToDeliver,
-            Uploaded, Uploading,
+            Building, Cancelled, Delivering, Done, Downloading, Expired, Failed, ProviderCompleted,
+            ProviderProcessing, ReadyToDeliver, Uploaded, Uploading,
         };
         matches!(
             (self, to),
@@ -88,14 +79,8 @@ impl BatchStatus {
                 | (Downloading, ReadyToDeliver)
                 | (Downloading, Failed)
                 | (ReadyToDeliver, Delivering)
-                | (Delivering, Delivered)
-                | (Delivering, PartiallyDelivered)
-                | (Delivering, DeliveryFailed)
-                | (PartiallyDelivered, Delivering)
-                | (DeliveryFailed, Delivering)
-                | (Delivered, Done)
-                | (PartiallyDelivered, Done)
-                | (DeliveryFailed, Done)
+                | (Delivering, Done)
+                | (Done, Delivering)
         )
     }
 
@@ -110,9 +95,6 @@ impl BatchStatus {
             Self::Downloading => "downloading",
             Self::ReadyToDeliver => "ready_to_deliver",
             Self::Delivering => "delivering",
-            Self::Delivered => "delivered",
-            Self::PartiallyDelivered => "partially_delivered",
-            Self::DeliveryFailed => "delivery_failed",
             Self::Done => "done",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::{
     Batch, BatchCommand, BatchEntry, BatchError, BatchEvent, BatchKey, BatchLimits, BatchServices,
-    BatchStatus, CloseReason, CustomIds, DeliveryOutcome,
+    BatchStatus, CloseReason, CustomIds,
 };
 use crate::request::RequestSpec;
 use crate::{Delivery, Endpoint};
@@ -160,10 +160,18 @@ fn command_to(to: BatchStatus) -> (BatchCommand, BatchEvent) {
             BatchCommand::StartDelivery { at },
             BatchEvent::DeliveryStarted { at },
         ),
-        BatchStatus::Delivered => finish(DeliveryOutcome::All),
-        BatchStatus::PartiallyDelivered => finish(DeliveryOutcome::Some),
-        BatchStatus::DeliveryFailed => finish(DeliveryOutcome::None),
-        BatchStatus::Done => (BatchCommand::Complete { at }, BatchEvent::Completed { at }),
+        BatchStatus::Done => (
+            BatchCommand::FinishDelivery {
+                delivered: 1,
+                undelivered: 0,
+                at,
+            },
+            BatchEvent::DeliveryFinished {
+                delivered: 1,
+                undelivered: 0,
+                at,
+            },
+        ),
         BatchStatus::Failed => (
             BatchCommand::Fail {
                 error: json!({ "message": "x" }),
@@ -190,19 +198,11 @@ fn command_to(to: BatchStatus) -> (BatchCommand, BatchEvent) {
     }
 }
 
-fn finish(outcome: DeliveryOutcome) -> (BatchCommand, BatchEvent) {
-    (
-        BatchCommand::FinishDelivery { outcome, at: at() },
-        BatchEvent::DeliveryFinished { outcome, at: at() },
-    )
-}
-
 /// Events that bring a one-request batch to `status`.
 fn history(status: BatchStatus) -> Vec<BatchEvent> {
     use BatchStatus::{
-        Building, Cancelled, Delivered, Delivering, DeliveryFailed, Done, Downloading, Expired,
-        Failed, PartiallyDelivered, ProviderCompleted, ProviderProcessing, ReadyToDeliver,
-        Uploaded, Uploading,
+        Building, Cancelled, Delivering, Done, Downloading, Expired, Failed, ProviderCompleted,
+        ProviderProcessing, ReadyToDeliver, Uploaded, Uploading,
     };
     let to_delivering = [
         Uploading,
@@ -220,10 +220,7 @@ fn history(status: BatchStatus) -> Vec<BatchEvent> {
             let end = to_delivering.iter().position(|s| *s == status).unwrap();
             to_delivering[..=end].to_vec()
         }
-        Delivered | PartiallyDelivered | DeliveryFailed => {
-            [to_delivering.as_slice(), &[status]].concat()
-        }
-        Done => [to_delivering.as_slice(), &[Delivered, Done]].concat(),
+        Done => [to_delivering.as_slice(), &[Done]].concat(),
         Failed => vec![Uploading, Failed],
         Cancelled => vec![Cancelled],
         Expired => vec![Uploading, Uploaded, ProviderProcessing, Expired],

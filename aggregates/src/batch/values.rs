@@ -3,7 +3,6 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::BatchStatus;
 use crate::request::RequestSpec;
 use crate::Endpoint;
 
@@ -71,25 +70,3 @@ impl CloseReason {
     }
 }
 
-/// How delivering a batch's results ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeliveryOutcome {
-    /// Every result was delivered.
-    All,
-    /// Some were.
-    Some,
-    /// None were.
-    None,
-}
-
-impl DeliveryOutcome {
-    /// The batch status this outcome leads to.
-    pub const fn status(self) -> BatchStatus {
-        match self {
-            Self::All => BatchStatus::Delivered,
-            Self::Some => BatchStatus::PartiallyDelivered,
-            Self::None => BatchStatus::DeliveryFailed,
-        }
-    }
-}

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::RequestSpec;
+use super::{AttemptVerdict, DeliveryAttempt, RequestSpec};
 
 /// A request's commands.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,20 +51,18 @@ pub enum RequestCommand {
         /// Now.
         at: DateTime<Utc>,
     },
-    /// Start (or restart, after a failed delivery) delivering the result.
+    /// Start delivering the result: the first push, or a redelivery after the last round
+    /// ended (delivered or failed).
     StartDelivery {
         /// Now.
         at: DateTime<Utc>,
     },
-    /// The receiver accepted the result.
-    MarkDelivered {
-        /// Now.
-        at: DateTime<Utc>,
-    },
-    /// Delivery attempts are exhausted.
-    MarkDeliveryFailed {
-        /// Why the last attempt failed.
-        reason: String,
+    /// Record a delivery attempt of the current round and what follows from it.
+    RecordDeliveryAttempt {
+        /// The attempt; its round and number must be the next ones.
+        attempt: DeliveryAttempt,
+        /// Delivered, retry later, or give up.
+        verdict: AttemptVerdict,
         /// Now.
         at: DateTime<Utc>,
     },

@@ -23,6 +23,20 @@ pub enum RequestError {
     /// Acknowledging applies to poll delivery only.
     #[error("the request's result is pushed to its receiver, not polled")]
     NotPolled,
+    /// Attempts are recorded only while the request is delivering.
+    #[error("a {} request is not being delivered", status.as_str())]
+    NotDelivering {
+        /// Where the request stands.
+        status: RequestStatus,
+    },
+    /// The attempt is not the next one of the current round (recorded twice, or stale).
+    #[error("expected attempt {expected_number} of round {expected_round}")]
+    UnexpectedAttempt {
+        /// The current round.
+        expected_round: u32,
+        /// The next attempt number.
+        expected_number: u32,
+    },
     /// Pushing applies to webhook and RabbitMQ delivery only.
     #[error("the request's result is polled by its owner, not pushed")]
     Polled,
@@ -35,7 +49,9 @@ impl DomainError for RequestError {
             Self::AlreadySubmitted
             | Self::InvalidTransition { .. }
             | Self::NotPolled
-            | Self::Polled => ErrorCode::InvalidTransition,
+            | Self::Polled
+            | Self::NotDelivering { .. } => ErrorCode::InvalidTransition,
+            Self::UnexpectedAttempt { .. } => ErrorCode::Conflict,
         }
     }
 }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{RequestSpec, RequestStatus};
+use super::{DeliveryAttempt, RequestSpec, RequestStatus};
 
 /// A request's events; each moves it to the status [`RequestEvent::status`] names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,6 +58,15 @@ pub enum RequestEvent {
         /// When.
         at: DateTime<Utc>,
     },
+    /// One delivery attempt; a `Delivered` or `DeliveryFailed` follows when it ended the round.
+    DeliveryAttempted {
+        /// The attempt.
+        attempt: DeliveryAttempt,
+        /// When the next attempt is due, if there is one.
+        retry_at: Option<DateTime<Utc>>,
+        /// When it was recorded.
+        at: DateTime<Utc>,
+    },
     /// The receiver accepted the result.
     Delivered {
         /// When.
@@ -94,7 +103,9 @@ impl RequestEvent {
             Self::Failed { .. } => RequestStatus::Failed,
             Self::Expired { .. } => RequestStatus::Expired,
             Self::Cancelled { .. } => RequestStatus::Cancelled,
-            Self::DeliveryStarted { .. } => RequestStatus::Delivering,
+            Self::DeliveryStarted { .. } | Self::DeliveryAttempted { .. } => {
+                RequestStatus::Delivering
+            }
             Self::Delivered { .. } => RequestStatus::Delivered,
             Self::DeliveryFailed { .. } => RequestStatus::DeliveryFailed,
             Self::Consumed { .. } => RequestStatus::Consumed,
@@ -112,6 +123,7 @@ impl RequestEvent {
             | Self::Expired { at }
             | Self::Cancelled { at }
             | Self::DeliveryStarted { at }
+            | Self::DeliveryAttempted { at, .. }
             | Self::Delivered { at }
             | Self::DeliveryFailed { at, .. }
             | Self::Consumed { at }
@@ -130,7 +142,7 @@ impl RequestEvent {
             "RequestFailed" => RequestStatus::Failed,
             "RequestExpired" => RequestStatus::Expired,
             "RequestCancelled" => RequestStatus::Cancelled,
-            "RequestDeliveryStarted" => RequestStatus::Delivering,
+            "RequestDeliveryStarted" | "RequestDeliveryAttempted" => RequestStatus::Delivering,
             "RequestDelivered" => RequestStatus::Delivered,
             "RequestDeliveryFailed" => RequestStatus::DeliveryFailed,
             "RequestConsumed" => RequestStatus::Consumed,
@@ -150,6 +162,7 @@ impl DomainEvent for RequestEvent {
             Self::Expired { .. } => "RequestExpired",
             Self::Cancelled { .. } => "RequestCancelled",
             Self::DeliveryStarted { .. } => "RequestDeliveryStarted",
+            Self::DeliveryAttempted { .. } => "RequestDeliveryAttempted",
             Self::Delivered { .. } => "RequestDelivered",
             Self::DeliveryFailed { .. } => "RequestDeliveryFailed",
             Self::Consumed { .. } => "RequestConsumed",

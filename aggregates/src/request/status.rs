@@ -14,11 +14,11 @@ pub enum RequestStatus {
     ProviderProcessed,
     /// The result is being delivered (webhook or RabbitMQ).
     Delivering,
-    /// The receiver accepted the result.
+    /// The receiver accepted the result; may be redelivered on request.
     Delivered,
     /// The provider reported an error for it, or its batch failed.
     Failed,
-    /// Delivery attempts are exhausted; may be redelivered.
+    /// Delivery attempts are exhausted, or the receiver refused; may be redelivered.
     DeliveryFailed,
     /// The provider expired its batch before it was processed.
     Expired,
@@ -67,6 +67,7 @@ impl RequestStatus {
                 | (Delivering, Delivered)
                 | (Delivering, DeliveryFailed)
                 | (DeliveryFailed, Delivering)
+                | (Delivered, Delivering)
         )
     }
 

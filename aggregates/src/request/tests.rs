@@ -3,7 +3,10 @@ use cqrs_es::test::TestFramework;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{Request, RequestCommand, RequestError, RequestEvent, RequestSpec, RequestStatus};
+use super::{
+    delivery_id, AttemptVerdict, DeliveryAttempt, Request, RequestCommand, RequestError,
+    RequestEvent, RequestSpec, RequestStatus,
+};
 use crate::Delivery;
 
 type Framework = TestFramework<Request>;
@@ -37,8 +40,64 @@ fn webhook() -> Delivery {
     Delivery::webhook("https://receiver.test/hook").unwrap()
 }
 
-/// The command whose event leads to `to`, and that event.
-fn command_to(to: RequestStatus) -> (RequestCommand, RequestEvent) {
+/// The first attempt of round 1, by the test clock.
+fn first_attempt(status_code: Option<u16>) -> DeliveryAttempt {
+    DeliveryAttempt {
+        delivery_id: delivery_id(Uuid::from_u128(1), 1),
+        round: 1,
+        number: 1,
+        started_at: at(),
+        duration_ms: 12,
+        status_code,
+        error: None,
+    }
+}
+
+/// The attempt event recorded with `retry_at`.
+fn attempted(status_code: Option<u16>, retry_at: Option<DateTime<Utc>>) -> RequestEvent {
+    RequestEvent::DeliveryAttempted {
+        attempt: first_attempt(status_code),
+        retry_at,
+        at: at(),
+    }
+}
+
+/// The command whose events lead to `to`, and those events.
+fn command_to(to: RequestStatus) -> (RequestCommand, Vec<RequestEvent>) {
+    let (command, event) = single_step(to);
+    match to {
+        RequestStatus::Delivered => (
+            RequestCommand::RecordDeliveryAttempt {
+                attempt: first_attempt(Some(200)),
+                verdict: AttemptVerdict::Delivered,
+                at: at(),
+            },
+            vec![attempted(Some(200), None), event],
+        ),
+        RequestStatus::DeliveryFailed => (
+            RequestCommand::RecordDeliveryAttempt {
+                attempt: first_attempt(Some(400)),
+                verdict: AttemptVerdict::GiveUp {
+                    reason: "r".into(),
+                },
+                at: at(),
+            },
+            vec![attempted(Some(400), None), event],
+        ),
+        RequestStatus::Pending
+        | RequestStatus::ProviderProcessing
+        | RequestStatus::ProviderProcessed
+        | RequestStatus::Delivering
+        | RequestStatus::Failed
+        | RequestStatus::Expired
+        | RequestStatus::Cancelled
+        | RequestStatus::Consumed
+        | RequestStatus::ConsumeFailed => (command, vec![event]),
+    }
+}
+
+/// The command of one step toward `to` and its event (delivery outcomes: the event only).
+fn single_step(to: RequestStatus) -> (RequestCommand, RequestEvent) {
     let at = at();
     let (response, error, reason) = (
         json!({ "ok": true }),
@@ -84,14 +143,11 @@ fn command_to(to: RequestStatus) -> (RequestCommand, RequestEvent) {
             RequestEvent::DeliveryStarted { at },
         ),
         RequestStatus::Delivered => (
-            RequestCommand::MarkDelivered { at },
+            RequestCommand::StartDelivery { at },
             RequestEvent::Delivered { at },
         ),
         RequestStatus::DeliveryFailed => (
-            RequestCommand::MarkDeliveryFailed {
-                reason: reason.clone(),
-                at,
-            },
+            RequestCommand::StartDelivery { at },
             RequestEvent::DeliveryFailed { reason, at },
         ),
         RequestStatus::Consumed => (
@@ -149,7 +205,7 @@ fn history(status: RequestStatus, delivery: &Delivery) -> Vec<RequestEvent> {
         ],
     };
     std::iter::once(submitted(delivery.clone()))
-        .chain(path.iter().map(|&step| command_to(step).1))
+        .chain(path.iter().flat_map(|&step| command_to(step).1))
         .collect()
 }
 
@@ -177,7 +233,7 @@ fn every_transition_in_the_table_is_allowed_and_every_other_is_refused() {
             } else {
                 webhook()
             };
-            let (command, event) = command_to(to);
+            let (command, events) = command_to(to);
             let result = Framework::with(())
                 .given(history(from, &delivery))
                 .when(command)
@@ -189,7 +245,16 @@ fn every_transition_in_the_table_is_allowed_and_every_other_is_refused() {
                     "{from:?} -> {to:?}"
                 );
             } else if from.can_transition_to(to) {
-                assert_eq!(result, Ok(vec![event]), "{from:?} -> {to:?}");
+                assert_eq!(result, Ok(events), "{from:?} -> {to:?}");
+            } else if from != RequestStatus::Delivering
+                && matches!(to, RequestStatus::Delivered | RequestStatus::DeliveryFailed)
+            {
+                // Delivery outcomes come with an attempt, recorded only while delivering.
+                assert_eq!(
+                    result,
+                    Err(RequestError::NotDelivering { status: from }),
+                    "{from:?} -> {to:?}"
+                );
             } else {
                 assert_eq!(
                     result,
@@ -203,11 +268,11 @@ fn every_transition_in_the_table_is_allowed_and_every_other_is_refused() {
 
 #[test]
 fn submitting_a_new_request_records_it_as_pending() {
-    let (command, event) = command_to(RequestStatus::Pending);
+    let (command, events) = command_to(RequestStatus::Pending);
     Framework::with(())
         .given_no_previous_events()
         .when(command)
-        .then_expect_events(vec![event]);
+        .then_expect_events(events);
 }
 
 #[test]
@@ -334,11 +399,12 @@ fn a_valid_request_counts_its_jsonl_line() {
 fn every_event_type_names_the_status_it_leads_to() {
     use cqrs_es::DomainEvent;
     for status in RequestStatus::ALL {
-        let (_, event) = command_to(status);
-        assert_eq!(
-            RequestEvent::status_after_type(&event.event_type()),
-            Some(event.status())
-        );
+        for event in command_to(status).1 {
+            assert_eq!(
+                RequestEvent::status_after_type(&event.event_type()),
+                Some(event.status())
+            );
+        }
     }
     assert_eq!(RequestEvent::status_after_type("BatchOpened"), None);
 }
@@ -358,4 +424,69 @@ fn anthropic_custom_ids_are_limited_to_its_alphabet() {
     let refused = parse("row.1", "/v1/messages", "claude", body.clone()).expect_err("dot");
     assert!(refused[0].contains("/v1/messages"), "{refused:?}");
     assert!(parse("row.1", "/v1/chat/completions", "m", body).is_ok());
+}
+
+#[test]
+fn a_delivered_result_may_be_delivered_again_in_a_new_round() {
+    Framework::with(())
+        .given(history(RequestStatus::Delivered, &webhook()))
+        .when(RequestCommand::StartDelivery { at: at() })
+        .then_expect_events(vec![RequestEvent::DeliveryStarted { at: at() }]);
+}
+
+#[test]
+fn a_failed_attempt_with_a_retry_keeps_the_request_delivering_until_the_next() {
+    let retry_at = at() + chrono::Duration::seconds(2);
+    Framework::with(())
+        .given(history(RequestStatus::Delivering, &webhook()))
+        .when(RequestCommand::RecordDeliveryAttempt {
+            attempt: first_attempt(Some(503)),
+            verdict: AttemptVerdict::RetryAt(retry_at),
+            at: at(),
+        })
+        .then_expect_events(vec![attempted(Some(503), Some(retry_at))]);
+}
+
+#[test]
+fn an_attempt_recorded_twice_or_out_of_turn_is_refused() {
+    let mut given = history(RequestStatus::Delivering, &webhook());
+    given.push(attempted(Some(503), Some(at())));
+    for (round, number) in [(1, 1), (1, 3), (2, 1), (0, 2)] {
+        let attempt = DeliveryAttempt {
+            round,
+            number,
+            ..first_attempt(None)
+        };
+        Framework::with(())
+            .given(given.clone())
+            .when(RequestCommand::RecordDeliveryAttempt {
+                attempt,
+                verdict: AttemptVerdict::Delivered,
+                at: at(),
+            })
+            .then_expect_error(RequestError::UnexpectedAttempt {
+                expected_round: 1,
+                expected_number: 2,
+            });
+    }
+}
+
+#[test]
+fn each_round_counts_its_attempts_from_one_with_its_own_delivery_id() {
+    let mut request = Request::default();
+    let mut events = history(RequestStatus::DeliveryFailed, &webhook());
+    events.push(RequestEvent::DeliveryStarted { at: at() });
+    for event in events {
+        cqrs_es::Aggregate::apply(&mut request, event);
+    }
+    assert_eq!(request.delivery().round, 2);
+    assert_eq!(request.delivery().attempts, 0);
+    assert_ne!(
+        delivery_id(Uuid::from_u128(1), 1),
+        delivery_id(Uuid::from_u128(1), 2)
+    );
+    assert_eq!(
+        delivery_id(Uuid::from_u128(1), 2),
+        delivery_id(Uuid::from_u128(1), 2)
+    );
 }

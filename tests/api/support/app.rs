@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use chronicle::command::{CommandContext, CommandError, CommandReceipt, Commands};
-use chronicle::config::{Config, LogFormat};
+use chronicle::config::{Config, DeliveryConfig, LogFormat};
 use chronicle::startup::{Application, Wiring};
 use serde_json::{json, Value};
 use sqlx::postgres::PgConnectOptions;
@@ -64,6 +64,17 @@ impl TestApp {
             anthropic_api_key_env: "CHRONICLE_TEST_ANTHROPIC_KEY".into(),
             provider_project: None,
             batch_max_bytes: 190_000_000,
+            delivery: DeliveryConfig {
+                rabbitmq_url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+                delivery_concurrency: 50,
+                delivery_per_target: 10,
+                delivery_timeout_ms: 2_000,
+                delivery_max_attempts: 10,
+                delivery_deadline_secs: 3_600,
+                delivery_backoff_min_ms: 50,
+                delivery_backoff_max_ms: 1_000,
+                delivery_poll_ms: 50,
+            },
         };
         change(&mut config);
         let pool = chronicle::db::connect(&options, config.db_max_connections)

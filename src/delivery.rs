@@ -1,0 +1,344 @@
+//! Delivery: pushes every processed request's result to its owner's webhook or RabbitMQ
+//! destination, at least once, recording each attempt as a `RequestDeliveryAttempted` event;
+//! and takes batches from `ready_to_deliver` through `delivering` to `done`.
+//!
+//! One instance delivers at a time (leadership, like the provider driver). What is due comes
+//! from the `requests` read model (`delivering`, `next_attempt_at` passed); whether an attempt
+//! is really due, and its number, come from the request's own events, so neither a lagging
+//! read model nor a restart can skip or double-record an attempt. An attempt cut off by a
+//! crash is sent again, with the same delivery id. Fairness: at most `per_target` attempts
+//! in flight per target (a webhook origin, or the broker), and due work is taken round-robin
+//! across targets, so one slow receiver cannot hold every slot.
+
+mod batches;
+mod envelope;
+mod outcome;
+mod rabbitmq;
+mod secrets;
+mod signature;
+mod webhook;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chronicle_aggregates::batch::BatchServices;
+use chronicle_aggregates::request::{
+    delivery_id, DeliveryAttempt, Request, RequestCommand, RequestStatus,
+};
+use chronicle_aggregates::Delivery;
+use chrono::Utc;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::PgPool;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use envelope::Envelope;
+pub use outcome::{RetryPolicy, SendOutcome};
+pub use rabbitmq::{RabbitPublisher, Route};
+pub use secrets::WebhookSecrets;
+pub use signature::{sign, SIGNATURE_HEADER};
+pub use webhook::{WebhookCall, WebhookSender};
+
+use crate::command::{CommandContext, CommandError, Commands};
+use crate::projection::Leadership;
+use batches::BatchDelivery;
+
+/// How a finished round's request is kept out of the due list while the read model catches up.
+const SETTLING: Duration = Duration::from_secs(5);
+/// How long in-flight attempts may finish (and be recorded) when the worker stops.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How often leadership is confirmed while delivering.
+const CONFIRM_EVERY: Duration = Duration::from_secs(1);
+
+/// How much the worker does at once and how often it looks.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliverySettings {
+    /// Attempts in flight at once.
+    pub concurrency: usize,
+    /// Attempts in flight at once per target.
+    pub per_target: usize,
+    /// Pause between looks for due work.
+    pub poll_every: Duration,
+    /// Retries and giving up.
+    pub policy: RetryPolicy,
+}
+
+/// What sends: webhooks, the broker, and the owners' signing secrets.
+pub struct Transports {
+    /// Webhook calls.
+    pub webhooks: WebhookSender,
+    /// Broker publishes.
+    pub rabbitmq: RabbitPublisher,
+    /// Signing secrets.
+    pub secrets: Arc<WebhookSecrets>,
+}
+
+/// The delivery worker.
+pub struct DeliveryWorker {
+    attempts: Arc<Attempts>,
+    batches: BatchDelivery,
+    pool: PgPool,
+    options: PgConnectOptions,
+    settings: DeliverySettings,
+}
+
+/// Makes single attempts; shared by the in-flight tasks.
+struct Attempts {
+    commands: Commands,
+    transports: Transports,
+    policy: RetryPolicy,
+}
+
+/// What the worker is doing while it holds the role.
+struct InFlight {
+    tasks: JoinSet<(Uuid, bool)>,
+    ids: HashSet<Uuid>,
+    settling: HashMap<Uuid, Instant>,
+    targets: HashMap<String, Arc<Semaphore>>,
+    slots: Arc<Semaphore>,
+}
+
+impl DeliveryWorker {
+    /// A worker over `pool`, commanding through `commands`.
+    pub fn new(
+        commands: Commands,
+        pool: PgPool,
+        options: PgConnectOptions,
+        services: BatchServices,
+        transports: Transports,
+        settings: DeliverySettings,
+    ) -> Self {
+        Self {
+            batches: BatchDelivery::new(commands.clone(), pool.clone(), services),
+            attempts: Arc::new(Attempts {
+                commands,
+                transports,
+                policy: settings.policy,
+            }),
+            pool,
+            options,
+            settings,
+        }
+    }
+
+    /// Runs until `shutdown`, delivering while this instance holds the delivery role.
+    pub async fn run(self, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            match Leadership::try_claim(&self.options, "delivery").await {
+                Ok(Some(leadership)) => self.deliver(leadership, &shutdown).await,
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, "cannot claim the delivery role"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.settings.poll_every) => {}
+                () = shutdown.cancelled() => {}
+            }
+        }
+    }
+
+    /// Delivers until shutdown or until the role is lost.
+    async fn deliver(&self, mut leadership: Leadership, shutdown: &CancellationToken) {
+        let mut work = InFlight {
+            tasks: JoinSet::new(),
+            ids: HashSet::new(),
+            settling: HashMap::new(),
+            targets: HashMap::new(),
+            slots: Arc::new(Semaphore::new(self.settings.concurrency.max(1))),
+        };
+        let mut confirmed = Instant::now();
+        let mut look = true;
+        while !shutdown.is_cancelled() {
+            if confirmed.elapsed() >= CONFIRM_EVERY {
+                if leadership.confirm().await.is_err() {
+                    break;
+                }
+                confirmed = Instant::now();
+            }
+            if look {
+                if let Err(error) = self.batches.advance().await {
+                    tracing::warn!(%error, "advancing batch deliveries failed; will retry");
+                }
+            }
+            if look || work.tasks.len() < self.settings.concurrency / 2 {
+                if let Err(error) = self.dispatch(&mut work).await {
+                    tracing::warn!(%error, "reading due deliveries failed; will retry");
+                }
+            }
+            look = tokio::select! {
+                Some(done) = work.tasks.join_next(), if !work.tasks.is_empty() => {
+                    work.finished(done);
+                    false
+                }
+                () = tokio::time::sleep(self.settings.poll_every) => true,
+                () = shutdown.cancelled() => false,
+            };
+            while let Some(done) = work.tasks.try_join_next() {
+                work.finished(done);
+            }
+        }
+        // Attempts under way finish and are recorded, unless they take too long.
+        let drained = tokio::time::timeout(STOP_GRACE, async {
+            while work.tasks.join_next().await.is_some() {}
+        });
+        if drained.await.is_err() {
+            work.tasks.abort_all();
+        }
+    }
+
+    /// Starts an attempt for each due delivery that has a free slot, round-robin by target.
+    async fn dispatch(&self, work: &mut InFlight) -> Result<(), sqlx::Error> {
+        let now = Instant::now();
+        work.settling.retain(|_, until| *until > now);
+        let busy: Vec<Uuid> = work
+            .ids
+            .iter()
+            .chain(work.settling.keys())
+            .copied()
+            .collect();
+        let per_target = self.settings.per_target.max(1);
+        let due: Vec<(Uuid, String)> = sqlx::query_as(
+            "SELECT id, target FROM (
+                 SELECT id, coalesce(delivery_target, '') AS target,
+                        row_number() OVER (PARTITION BY delivery_target
+                                           ORDER BY next_attempt_at NULLS FIRST, id) AS turn
+                   FROM requests
+                  WHERE status = 'delivering'
+                    AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+                    AND NOT (id = ANY($1))) AS due
+              WHERE turn <= $2
+              ORDER BY turn, target
+              LIMIT $3",
+        )
+        .bind(&busy)
+        .bind(i64::try_from(per_target).unwrap_or(i64::MAX))
+        .bind(i64::try_from(self.settings.concurrency * 2).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        for (id, target) in due {
+            let limit = work
+                .targets
+                .entry(target)
+                .or_insert_with(|| Arc::new(Semaphore::new(per_target)))
+                .clone();
+            let Ok(target_slot) = limit.try_acquire_owned() else {
+                continue;
+            };
+            let Ok(slot) = work.slots.clone().acquire_owned().await else {
+                break;
+            };
+            work.ids.insert(id);
+            let attempts = self.attempts.clone();
+            work.tasks.spawn(async move {
+                let _slots = (slot, target_slot);
+                let ended = attempts.attempt(id).await.unwrap_or_else(|error| {
+                    tracing::warn!(request.id = %id, %error, "delivery attempt not recorded; will retry");
+                    false
+                });
+                (id, ended)
+            });
+        }
+        work.targets
+            .retain(|_, limit| limit.available_permits() < per_target);
+        Ok(())
+    }
+}
+
+impl InFlight {
+    fn finished(&mut self, done: Result<(Uuid, bool), tokio::task::JoinError>) {
+        let Ok((id, ended)) = done else {
+            return;
+        };
+        self.ids.remove(&id);
+        if ended {
+            self.settling.insert(id, Instant::now() + SETTLING);
+        }
+    }
+}
+
+impl Attempts {
+    /// Makes the request's next attempt if it is due; true when the round ended with it.
+    async fn attempt(&self, request_id: Uuid) -> Result<bool, CommandError> {
+        let id = request_id.to_string();
+        let request = self.commands.load::<Request>(&id).await?;
+        let (Some(RequestStatus::Delivering), Some(submission)) =
+            (request.status(), request.submission())
+        else {
+            return Ok(true);
+        };
+        let progress = request.delivery().clone();
+        let started_at = Utc::now();
+        if progress.retry_at.is_some_and(|at| at > started_at) {
+            return Ok(false);
+        }
+        let number = progress.attempts + 1;
+        let delivery_id = delivery_id(request_id, progress.round);
+        let Some(envelope) = Envelope::of(&request, delivery_id, number) else {
+            return Ok(true);
+        };
+        let body = envelope.to_bytes();
+        let clock = Instant::now();
+        let outcome = match &submission.spec.delivery {
+            Delivery::Webhook { url } => {
+                let secret = self.transports.secrets.for_owner(&submission.owner).await?;
+                let call = WebhookCall {
+                    url,
+                    body: &body,
+                    delivery_id,
+                    attempt: number,
+                    secret: &secret,
+                };
+                self.transports.webhooks.send(call).await
+            }
+            Delivery::Rabbitmq { queue } => {
+                let route = Route::Queue(queue);
+                (self.transports.rabbitmq)
+                    .publish(route, &body, delivery_id, number)
+                    .await
+            }
+            Delivery::RabbitmqExchange {
+                exchange,
+                routing_key,
+            } => {
+                let route = Route::Exchange {
+                    exchange,
+                    routing_key,
+                };
+                (self.transports.rabbitmq)
+                    .publish(route, &body, delivery_id, number)
+                    .await
+            }
+            Delivery::Poll => return Ok(true),
+        };
+        let duration_ms = u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let now = Utc::now();
+        let verdict =
+            self.policy
+                .verdict(&outcome, number, progress.started_at.unwrap_or(now), now);
+        let ended = !matches!(
+            verdict,
+            chronicle_aggregates::request::AttemptVerdict::RetryAt(_)
+        );
+        let attempt = DeliveryAttempt {
+            delivery_id,
+            round: progress.round,
+            number,
+            started_at,
+            duration_ms,
+            status_code: outcome.status_code(),
+            error: outcome.error().map(str::to_owned),
+        };
+        let context = CommandContext::system(submission.batch_id);
+        let command = RequestCommand::RecordDeliveryAttempt {
+            attempt,
+            verdict,
+            at: now,
+        };
+        self.commands
+            .execute::<Request>(&context, &id, command, &(), None)
+            .await?;
+        Ok(ended)
+    }
+}
