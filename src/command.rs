@@ -31,7 +31,7 @@ pub struct CommandContext {
 
 impl CommandContext {
     /// The context of a worker's command, correlated with what it works on.
-    pub fn system(correlation_id: impl ToString) -> Self {
+    pub fn system(correlation_id: impl std::fmt::Display) -> Self {
         Self {
             actor: "system".into(),
             correlation_id: correlation_id.to_string(),

@@ -18,7 +18,7 @@ mod secrets;
 mod signature;
 mod webhook;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,7 +31,7 @@ use chrono::Utc;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use tokio::task::{self, JoinSet};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -94,8 +94,8 @@ struct Attempts {
 
 /// What the worker is doing while it holds the role.
 struct InFlight {
-    tasks: JoinSet<(Uuid, bool)>,
-    ids: HashSet<Uuid>,
+    tasks: JoinSet<bool>,
+    ids: HashMap<task::Id, Uuid>,
     settling: HashMap<Uuid, Instant>,
     targets: HashMap<String, Arc<Semaphore>>,
     slots: Arc<Semaphore>,
@@ -143,13 +143,14 @@ impl DeliveryWorker {
     async fn deliver(&self, mut leadership: Leadership, shutdown: &CancellationToken) {
         let mut work = InFlight {
             tasks: JoinSet::new(),
-            ids: HashSet::new(),
+            ids: HashMap::new(),
             settling: HashMap::new(),
             targets: HashMap::new(),
             slots: Arc::new(Semaphore::new(self.settings.concurrency.max(1))),
         };
         let mut confirmed = Instant::now();
         let mut look = true;
+        let mut more_due = false;
         while !shutdown.is_cancelled() {
             if confirmed.elapsed() >= CONFIRM_EVERY {
                 if leadership.confirm().await.is_err() {
@@ -162,21 +163,23 @@ impl DeliveryWorker {
                     tracing::warn!(%error, "advancing batch deliveries failed; will retry");
                 }
             }
-            if look || work.tasks.len() < self.settings.concurrency / 2 {
-                if let Err(error) = self.dispatch(&mut work).await {
+            // A finished attempt frees a slot: look again only if work was left waiting.
+            if look || more_due {
+                more_due = self.dispatch(&mut work).await.unwrap_or_else(|error| {
                     tracing::warn!(%error, "reading due deliveries failed; will retry");
-                }
+                    false
+                });
             }
             look = tokio::select! {
-                Some(done) = work.tasks.join_next(), if !work.tasks.is_empty() => {
-                    work.finished(done);
+                Some(done) = work.tasks.join_next_with_id(), if !work.tasks.is_empty() => {
+                    work.finished(&done);
                     false
                 }
                 () = tokio::time::sleep(self.settings.poll_every) => true,
                 () = shutdown.cancelled() => false,
             };
-            while let Some(done) = work.tasks.try_join_next() {
-                work.finished(done);
+            while let Some(done) = work.tasks.try_join_next_with_id() {
+                work.finished(&done);
             }
         }
         // Attempts under way finish and are recorded, unless they take too long.
@@ -188,17 +191,14 @@ impl DeliveryWorker {
         }
     }
 
-    /// Starts an attempt for each due delivery that has a free slot, round-robin by target.
-    async fn dispatch(&self, work: &mut InFlight) -> Result<(), sqlx::Error> {
+    /// Starts an attempt for each due delivery that has a free slot, round-robin by target;
+    /// true when due work was left waiting for a slot.
+    async fn dispatch(&self, work: &mut InFlight) -> Result<bool, sqlx::Error> {
         let now = Instant::now();
         work.settling.retain(|_, until| *until > now);
-        let busy: Vec<Uuid> = work
-            .ids
-            .iter()
-            .chain(work.settling.keys())
-            .copied()
-            .collect();
+        let in_flight: Vec<Uuid> = work.ids.values().copied().collect();
         let per_target = self.settings.per_target.max(1);
+        let limit = self.settings.concurrency * 2 + work.settling.len();
         let due: Vec<(Uuid, String)> = sqlx::query_as(
             "SELECT id, target FROM (
                  SELECT id, coalesce(delivery_target, '') AS target,
@@ -212,48 +212,56 @@ impl DeliveryWorker {
               ORDER BY turn, target
               LIMIT $3",
         )
-        .bind(&busy)
-        .bind(i64::try_from(per_target).unwrap_or(i64::MAX))
-        .bind(i64::try_from(self.settings.concurrency * 2).unwrap_or(i64::MAX))
+        .bind(&in_flight)
+        .bind(i64::try_from(per_target + work.settling.len()).unwrap_or(i64::MAX))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;
-        for (id, target) in due {
+        let mut waiting = false;
+        // Settling ones are filtered here, not in SQL: they are many, and briefly so.
+        for (id, target) in due
+            .into_iter()
+            .filter(|(id, _)| !work.settling.contains_key(id))
+        {
             let limit = work
                 .targets
                 .entry(target)
                 .or_insert_with(|| Arc::new(Semaphore::new(per_target)))
                 .clone();
             let Ok(target_slot) = limit.try_acquire_owned() else {
+                waiting = true;
                 continue;
             };
             let Ok(slot) = work.slots.clone().acquire_owned().await else {
                 break;
             };
-            work.ids.insert(id);
             let attempts = self.attempts.clone();
-            work.tasks.spawn(async move {
+            let task = work.tasks.spawn(async move {
                 let _slots = (slot, target_slot);
-                let ended = attempts.attempt(id).await.unwrap_or_else(|error| {
+                attempts.attempt(id).await.unwrap_or_else(|error| {
                     tracing::warn!(request.id = %id, %error, "delivery attempt not recorded; will retry");
                     false
-                });
-                (id, ended)
+                })
             });
+            work.ids.insert(task.id(), id);
         }
         work.targets
             .retain(|_, limit| limit.available_permits() < per_target);
-        Ok(())
+        Ok(waiting)
     }
 }
 
 impl InFlight {
-    fn finished(&mut self, done: Result<(Uuid, bool), tokio::task::JoinError>) {
-        let Ok((id, ended)) = done else {
-            return;
+    /// Frees a finished attempt's request (also when its task panicked).
+    fn finished(&mut self, done: &Result<(task::Id, bool), task::JoinError>) {
+        let (task, ended) = match done {
+            Ok((task, ended)) => (*task, *ended),
+            Err(error) => (error.id(), false),
         };
-        self.ids.remove(&id);
-        if ended {
-            self.settling.insert(id, Instant::now() + SETTLING);
+        if let Some(id) = self.ids.remove(&task) {
+            if ended {
+                self.settling.insert(id, Instant::now() + SETTLING);
+            }
         }
     }
 }

@@ -151,7 +151,10 @@ mod tests {
         assert_eq!(a.target().as_deref(), Some("https://receiver.test"));
         assert_eq!(a.target(), b.target());
         assert_eq!(
-            Delivery::webhook("http://127.0.0.1:9000/x").unwrap().target().as_deref(),
+            Delivery::webhook("http://127.0.0.1:9000/x")
+                .unwrap()
+                .target()
+                .as_deref(),
             Some("http://127.0.0.1:9000")
         );
         assert_eq!(Delivery::Poll.target(), None);

@@ -46,9 +46,10 @@ impl Projector for DeliveryAttempts {
         events: &[RecordedEvent],
     ) -> Result<(), ProjectionError> {
         let mut rows = Rows::default();
-        for event in events.iter().filter(|e| {
-            e.aggregate_type == "Request" && e.event_type == "RequestDeliveryAttempted"
-        }) {
+        for event in events
+            .iter()
+            .filter(|e| e.aggregate_type == "Request" && e.event_type == "RequestDeliveryAttempted")
+        {
             let RequestEvent::DeliveryAttempted {
                 attempt, retry_at, ..
             } = event.decode()?
@@ -64,8 +65,10 @@ impl Projector for DeliveryAttempts {
                 continue;
             };
             rows.request_ids.push(request_id);
-            rows.rounds.push(i32::try_from(attempt.round).unwrap_or(i32::MAX));
-            rows.numbers.push(i32::try_from(attempt.number).unwrap_or(i32::MAX));
+            rows.rounds
+                .push(i32::try_from(attempt.round).unwrap_or(i32::MAX));
+            rows.numbers
+                .push(i32::try_from(attempt.number).unwrap_or(i32::MAX));
             rows.delivery_ids.push(attempt.delivery_id);
             rows.started.push(attempt.started_at);
             rows.durations

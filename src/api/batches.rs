@@ -88,7 +88,10 @@ impl RequestCounts {
     fn from_rows(rows: Vec<(String, i64)>) -> Self {
         let mut counts = Self::default();
         for (status, n) in rows {
-            let slot = match RequestStatus::ALL.into_iter().find(|s| s.as_str() == status) {
+            let slot = match RequestStatus::ALL
+                .into_iter()
+                .find(|s| s.as_str() == status)
+            {
                 Some(RequestStatus::Pending) => &mut counts.pending,
                 Some(RequestStatus::ProviderProcessing) => &mut counts.provider_processing,
                 Some(RequestStatus::ProviderProcessed) => &mut counts.provider_processed,

@@ -1,9 +1,7 @@
 //! LLM requests over GraphQL: submitting (one or in bulk), owner actions, and queries.
 
 use async_graphql::connection::Connection;
-use async_graphql::{
-    ComplexObject, Context, InputObject, Json, Object, OneofObject, SimpleObject,
-};
+use async_graphql::{ComplexObject, Context, InputObject, Json, Object, OneofObject, SimpleObject};
 use chronicle_aggregates::request::RequestSpec;
 use chronicle_aggregates::Delivery;
 use chronicle_projections::delivery_attempts;

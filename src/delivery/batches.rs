@@ -42,7 +42,7 @@ impl BatchDelivery {
     /// Batches whose every result is recorded (and projected): their pushed results start
     /// delivering, then the batch does.
     async fn start_ready(&self) -> Result<(), CommandError> {
-        let ready: Vec<Uuid> = sqlx::query_scalar(&format!(
+        let ready: Vec<Uuid> = sqlx::query_scalar(
             "SELECT b.id FROM batches b
               WHERE b.status = 'ready_to_deliver'
                 AND (SELECT count(*) FROM batch_custom_ids c WHERE c.batch_id = b.id)
@@ -51,8 +51,8 @@ impl BatchDelivery {
                 AND NOT EXISTS (SELECT 1 FROM batch_request_counts r
                                  WHERE r.batch_id = b.id AND r.n > 0
                                    AND r.status IN ('pending', 'provider_processing'))
-              LIMIT 100"
-        ))
+              LIMIT 100",
+        )
         .fetch_all(&self.pool)
         .await?;
         for batch_id in ready {

@@ -127,9 +127,12 @@ impl RabbitPublisher {
     /// The open channel, (re)connecting first if needed, with `route`'s queue declared.
     async fn channel(&self, route: Route<'_>) -> Result<Channel, lapin::Error> {
         let mut link = self.link.lock().await;
-        let alive = link.as_ref().is_some_and(|l| l.channel.status().connected());
+        let alive = link
+            .as_ref()
+            .is_some_and(|l| l.channel.status().connected());
         if !alive {
-            let connection = Connection::connect(&self.url, ConnectionProperties::default()).await?;
+            let connection =
+                Connection::connect(&self.url, ConnectionProperties::default()).await?;
             let channel = connection.create_channel().await?;
             channel
                 .confirm_select(ConfirmSelectOptions::default())
@@ -141,9 +144,9 @@ impl RabbitPublisher {
             });
         }
         let Some(open) = link.as_mut() else {
-            return Err(lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
-                lapin::ConnectionState::Closed,
-            )));
+            return Err(lapin::Error::from(
+                lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
+            ));
         };
         if let Route::Queue(queue) = route {
             if !open.declared.contains(queue) {

@@ -6,8 +6,8 @@ use chronicle_aggregates::request::{Request, RequestCommand, RequestEvent, Reque
 use chronicle_aggregates::ErrorCode;
 use std::time::Duration;
 
-use chrono::Utc;
 use chronicle_projections::request_moves;
+use chrono::Utc;
 use sqlx::PgPool;
 use uuid::Uuid;
 

@@ -467,5 +467,4 @@ impl ProviderDriver {
         let event = RequestEvent::SentToProvider { at: Utc::now() };
         self.move_requests(batch_id, event).await
     }
-
 }

@@ -45,7 +45,10 @@ pub async fn submit(app: &TestApp, deliveries: &[Value]) -> (String, Vec<String>
     let accepted = response["data"]["submitRequests"]
         .as_array()
         .unwrap_or_else(|| panic!("submitted: {response}"));
-    let batch_id = accepted[0]["batchId"].as_str().expect("batch id").to_owned();
+    let batch_id = accepted[0]["batchId"]
+        .as_str()
+        .expect("batch id")
+        .to_owned();
     let ids = accepted
         .iter()
         .map(|a| a["requestId"].as_str().expect("id").to_owned())
@@ -104,7 +107,11 @@ async fn a_thousand_results_reach_the_receiver_signed_and_the_batch_is_done() {
     let accepted = receiver.accepted();
     let mut seen = HashSet::new();
     for call in &accepted {
-        assert!(call.signed_with(&secret), "bad signature on {:?}", call.headers);
+        assert!(
+            call.signed_with(&secret),
+            "bad signature on {:?}",
+            call.headers
+        );
         let envelope = call.json();
         assert_eq!(envelope["type"], "request.result");
         assert_eq!(envelope["batch_id"], batch_id.as_str());
@@ -113,7 +120,10 @@ async fn a_thousand_results_reach_the_receiver_signed_and_the_batch_is_done() {
         assert_eq!(envelope["attempt"], 1);
         assert!(envelope["response"].is_object(), "{envelope}");
         assert_eq!(call.header("idempotency-key"), envelope["delivery_id"]);
-        assert_eq!(call.header("chronicle-delivery-id"), envelope["delivery_id"]);
+        assert_eq!(
+            call.header("chronicle-delivery-id"),
+            envelope["delivery_id"]
+        );
         let custom_id = envelope["custom_id"].as_str().expect("custom id");
         let index: usize = custom_id[1..].parse().expect("index");
         assert_eq!(envelope["request_id"], ids[index].as_str());
@@ -144,7 +154,9 @@ async fn a_receiver_failing_three_times_gets_the_result_on_the_fourth_attempt() 
             .map(|a| a["outcome"].as_str().expect("outcome"))
             .collect();
         assert_eq!(outcomes, ["retry", "retry", "retry", "delivered"]);
-        assert!(attempts.iter().all(|a| a["deliveryId"] == attempts[0]["deliveryId"]));
+        assert!(attempts
+            .iter()
+            .all(|a| a["deliveryId"] == attempts[0]["deliveryId"]));
         assert_eq!(attempts[0]["statusCode"], 503);
         assert!(attempts[0]["retryAt"].is_string());
     }
@@ -203,7 +215,10 @@ async fn a_receiver_that_refuses_with_400_fails_at_once_and_redelivery_starts_a_
     assert!(again["errors"].is_null(), "{again}");
     let batch_again = "mutation($id: UUID!) { redeliverBatch(batchId: $id) { requests } }";
     let response = app.graphql(batch_again, json!({ "id": batch_id })).await;
-    assert_eq!(response["data"]["redeliverBatch"]["requests"], 1, "{response}");
+    assert_eq!(
+        response["data"]["redeliverBatch"]["requests"], 1,
+        "{response}"
+    );
     request_when(&app, &ids[1], "delivered", 2).await;
     let batch = batch_when(&app, &batch_id, "done").await;
     assert_eq!(batch["requestCounts"]["delivered"], 2);
@@ -285,7 +300,12 @@ async fn a_restart_mid_delivery_loses_nothing_and_repeats_keep_their_delivery_id
         delivery_ids
             .entry(envelope["request_id"].as_str().expect("id").to_owned())
             .or_default()
-            .insert(envelope["delivery_id"].as_str().expect("delivery id").to_owned());
+            .insert(
+                envelope["delivery_id"]
+                    .as_str()
+                    .expect("delivery id")
+                    .to_owned(),
+            );
     }
     assert_eq!(delivery_ids.len(), ids.len(), "every result was sent");
     assert!(delivery_ids.values().all(|set| set.len() == 1));

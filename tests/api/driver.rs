@@ -297,12 +297,11 @@ async fn several_batches_are_driven_at_once() {
         Duration::from_secs(60),
         "three finished batches",
         || async {
-            let ready: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM batches WHERE status = 'delivering'",
-            )
-            .fetch_one(&app.pool)
-            .await
-            .ok()?;
+            let ready: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM batches WHERE status = 'delivering'")
+                    .fetch_one(&app.pool)
+                    .await
+                    .ok()?;
             (ready == 3).then_some(())
         },
     )

@@ -15,6 +15,7 @@ mod idempotency;
 mod log_order;
 mod projections;
 mod provider;
+mod rabbitmq;
 mod schema_file;
 mod store;
 mod subscriptions;

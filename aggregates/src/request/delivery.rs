@@ -30,7 +30,10 @@ impl DeliveryAttempt {
     /// True when the receiver took the result: no error, and a 2xx status if it had one.
     /// Only such an attempt ends its round delivered.
     pub fn succeeded(&self) -> bool {
-        self.error.is_none() && self.status_code.is_none_or(|code| (200..300).contains(&code))
+        self.error.is_none()
+            && self
+                .status_code
+                .is_none_or(|code| (200..300).contains(&code))
     }
 }
 

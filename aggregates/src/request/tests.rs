@@ -77,9 +77,7 @@ fn command_to(to: RequestStatus) -> (RequestCommand, Vec<RequestEvent>) {
         RequestStatus::DeliveryFailed => (
             RequestCommand::RecordDeliveryAttempt {
                 attempt: first_attempt(Some(400)),
-                verdict: AttemptVerdict::GiveUp {
-                    reason: "r".into(),
-                },
+                verdict: AttemptVerdict::GiveUp { reason: "r".into() },
                 at: at(),
             },
             vec![attempted(Some(400), None), event],
