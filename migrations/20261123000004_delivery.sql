@@ -9,14 +9,14 @@ ALTER TABLE requests
     ADD COLUMN next_attempt_at   timestamptz,
     ADD COLUMN delivery_error    text;
 
--- `delivery_target` groups deliveries for fairness: a webhook's origin, or `rabbitmq`.
+-- `delivery_target` groups deliveries for fairness: a webhook's origin, a queue or an exchange.
 UPDATE requests
    SET delivery_target = CASE delivery ->> 'kind'
        WHEN 'webhook' THEN regexp_replace(delivery ->> 'url',
                                           '^([a-z][a-z0-9+.-]*://)([^@/?#]*@)?([^/?#]*).*$',
                                           '\1\3')
-       WHEN 'rabbitmq' THEN 'rabbitmq'
-       WHEN 'rabbitmq_exchange' THEN 'rabbitmq'
+       WHEN 'rabbitmq' THEN 'amqp queue ' || (delivery ->> 'queue')
+       WHEN 'rabbitmq_exchange' THEN 'amqp exchange ' || (delivery ->> 'exchange')
    END;
 
 -- The delivery worker's queue: requests being delivered, by when they are due.

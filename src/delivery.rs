@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use chronicle_aggregates::batch::BatchServices;
 use chronicle_aggregates::request::{
-    delivery_id, DeliveryAttempt, Request, RequestCommand, RequestStatus,
+    delivery_id, AttemptVerdict, DeliveryAttempt, Request, RequestCommand, RequestStatus,
 };
 use chronicle_aggregates::Delivery;
 use chrono::Utc;
@@ -46,7 +46,8 @@ use crate::command::{CommandContext, CommandError, Commands};
 use crate::projection::Leadership;
 use batches::BatchDelivery;
 
-/// How a finished round's request is kept out of the due list while the read model catches up.
+/// How long a finished round's request is kept out of the due list while the read model
+/// catches up (a redelivery starts a new round and is not held back).
 const SETTLING: Duration = Duration::from_secs(5);
 /// How long in-flight attempts may finish (and be recorded) when the worker stops.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -94,9 +95,9 @@ struct Attempts {
 
 /// What the worker is doing while it holds the role.
 struct InFlight {
-    tasks: JoinSet<bool>,
+    tasks: JoinSet<Option<u32>>,
     ids: HashMap<task::Id, Uuid>,
-    settling: HashMap<Uuid, Instant>,
+    settling: HashMap<Uuid, (u32, Instant)>,
     targets: HashMap<String, Arc<Semaphore>>,
     slots: Arc<Semaphore>,
 }
@@ -195,13 +196,13 @@ impl DeliveryWorker {
     /// true when due work was left waiting for a slot.
     async fn dispatch(&self, work: &mut InFlight) -> Result<bool, sqlx::Error> {
         let now = Instant::now();
-        work.settling.retain(|_, until| *until > now);
+        work.settling.retain(|_, (_, until)| *until > now);
         let in_flight: Vec<Uuid> = work.ids.values().copied().collect();
         let per_target = self.settings.per_target.max(1);
         let limit = self.settings.concurrency * 2 + work.settling.len();
-        let due: Vec<(Uuid, String)> = sqlx::query_as(
-            "SELECT id, target FROM (
-                 SELECT id, coalesce(delivery_target, '') AS target,
+        let due: Vec<(Uuid, String, i32)> = sqlx::query_as(
+            "SELECT id, target, delivery_rounds FROM (
+                 SELECT id, coalesce(delivery_target, '') AS target, delivery_rounds,
                         row_number() OVER (PARTITION BY delivery_target
                                            ORDER BY next_attempt_at NULLS FIRST, id) AS turn
                    FROM requests
@@ -219,10 +220,17 @@ impl DeliveryWorker {
         .await?;
         let mut waiting = false;
         // Settling ones are filtered here, not in SQL: they are many, and briefly so.
-        for (id, target) in due
+        let settled = |id: &Uuid, round: i32| {
+            work.settling
+                .get(id)
+                .is_some_and(|(ended, _)| i64::from(*ended) >= i64::from(round))
+        };
+        let due: Vec<(Uuid, String)> = due
             .into_iter()
-            .filter(|(id, _)| !work.settling.contains_key(id))
-        {
+            .filter(|(id, _, round)| !settled(id, *round))
+            .map(|(id, target, _)| (id, target))
+            .collect();
+        for (id, target) in due {
             let limit = work
                 .targets
                 .entry(target)
@@ -240,7 +248,7 @@ impl DeliveryWorker {
                 let _slots = (slot, target_slot);
                 attempts.attempt(id).await.unwrap_or_else(|error| {
                     tracing::warn!(request.id = %id, %error, "delivery attempt not recorded; will retry");
-                    false
+                    None
                 })
             });
             work.ids.insert(task.id(), id);
@@ -253,38 +261,39 @@ impl DeliveryWorker {
 
 impl InFlight {
     /// Frees a finished attempt's request (also when its task panicked).
-    fn finished(&mut self, done: &Result<(task::Id, bool), task::JoinError>) {
+    fn finished(&mut self, done: &Result<(task::Id, Option<u32>), task::JoinError>) {
         let (task, ended) = match done {
             Ok((task, ended)) => (*task, *ended),
-            Err(error) => (error.id(), false),
+            Err(error) => (error.id(), None),
         };
         if let Some(id) = self.ids.remove(&task) {
-            if ended {
-                self.settling.insert(id, Instant::now() + SETTLING);
+            if let Some(round) = ended {
+                self.settling.insert(id, (round, Instant::now() + SETTLING));
             }
         }
     }
 }
 
 impl Attempts {
-    /// Makes the request's next attempt if it is due; true when the round ended with it.
-    async fn attempt(&self, request_id: Uuid) -> Result<bool, CommandError> {
+    /// Makes the request's next attempt if it is due; returns the round when that round is
+    /// over (ended by this attempt, or earlier).
+    async fn attempt(&self, request_id: Uuid) -> Result<Option<u32>, CommandError> {
         let id = request_id.to_string();
         let request = self.commands.load::<Request>(&id).await?;
+        let progress = request.delivery().clone();
         let (Some(RequestStatus::Delivering), Some(submission)) =
             (request.status(), request.submission())
         else {
-            return Ok(true);
+            return Ok(Some(progress.round));
         };
-        let progress = request.delivery().clone();
         let started_at = Utc::now();
         if progress.retry_at.is_some_and(|at| at > started_at) {
-            return Ok(false);
+            return Ok(None);
         }
         let number = progress.attempts + 1;
         let delivery_id = delivery_id(request_id, progress.round);
         let Some(envelope) = Envelope::of(&request, delivery_id, number) else {
-            return Ok(true);
+            return Ok(Some(progress.round));
         };
         let body = envelope.to_bytes();
         let clock = Instant::now();
@@ -318,17 +327,14 @@ impl Attempts {
                     .publish(route, &body, delivery_id, number)
                     .await
             }
-            Delivery::Poll => return Ok(true),
+            Delivery::Poll => return Ok(Some(progress.round)),
         };
         let duration_ms = u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX);
         let now = Utc::now();
         let verdict =
             self.policy
                 .verdict(&outcome, number, progress.started_at.unwrap_or(now), now);
-        let ended = !matches!(
-            verdict,
-            chronicle_aggregates::request::AttemptVerdict::RetryAt(_)
-        );
+        let ended = (!matches!(verdict, AttemptVerdict::RetryAt(_))).then_some(progress.round);
         let attempt = DeliveryAttempt {
             delivery_id,
             round: progress.round,

@@ -92,8 +92,9 @@ impl Delivery {
         })
     }
 
-    /// What deliveries share for fairness: a webhook's origin (`https://host:port`), or
-    /// `rabbitmq` for the broker; `None` for poll delivery.
+    /// What deliveries share for fairness: a webhook's origin (`https://host:port`), a
+    /// RabbitMQ queue (`amqp queue <name>`) or exchange (`amqp exchange <name>`); `None` for
+    /// poll delivery.
     pub fn target(&self) -> Option<String> {
         match self {
             Self::Webhook { url } => Some(
@@ -101,7 +102,8 @@ impl Delivery {
                     .map(|u| u.origin().ascii_serialization())
                     .unwrap_or_else(|_| url.clone()),
             ),
-            Self::Rabbitmq { .. } | Self::RabbitmqExchange { .. } => Some("rabbitmq".into()),
+            Self::Rabbitmq { queue } => Some(format!("amqp queue {queue}")),
+            Self::RabbitmqExchange { exchange, .. } => Some(format!("amqp exchange {exchange}")),
             Self::Poll => None,
         }
     }
@@ -156,6 +158,10 @@ mod tests {
                 .target()
                 .as_deref(),
             Some("http://127.0.0.1:9000")
+        );
+        assert_eq!(
+            Delivery::rabbitmq("results").unwrap().target().as_deref(),
+            Some("amqp queue results")
         );
         assert_eq!(Delivery::Poll.target(), None);
     }
