@@ -44,6 +44,7 @@ pub use webhook::{WebhookCall, WebhookSender};
 
 use crate::command::{CommandContext, CommandError, Commands};
 use crate::projection::Leadership;
+pub use batches::batch_step;
 use batches::BatchDelivery;
 
 /// How long a finished round's request is kept out of the due list while the read model
@@ -51,6 +52,8 @@ use batches::BatchDelivery;
 const SETTLING: Duration = Duration::from_secs(5);
 /// How long in-flight attempts may finish (and be recorded) when the worker stops.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// The shortest pause between looks for due work.
+const MIN_POLL: Duration = Duration::from_millis(10);
 /// How often leadership is confirmed while delivering.
 const CONFIRM_EVERY: Duration = Duration::from_secs(1);
 
@@ -86,6 +89,14 @@ pub struct DeliveryWorker {
     settings: DeliverySettings,
 }
 
+/// Keeps a request out of the due list while the read model still shows an attempt that is
+/// over: until `until`, for rounds up to `round` (a redelivery's new round is not held).
+#[derive(Debug, Clone, Copy)]
+struct Hold {
+    round: u32,
+    until: Instant,
+}
+
 /// Makes single attempts; shared by the in-flight tasks.
 struct Attempts {
     commands: Commands,
@@ -95,9 +106,9 @@ struct Attempts {
 
 /// What the worker is doing while it holds the role.
 struct InFlight {
-    tasks: JoinSet<Option<u32>>,
+    tasks: JoinSet<Option<Hold>>,
     ids: HashMap<task::Id, Uuid>,
-    settling: HashMap<Uuid, (u32, Instant)>,
+    held: HashMap<Uuid, Hold>,
     targets: HashMap<String, Arc<Semaphore>>,
     slots: Arc<Semaphore>,
 }
@@ -112,6 +123,12 @@ impl DeliveryWorker {
         transports: Transports,
         settings: DeliverySettings,
     ) -> Self {
+        let settings = DeliverySettings {
+            concurrency: settings.concurrency.max(1),
+            per_target: settings.per_target.max(1),
+            poll_every: settings.poll_every.max(MIN_POLL),
+            ..settings
+        };
         Self {
             batches: BatchDelivery::new(commands.clone(), pool.clone(), services),
             attempts: Arc::new(Attempts {
@@ -145,11 +162,14 @@ impl DeliveryWorker {
         let mut work = InFlight {
             tasks: JoinSet::new(),
             ids: HashMap::new(),
-            settling: HashMap::new(),
+            held: HashMap::new(),
             targets: HashMap::new(),
-            slots: Arc::new(Semaphore::new(self.settings.concurrency.max(1))),
+            slots: Arc::new(Semaphore::new(self.settings.concurrency)),
         };
         let mut confirmed = Instant::now();
+        // Batches advance and due work is read on every tick, however busy the worker is.
+        let mut ticks = tokio::time::interval(self.settings.poll_every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut look = true;
         let mut more_due = false;
         while !shutdown.is_cancelled() {
@@ -176,7 +196,7 @@ impl DeliveryWorker {
                     work.finished(&done);
                     false
                 }
-                () = tokio::time::sleep(self.settings.poll_every) => true,
+                _ = ticks.tick() => true,
                 () = shutdown.cancelled() => false,
             };
             while let Some(done) = work.tasks.try_join_next_with_id() {
@@ -196,10 +216,10 @@ impl DeliveryWorker {
     /// true when due work was left waiting for a slot.
     async fn dispatch(&self, work: &mut InFlight) -> Result<bool, sqlx::Error> {
         let now = Instant::now();
-        work.settling.retain(|_, (_, until)| *until > now);
+        work.held.retain(|_, hold| hold.until > now);
         let in_flight: Vec<Uuid> = work.ids.values().copied().collect();
-        let per_target = self.settings.per_target.max(1);
-        let limit = self.settings.concurrency * 2 + work.settling.len();
+        let per_target = self.settings.per_target;
+        let limit = self.settings.concurrency * 2 + work.held.len();
         let due: Vec<(Uuid, String, i32)> = sqlx::query_as(
             "SELECT id, target, delivery_rounds FROM (
                  SELECT id, coalesce(delivery_target, '') AS target, delivery_rounds,
@@ -210,24 +230,24 @@ impl DeliveryWorker {
                     AND (next_attempt_at IS NULL OR next_attempt_at <= now())
                     AND NOT (id = ANY($1))) AS due
               WHERE turn <= $2
-              ORDER BY turn, target
+              ORDER BY turn, random()
               LIMIT $3",
         )
         .bind(&in_flight)
-        .bind(i64::try_from(per_target + work.settling.len()).unwrap_or(i64::MAX))
+        .bind(i64::try_from(per_target + work.held.len()).unwrap_or(i64::MAX))
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;
         let mut waiting = false;
-        // Settling ones are filtered here, not in SQL: they are many, and briefly so.
-        let settled = |id: &Uuid, round: i32| {
-            work.settling
+        // Held ones are filtered here, not in SQL: they are many, and briefly so.
+        let held = |id: &Uuid, round: i32| {
+            work.held
                 .get(id)
-                .is_some_and(|(ended, _)| i64::from(*ended) >= i64::from(round))
+                .is_some_and(|hold| i64::from(hold.round) >= i64::from(round))
         };
         let due: Vec<(Uuid, String)> = due
             .into_iter()
-            .filter(|(id, _, round)| !settled(id, *round))
+            .filter(|(id, _, round)| !held(id, *round))
             .map(|(id, target, _)| (id, target))
             .collect();
         for (id, target) in due {
@@ -240,7 +260,9 @@ impl DeliveryWorker {
                 waiting = true;
                 continue;
             };
-            let Ok(slot) = work.slots.clone().acquire_owned().await else {
+            // Never wait for a slot here: the loop must keep confirming its role.
+            let Ok(slot) = work.slots.clone().try_acquire_owned() else {
+                waiting = true;
                 break;
             };
             let attempts = self.attempts.clone();
@@ -259,41 +281,60 @@ impl DeliveryWorker {
     }
 }
 
+impl Hold {
+    /// A round that is over, while the read model catches up.
+    fn settling(round: u32) -> Self {
+        Self {
+            round,
+            until: Instant::now() + SETTLING,
+        }
+    }
+
+    /// A round whose next attempt is due at `at`.
+    fn until(round: u32, at: chrono::DateTime<Utc>) -> Self {
+        let wait = (at - Utc::now()).to_std().unwrap_or_default();
+        Self {
+            round,
+            until: Instant::now() + wait.min(SETTLING),
+        }
+    }
+}
+
 impl InFlight {
     /// Frees a finished attempt's request (also when its task panicked).
-    fn finished(&mut self, done: &Result<(task::Id, Option<u32>), task::JoinError>) {
-        let (task, ended) = match done {
-            Ok((task, ended)) => (*task, *ended),
+    fn finished(&mut self, done: &Result<(task::Id, Option<Hold>), task::JoinError>) {
+        let (task, hold) = match done {
+            Ok((task, hold)) => (*task, *hold),
             Err(error) => (error.id(), None),
         };
         if let Some(id) = self.ids.remove(&task) {
-            if let Some(round) = ended {
-                self.settling.insert(id, (round, Instant::now() + SETTLING));
+            if let Some(hold) = hold {
+                self.held.insert(id, hold);
             }
         }
     }
 }
 
 impl Attempts {
-    /// Makes the request's next attempt if it is due; returns the round when that round is
-    /// over (ended by this attempt, or earlier).
-    async fn attempt(&self, request_id: Uuid) -> Result<Option<u32>, CommandError> {
+    /// Makes the request's next attempt if it is due; says how long to hold the request
+    /// back (its round is over, or its next attempt is not due yet).
+    async fn attempt(&self, request_id: Uuid) -> Result<Option<Hold>, CommandError> {
         let id = request_id.to_string();
         let request = self.commands.load::<Request>(&id).await?;
         let progress = request.delivery().clone();
         let (Some(RequestStatus::Delivering), Some(submission)) =
             (request.status(), request.submission())
         else {
-            return Ok(Some(progress.round));
+            return Ok(Some(Hold::settling(progress.round)));
         };
         let started_at = Utc::now();
-        if progress.retry_at.is_some_and(|at| at > started_at) {
-            return Ok(None);
+        if let Some(retry_at) = progress.retry_at.filter(|at| *at > started_at) {
+            return Ok(Some(Hold::until(progress.round, retry_at)));
         }
         let number = progress.attempts + 1;
         let delivery_id = delivery_id(request_id, progress.round);
         let Some(envelope) = Envelope::of(&request, delivery_id, number) else {
-            return Ok(Some(progress.round));
+            return Ok(Some(Hold::settling(progress.round)));
         };
         let body = envelope.to_bytes();
         let clock = Instant::now();
@@ -327,14 +368,19 @@ impl Attempts {
                     .publish(route, &body, delivery_id, number)
                     .await
             }
-            Delivery::Poll => return Ok(Some(progress.round)),
+            Delivery::Poll => return Ok(Some(Hold::settling(progress.round))),
         };
         let duration_ms = u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX);
         let now = Utc::now();
         let verdict =
             self.policy
                 .verdict(&outcome, number, progress.started_at.unwrap_or(now), now);
-        let ended = (!matches!(verdict, AttemptVerdict::RetryAt(_))).then_some(progress.round);
+        let hold = match verdict {
+            AttemptVerdict::RetryAt(at) => Hold::until(progress.round, at),
+            AttemptVerdict::Delivered | AttemptVerdict::GiveUp { .. } => {
+                Hold::settling(progress.round)
+            }
+        };
         let attempt = DeliveryAttempt {
             delivery_id,
             round: progress.round,
@@ -353,6 +399,6 @@ impl Attempts {
         self.commands
             .execute::<Request>(&context, &id, command, &(), None)
             .await?;
-        Ok(ended)
+        Ok(Some(hold))
     }
 }

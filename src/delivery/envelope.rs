@@ -26,10 +26,9 @@ pub struct Envelope<'a> {
     pub endpoint: &'static str,
     /// The model.
     pub model: &'a str,
-    /// The provider's response body.
+    /// The provider's response body (only processed results are pushed; a request the
+    /// provider failed shows its error in the API instead).
     pub response: Option<&'a Value>,
-    /// The provider's error, if it reported one.
-    pub error: Option<&'a Value>,
     /// When the request was submitted.
     pub submitted_at: DateTime<Utc>,
 }
@@ -48,7 +47,6 @@ impl<'a> Envelope<'a> {
             endpoint: submission.spec.endpoint.path(),
             model: &submission.spec.model,
             response: request.response(),
-            error: request.error(),
             submitted_at: submission.submitted_at,
         })
     }

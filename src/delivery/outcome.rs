@@ -90,14 +90,18 @@ impl RetryPolicy {
             };
         }
         let delay = self.delay(number).max(retry_after.unwrap_or_default());
-        let retry_at = now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
-        let deadline = round_started
-            + chrono::Duration::from_std(self.deadline).unwrap_or(chrono::Duration::MAX);
-        if retry_at > deadline {
+        let later = |from: DateTime<Utc>, by: Duration| {
+            chrono::Duration::from_std(by)
+                .ok()
+                .and_then(|by| from.checked_add_signed(by))
+        };
+        let deadline = later(round_started, self.deadline);
+        let retry_at = later(now, delay).filter(|at| deadline.is_none_or(|end| *at <= end));
+        let Some(retry_at) = retry_at else {
             return AttemptVerdict::GiveUp {
                 reason: format!("delivery deadline passed after {number} attempts; last: {error}"),
             };
-        }
+        };
         AttemptVerdict::RetryAt(retry_at)
     }
 
@@ -196,6 +200,28 @@ mod tests {
         assert!(matches!(
             POLICY.verdict(&transient(), 1, start, late),
             AttemptVerdict::GiveUp { .. }
+        ));
+    }
+
+    #[test]
+    fn absurd_waits_and_deadlines_give_up_instead_of_overflowing() {
+        let start = Utc.with_ymd_and_hms(2026, 11, 23, 8, 0, 0).unwrap();
+        let forever = SendOutcome::Transient {
+            status_code: Some(503),
+            error: "HTTP 503".into(),
+            retry_after: Some(Duration::from_secs(u64::MAX)),
+        };
+        assert!(matches!(
+            POLICY.verdict(&forever, 1, start, start),
+            AttemptVerdict::GiveUp { .. }
+        ));
+        let endless = RetryPolicy {
+            deadline: Duration::from_secs(u64::MAX),
+            ..POLICY
+        };
+        assert!(matches!(
+            endless.verdict(&transient(), 1, start, start),
+            AttemptVerdict::RetryAt(_)
         ));
     }
 }

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::submit::next_batch_id;
 use crate::command::{CommandContext, CommandError, CommandReceipt, Commands, IdempotencyKey};
+use crate::delivery::batch_step;
 
 /// Owner actions on batches and requests.
 #[derive(Clone)]
@@ -197,7 +198,21 @@ impl LlmActions {
         key: Option<IdempotencyKey>,
     ) -> Result<CommandReceipt, CommandError> {
         let command = RequestCommand::StartDelivery { at: Utc::now() };
-        self.on_request(context, request_id, command, key).await
+        let receipt = self.on_request(context, request_id, command, key).await?;
+        let request = self
+            .commands
+            .load::<Request>(&request_id.to_string())
+            .await?;
+        if let Some(submission) = request.submission() {
+            self.reopen(context, submission.batch_id).await?;
+        }
+        Ok(receipt)
+    }
+
+    /// Takes a done batch back to delivering after some of its results were redelivered.
+    async fn reopen(&self, context: &CommandContext, batch_id: Uuid) -> Result<(), CommandError> {
+        let command = BatchCommand::StartDelivery { at: Utc::now() };
+        batch_step(&self.commands, &self.services, context, batch_id, command).await
     }
 
     /// Delivers again the batch's pushed results whose delivery failed (and, unless
@@ -214,13 +229,15 @@ impl LlmActions {
         key: Option<IdempotencyKey>,
     ) -> Result<u64, CommandError> {
         self.owned_batch(&context.actor, batch_id).await?;
-        self.commands
+        let moved = self
+            .commands
             .once(context, key, |command_id| async move {
-                let statuses: &[&str] = if only_failed {
-                    &["delivery_failed"]
+                let from: &[RequestStatus] = if only_failed {
+                    &[RequestStatus::DeliveryFailed]
                 } else {
-                    &["delivery_failed", "delivered"]
+                    &[RequestStatus::DeliveryFailed, RequestStatus::Delivered]
                 };
+                let statuses: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
                 let ids: Vec<String> = sqlx::query_scalar(
                     "SELECT id::text FROM requests
                       WHERE batch_id = $1 AND status = ANY($2)
@@ -234,12 +251,23 @@ impl LlmActions {
                 let metadata = context.metadata(command_id.to_string()).to_value();
                 let started = RequestEvent::DeliveryStarted { at: Utc::now() };
                 let mut conn = self.pool.acquire().await?;
-                let moved =
-                    request_moves::append(&mut conn, &metadata, &ids, request_moves::all(&started))
-                        .await?;
+                // The events decide: a request the read model shows late is moved only from
+                // the statuses asked for.
+                let moved = request_moves::append(&mut conn, &metadata, &ids, |_, status| {
+                    from.contains(&status).then(|| started.clone())
+                })
+                .await
+                .map_err(|error| match error.as_database_error() {
+                    Some(db) if db.is_unique_violation() => CommandError::Conflict,
+                    _ => error.into(),
+                })?;
                 Ok(moved as u64)
             })
-            .await
+            .await?;
+        if moved > 0 {
+            self.reopen(context, batch_id).await?;
+        }
+        Ok(moved)
     }
 
     /// Poll delivery: acknowledges a fetched result.

@@ -2,6 +2,7 @@
 //! pushes them to receivers started here, and every attempt is visible over GraphQL.
 
 use std::collections::{HashMap, HashSet};
+
 use std::time::Duration;
 
 use chronicle::config::Config;
@@ -18,7 +19,7 @@ const REQUEST: &str = "query($id: UUID!) { request(id: $id) {
     deliveryAttempts { round number deliveryId statusCode error outcome retryAt } } }";
 
 const BATCH: &str = "query($id: UUID!) { batch(id: $id) { status requestCounts {
-    providerProcessed delivering delivered deliveryFailed consumed failed } } }";
+    providerProcessed delivering delivered deliveryFailed consumed consumeFailed failed } } }";
 
 /// An app with a provider emulator, delivery settings changed by `change`.
 pub async fn app_with_provider(db: &TestDb, change: impl FnOnce(&mut Config)) -> TestApp {
@@ -87,6 +88,18 @@ async fn webhook_secret(app: &TestApp) -> String {
         .to_owned()
 }
 
+/// How many delivery attempts the requests `ids` have in the log.
+pub async fn attempts_recorded(app: &TestApp, ids: &[String]) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE event_type = 'RequestDeliveryAttempted'
+            AND aggregate_id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_one(&app.pool)
+    .await
+    .expect("count attempts")
+}
+
 fn webhook(url: &str) -> Value {
     json!({ "webhookUrl": url })
 }
@@ -117,7 +130,7 @@ async fn a_thousand_results_reach_the_receiver_signed_and_the_batch_is_done() {
         assert_eq!(envelope["batch_id"], batch_id.as_str());
         assert_eq!(envelope["model"], "m");
         assert_eq!(envelope["endpoint"], "/v1/chat/completions");
-        assert_eq!(envelope["attempt"], 1);
+        assert!(envelope["attempt"].as_u64() >= Some(1));
         assert!(envelope["response"].is_object(), "{envelope}");
         assert_eq!(call.header("idempotency-key"), envelope["delivery_id"]);
         assert_eq!(
@@ -261,20 +274,18 @@ async fn a_slow_receiver_does_not_hold_up_another() {
     })
     .await;
     // Every fast result arrived while the slow receiver's first attempts still hung.
-    let recorded: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM events WHERE event_type = 'RequestDeliveryAttempted'
-            AND aggregate_id = ANY($1)",
-    )
-    .bind(&ids[..10])
-    .fetch_one(&app.pool)
-    .await
-    .expect("count");
+    let recorded = attempts_recorded(&app, &ids[..10]).await;
     assert_eq!(recorded, 0, "slow attempts finished before the fast ones");
-    assert!(slow.received().len() <= 2, "at most per_target in flight");
+    eventually(
+        Duration::from_secs(5),
+        "per_target calls to the slow one",
+        || async { (slow.received().len() == 2).then_some(()) },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_restart_mid_delivery_loses_nothing_and_repeats_keep_their_delivery_id() {
+async fn a_crash_mid_delivery_loses_nothing_and_repeats_keep_their_delivery_id() {
     let db = TestDb::new().await;
     let (_emulator, url) = spawn_emulator(Faults::default()).await;
     let configure = |config: &mut Config| {
@@ -289,7 +300,7 @@ async fn a_restart_mid_delivery_loses_nothing_and_repeats_keep_their_delivery_id
         (receiver.received().len() >= 10).then_some(())
     })
     .await;
-    first.stop().await;
+    first.kill().await;
 
     let second = TestApp::spawn_configured(&db, "second", configure).await;
     batch_when(&second, &batch_id, "done").await;
@@ -330,11 +341,20 @@ async fn polled_results_keep_the_batch_delivering_until_acknowledged() {
     let (batch_id, ids) = submit(&app, &[poll.clone(), poll]).await;
     let batch = batch_when(&app, &batch_id, "delivering").await;
     assert_eq!(batch["requestCounts"]["providerProcessed"], 2);
+    let redeliver = "mutation($id: UUID!) { redeliver(requestId: $id) { version } }";
+    let refused = app.graphql(redeliver, json!({ "id": ids[0] })).await;
+    assert_eq!(
+        refused["errors"][0]["extensions"]["code"], "INVALID_TRANSITION",
+        "{refused}"
+    );
     let acknowledge = "mutation($id: UUID!) { acknowledgeResult(requestId: $id) { version } }";
     let report = "mutation($id: UUID!) { reportResultFailure(requestId: $id, reason: \"bad\") {
         version } }";
-    app.graphql(acknowledge, json!({ "id": ids[0] })).await;
-    app.graphql(report, json!({ "id": ids[1] })).await;
+    for (mutation, id) in [(acknowledge, &ids[0]), (report, &ids[1])] {
+        let response = app.graphql(mutation, json!({ "id": id })).await;
+        assert!(response["errors"].is_null(), "{response}");
+    }
     let batch = batch_when(&app, &batch_id, "done").await;
     assert_eq!(batch["requestCounts"]["consumed"], 1);
+    assert_eq!(batch["requestCounts"]["consumeFailed"], 1);
 }

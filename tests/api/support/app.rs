@@ -107,6 +107,14 @@ impl TestApp {
         self.server.await.expect("server task");
     }
 
+    /// Kills the instance without a graceful stop: its tasks are dropped mid-way, as in a
+    /// crash (the process's connections close with it).
+    pub async fn kill(self) {
+        self.server.abort();
+        let _ = self.server.await;
+        self.pool.close().await;
+    }
+
     /// Posts a GraphQL request and returns the whole response body.
     pub async fn graphql(&self, query: &str, variables: Value) -> Value {
         self.http

@@ -28,7 +28,7 @@ pub enum Behaviour {
     Slow(Duration),
 }
 
-/// One call as received.
+/// One call as received (`accepted` once it was answered 2xx).
 #[derive(Debug, Clone)]
 pub struct Received {
     pub headers: HeaderMap,
@@ -139,6 +139,16 @@ async fn receive(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) 
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
+    // Recorded on arrival, so calls cut off mid-way (a hang, a crash) are seen too.
+    let index = {
+        let mut received = shared.received.lock().expect("lock");
+        received.push(Received {
+            headers,
+            body,
+            accepted: false,
+        });
+        received.len() - 1
+    };
     let status = match behaviour {
         Behaviour::Accept => StatusCode::OK,
         Behaviour::FailFirst(n) => {
@@ -157,10 +167,8 @@ async fn receive(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) 
             StatusCode::OK
         }
     };
-    shared.received.lock().expect("lock").push(Received {
-        headers,
-        body,
-        accepted: status.is_success() && !matches!(behaviour, Behaviour::Hang(_)),
-    });
+    if status.is_success() && !matches!(behaviour, Behaviour::Hang(_)) {
+        shared.received.lock().expect("lock")[index].accepted = true;
+    }
     status
 }
