@@ -10,6 +10,7 @@ mod delivery;
 mod endpoint;
 mod error_code;
 pub mod request;
+pub mod simulation;
 mod upcasting;
 
 pub use delivery::Delivery;
