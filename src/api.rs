@@ -12,6 +12,7 @@ mod pagination;
 mod projections;
 mod requests;
 mod schema;
+mod simulations;
 mod transitions;
 mod updates;
 

@@ -184,6 +184,56 @@ pub struct Config {
     /// How results are pushed to their owners.
     #[command(flatten)]
     pub delivery: DeliveryConfig,
+
+    /// How simulations call their AI.
+    #[command(flatten)]
+    pub simulation: SimulationConfig,
+}
+
+/// Settings of the simulation responder (OpenAI-compatible Chat Completions).
+#[derive(Debug, Clone, Args)]
+pub struct SimulationConfig {
+    /// Base URL of the Chat Completions API for simulations (no trailing `/v1`); without
+    /// it, `--provider-url` (and its key) is used; without either, AI calls wait.
+    #[arg(long, env = "CHRONICLE_CHAT_URL", global = true)]
+    pub chat_url: Option<String>,
+
+    /// Name of the environment variable holding the Chat Completions API key (never logged).
+    #[arg(
+        long,
+        env = "CHRONICLE_CHAT_API_KEY_ENV",
+        default_value = "OPENAI_API_KEY",
+        global = true
+    )]
+    pub chat_api_key_env: String,
+
+    /// Timeout of one Chat Completions attempt, in milliseconds.
+    #[arg(
+        long,
+        env = "CHRONICLE_CHAT_TIMEOUT_MS",
+        default_value_t = 60_000,
+        global = true
+    )]
+    pub chat_timeout_ms: u64,
+
+    /// Retries of a failing AI call (connection errors, timeouts, 408, 429, 5xx) before the
+    /// simulation fails.
+    #[arg(
+        long,
+        env = "CHRONICLE_CHAT_RETRIES",
+        default_value_t = 3,
+        global = true
+    )]
+    pub chat_retries: usize,
+
+    /// How often the responder looks for AI calls to make, in milliseconds.
+    #[arg(
+        long,
+        env = "CHRONICLE_SIMULATION_POLL_MS",
+        default_value_t = 200,
+        global = true
+    )]
+    pub simulation_poll_ms: u64,
 }
 
 /// Settings of the delivery worker (webhooks and RabbitMQ).

@@ -13,6 +13,7 @@ pub mod log;
 pub mod projection;
 pub mod provider;
 pub mod retry_rules;
+pub mod simulation;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

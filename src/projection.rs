@@ -11,6 +11,7 @@ use chronicle_projections::batches::Batches;
 use chronicle_projections::delivery_attempts::DeliveryAttempts;
 use chronicle_projections::request_streams::RequestStreams;
 use chronicle_projections::requests::Requests;
+use chronicle_projections::simulations::Simulations;
 use chronicle_projections::transitions::Transitions;
 use chronicle_projections::Projector;
 
@@ -26,5 +27,6 @@ pub fn standard() -> Vec<Arc<dyn Projector>> {
         Arc::new(Batches),
         Arc::new(Transitions),
         Arc::new(DeliveryAttempts),
+        Arc::new(Simulations),
     ]
 }

@@ -2,6 +2,7 @@
 //! client, and an emulator of that API for tests and demos.
 
 mod anthropic;
+mod chat;
 mod emulator;
 mod http;
 mod openai;
@@ -17,6 +18,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 pub use anthropic::{Anthropic, AnthropicConfig};
+pub use chat::{ChatAnswer, ChatClient, ChatConfig, ChatFailure};
 pub use emulator::{Emulator, Faults};
 pub use openai::{OpenAi, OpenAiConfig};
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chronicle_aggregates::batch::{Batch, BatchLimits, BatchServices};
 use chronicle_aggregates::request::Request;
+use chronicle_aggregates::simulation::Simulation;
 use chronicle_aggregates::Upcasters;
 use chronicle_projections::Projector;
 use secrecy::SecretString;
@@ -29,7 +30,10 @@ use crate::llm::{
 };
 use crate::log::{LogReader, LogWaker};
 use crate::projection::{self, ProjectionRunner, RunnerSettings};
-use crate::provider::{Anthropic, AnthropicConfig, OpenAi, OpenAiConfig, Provider};
+use crate::provider::{
+    Anthropic, AnthropicConfig, ChatClient, ChatConfig, OpenAi, OpenAiConfig, Provider,
+};
+use crate::simulation::{Responder, SimulationActions};
 use crate::store::EventStores;
 
 const PROJECTION_PAGE: u32 = 500;
@@ -54,7 +58,8 @@ impl Wiring {
         Self {
             upcasters: Upcasters::default()
                 .register::<Request>()
-                .register::<Batch>(),
+                .register::<Batch>()
+                .register::<Simulation>(),
             projectors: projection::standard(),
         }
     }
@@ -105,6 +110,24 @@ fn providers(config: &Config) -> anyhow::Result<Providers> {
         openai: openai.map(|p| Arc::new(p) as Arc<dyn Provider>),
         anthropic: anthropic.map(|p| Arc::new(p) as Arc<dyn Provider>),
     })
+}
+
+/// The Chat Completions client simulations use: its own URL, else the batch provider's.
+fn chat_client(config: &Config) -> anyhow::Result<Option<ChatClient>> {
+    let settings = &config.simulation;
+    let (base_url, key_env) = match (&settings.chat_url, &config.provider_url) {
+        (Some(url), _) => (url.clone(), &settings.chat_api_key_env),
+        (None, Some(url)) => (url.clone(), &config.provider_api_key_env),
+        (None, None) => return Ok(None),
+    };
+    let client = ChatClient::new(ChatConfig {
+        base_url,
+        api_key: api_key(key_env),
+        timeout: Duration::from_millis(settings.chat_timeout_ms),
+        retries: settings.chat_retries,
+    })
+    .context("building the chat completions client")?;
+    Ok(Some(client))
 }
 
 /// The delivery worker as configured.
@@ -231,6 +254,18 @@ impl Application {
             secrets.clone(),
         )?;
         workers.spawn(delivery.run(shutdown.clone()));
+        if let Some(chat) = chat_client(config)? {
+            let responder = Responder::new(
+                commands.clone(),
+                pool.clone(),
+                options.clone(),
+                chat,
+                Duration::from_millis(config.simulation.simulation_poll_ms.max(10)),
+            );
+            workers.spawn(responder.run(shutdown.clone()));
+        } else {
+            tracing::warn!("no chat completions URL (CHRONICLE_CHAT_URL or CHRONICLE_PROVIDER_URL): simulation AI calls wait");
+        }
         let schema = build_schema(ApiServices {
             pool: pool.clone(),
             reader,
@@ -243,6 +278,7 @@ impl Application {
             ),
             actions: LlmActions::new(commands.clone(), batch_services, pool.clone()),
             secrets,
+            simulations: SimulationActions::new(commands.clone()),
         });
         Ok(Self {
             listener,

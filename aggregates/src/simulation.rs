@@ -36,7 +36,7 @@ pub use status::SimulationStatus;
 pub use values::{
     AiCallFailure, AiCallRecord, AiService, AiSettings, Difficulty, EndReason, Feedback, Message,
     PatientProfile, Role, RubricScore, Scenario, SimulationSpec, TokenUsage, MAX_MESSAGE_CHARS,
-    MAX_TIME_LIMIT_MINUTES,
+    MAX_TIME_LIMIT_SECONDS,
 };
 
 use crate::Upcast;
@@ -119,8 +119,8 @@ impl Simulation {
                 return Err(SimulationError::AlreadyCreated);
             }
             let ends_at = spec
-                .time_limit_minutes
-                .map(|minutes| at + chrono::Duration::minutes(i64::from(minutes)));
+                .time_limit_seconds
+                .map(|seconds| at + chrono::Duration::seconds(i64::from(seconds)));
             return Ok(vec![
                 SimulationEvent::Created {
                     simulation_id,

@@ -15,6 +15,7 @@ mod projector;
 pub mod request_moves;
 pub mod request_streams;
 pub mod requests;
+pub mod simulations;
 pub mod transitions;
 
 pub use cursor::{CursorError, LogCursor};

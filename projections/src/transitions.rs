@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use chronicle_aggregates::batch::BatchEvent;
 use chronicle_aggregates::request::RequestEvent;
+use chronicle_aggregates::simulation::{SimulationEvent, SimulationStatus};
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 
@@ -15,9 +16,22 @@ use crate::{ProjectionError, Projector, RecordedEvent};
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Transitions;
 
-/// The state an event leaves its aggregate in, or `None` when it changes no state.
-fn state_after(event: &RecordedEvent) -> Result<Option<&'static str>, ProjectionError> {
+/// The state an event leaves its aggregate in (which was in `before`), or `None` when it
+/// changes no state.
+fn state_after(
+    event: &RecordedEvent,
+    before: Option<&str>,
+) -> Result<Option<&'static str>, ProjectionError> {
     Ok(match event.aggregate_type.as_str() {
+        "Simulation" => {
+            let before = SimulationStatus::ALL
+                .into_iter()
+                .find(|s| Some(s.as_str()) == before);
+            let after = event.decode::<SimulationEvent>()?.status_after(before);
+            after
+                .filter(|to| Some(*to) != before)
+                .map(SimulationStatus::as_str)
+        }
         "Request" => {
             let decoded = event.decode::<RequestEvent>()?;
             // An attempt leaves a delivering request delivering.
@@ -56,19 +70,7 @@ impl Projector for Transitions {
         conn: &mut PgConnection,
         events: &[RecordedEvent],
     ) -> Result<(), ProjectionError> {
-        let mut changes = Vec::new();
-        for event in events {
-            if let Some(to) = state_after(event)? {
-                changes.push((event, to));
-            }
-        }
-        if changes.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<&str> = changes
-            .iter()
-            .map(|(e, _)| e.aggregate_id.as_str())
-            .collect();
+        let ids: Vec<&str> = events.iter().map(|e| e.aggregate_id.as_str()).collect();
         let previous: Vec<(String, String, String)> = sqlx::query_as(
             "SELECT DISTINCT ON (aggregate_type, aggregate_id) aggregate_type, aggregate_id, to_state
                FROM transitions WHERE aggregate_id = ANY($1)
@@ -82,8 +84,11 @@ impl Projector for Transitions {
             .map(|(kind, id, state)| ((kind, id), state))
             .collect();
         let mut rows = Rows::default();
-        for (event, to) in changes {
+        for event in events {
             let key = (event.aggregate_type.clone(), event.aggregate_id.clone());
+            let Some(to) = state_after(event, current.get(&key).map(String::as_str))? else {
+                continue;
+            };
             rows.from.push(current.insert(key, to.to_owned()));
             rows.positions.push(event.cursor.position);
             rows.types.push(event.aggregate_type.as_str());
@@ -95,6 +100,9 @@ impl Projector for Transitions {
             rows.correlations
                 .push(event.metadata.correlation_id.as_str());
             rows.times.push(event.recorded_at);
+        }
+        if rows.positions.is_empty() {
+            return Ok(());
         }
         sqlx::query(
             "INSERT INTO transitions (position, aggregate_type, aggregate_id, sequence, from_state,

@@ -11,11 +11,13 @@ use super::error_codes::DefaultErrorCodes;
 use super::event_log::{EventLogQuery, EventLogSubscription};
 use super::projections::ProjectionQuery;
 use super::requests::{RequestMutation, RequestQuery};
+use super::simulations::{SimulationMutation, SimulationQuery, SimulationSubscription};
 use super::transitions::TransitionQuery;
 use super::updates::LlmSubscription;
 use crate::delivery::WebhookSecrets;
 use crate::llm::{LlmActions, Submitter};
 use crate::log::{LogReader, LogWaker};
+use crate::simulation::SimulationActions;
 
 /// All queries.
 #[derive(MergedObject, Default)]
@@ -26,15 +28,25 @@ pub struct Query(
     BatchQuery,
     TransitionQuery,
     DeliveryQuery,
+    SimulationQuery,
 );
 
 /// All mutations.
 #[derive(MergedObject, Default)]
-pub struct Mutation(RequestMutation, BatchMutation, DeliveryMutation);
+pub struct Mutation(
+    RequestMutation,
+    BatchMutation,
+    DeliveryMutation,
+    SimulationMutation,
+);
 
 /// All subscriptions.
 #[derive(MergedSubscription, Default)]
-pub struct Subscription(EventLogSubscription, LlmSubscription);
+pub struct Subscription(
+    EventLogSubscription,
+    LlmSubscription,
+    SimulationSubscription,
+);
 
 /// The served schema.
 pub type ChronicleSchema = Schema<Query, Mutation, Subscription>;
@@ -53,6 +65,8 @@ pub struct ApiServices {
     pub actions: LlmActions,
     /// Webhook signing secrets.
     pub secrets: Arc<WebhookSecrets>,
+    /// Owner actions on simulations.
+    pub simulations: SimulationActions,
 }
 
 /// Deepest accepted query: GraphiQL's introspection query needs 13, our own types 7.
@@ -77,6 +91,7 @@ pub fn build_schema(services: ApiServices) -> ChronicleSchema {
         .data(services.submitter)
         .data(services.actions)
         .data(services.secrets)
+        .data(services.simulations)
         .finish()
 }
 

@@ -1,12 +1,14 @@
-//! An emulator of the OpenAI Files and Batch APIs, and of Anthropic's Message Batches, for
-//! tests and demos (`chronicle emulate-provider`). It speaks the real shapes — file objects, batch objects with the real
+//! An emulator of the OpenAI Files, Batch and Chat Completions APIs, and of Anthropic's
+//! Message Batches, for tests and demos (`chronicle emulate-provider`). It speaks the real shapes — file objects, batch objects with the real
 //! status progression and `request_counts`, JSONL output and error files — and answers with
 //! plausible fakes, labelled `[emulated]` in every generated message and by the
 //! `x-chronicle-emulator` header. Faults (failures, expiry, 429s, 503s) are configurable.
 
+mod chat;
 mod messages;
 mod state;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use axum::extract::{Multipart, Path, Query, Request, State as Shared};
@@ -26,6 +28,7 @@ use state::{Batch, File, State};
 pub struct Emulator {
     state: Arc<Mutex<State>>,
     faults: Arc<Faults>,
+    down: Arc<AtomicBool>,
 }
 
 pub(super) fn now() -> i64 {
@@ -44,7 +47,13 @@ impl Emulator {
         Self {
             state: Arc::default(),
             faults: Arc::new(faults),
+            down: Arc::default(),
         }
+    }
+
+    /// While `down`, every call answers 503: an outage for as long as a test wants one.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -96,6 +105,7 @@ impl Emulator {
             .route("/v1/batches", post(create).get(list))
             .route("/v1/batches/{id}", get(retrieve))
             .route("/v1/batches/{id}/cancel", post(cancel))
+            .route("/v1/chat/completions", post(chat::complete))
             .route("/v1/messages/batches", post(messages::create))
             .route("/v1/messages/batches/{id}", get(messages::retrieve))
             .route("/v1/messages/batches/{id}/cancel", post(messages::cancel))
@@ -140,7 +150,7 @@ async fn faults_and_label(
             .headers_mut()
             .insert("retry-after", HeaderValue::from_static("0"));
         limited
-    } else if every(emulator.faults.unavailable_every) {
+    } else if every(emulator.faults.unavailable_every) || emulator.down.load(Ordering::SeqCst) {
         error(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",

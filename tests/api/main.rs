@@ -17,6 +17,7 @@ mod projections;
 mod provider;
 mod rabbitmq;
 mod schema_file;
+mod simulations;
 mod store;
 mod subscriptions;
 mod support;

@@ -37,7 +37,7 @@ fn spec() -> SimulationSpec {
             temperature: Some(0.7),
             max_tokens: None,
         },
-        time_limit_minutes: Some(30),
+        time_limit_seconds: Some(1_800),
     }
 }
 
@@ -401,7 +401,7 @@ fn set_up_rules_are_all_reported() {
     bad.learner_id = String::new();
     bad.patient.age = 200;
     bad.ai.temperature = Some(3.0);
-    bad.time_limit_minutes = Some(0);
+    bad.time_limit_seconds = Some(0);
     assert_eq!(bad.validate().unwrap_err().len(), 4);
     assert!(spec().validate().is_ok());
 }

@@ -7,8 +7,8 @@ use uuid::Uuid;
 
 /// Longest accepted message, in characters.
 pub const MAX_MESSAGE_CHARS: usize = 10_000;
-/// Longest time limit, in minutes.
-pub const MAX_TIME_LIMIT_MINUTES: u32 = 480;
+/// Longest time limit, in seconds (8 hours).
+pub const MAX_TIME_LIMIT_SECONDS: u32 = 28_800;
 
 /// How hard the case is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,8 +79,8 @@ pub struct SimulationSpec {
     pub patient: PatientProfile,
     /// The AI.
     pub ai: AiSettings,
-    /// Minutes until the session ends by itself.
-    pub time_limit_minutes: Option<u32>,
+    /// Seconds until the session ends by itself.
+    pub time_limit_seconds: Option<u32>,
 }
 
 impl SimulationSpec {
@@ -116,11 +116,11 @@ impl SimulationSpec {
             problems.push("max tokens must be 1 to 32000".into());
         }
         if self
-            .time_limit_minutes
-            .is_some_and(|m| m == 0 || m > MAX_TIME_LIMIT_MINUTES)
+            .time_limit_seconds
+            .is_some_and(|m| m == 0 || m > MAX_TIME_LIMIT_SECONDS)
         {
             problems.push(format!(
-                "time limit must be 1 to {MAX_TIME_LIMIT_MINUTES} minutes"
+                "time limit must be 1 to {MAX_TIME_LIMIT_SECONDS} seconds"
             ));
         }
         if problems.is_empty() {

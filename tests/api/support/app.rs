@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use chronicle::command::{CommandContext, CommandError, CommandReceipt, Commands};
-use chronicle::config::{Config, DeliveryConfig, LogFormat};
+use chronicle::config::{Config, DeliveryConfig, LogFormat, SimulationConfig};
 use chronicle::startup::{Application, Wiring};
 use serde_json::{json, Value};
 use sqlx::postgres::PgConnectOptions;
@@ -74,6 +74,13 @@ impl TestApp {
                 delivery_backoff_min_ms: 50,
                 delivery_backoff_max_ms: 1_000,
                 delivery_poll_ms: 50,
+            },
+            simulation: SimulationConfig {
+                chat_url: None,
+                chat_api_key_env: "CHRONICLE_TEST_CHAT_KEY".into(),
+                chat_timeout_ms: 2_000,
+                chat_retries: 2,
+                simulation_poll_ms: 50,
             },
         };
         change(&mut config);

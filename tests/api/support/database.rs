@@ -100,10 +100,22 @@ async fn ensure_template(conn: &mut PgConnection, admin: &PgConnectOptions) -> S
         .expect("connect to template");
     db::migrate(&pool).await.expect("migrate template");
     pool.close().await;
-    sqlx::query(&format!("ALTER DATABASE {building} RENAME TO {template}"))
-        .execute(&mut *conn)
-        .await
-        .expect("publish template");
+    // A closed connection's server process may still be exiting: renaming waits for it.
+    let rename = format!("ALTER DATABASE {building} RENAME TO {template}");
+    for attempt in 1.. {
+        match sqlx::query(&rename).execute(&mut *conn).await {
+            Ok(_) => break,
+            Err(error) if attempt < 100 => {
+                let in_use = error
+                    .as_database_error()
+                    .and_then(|e| e.code())
+                    .is_some_and(|code| code == "55006");
+                assert!(in_use, "publish template: {error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("publish template: {error}"),
+        }
+    }
     template
 }
 
