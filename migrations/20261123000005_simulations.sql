@@ -38,6 +38,7 @@ CREATE TABLE simulations
     ends_at         timestamptz,
     started_at      timestamptz,
     ended_at        timestamptz,
+    end_reason      text,
     feedback        jsonb,
     version         bigint      NOT NULL,
     created_at      timestamptz NOT NULL,

@@ -63,15 +63,16 @@ pub struct Config {
     )]
     pub standby_retry_ms: u64,
 
-    /// Snapshot an aggregate type every N events, e.g. `Batch=1,Simulation=200`. Batches
+    /// Snapshot an aggregate type every N events, e.g. `Batch=1,Simulation=20`. Batches
     /// snapshot on every command by default: their events carry request bodies, while their
-    /// state is a few counters, so a snapshot is cheaper than any replay.
+    /// state is a few counters, so a snapshot is cheaper than any replay. Simulations every
+    /// 20 events: each AI call's event holds the whole request sent.
     #[arg(
         long,
         env = "CHRONICLE_SNAPSHOTS",
         value_delimiter = ',',
         value_parser = parse_snapshot,
-        default_value = "Batch=1",
+        default_value = "Batch=1,Simulation=20",
         global = true
     )]
     pub snapshots: Vec<(String, usize)>,

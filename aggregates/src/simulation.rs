@@ -6,6 +6,10 @@
 //! retries fails the session until `RetryAiCall`. [`SimulationStatus::can_transition_to`] is
 //! the table.
 //!
+//! A session ends once: after a failed feedback call only `RetryAiCall` goes on. An answer
+//! that arrives after the session moved on (ended or archived meanwhile) is still audited,
+//! without becoming a message.
+//!
 //! Ordering: messages carry a gap-free sequence number, and the learner may not post while
 //! the patient's reply is pending (`ReplyPending`, a CONFLICT): a reply always answers the
 //! conversation exactly as it stood, so a queued learner message could not be answered in
@@ -61,7 +65,9 @@ pub struct Simulation {
     pending: Option<PendingCall>,
     failed: Option<PendingCall>,
     calls: u32,
+    requested: BTreeSet<Uuid>,
     recorded: BTreeSet<(Uuid, String)>,
+    ended: bool,
     ends_at: Option<DateTime<Utc>>,
     feedback: Option<Feedback>,
 }
@@ -118,6 +124,9 @@ impl Simulation {
             if self.id.is_some() {
                 return Err(SimulationError::AlreadyCreated);
             }
+            let spec = spec
+                .validate()
+                .map_err(|problems| SimulationError::InvalidSpec { problems })?;
             let ends_at = spec
                 .time_limit_seconds
                 .map(|seconds| at + chrono::Duration::seconds(i64::from(seconds)));
@@ -173,14 +182,23 @@ impl Simulation {
                 ]
             }
             SimulationCommand::RecordAiResult { call, output, at } => {
+                if !self.requested.contains(&call.call_id) {
+                    return Err(SimulationError::UnknownCall {
+                        call_id: call.call_id,
+                    });
+                }
                 if self.recorded.contains(&(call.call_id, call.schema.clone())) {
                     return Ok(Vec::new());
                 }
-                let pending = self.pending.filter(|p| p.call_id == call.call_id).ok_or(
-                    SimulationError::UnknownCall {
-                        call_id: call.call_id,
-                    },
-                )?;
+                let Some(pending) = self.pending.filter(|p| p.call_id == call.call_id) else {
+                    // Answered after the session moved on (ended, archived): audited only.
+                    return Ok(vec![SimulationEvent::AiCallCompleted { call, at }]);
+                };
+                if call.service != pending.service || call.schema != pending.service.schema() {
+                    return Err(SimulationError::WrongOutput {
+                        service: pending.service,
+                    });
+                }
                 let call_id = call.call_id;
                 let outcome = match (pending.service, output) {
                     (
@@ -216,7 +234,26 @@ impl Simulation {
                     .failed
                     .filter(|_| status == SimulationStatus::Failed)
                     .ok_or(SimulationError::NothingToRetry)?;
-                vec![next_call(failed.service, at)]
+                let patient = failed.service != AiService::FeedbackHotwash;
+                if patient && self.ends_at.is_some_and(|end| at >= end) {
+                    // Its time is up: no more patient lines, the feedback instead.
+                    vec![
+                        SimulationEvent::Ended {
+                            reason: EndReason::TimeLimit,
+                            abandoned_call: None,
+                            at,
+                        },
+                        next_call(AiService::FeedbackHotwash, at),
+                    ]
+                } else {
+                    vec![next_call(failed.service, at)]
+                }
+            }
+            SimulationCommand::End { .. } if self.ended => {
+                return Err(SimulationError::InvalidTransition {
+                    from: status,
+                    to: SimulationStatus::Ended,
+                })
             }
             SimulationCommand::End { reason, at } => vec![
                 SimulationEvent::Ended {
@@ -307,19 +344,24 @@ impl Aggregate for Simulation {
             SimulationEvent::AiCallRequested {
                 call_id, service, ..
             } => {
+                self.requested.insert(call_id);
                 self.pending = Some(PendingCall { call_id, service });
                 self.failed = None;
                 self.calls += 1;
             }
             SimulationEvent::AiCallCompleted { call, .. } => {
+                if self.pending.is_some_and(|p| p.call_id == call.call_id) {
+                    self.pending = None;
+                }
                 self.recorded.insert((call.call_id, call.schema));
-                self.pending = None;
             }
             SimulationEvent::AiCallFailed { .. } => self.failed = self.pending.take(),
             SimulationEvent::MessagePosted { message } => self.messages.push(message),
-            SimulationEvent::Ended { .. } | SimulationEvent::Archived { .. } => {
+            SimulationEvent::Ended { .. } => {
                 self.pending = None;
+                self.ended = true;
             }
+            SimulationEvent::Archived { .. } => self.pending = None,
             SimulationEvent::FeedbackRecorded { feedback, .. } => self.feedback = Some(feedback),
         }
     }

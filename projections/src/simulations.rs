@@ -3,7 +3,7 @@
 //! are conversations, not bulk data.
 
 use async_trait::async_trait;
-use chronicle_aggregates::simulation::{SimulationEvent, SimulationStatus};
+use chronicle_aggregates::simulation::{EndReason, SimulationEvent, SimulationStatus};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
@@ -114,9 +114,11 @@ async fn apply(
             .await?;
         }
         SimulationEvent::AiCallCompleted { call, .. } => {
-            let tokens = call.usage.prompt + call.usage.completion;
+            let tokens = call.usage.prompt.saturating_add(call.usage.completion);
             sqlx::query(
-                "UPDATE ai_calls SET status = 'completed', model = $2, request = $3,
+                "UPDATE ai_calls SET status = CASE status WHEN 'abandoned' THEN 'abandoned'
+                                                           ELSE 'completed' END,
+                        model = $2, request = $3,
                         response_text = $4, output = $5, prompt_tokens = $6,
                         completion_tokens = $7, finish_reason = $8, latency_ms = $9,
                         attempts = $10, finished_at = $11
@@ -136,14 +138,21 @@ async fn apply(
             .execute(&mut *conn)
             .await?;
             sqlx::query(
-                "UPDATE simulations SET pending_call_id = NULL, pending_service = NULL,
-                        tokens_used = tokens_used + $2, version = $3, updated_at = $4
+                "UPDATE simulations
+                    SET pending_service = CASE WHEN pending_call_id = $5 THEN NULL
+                                               ELSE pending_service END,
+                        pending_call_id = CASE WHEN pending_call_id = $5 THEN NULL
+                                               ELSE pending_call_id END,
+                        tokens_used = LEAST(tokens_used::numeric + $2,
+                                            9223372036854775807)::bigint,
+                        version = $3, updated_at = $4
                   WHERE id = $1",
             )
             .bind(id)
             .bind(i64::try_from(tokens).unwrap_or(i64::MAX))
             .bind(version)
             .bind(at)
+            .bind(call.call_id)
             .execute(&mut *conn)
             .await?;
         }
@@ -186,14 +195,22 @@ async fn apply(
             .await?;
             touch(conn, id, SimulationStatus::InProgress.as_str(), version, at).await?;
         }
-        SimulationEvent::Ended { abandoned_call, .. } => {
+        SimulationEvent::Ended {
+            abandoned_call,
+            reason,
+            ..
+        } => {
             if let Some(call_id) = abandoned_call {
                 finish_call(conn, call_id, "abandoned", None, at).await?;
             }
             clear_pending(conn, id).await?;
-            sqlx::query("UPDATE simulations SET ended_at = $2 WHERE id = $1")
+            sqlx::query("UPDATE simulations SET ended_at = $2, end_reason = $3 WHERE id = $1")
                 .bind(id)
                 .bind(at)
+                .bind(match reason {
+                    EndReason::Learner => "learner",
+                    EndReason::TimeLimit => "time_limit",
+                })
                 .execute(&mut *conn)
                 .await?;
             touch(conn, id, SimulationStatus::Ended.as_str(), version, at).await?;
@@ -304,6 +321,8 @@ pub struct SimulationRow {
     pub started_at: Option<DateTime<Utc>>,
     /// When it ended.
     pub ended_at: Option<DateTime<Utc>>,
+    /// `learner` or `time_limit`.
+    pub end_reason: Option<String>,
     /// The hotwash.
     pub feedback: Option<Value>,
     /// The aggregate's version this row reflects.
@@ -316,7 +335,8 @@ pub struct SimulationRow {
 
 const COLUMNS: &str = "id, owner, learner_id, diagnosis, chief_complaint, difficulty, model,
                        status, message_count, tokens_used, pending_service, ends_at,
-                       started_at, ended_at, feedback, version, created_at, updated_at";
+                       started_at, ended_at, end_reason, feedback, version, created_at,
+                       updated_at";
 
 /// One simulation of `owner`.
 ///

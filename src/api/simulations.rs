@@ -131,8 +131,11 @@ impl CreateSimulationInput {
             Ok(spec) if problems.is_empty() => Ok(spec),
             Ok(_) => Err(ApiError::Validation(problems.join("; "))),
             Err(more) => {
-                problems.extend(more);
-                problems.dedup();
+                for problem in more {
+                    if !problems.contains(&problem) {
+                        problems.push(problem);
+                    }
+                }
                 Err(ApiError::Validation(problems.join("; ")))
             }
         }
@@ -169,6 +172,8 @@ pub(crate) struct SimulationView {
     started_at: Option<DateTime<Utc>>,
     /// When it ended.
     ended_at: Option<DateTime<Utc>>,
+    /// `learner` or `time_limit`.
+    end_reason: Option<String>,
     /// The hotwash: `went_well`, `missed`, `scores` (item, score 0–5, comment).
     feedback: Option<Json<Value>>,
     /// Version of its event stream that this view reflects.
@@ -195,6 +200,7 @@ impl From<SimulationRow> for SimulationView {
             ends_at: row.ends_at,
             started_at: row.started_at,
             ended_at: row.ended_at,
+            end_reason: row.end_reason,
             feedback: row.feedback.map(Json),
             version: row.version,
             created_at: row.created_at,
@@ -401,7 +407,7 @@ impl SimulationMutation {
         act(ctx, simulation_id, SimulationActions::end(), key).await
     }
 
-    /// Archives an ended session. Errors: `NOT_FOUND`, `INVALID_TRANSITION`.
+    /// Archives an ended (or failed) session. Errors: `NOT_FOUND`, `INVALID_TRANSITION`.
     async fn archive_simulation(
         &self,
         ctx: &Context<'_>,

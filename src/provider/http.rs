@@ -18,6 +18,9 @@ use tokio_util::io::StreamReader;
 use super::ProviderError;
 use crate::retry_rules;
 
+/// Longest wait a provider's `Retry-After` may impose between attempts.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
 /// Longest results line accepted (one response body).
 const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -71,7 +74,7 @@ pub(super) async fn send(
             Attempt::Retryable {
                 retry_after: Some(wait),
                 ..
-            } => delay.map(|_| *wait),
+            } => delay.map(|_| (*wait).min(MAX_RETRY_AFTER)),
             Attempt::Retryable { .. } | Attempt::Final(_) => delay,
         })
         .notify(|failure, delay| {

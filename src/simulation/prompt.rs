@@ -154,6 +154,10 @@ struct Score {
 pub fn parse(service: AiService, content: &str) -> Result<(Value, AiOutput), String> {
     let value: Value =
         serde_json::from_str(content).map_err(|e| format!("the answer is not JSON: {e}"))?;
+    if holds_nul(&value) {
+        // The event store cannot hold it, and no clinician needs it.
+        return Err("the answer holds a NUL character".into());
+    }
     let output = match service {
         AiService::PatientInitial | AiService::PatientReply => {
             let reply: PatientReply = serde_json::from_value(value.clone())
@@ -187,6 +191,18 @@ pub fn parse(service: AiService, content: &str) -> Result<(Value, AiOutput), Str
     Ok((value, output))
 }
 
+/// True when some string in `value` holds U+0000.
+fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(fields) => fields
+            .iter()
+            .any(|(key, field)| key.contains('\0') || holds_nul(field)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use chronicle_aggregates::simulation::{AiOutput, AiService};
@@ -206,6 +222,7 @@ mod tests {
             r#"{"reply":"x"}"#,
             r#"{"reply":"","emotion":"calm"}"#,
             r#"{"reply":"x","emotion":"calm","extra":1}"#,
+            r#"{"reply":"x\u0000","emotion":"calm"}"#,
         ] {
             assert!(parse(AiService::PatientReply, bad).is_err(), "{bad}");
         }

@@ -7,6 +7,8 @@
 //! recording checks that the call is still the pending one, so a call made twice (after a
 //! crash, or a lagging read model) is persisted once.
 
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chronicle_aggregates::simulation::{
@@ -15,10 +17,10 @@ use chronicle_aggregates::simulation::{
 };
 use chronicle_aggregates::ErrorCode;
 use chrono::Utc;
-use futures::StreamExt;
 use serde_json::Value;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -27,7 +29,7 @@ use crate::command::{CommandContext, CommandError, Commands};
 use crate::projection::Leadership;
 use crate::provider::ChatClient;
 
-/// Calls in flight at once.
+/// AI calls in flight at once.
 const PARALLEL: usize = 16;
 
 /// The responder.
@@ -59,58 +61,85 @@ impl Responder {
 
     /// Runs until `shutdown`, responding while this instance holds the role.
     pub async fn run(self, shutdown: CancellationToken) {
+        let responder = Arc::new(self);
         while !shutdown.is_cancelled() {
-            match Leadership::try_claim(&self.options, "simulation_responder").await {
-                Ok(Some(mut leadership)) => {
-                    while !shutdown.is_cancelled() && leadership.confirm().await.is_ok() {
-                        if let Err(error) = self.round().await {
-                            tracing::warn!(%error, "simulation responder round failed");
-                        }
-                        tokio::select! {
-                            () = tokio::time::sleep(self.poll_every) => {}
-                            () = shutdown.cancelled() => {}
-                        }
-                    }
+            match Leadership::try_claim(&responder.options, "simulation_responder").await {
+                Ok(Some(leadership)) => {
+                    responder.clone().respond_while(leadership, &shutdown).await
                 }
                 Ok(None) => {}
                 Err(error) => tracing::warn!(%error, "cannot claim the simulation responder role"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(responder.poll_every) => {}
+                () = shutdown.cancelled() => {}
+            }
+        }
+    }
+
+    /// Starts a task per simulation with a pending call (one at a time per simulation), so
+    /// a slow call holds up only its own session; stops when the role is lost.
+    async fn respond_while(
+        self: Arc<Self>,
+        mut leadership: Leadership,
+        shutdown: &CancellationToken,
+    ) {
+        let mut tasks: JoinSet<Uuid> = JoinSet::new();
+        let mut busy: HashSet<Uuid> = HashSet::new();
+        while !shutdown.is_cancelled() && leadership.confirm().await.is_ok() {
+            while let Some(done) = tasks.try_join_next() {
+                if let Ok(id) = done {
+                    busy.remove(&id);
+                }
+            }
+            match self.due(&busy).await {
+                Ok(due) => {
+                    for id in due.into_iter().take(PARALLEL.saturating_sub(busy.len())) {
+                        busy.insert(id);
+                        let responder = self.clone();
+                        tasks.spawn(async move {
+                            responder.respond(id).await;
+                            id
+                        });
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "simulation responder cannot read its work"),
             }
             tokio::select! {
                 () = tokio::time::sleep(self.poll_every) => {}
                 () = shutdown.cancelled() => {}
             }
         }
+        tasks.abort_all();
     }
 
-    /// Ends timed-out sessions, then answers every pending call.
-    ///
-    /// # Errors
-    /// The read model could not be read.
-    pub async fn round(&self) -> Result<(), sqlx::Error> {
+    /// Ends timed-out sessions; returns the simulations with a pending call not under way.
+    async fn due(&self, busy: &HashSet<Uuid>) -> Result<Vec<Uuid>, sqlx::Error> {
         let expired: Vec<Uuid> = sqlx::query_scalar(
             "SELECT id FROM simulations
-              WHERE status IN ('created', 'in_progress') AND ends_at <= now() LIMIT 100",
+              WHERE status IN ('created', 'in_progress', 'failed') AND ended_at IS NULL
+                AND ends_at <= now() LIMIT 100",
         )
         .fetch_all(&self.pool)
         .await?;
-        for id in expired {
+        for id in expired.into_iter().filter(|id| !busy.contains(id)) {
             let command = SimulationCommand::End {
                 reason: EndReason::TimeLimit,
                 at: Utc::now(),
             };
             self.record(id, command).await;
         }
-        let pending: Vec<Uuid> = sqlx::query_scalar(
+        let busy: Vec<Uuid> = busy.iter().copied().collect();
+        sqlx::query_scalar(
             "SELECT id FROM simulations
               WHERE pending_call_id IS NOT NULL AND status IN ('created', 'in_progress', 'ended')
-              ORDER BY updated_at LIMIT 200",
+                AND NOT (id = ANY($1))
+              ORDER BY updated_at LIMIT $2",
         )
+        .bind(&busy)
+        .bind(i64::try_from(PARALLEL).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
-        .await?;
-        futures::stream::iter(pending)
-            .for_each_concurrent(PARALLEL, |id| self.respond(id))
-            .await;
-        Ok(())
+        .await
     }
 
     /// Makes the simulation's pending call and records how it went.
@@ -143,7 +172,7 @@ impl Responder {
             Err(failed) => failure(
                 pending,
                 request,
-                failed.error.to_string(),
+                failed.error.to_string().replace('\0', ""),
                 failed.attempts,
                 failed.latency_ms,
             ),

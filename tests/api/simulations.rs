@@ -247,8 +247,13 @@ async fn twenty_simulations_run_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_learner_waits_for_the_reply_and_bad_input_changes_nothing() {
     let db = TestDb::new().await;
-    let (emulator, app) = app(&db).await;
-    emulator.set_down(true);
+    // The patient takes a while to open: the learner's first message comes too early.
+    let (_emulator, url) = spawn_emulator(Faults {
+        latency_ms: 3_000,
+        ..Faults::default()
+    })
+    .await;
+    let app = TestApp::spawn_configured(&db, "slow patient", |c| c.provider_url = Some(url)).await;
     let id = create(&app, None).await;
     let early = app.graphql(POST, json!({ "id": id, "text": "hi" })).await;
     assert_eq!(

@@ -50,6 +50,12 @@ pub enum SimulationError {
         /// The call's service.
         service: AiService,
     },
+    /// The set-up breaks rules.
+    #[error("invalid simulation: {}", problems.join("; "))]
+    InvalidSpec {
+        /// Each broken rule.
+        problems: Vec<String>,
+    },
     /// Only a failed simulation has a call to retry.
     #[error("there is no failed AI call to retry")]
     NothingToRetry,
@@ -60,7 +66,9 @@ impl DomainError for SimulationError {
         match self {
             Self::NotFound => ErrorCode::NotFound,
             Self::ReplyPending | Self::UnknownCall { .. } => ErrorCode::Conflict,
-            Self::InvalidMessage { .. } | Self::WrongOutput { .. } => ErrorCode::Validation,
+            Self::InvalidMessage { .. } | Self::WrongOutput { .. } | Self::InvalidSpec { .. } => {
+                ErrorCode::Validation
+            }
             Self::AlreadyCreated
             | Self::InvalidTransition { .. }
             | Self::NotTakingMessages { .. }

@@ -6,9 +6,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SimulationStatus {
-    /// Created; the patient's opening line is being generated, or waits for the learner.
+    /// Created; the patient's opening line is being generated.
     Created,
-    /// The conversation is under way (the first message was posted).
+    /// The conversation is under way (the first message, the patient's opening line, is in).
     InProgress,
     /// Ended by the learner or the time limit; feedback is being generated.
     Ended,
@@ -16,7 +16,7 @@ pub enum SimulationStatus {
     FeedbackReady,
     /// An AI call failed after its retries; `retryAiCall` takes it back.
     Failed,
-    /// Archived by its owner.
+    /// Archived by its owner (once ended, or given up after a failure).
     Archived,
 }
 

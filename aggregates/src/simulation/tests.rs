@@ -405,3 +405,96 @@ fn set_up_rules_are_all_reported() {
     assert_eq!(bad.validate().unwrap_err().len(), 4);
     assert!(spec().validate().is_ok());
 }
+
+#[test]
+fn a_session_ends_once_and_a_failed_feedback_is_only_retried() {
+    let end = || SimulationCommand::End {
+        reason: EndReason::Learner,
+        at: at(),
+    };
+    let failed_feedback = state_of(&run(vec![
+        create(),
+        result(1, AiService::PatientInitial),
+        end(),
+        failure(2),
+    ]));
+    assert_eq!(failed_feedback.status(), Some(SimulationStatus::Failed));
+    assert_eq!(
+        failed_feedback.decide(end()),
+        Err(SimulationError::InvalidTransition {
+            from: SimulationStatus::Failed,
+            to: SimulationStatus::Ended
+        })
+    );
+    let retried = failed_feedback
+        .decide(SimulationCommand::RetryAiCall { at: at() })
+        .unwrap();
+    assert_eq!(
+        retried,
+        vec![SimulationEvent::AiCallRequested {
+            call_id: call_id(SIM, 3),
+            service: AiService::FeedbackHotwash,
+            at: at()
+        }]
+    );
+}
+
+#[test]
+fn an_answer_after_the_session_moved_on_is_audited_without_a_message() {
+    let ended = state_of(&run(vec![
+        create(),
+        result(1, AiService::PatientInitial),
+        post("hello"),
+        SimulationCommand::End {
+            reason: EndReason::Learner,
+            at: at(),
+        },
+    ]));
+    let late = ended.decide(result(2, AiService::PatientReply)).unwrap();
+    assert_eq!(
+        late,
+        vec![SimulationEvent::AiCallCompleted {
+            call: record(2, AiService::PatientReply),
+            at: at()
+        }]
+    );
+    let mut after = ended.clone();
+    for event in late {
+        after.apply(event);
+    }
+    assert_eq!(after.messages().len(), 2, "no message from the late answer");
+    assert_eq!(
+        after.pending().map(|p| p.service),
+        Some(AiService::FeedbackHotwash),
+        "the feedback is still awaited"
+    );
+    assert_eq!(after.decide(result(2, AiService::PatientReply)), Ok(vec![]));
+}
+
+#[test]
+fn retrying_a_patient_call_after_the_time_limit_ends_the_session_instead() {
+    let failed = state_of(&run(vec![
+        create(),
+        result(1, AiService::PatientInitial),
+        post("hello"),
+        failure(2),
+    ]));
+    let late = at() + chrono::Duration::hours(1);
+    let events = failed
+        .decide(SimulationCommand::RetryAiCall { at: late })
+        .unwrap();
+    assert!(matches!(
+        events[0],
+        SimulationEvent::Ended {
+            reason: EndReason::TimeLimit,
+            ..
+        }
+    ));
+    assert!(matches!(
+        events[1],
+        SimulationEvent::AiCallRequested {
+            service: AiService::FeedbackHotwash,
+            ..
+        }
+    ));
+}

@@ -100,12 +100,22 @@ async fn ensure_template(conn: &mut PgConnection, admin: &PgConnectOptions) -> S
         .expect("connect to template");
     db::migrate(&pool).await.expect("migrate template");
     pool.close().await;
-    // A closed connection's server process may still be exiting: renaming waits for it.
+    // sqlx's migrator can leave its lock connection open after the pool closed; the template
+    // is ours alone (under the advisory lock), so end whatever still uses it.
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(&building)
+    .execute(&mut *conn)
+    .await
+    .expect("end template connections");
+    // A terminated server process may still be exiting: renaming waits for it.
     let rename = format!("ALTER DATABASE {building} RENAME TO {template}");
     for attempt in 1.. {
         match sqlx::query(&rename).execute(&mut *conn).await {
             Ok(_) => break,
-            Err(error) if attempt < 100 => {
+            Err(error) if attempt < 50 => {
                 let in_use = error
                     .as_database_error()
                     .and_then(|e| e.code())
