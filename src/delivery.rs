@@ -7,7 +7,7 @@
 //! is really due, and its number, come from the request's own events, so neither a lagging
 //! read model nor a restart can skip or double-record an attempt. An attempt cut off by a
 //! crash is sent again, with the same delivery id. Fairness: at most `per_target` attempts
-//! in flight per target (a webhook origin, or the broker), and due work is taken round-robin
+//! in flight per target (a webhook origin, a queue or an exchange), and due work is taken round-robin
 //! across targets, so one slow receiver cannot hold every slot.
 
 mod batches;
