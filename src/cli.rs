@@ -1,4 +1,5 @@
-//! The command line: `serve`, `migrate`, `schema`, `projections rebuild|status`.
+//! The command line: `serve`, `migrate`, `schema`, `projections rebuild|status`,
+//! `audit verify`, `emulate-provider`.
 
 use std::io::Write;
 use std::time::Instant;
@@ -12,7 +13,7 @@ use crate::log::LogReader;
 use crate::projection::{ProjectionRunner, Rebuild, RunnerSettings};
 use crate::provider::{Emulator, Faults};
 use crate::startup::{Application, Wiring};
-use crate::{api, db, telemetry};
+use crate::{api, audit, db, telemetry};
 
 /// Chronicle: an event-sourced service for LLM batches, simulations and DICOM transfers.
 #[derive(Debug, Parser)]
@@ -37,6 +38,11 @@ enum Command {
         #[command(subcommand)]
         action: ProjectionsAction,
     },
+    /// Check the event log for tampering.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
     /// Serve an emulator of the OpenAI Files and Batch APIs (fake, labelled responses).
     EmulateProvider {
         /// Address to listen on; point a provider's base URL at it.
@@ -45,6 +51,16 @@ enum Command {
         /// Polls a batch spends in each of validating, in_progress and finalizing.
         #[arg(long, default_value_t = 1)]
         polls_per_status: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditAction {
+    /// Recompute every event's hash chain and report the first broken link (exit code 2).
+    Verify {
+        /// Only this aggregate, as `Type:id` (e.g. `Batch:0193…`).
+        #[arg(long)]
+        aggregate: Option<String>,
     },
 }
 
@@ -94,6 +110,33 @@ impl Cli {
                 app.run_until_stopped().await
             }
             Command::Migrate | Command::Schema | Command::EmulateProvider { .. } => Ok(()),
+            Command::Audit {
+                action: AuditAction::Verify { aggregate },
+            } => {
+                let aggregate = aggregate
+                    .as_deref()
+                    .map(|a| a.split_once(':').context("--aggregate takes Type:id"))
+                    .transpose()?;
+                let found = audit::verify(&pool, aggregate).await?;
+                let Some(broken) = found.first_break else {
+                    return write_stdout(&format!(
+                        "intact: {} events checked\n",
+                        found.events_checked
+                    ));
+                };
+                write_stdout(&format!(
+                    "BROKEN: {} of the aggregates checked ({} events); first in the log: \
+                     position {}, {} {} event {}: {}\n",
+                    found.broken_aggregates,
+                    found.events_checked,
+                    broken.position,
+                    broken.aggregate_type,
+                    broken.aggregate_id,
+                    broken.sequence,
+                    broken.reason
+                ))?;
+                std::process::exit(2);
+            }
             Command::Projections {
                 action: ProjectionsAction::Status,
             } => {

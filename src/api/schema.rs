@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 
+use super::audit::AuditQuery;
 use super::batches::{BatchMutation, BatchQuery};
 use super::deliveries::{DeliveryMutation, DeliveryQuery};
 use super::error_codes::DefaultErrorCodes;
@@ -29,6 +30,7 @@ pub struct Query(
     TransitionQuery,
     DeliveryQuery,
     SimulationQuery,
+    AuditQuery,
 );
 
 /// All mutations.

@@ -5,6 +5,7 @@
     reason = "test support items are shared across this binary's modules"
 )]
 
+mod audit;
 mod batch_actions;
 mod batching;
 mod cli;
