@@ -8,6 +8,7 @@ mod deliveries;
 mod error;
 mod error_codes;
 mod event_log;
+mod history;
 mod outcome;
 mod pagination;
 mod projections;

@@ -3,6 +3,7 @@
 use async_graphql::{Context, Object, SimpleObject};
 use sqlx::PgPool;
 
+use super::history::owned;
 use super::{ApiError, Caller};
 use crate::audit::{self, ChainBreak};
 
@@ -60,22 +61,11 @@ impl AuditQuery {
         aggregate_type: Option<String>,
         aggregate_id: Option<String>,
     ) -> Result<AuditVerification, ApiError> {
-        let caller = Caller::from_ctx(ctx)?;
+        Caller::from_ctx(ctx)?;
         let pool = ctx.data_unchecked::<PgPool>();
         let aggregate = match (&aggregate_type, &aggregate_id) {
             (Some(kind), Some(id)) => {
-                let owned: bool = sqlx::query_scalar(
-                    "SELECT EXISTS (SELECT 1 FROM aggregate_owners WHERE aggregate_type = $1
-                                       AND aggregate_id = $2 AND owner = $3)",
-                )
-                .bind(kind)
-                .bind(id)
-                .bind(&caller.actor)
-                .fetch_one(pool)
-                .await?;
-                if !owned {
-                    return Err(ApiError::NotFound("aggregate"));
-                }
+                owned(ctx, kind, id).await?;
                 Some((kind.as_str(), id.as_str()))
             }
             (None, None) => None,

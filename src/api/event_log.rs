@@ -1,7 +1,7 @@
 //! The global event log over GraphQL: `eventLog` pages and the `events` subscription.
 
 use async_graphql::connection::{Connection, CursorType};
-use async_graphql::{Context, Json, Object, SimpleObject, Subscription};
+use async_graphql::{Context, InputObject, Json, Object, SimpleObject, Subscription};
 use chronicle_projections::{CursorError, LogCursor, RecordedEvent};
 use chrono::{DateTime, Utc};
 use futures::Stream;
@@ -94,8 +94,24 @@ fn filter(aggregate_types: Option<Vec<String>>, aggregate_id: Option<String>) ->
     LogFilter {
         aggregate_types,
         aggregate_id,
-        owner: None,
+        ..LogFilter::default()
     }
+}
+
+/// Narrows the log; all fields optional. With `correlationId` the log is the correlation
+/// view: everything one client call set in motion, across aggregates, in order.
+#[derive(InputObject, Default)]
+pub(crate) struct LogFilterInput {
+    /// Only these event types, e.g. `BatchClosed`.
+    event_types: Option<Vec<String>>,
+    /// Only events caused by this actor (a client id, or `system`).
+    actor: Option<String>,
+    /// Only events of this correlation id.
+    correlation_id: Option<String>,
+    /// Only events recorded at or after.
+    recorded_from: Option<DateTime<Utc>>,
+    /// Only events recorded before.
+    recorded_until: Option<DateTime<Utc>>,
 }
 
 /// Log queries.
@@ -117,18 +133,27 @@ impl EventLogQuery {
         #[graphql(desc = "Only events of these aggregate types.")] aggregate_types: Option<
             Vec<String>,
         >,
+        #[graphql(desc = "Narrows by event type, actor, correlation id and time.")] filter: Option<
+            LogFilterInput,
+        >,
     ) -> Result<Connection<EdgeCursor, LogEvent>, ApiError> {
         Caller::from_ctx(ctx)?;
         let size = page_size(first)?;
         let after = parse_after(after.as_deref())?;
         let limit = u32::try_from(size + 1).unwrap_or(u32::MAX);
+        let narrowed = filter.unwrap_or_default();
+        let log_filter = LogFilter {
+            aggregate_types,
+            event_types: narrowed.event_types,
+            actor: narrowed.actor,
+            correlation_id: narrowed.correlation_id,
+            recorded_from: narrowed.recorded_from,
+            recorded_until: narrowed.recorded_until,
+            ..LogFilter::default()
+        };
         let page = ctx
             .data_unchecked::<LogReader>()
-            .read(
-                after.unwrap_or(LogCursor::START),
-                &filter(aggregate_types, None),
-                limit,
-            )
+            .read(after.unwrap_or(LogCursor::START), &log_filter, limit)
             .await?;
         let more = page.truncated;
         Ok(connection(

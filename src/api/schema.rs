@@ -10,6 +10,7 @@ use super::batches::{BatchMutation, BatchQuery};
 use super::deliveries::{DeliveryMutation, DeliveryQuery};
 use super::error_codes::DefaultErrorCodes;
 use super::event_log::{EventLogQuery, EventLogSubscription};
+use super::history::HistoryQuery;
 use super::projections::ProjectionQuery;
 use super::requests::{RequestMutation, RequestQuery};
 use super::simulations::{SimulationMutation, SimulationQuery, SimulationSubscription};
@@ -31,6 +32,7 @@ pub struct Query(
     DeliveryQuery,
     SimulationQuery,
     AuditQuery,
+    HistoryQuery,
 );
 
 /// All mutations.

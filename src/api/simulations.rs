@@ -480,7 +480,7 @@ impl SimulationSubscription {
         let filter = LogFilter {
             aggregate_types: Some(vec!["Simulation".to_owned()]),
             aggregate_id: Some(id.to_string()),
-            owner: None,
+            ..LogFilter::default()
         };
         let reader = ctx.data_unchecked::<LogReader>().clone();
         let stream = tail(reader, ctx.data_unchecked::<LogWaker>(), start, filter);

@@ -68,7 +68,7 @@ async fn updates(
     let filter = LogFilter {
         aggregate_types: Some(vec![aggregate_type.to_owned()]),
         aggregate_id: Some(id.to_string()),
-        owner: None,
+        ..LogFilter::default()
     };
     Ok(follow(ctx, start, filter))
 }
@@ -87,8 +87,8 @@ async fn owned_updates(
     };
     let filter = LogFilter {
         aggregate_types: Some(vec![aggregate_type.to_owned()]),
-        aggregate_id: None,
         owner: Some(caller.actor.clone()),
+        ..LogFilter::default()
     };
     Ok(follow(ctx, start, filter))
 }

@@ -24,6 +24,16 @@ pub struct LogFilter {
     pub aggregate_id: Option<String>,
     /// Only aggregates of this owner (as recorded with their first event).
     pub owner: Option<String>,
+    /// Only these event types.
+    pub event_types: Option<Vec<String>>,
+    /// Only events caused by this actor.
+    pub actor: Option<String>,
+    /// Only events of this correlation id (one client call across aggregates).
+    pub correlation_id: Option<String>,
+    /// Only events recorded at or after.
+    pub recorded_from: Option<DateTime<Utc>>,
+    /// Only events recorded before.
+    pub recorded_until: Option<DateTime<Utc>>,
 }
 
 /// Payload bytes a page aims to stay under, so that pages of large events (a bulk batch
@@ -110,6 +120,11 @@ impl LogReader {
                         SELECT 1 FROM aggregate_owners o
                          WHERE o.aggregate_type = e.aggregate_type
                            AND o.aggregate_id = e.aggregate_id AND o.owner = $7))
+                   AND ($8::text[] IS NULL OR e.event_type = ANY($8))
+                   AND ($9::text IS NULL OR e.metadata ->> 'actor' = $9)
+                   AND ($10::text IS NULL OR e.metadata ->> 'correlation_id' = $10)
+                   AND ($11::timestamptz IS NULL OR e.recorded_at >= $11)
+                   AND ($12::timestamptz IS NULL OR e.recorded_at < $12)
                  ORDER BY e.transaction_id, e.position
                  LIMIT $5),
              page AS (
@@ -131,6 +146,11 @@ impl LogReader {
         .bind(i64::from(limit))
         .bind(MAX_PAGE_BYTES)
         .bind(filter.owner.as_deref())
+        .bind(filter.event_types.as_deref())
+        .bind(filter.actor.as_deref())
+        .bind(filter.correlation_id.as_deref())
+        .bind(filter.recorded_from)
+        .bind(filter.recorded_until)
         .fetch_all(&self.pool)
         .await?;
         let horizon = rows.first().map_or(0, |row| row.horizon);
@@ -165,6 +185,44 @@ impl LogReader {
                 position,
             }),
         )
+    }
+
+    /// The events of one aggregate from `from_sequence` on, in sequence order, committed or
+    /// not yet settled in the global log (an aggregate's own history has no gaps), up to
+    /// `until_sequence` and recorded before `until`, at most `limit`.
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn aggregate_events(
+        &self,
+        aggregate: (&str, &str),
+        from_sequence: i64,
+        until: (Option<i64>, Option<DateTime<Utc>>),
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        let rows: Vec<PageRow> = sqlx::query_as(
+            "SELECT 0::bigint AS horizon, 0::bigint AS fetched,
+                    transaction_id::text::bigint AS transaction_id, position, aggregate_type,
+                    aggregate_id, sequence, event_type, event_version, payload, metadata,
+                    recorded_at
+               FROM events
+              WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence >= $3
+                AND ($4::bigint IS NULL OR sequence <= $4)
+                AND ($5::timestamptz IS NULL OR recorded_at <= $5)
+              ORDER BY sequence LIMIT $6",
+        )
+        .bind(aggregate.0)
+        .bind(aggregate.1)
+        .bind(from_sequence)
+        .bind(until.0)
+        .bind(until.1)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| self.recorded(row))
+            .collect())
     }
 
     fn recorded(&self, row: PageRow) -> Option<RecordedEvent> {

@@ -11,6 +11,7 @@ mod batching;
 mod cli;
 mod delivery;
 mod driver;
+mod history;
 mod http;
 mod idempotency;
 mod log_order;
