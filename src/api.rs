@@ -1,6 +1,7 @@
 //! The GraphQL API: schema roots, types, resolvers and the one error mapping. Knows nothing
 //! of axum; `crate::http` serves it.
 
+mod analytics;
 mod audit;
 mod batches;
 mod caller;

@@ -7,6 +7,7 @@ mod runner;
 use std::sync::Arc;
 
 use chronicle_projections::aggregate_index::AggregateIndex;
+use chronicle_projections::analytics::{BatchAnalytics, RequestAnalytics, SimulationAnalytics};
 use chronicle_projections::batches::Batches;
 use chronicle_projections::delivery_attempts::DeliveryAttempts;
 use chronicle_projections::request_streams::RequestStreams;
@@ -28,5 +29,8 @@ pub fn standard() -> Vec<Arc<dyn Projector>> {
         Arc::new(Transitions),
         Arc::new(DeliveryAttempts),
         Arc::new(Simulations),
+        Arc::new(RequestAnalytics),
+        Arc::new(BatchAnalytics),
+        Arc::new(SimulationAnalytics),
     ]
 }

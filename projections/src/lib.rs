@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod aggregate_index;
+pub mod analytics;
 pub mod batches;
 pub mod checkpoint;
 mod cursor;

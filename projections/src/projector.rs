@@ -42,3 +42,16 @@ pub trait Projector: Send + Sync + 'static {
         events: &[RecordedEvent],
     ) -> Result<(), ProjectionError>;
 }
+
+/// Empties `tables` (a projector's reset), one statement each.
+///
+/// # Errors
+/// Any database error.
+pub(crate) async fn clear(conn: &mut PgConnection, tables: &[&str]) -> Result<(), ProjectionError> {
+    for table in tables {
+        sqlx::query(&format!("DELETE FROM {table}"))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}

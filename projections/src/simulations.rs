@@ -9,6 +9,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
+use crate::projector::clear;
 use crate::{ProjectionError, Projector, RecordedEvent};
 
 /// The projector behind the simulation tables.
@@ -22,12 +23,7 @@ impl Projector for Simulations {
     }
 
     async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
-        sqlx::query(
-            "DELETE FROM simulations; DELETE FROM simulation_messages; DELETE FROM ai_calls",
-        )
-        .execute(conn)
-        .await?;
-        Ok(())
+        clear(conn, &["simulations", "simulation_messages", "ai_calls"]).await
     }
 
     async fn apply(

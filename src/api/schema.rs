@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 
+use super::analytics::AnalyticsQuery;
 use super::audit::AuditQuery;
 use super::batches::{BatchMutation, BatchQuery};
 use super::deliveries::{DeliveryMutation, DeliveryQuery};
@@ -33,6 +34,7 @@ pub struct Query(
     SimulationQuery,
     AuditQuery,
     HistoryQuery,
+    AnalyticsQuery,
 );
 
 /// All mutations.

@@ -5,6 +5,7 @@
     reason = "test support items are shared across this binary's modules"
 )]
 
+mod analytics;
 mod audit;
 mod batch_actions;
 mod batching;

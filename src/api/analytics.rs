@@ -1,0 +1,179 @@
+//! Analytics over GraphQL: the caller's rows of the `analytics` projection tables.
+
+use async_graphql::{Context, Object, SimpleObject};
+use chrono::NaiveDate;
+use sqlx::PgPool;
+
+use super::{ApiError, Caller};
+
+/// Longest range one query covers.
+const MAX_DAYS: i64 = 366;
+
+/// Requests of one model on one day (of submission).
+#[derive(SimpleObject, sqlx::FromRow)]
+pub(crate) struct UsageDay {
+    model: String,
+    day: NaiveDate,
+    requests: i64,
+    succeeded: i64,
+    failed: i64,
+    expired: i64,
+    cancelled: i64,
+    input_tokens: i64,
+    output_tokens: i64,
+}
+
+/// Batch turnaround of one model on one day (of opening), in seconds from submission to the
+/// provider.
+#[derive(SimpleObject, sqlx::FromRow)]
+pub(crate) struct TurnaroundDay {
+    model: String,
+    day: NaiveDate,
+    batches: i64,
+    provider_p50_seconds: Option<f64>,
+    provider_p95_seconds: Option<f64>,
+    done_p50_seconds: Option<f64>,
+    done_p95_seconds: Option<f64>,
+}
+
+/// Delivery attempts on one day.
+#[derive(SimpleObject, sqlx::FromRow)]
+pub(crate) struct DeliveryDay {
+    day: NaiveDate,
+    attempts: i64,
+    succeeded_attempts: i64,
+    /// Succeeded attempts / attempts.
+    success_rate: f64,
+    /// Rounds that ended delivered.
+    delivered: i64,
+    /// Rounds that gave up.
+    delivery_failed: i64,
+    average_latency_ms: f64,
+}
+
+/// Simulation activity on one day (of creation).
+#[derive(SimpleObject, sqlx::FromRow)]
+pub(crate) struct SimulationDay {
+    day: NaiveDate,
+    sessions: i64,
+    messages: i64,
+    ai_calls: i64,
+    failed_calls: i64,
+    tokens: i64,
+    feedbacks: i64,
+    /// Mean rubric score (0–5), when any were given.
+    average_score: Option<f64>,
+}
+
+/// Analytics queries, scoped to the caller.
+#[derive(Default)]
+pub(crate) struct AnalyticsQuery;
+
+/// The caller's rows of `sql` (parameters: owner, from, to) for the checked range.
+async fn rows<T>(
+    ctx: &Context<'_>,
+    from: NaiveDate,
+    to: NaiveDate,
+    sql: &'static str,
+) -> Result<Vec<T>, ApiError>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    let caller = Caller::from_ctx(ctx)?;
+    let days = (to - from).num_days();
+    if !(1..=MAX_DAYS).contains(&days) {
+        return Err(ApiError::Validation(format!(
+            "`to` must be 1 to {MAX_DAYS} days after `from`"
+        )));
+    }
+    Ok(sqlx::query_as(sql)
+        .bind(&caller.actor)
+        .bind(from)
+        .bind(to)
+        .fetch_all(ctx.data_unchecked::<PgPool>())
+        .await?)
+}
+
+#[Object]
+impl AnalyticsQuery {
+    /// Your requests per model and day of submission in `[from, to)`, with outcomes and
+    /// tokens. Errors: `VALIDATION` (range).
+    async fn usage(
+        &self,
+        ctx: &Context<'_>,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<UsageDay>, ApiError> {
+        rows(
+            ctx,
+            from,
+            to,
+            "SELECT model, day, requests, succeeded, failed, expired, cancelled, input_tokens,
+                    output_tokens
+               FROM analytics.usage_daily
+              WHERE owner = $1 AND day >= $2 AND day < $3 ORDER BY day, model",
+        )
+        .await
+    }
+
+    /// Your batches' turnaround per model and day in `[from, to)`: p50/p95 seconds from
+    /// submission to provider completion and to done. Errors: `VALIDATION` (range).
+    async fn batch_turnaround(
+        &self,
+        ctx: &Context<'_>,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<TurnaroundDay>, ApiError> {
+        rows(
+            ctx,
+            from,
+            to,
+            "SELECT model, day, batches, provider_p50_seconds, provider_p95_seconds,
+                    done_p50_seconds, done_p95_seconds
+               FROM analytics.batch_turnaround_daily
+              WHERE owner = $1 AND day >= $2 AND day < $3 ORDER BY day, model",
+        )
+        .await
+    }
+
+    /// Your delivery attempts per day in `[from, to)`. Errors: `VALIDATION` (range).
+    async fn delivery_outcomes(
+        &self,
+        ctx: &Context<'_>,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<DeliveryDay>, ApiError> {
+        rows(
+            ctx,
+            from,
+            to,
+            "SELECT day, attempts, succeeded_attempts,
+                    succeeded_attempts::float8 / greatest(attempts, 1) AS success_rate,
+                    delivered, delivery_failed,
+                    latency_ms_total::float8 / greatest(attempts, 1) AS average_latency_ms
+               FROM analytics.delivery_daily
+              WHERE owner = $1 AND day >= $2 AND day < $3 ORDER BY day",
+        )
+        .await
+    }
+
+    /// Your simulations' activity per day of creation in `[from, to)`.
+    /// Errors: `VALIDATION` (range).
+    async fn simulation_activity(
+        &self,
+        ctx: &Context<'_>,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<SimulationDay>, ApiError> {
+        rows(
+            ctx,
+            from,
+            to,
+            "SELECT day, sessions, messages, ai_calls, failed_calls, tokens, feedbacks,
+                    CASE WHEN scores > 0 THEN score_total::float8 / scores END AS average_score
+               FROM analytics.simulation_daily
+              WHERE owner = $1 AND day >= $2 AND day < $3 ORDER BY day",
+        )
+        .await
+    }
+}

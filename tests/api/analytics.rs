@@ -1,0 +1,172 @@
+//! Analytics: the projection tables analysts query, their GraphQL views scoped to the caller,
+//! the read-only role, and rebuilds from zero that equal the incremental result.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chronicle::log::LogReader;
+use chronicle::projection::{ProjectionRunner, Rebuild, RunnerSettings};
+use chronicle::startup::Wiring;
+use chrono::Utc;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use crate::delivery::{app_with_provider, batch_when, submit};
+use crate::support::{eventually, Behaviour, Receiver, TestDb};
+
+/// Every analytics table, as sorted text rows.
+async fn snapshot(pool: &PgPool) -> Vec<String> {
+    let mut rows = Vec::new();
+    for table in [
+        "request_keys",
+        "usage_daily",
+        "delivery_daily",
+        "batch_turnaround",
+        "simulation_keys",
+        "simulation_daily",
+    ] {
+        let mut table_rows: Vec<String> =
+            sqlx::query_scalar(&format!("SELECT t::text FROM analytics.{table} t"))
+                .fetch_all(pool)
+                .await
+                .expect("analytics table");
+        table_rows.sort();
+        rows.push(format!("{table}: {}", table_rows.join(" | ")));
+    }
+    rows
+}
+
+async fn rebuild(db: &TestDb, name: &str) {
+    let wiring = Wiring::standard();
+    let projector = wiring
+        .projectors
+        .iter()
+        .find(|p| p.name() == name)
+        .cloned()
+        .expect("projector");
+    let reader = LogReader::new(db.pool.clone(), Arc::new(wiring.upcasters));
+    let settings = RunnerSettings {
+        page_size: 13,
+        standby_retry: Duration::from_millis(100),
+    };
+    let runner = ProjectionRunner::new(
+        projector,
+        db.pool.clone(),
+        db.options.clone(),
+        reader,
+        settings,
+    );
+    assert!(matches!(
+        runner.rebuild().await.expect("rebuild"),
+        Rebuild::Completed(_)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn usage_delivery_turnaround_and_simulations_add_up_and_rebuild_identically() {
+    let db = TestDb::new().await;
+    let app = app_with_provider(&db, |_| {}).await;
+    let receiver = Receiver::start(Behaviour::FailFirst(1)).await;
+    let mut deliveries = vec![json!({ "webhookUrl": receiver.url }); 10];
+    deliveries[0] = json!({ "poll": true });
+    let (batch_id, _) = submit(&app, &deliveries).await;
+    batch_when(&app, &batch_id, "delivering").await;
+
+    let simulation = app
+        .graphql(
+            "mutation($i: CreateSimulationInput!) { createSimulation(input: $i) { aggregateId } }",
+            json!({ "i": {
+                "learnerId": "l", "ai": { "model": "gpt-4o-mini" },
+                "scenario": { "diagnosis": "d", "chiefComplaint": "c", "difficulty": "EASY" },
+                "patient": { "name": "n", "age": 40, "sex": "male", "history": "h" } } }),
+        )
+        .await;
+    let id = simulation["data"]["createSimulation"]["aggregateId"]
+        .as_str()
+        .expect("simulation")
+        .to_owned();
+    let state = "query($id: UUID!) { simulation(id: $id) { status messageCount pendingService } }";
+    eventually(Duration::from_secs(30), "opening line", || async {
+        let s = app.graphql(state, json!({ "id": id })).await;
+        (s["data"]["simulation"]["messageCount"] == 1).then_some(())
+    })
+    .await;
+    let end = "mutation($id: UUID!) { endSimulation(simulationId: $id) { version } }";
+    app.graphql(end, json!({ "id": id })).await;
+
+    let today = Utc::now().date_naive();
+    let range =
+        json!({ "from": today.to_string(), "to": (today + chrono::Days::new(1)).to_string() });
+    let query = "query($from: NaiveDate!, $to: NaiveDate!) {
+        usage(from: $from, to: $to) { model requests succeeded failed inputTokens outputTokens }
+        deliveryOutcomes(from: $from, to: $to) { attempts succeededAttempts successRate delivered }
+        batchTurnaround(from: $from, to: $to) { batches providerP50Seconds }
+        simulationActivity(from: $from, to: $to) { sessions messages aiCalls feedbacks averageScore } }";
+    let views: Value = eventually(Duration::from_secs(60), "analytics", || async {
+        let response = app.graphql(query, range.clone()).await;
+        let data = response["data"].clone();
+        let settled = data["deliveryOutcomes"][0]["delivered"] == 9
+            && data["simulationActivity"][0]["feedbacks"] == 1;
+        settled.then_some(data)
+    })
+    .await;
+    assert_eq!(
+        views["usage"],
+        json!([{ "model": "m", "requests": 10, "succeeded": 10, "failed": 0,
+                 "inputTokens": 50, "outputTokens": 50 }])
+    );
+    assert_eq!(
+        views["deliveryOutcomes"],
+        json!([{ "attempts": 18, "succeededAttempts": 9, "successRate": 0.5, "delivered": 9 }]),
+        "each webhook result failed once, then arrived"
+    );
+    assert_eq!(views["batchTurnaround"][0]["batches"], 1);
+    assert!(views["batchTurnaround"][0]["providerP50Seconds"].as_f64() >= Some(0.0));
+    assert_eq!(
+        views["simulationActivity"],
+        json!([{ "sessions": 1, "messages": 1, "aiCalls": 2, "feedbacks": 1, "averageScore": 3.5 }])
+    );
+    let bad = app
+        .graphql(
+            query,
+            json!({ "from": today.to_string(), "to": today.to_string() }),
+        )
+        .await;
+    assert_eq!(bad["errors"][0]["extensions"]["code"], "VALIDATION");
+
+    app.stop().await;
+    let incremental = snapshot(&db.pool).await;
+    for name in [
+        "analytics_requests",
+        "analytics_batches",
+        "analytics_simulations",
+    ] {
+        rebuild(&db, name).await;
+    }
+    assert_eq!(snapshot(&db.pool).await, incremental);
+}
+
+#[tokio::test]
+async fn the_analytics_role_reads_analytics_and_nothing_else() {
+    let db = TestDb::new().await;
+    let mut tx = db.pool.begin().await.expect("begin");
+    sqlx::query("SET LOCAL ROLE chronicle_analytics")
+        .execute(&mut *tx)
+        .await
+        .expect("role");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM analytics.batch_turnaround_daily")
+        .fetch_one(&mut *tx)
+        .await
+        .expect("the role reads analytics");
+    assert_eq!(rows, 0);
+    let mut savepoint = sqlx::Connection::begin(&mut *tx).await.expect("savepoint");
+    let events = sqlx::query("SELECT 1 FROM events LIMIT 1")
+        .execute(&mut *savepoint)
+        .await;
+    assert!(events.is_err(), "the event log is not the analysts'");
+    savepoint.rollback().await.expect("rollback");
+    let write = sqlx::query("DELETE FROM analytics.usage_daily")
+        .execute(&mut *tx)
+        .await;
+    assert!(write.is_err(), "read only");
+}
