@@ -1,11 +1,11 @@
 //! The command line: `serve`, `migrate`, `schema`, `projections rebuild|status`,
-//! `audit verify`, `emulate-provider`.
+//! `events export|import`, `audit verify`, `emulate-provider`.
 
 use std::io::Write;
 use std::time::Instant;
 
 use anyhow::Context;
-use chronicle_projections::checkpoint;
+use chronicle_projections::{checkpoint, LogCursor};
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
@@ -13,7 +13,7 @@ use crate::log::LogReader;
 use crate::projection::{ProjectionRunner, Rebuild, RunnerSettings};
 use crate::provider::{Emulator, Faults};
 use crate::startup::{Application, Wiring};
-use crate::{api, audit, db, telemetry};
+use crate::{api, archive, audit, db, telemetry};
 
 /// Chronicle: an event-sourced service for LLM batches, simulations and DICOM transfers.
 #[derive(Debug, Parser)]
@@ -38,6 +38,11 @@ enum Command {
         #[command(subcommand)]
         action: ProjectionsAction,
     },
+    /// Export or import the event log.
+    Events {
+        #[command(subcommand)]
+        action: EventsAction,
+    },
     /// Check the event log for tampering.
     Audit {
         #[command(subcommand)]
@@ -52,6 +57,22 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         polls_per_status: u32,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum EventsAction {
+    /// Write the log as NDJSON (stored events with their hashes) to stdout.
+    Export {
+        /// Start after this log cursor: `c1.<transaction_id>.<position>` of the last line of
+        /// a previous export, or an API cursor; from the beginning when omitted.
+        #[arg(long)]
+        after: Option<String>,
+        /// Only events of this aggregate type (repeatable).
+        #[arg(long = "type")]
+        types: Vec<String>,
+    },
+    /// Read an export from stdin into an empty store, verifying every hash; all or nothing.
+    Import,
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,6 +131,29 @@ impl Cli {
                 app.run_until_stopped().await
             }
             Command::Migrate | Command::Schema | Command::EmulateProvider { .. } => Ok(()),
+            Command::Events {
+                action: EventsAction::Export { after, types },
+            } => {
+                let after = match after {
+                    Some(cursor) => cursor.parse().context("--after takes a log cursor")?,
+                    None => LogCursor::START,
+                };
+                let types = (!types.is_empty()).then_some(types);
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                let exported = archive::export(&pool, after, types.as_deref(), &mut out).await?;
+                out.flush().context("writing to stdout")?;
+                tracing::info!(events = exported, "exported");
+                Ok(())
+            }
+            Command::Events {
+                action: EventsAction::Import,
+            } => {
+                let imported = archive::import(&pool, std::io::stdin().lock()).await?;
+                write_stdout(&format!(
+                    "imported {imported} events; projections rebuild from them when the \
+                     service starts\n"
+                ))
+            }
             Command::Audit {
                 action: AuditAction::Verify { aggregate },
             } => {

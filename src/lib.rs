@@ -2,6 +2,7 @@
 //! command path, projection runners and the GraphQL API.
 
 pub mod api;
+pub mod archive;
 pub mod audit;
 pub mod cli;
 pub mod command;

@@ -6,6 +6,7 @@
 )]
 
 mod analytics;
+mod archive;
 mod audit;
 mod batch_actions;
 mod batching;
