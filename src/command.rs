@@ -206,6 +206,38 @@ impl Commands {
         A::Error: DomainError,
         A::Command: Clone,
     {
+        let started = std::time::Instant::now();
+        let result = self
+            .execute_keyed::<A>(context, aggregate_id, command, services, idempotency)
+            .await;
+        let (outcome, events) = match &result {
+            Ok(receipt) => ("ok", receipt.events),
+            Err(CommandError::Rejected { .. }) => ("rejected", 0),
+            Err(CommandError::Conflict) => ("conflict", 0),
+            Err(
+                CommandError::IdempotencyKeyReused(_)
+                | CommandError::InvalidIdempotencyKey
+                | CommandError::Unavailable(_)
+                | CommandError::Internal(_),
+            ) => ("error", 0),
+        };
+        crate::metrics::command(A::TYPE, outcome, started.elapsed(), events);
+        result
+    }
+
+    async fn execute_keyed<A>(
+        &self,
+        context: &CommandContext,
+        aggregate_id: &str,
+        command: A::Command,
+        services: &A::Services,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<CommandReceipt, CommandError>
+    where
+        A: Upcast + Clone,
+        A::Error: DomainError,
+        A::Command: Clone,
+    {
         match idempotency {
             None => Ok(self
                 .attempt::<A>(context, aggregate_id, command, services)

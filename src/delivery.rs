@@ -370,7 +370,20 @@ impl Attempts {
             }
             Delivery::Poll => return Ok(Some(Hold::settling(progress.round))),
         };
-        let duration_ms = u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let took = clock.elapsed();
+        let system = match &submission.spec.delivery {
+            Delivery::Webhook { .. } => "webhook",
+            Delivery::Rabbitmq { .. } | Delivery::RabbitmqExchange { .. } | Delivery::Poll => {
+                "rabbitmq"
+            }
+        };
+        let result = match &outcome {
+            SendOutcome::Accepted { .. } => "accepted",
+            SendOutcome::Transient { .. } => "transient",
+            SendOutcome::Rejected { .. } => "rejected",
+        };
+        crate::metrics::call(system, result, took);
+        let duration_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
         let now = Utc::now();
         let verdict =
             self.policy

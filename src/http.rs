@@ -1,5 +1,6 @@
 //! HTTP routes: GraphQL (POST, GraphiQL on GET, websocket subscriptions on GET with an
-//! upgrade), `/health` (the process answers) and `/ready` (database reachable, migrated).
+//! upgrade), `/health` (the process answers), `/ready` (database reachable, migrated) and
+//! `/metrics` (Prometheus).
 
 use async_graphql::http::{GraphiQLSource, ALL_WEBSOCKET_PROTOCOLS};
 use async_graphql::Data;
@@ -36,8 +37,22 @@ pub fn router(state: AppState) -> Router {
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/health", get(|| async { "ok" }))
         .route("/ready", get(ready))
+        .route("/metrics", get(prometheus))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// Prometheus exposition of the process's metrics and the database's gauges.
+async fn prometheus(State(state): State<AppState>) -> Response {
+    let body = crate::metrics::render(&state.pool).await;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn graphql_post(

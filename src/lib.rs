@@ -12,6 +12,7 @@ pub mod delivery;
 pub mod http;
 pub mod llm;
 pub mod log;
+pub mod metrics;
 pub mod projection;
 pub mod provider;
 pub mod retry_rules;

@@ -190,6 +190,9 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let shutdown = CancellationToken::new();
+        if crate::metrics::install().is_none() {
+            tracing::warn!("another metrics recorder is installed: /metrics stays empty");
+        }
         let stores = EventStores::new(pool.clone(), &config.snapshots, wiring.upcasters);
         let reader = LogReader::new(pool.clone(), stores.upcasters());
         let waker = LogWaker::start(&pool, config.log_poll(), shutdown.clone());

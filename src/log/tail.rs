@@ -8,6 +8,7 @@ use futures::Stream;
 
 use super::waker::Waiter;
 use super::{LogFilter, LogReader, LogWaker};
+use crate::metrics::SubscriptionGuard;
 
 const PAGE: u32 = 500;
 const RETRY_AFTER_ERROR: Duration = Duration::from_secs(1);
@@ -18,6 +19,8 @@ struct State {
     cursor: LogCursor,
     buffered: VecDeque<RecordedEvent>,
     waiter: Waiter,
+    /// Counts this tail among the open subscriptions while it lives.
+    _open: SubscriptionGuard,
 }
 
 /// Every event after `after` that matches `filter`, each exactly once and in log order.
@@ -37,6 +40,7 @@ pub fn tail(
         cursor: after,
         buffered: VecDeque::new(),
         waiter: waker.waiter(),
+        _open: SubscriptionGuard::open(),
     };
     futures::stream::unfold(state, |mut state| async move {
         loop {

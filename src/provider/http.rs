@@ -61,7 +61,17 @@ pub(super) async fn send(
     build: impl Fn() -> RequestBuilder,
     retries: usize,
 ) -> Result<Response, ProviderError> {
-    let attempt = || async { classify(build().send().await).await };
+    let attempt = || async {
+        let started = std::time::Instant::now();
+        let classified = classify(build().send().await).await;
+        let outcome = match &classified {
+            Ok(_) => "ok",
+            Err(Attempt::Retryable { .. }) => "transient",
+            Err(Attempt::Final(_)) => "rejected",
+        };
+        crate::metrics::call("provider", outcome, started.elapsed());
+        classified
+    };
     let backoff = ExponentialBuilder::default()
         .with_jitter()
         .with_min_delay(Duration::from_millis(100))

@@ -177,6 +177,18 @@ impl Responder {
                 failed.latency_ms,
             ),
         };
+        let outcome = match &command {
+            SimulationCommand::RecordAiResult { .. } => "completed",
+            SimulationCommand::Create { .. }
+            | SimulationCommand::PostMessage { .. }
+            | SimulationCommand::RecordAiFailure { .. }
+            | SimulationCommand::RetryAiCall { .. }
+            | SimulationCommand::End { .. }
+            | SimulationCommand::Archive { .. } => "failed",
+        };
+        metrics::counter!("chronicle_ai_calls_total", "service" => pending.service.as_str(),
+                          "outcome" => outcome)
+        .increment(1);
         self.record(id, command).await;
     }
 

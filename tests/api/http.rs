@@ -152,3 +152,26 @@ async fn text_the_store_cannot_hold_is_a_validation_error() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn metrics_count_commands_and_show_projection_lag_and_queues() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db, "metrics").await;
+    app.ledger("m", LedgerCommand::Open).await.expect("open");
+    let refused = app.ledger("m", LedgerCommand::Open).await;
+    assert!(refused.is_err());
+    let response = app.get("/metrics").await;
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.expect("body");
+    for expected in [
+        "chronicle_commands_total{aggregate=\"Ledger\",outcome=\"ok\"} 1",
+        "chronicle_commands_total{aggregate=\"Ledger\",outcome=\"rejected\"} 1",
+        "chronicle_events_appended_total{aggregate=\"Ledger\"} 1",
+        "chronicle_command_seconds_bucket{aggregate=\"Ledger\"",
+        "chronicle_projection_lag_events{projection=\"requests\"}",
+        "chronicle_queue_depth{queue=\"deliveries_due\"} 0",
+        "chronicle_log_head_position",
+    ] {
+        assert!(text.contains(expected), "missing {expected} in\n{text}");
+    }
+}
