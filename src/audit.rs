@@ -1,7 +1,10 @@
 //! Tamper evidence: recomputes each aggregate's hash chain (see migration
-//! `20261123000006_hash_chain.sql`) and reports the first broken link in log order.
+//! `20261123000006_hash_chain.sql`) and reports the first broken link in log order; writes
+//! and checks signed checkpoints of the whole log (`20261123000008_audit_checkpoints.sql`).
 
+use chronicle_projections::LogCursor;
 use futures::TryStreamExt;
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
@@ -111,4 +114,202 @@ pub async fn verify(
         current.previous = stored;
     }
     Ok(found)
+}
+
+/// A checkpoint that no longer matches the log, or whose signature does not verify.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointBreak {
+    /// The checkpoint's id.
+    pub id: i64,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// The digest over the events after `after` through `through`, chained to `previous`, and
+/// how many events it covers.
+async fn digest(
+    pool: &PgPool,
+    previous: &[u8],
+    after: LogCursor,
+    through: LogCursor,
+) -> Result<(Vec<u8>, i64), sqlx::Error> {
+    let mut rows = sqlx::query_as::<_, (i64, Vec<u8>)>(
+        "SELECT position, hash FROM events
+          WHERE (transaction_id, position) > ($1::bigint::text::xid8, $2)
+            AND (transaction_id, position) <= ($3::bigint::text::xid8, $4)
+          ORDER BY transaction_id, position",
+    )
+    .bind(after.transaction_id)
+    .bind(after.position)
+    .bind(through.transaction_id)
+    .bind(through.position)
+    .fetch(pool);
+    let mut hasher = Sha256::new().chain_update(previous);
+    let mut events = 0;
+    while let Some((position, hash)) = rows.try_next().await? {
+        hasher.update(position.to_be_bytes());
+        hasher.update(&hash);
+        events += 1;
+    }
+    Ok((hasher.finalize().to_vec(), events))
+}
+
+fn sign(key: &[u8], digest: &[u8], through: LogCursor) -> Option<Vec<u8>> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).ok()?;
+    mac.update(digest);
+    mac.update(through.to_string().as_bytes());
+    Some(mac.finalize().into_bytes().to_vec())
+}
+
+type CheckpointRow = (i64, i64, i64, i64, i64, i64, Vec<u8>, Option<Vec<u8>>);
+
+async fn checkpoints(pool: &PgPool) -> Result<Vec<CheckpointRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, after_transaction_id, after_position, through_transaction_id,
+                through_position, events, digest, signature
+           FROM audit_checkpoints ORDER BY id",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Records a checkpoint over every settled event since the last one, signed with `key` when
+/// given; returns how many events it covers (none: no checkpoint is written).
+///
+/// # Errors
+/// Any database error.
+pub async fn checkpoint(pool: &PgPool, key: Option<&[u8]>) -> Result<i64, sqlx::Error> {
+    let last = checkpoints(pool).await?.pop();
+    let (after, previous) = last.map_or((LogCursor::START, Vec::new()), |row| {
+        (
+            LogCursor {
+                transaction_id: row.3,
+                position: row.4,
+            },
+            row.6,
+        )
+    });
+    let head: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT transaction_id::text::bigint, position FROM events
+          WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+          ORDER BY transaction_id DESC, position DESC LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?;
+    let Some((transaction_id, position)) = head else {
+        return Ok(0);
+    };
+    let through = LogCursor {
+        transaction_id,
+        position,
+    };
+    if through <= after {
+        return Ok(0);
+    }
+    let (digest, events) = digest(pool, &previous, after, through).await?;
+    let signature = key.and_then(|key| sign(key, &digest, through));
+    sqlx::query(
+        "INSERT INTO audit_checkpoints (after_transaction_id, after_position,
+             through_transaction_id, through_position, events, digest, signature)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(after.transaction_id)
+    .bind(after.position)
+    .bind(through.transaction_id)
+    .bind(through.position)
+    .bind(events)
+    .bind(digest)
+    .bind(signature)
+    .execute(pool)
+    .await?;
+    Ok(events)
+}
+
+/// Recomputes every checkpoint from the log (and checks its signature when `key` is given);
+/// returns how many were checked and the first that fails.
+///
+/// # Errors
+/// Any database error.
+pub async fn verify_checkpoints(
+    pool: &PgPool,
+    key: Option<&[u8]>,
+) -> Result<(u64, Option<CheckpointBreak>), sqlx::Error> {
+    let mut previous = Vec::new();
+    let mut checked = 0;
+    for (id, after_xid, after_pos, through_xid, through_pos, events, stored, signature) in
+        checkpoints(pool).await?
+    {
+        checked += 1;
+        let after = LogCursor {
+            transaction_id: after_xid,
+            position: after_pos,
+        };
+        let through = LogCursor {
+            transaction_id: through_xid,
+            position: through_pos,
+        };
+        let (digest, counted) = digest(pool, &previous, after, through).await?;
+        let reason = if counted != events || digest != stored {
+            Some("the events it covers changed since it was recorded".to_owned())
+        } else if let Some(key) = key {
+            let expected = sign(key, &digest, through);
+            (signature.is_none() || expected != signature)
+                .then(|| "its signature does not verify".to_owned())
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Ok((checked, Some(CheckpointBreak { id, reason })));
+        }
+        previous = stored;
+    }
+    Ok((checked, None))
+}
+
+/// Records a checkpoint periodically, on one instance at a time.
+pub struct Checkpointer {
+    pool: PgPool,
+    options: sqlx::postgres::PgConnectOptions,
+    every: std::time::Duration,
+    key: Option<Vec<u8>>,
+}
+
+impl Checkpointer {
+    /// A checkpointer recording every `every`, signing with `key` when given.
+    pub fn new(
+        pool: PgPool,
+        options: sqlx::postgres::PgConnectOptions,
+        every: std::time::Duration,
+        key: Option<Vec<u8>>,
+    ) -> Self {
+        if key.is_none() {
+            tracing::warn!("no audit signing key: checkpoints are recorded unsigned");
+        }
+        Self {
+            pool,
+            options,
+            every,
+            key,
+        }
+    }
+
+    /// Runs until `shutdown`.
+    pub async fn run(self, shutdown: tokio_util::sync::CancellationToken) {
+        while !shutdown.is_cancelled() {
+            tokio::select! {
+                () = tokio::time::sleep(self.every) => {}
+                () = shutdown.cancelled() => return,
+            }
+            match crate::projection::Leadership::try_claim(&self.options, "audit_checkpoint").await
+            {
+                Ok(Some(_leadership)) => {
+                    if let Err(error) = checkpoint(&self.pool, self.key.as_deref()).await {
+                        tracing::warn!(%error, "recording an audit checkpoint failed");
+                    }
+                }
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, "cannot claim the audit checkpoint role"),
+            }
+        }
+    }
 }

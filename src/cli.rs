@@ -77,6 +77,8 @@ enum EventsAction {
 
 #[derive(Debug, Subcommand)]
 enum AuditAction {
+    /// Record a signed checkpoint of every settled event since the last one.
+    Checkpoint,
     /// Recompute every event's hash chain and report the first broken link (exit code 2).
     Verify {
         /// Only this aggregate, as `Type:id` (e.g. `Batch:0193…`).
@@ -155,6 +157,20 @@ impl Cli {
                 ))
             }
             Command::Audit {
+                action: AuditAction::Checkpoint,
+            } => {
+                let key = config.audit_key();
+                let events = audit::checkpoint(&pool, key.as_deref()).await?;
+                write_stdout(&format!(
+                    "checkpoint over {events} new events{}\n",
+                    if key.is_some() {
+                        ", signed"
+                    } else {
+                        ", unsigned (no key set)"
+                    }
+                ))
+            }
+            Command::Audit {
                 action: AuditAction::Verify { aggregate },
             } => {
                 let aggregate = aggregate
@@ -162,10 +178,25 @@ impl Cli {
                     .map(|a| a.split_once(':').context("--aggregate takes Type:id"))
                     .transpose()?;
                 let found = audit::verify(&pool, aggregate).await?;
+                let key = config.audit_key();
+                let (checkpoints, checkpoint_break) =
+                    audit::verify_checkpoints(&pool, key.as_deref()).await?;
+                if let Some(broken) = checkpoint_break {
+                    write_stdout(&format!(
+                        "BROKEN: checkpoint {} ({} checked): {}\n",
+                        broken.id, checkpoints, broken.reason
+                    ))?;
+                    std::process::exit(2);
+                }
                 let Some(broken) = found.first_break else {
                     return write_stdout(&format!(
-                        "intact: {} events checked\n",
-                        found.events_checked
+                        "intact: {} events checked, {checkpoints} checkpoints{}\n",
+                        found.events_checked,
+                        if key.is_some() {
+                            " with signatures"
+                        } else {
+                            " (no key: signatures not checked)"
+                        }
                     ));
                 };
                 write_stdout(&format!(

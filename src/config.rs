@@ -182,6 +182,26 @@ pub struct Config {
     )]
     pub batch_max_bytes: u64,
 
+    /// Name of the environment variable holding the key audit checkpoints are signed with
+    /// (HMAC-SHA256; never logged). Without it, checkpoints are recorded unsigned.
+    #[arg(
+        long,
+        env = "CHRONICLE_AUDIT_KEY_ENV",
+        default_value = "CHRONICLE_AUDIT_KEY",
+        global = true
+    )]
+    pub audit_key_env: String,
+
+    /// Record a checkpoint of the whole log this often, in seconds (0: never; `chronicle
+    /// audit checkpoint` records one on demand).
+    #[arg(
+        long,
+        env = "CHRONICLE_AUDIT_CHECKPOINT_SECS",
+        default_value_t = 3600,
+        global = true
+    )]
+    pub audit_checkpoint_secs: u64,
+
     /// How results are pushed to their owners.
     #[command(flatten)]
     pub delivery: DeliveryConfig,
@@ -337,6 +357,14 @@ impl Config {
     /// The fallback poll interval of log consumers.
     pub fn log_poll(&self) -> Duration {
         Duration::from_millis(self.log_poll_ms)
+    }
+
+    /// The audit signing key, if its variable is set.
+    pub fn audit_key(&self) -> Option<Vec<u8>> {
+        std::env::var(&self.audit_key_env)
+            .ok()
+            .filter(|key| !key.is_empty())
+            .map(String::into_bytes)
     }
 
     /// The standby retry interval of projectors.

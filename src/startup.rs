@@ -247,6 +247,16 @@ impl Application {
             );
             workers.spawn(driver.run(shutdown.clone()));
         }
+        if config.audit_checkpoint_secs > 0 {
+            let every = Duration::from_secs(config.audit_checkpoint_secs);
+            let checkpoints = crate::audit::Checkpointer::new(
+                pool.clone(),
+                options.clone(),
+                every,
+                config.audit_key(),
+            );
+            workers.spawn(checkpoints.run(shutdown.clone()));
+        }
         let secrets = Arc::new(WebhookSecrets::new(pool.clone()));
         let delivery = delivery_worker(
             config,

@@ -11,6 +11,7 @@ use chrono::Utc;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
+use crate::archive::caught_up;
 use crate::delivery::{app_with_provider, batch_when, submit};
 use crate::support::{eventually, Behaviour, Receiver, TestDb};
 
@@ -134,6 +135,7 @@ async fn usage_delivery_turnaround_and_simulations_add_up_and_rebuild_identicall
         .await;
     assert_eq!(bad["errors"][0]["extensions"]["code"], "VALIDATION");
 
+    caught_up(&db.pool).await;
     app.stop().await;
     let incremental = snapshot(&db.pool).await;
     for name in [

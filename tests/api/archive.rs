@@ -39,7 +39,8 @@ async fn read_models(pool: &PgPool) -> Vec<String> {
     all
 }
 
-async fn caught_up(pool: &PgPool) {
+/// Waits until every projector has applied every event.
+pub async fn caught_up(pool: &PgPool) {
     let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(pool)
         .await
@@ -101,8 +102,9 @@ async fn an_imported_archive_reproduces_the_aggregates_and_read_models() {
         (response["data"]["simulation"]["messageCount"] == 1).then_some(())
     })
     .await;
-    app.stop().await;
+    // Projections run in the app: let them apply everything before it stops.
     caught_up(&source.pool).await;
+    app.stop().await;
     let archive = exported(&source.pool).await;
     let lines: Vec<Value> = archive
         .split(|b| *b == b'\n')

@@ -107,3 +107,71 @@ async fn verifying_someone_elses_or_a_half_named_aggregate_is_refused() {
     let half = app.graphql(query, json!({ "t": "Batch" })).await;
     assert_eq!(half["errors"][0]["extensions"]["code"], "VALIDATION");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_checkpoint_catches_a_rewrite_that_recomputes_the_hash_chain() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db, "audit").await;
+    app.ledger("c", LedgerCommand::Open).await.expect("open");
+    app.ledger("c", LedgerCommand::Deposit(vec![1, 2, 3]))
+        .await
+        .expect("deposit");
+    let key = b"audit-key".as_slice();
+    // The log's horizon may hold the newest events back a moment: checkpoint until all four
+    // are covered (perhaps by more than one checkpoint).
+    let mut covered = 0;
+    for _ in 0..150 {
+        covered += audit::checkpoint(&app.pool, Some(key))
+            .await
+            .expect("checkpoint");
+        if covered == 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(covered, 4);
+    app.ledger("c", LedgerCommand::Withdraw(1))
+        .await
+        .expect("withdraw");
+    assert_eq!(
+        audit::verify_checkpoints(&app.pool, Some(key))
+            .await
+            .expect("verify"),
+        (1, None)
+    );
+    let (_, forged) = audit::verify_checkpoints(&app.pool, Some(b"other".as_slice()))
+        .await
+        .expect("verify");
+    assert!(forged.is_some_and(|b| b.reason.contains("signature")));
+
+    // Rewrite an event, then recompute its aggregate's chain as the trigger would.
+    sqlx::query(
+        "UPDATE events SET payload = jsonb_set(payload, '{Deposited,amount}', '99')
+          WHERE aggregate_type = 'Ledger' AND aggregate_id = 'c' AND sequence = 3",
+    )
+    .execute(&app.pool)
+    .await
+    .expect("rewrite");
+    for sequence in 3..=5 {
+        sqlx::query(
+            "UPDATE events e SET hash = sha256((SELECT p.hash FROM events p
+                 WHERE p.aggregate_type = e.aggregate_type AND p.aggregate_id = e.aggregate_id
+                   AND p.sequence = e.sequence - 1) || event_content(e))
+              WHERE aggregate_type = 'Ledger' AND aggregate_id = 'c' AND sequence = $1",
+        )
+        .bind(sequence)
+        .execute(&app.pool)
+        .await
+        .expect("re-chain");
+    }
+    let chain = audit::verify(&app.pool, None).await.expect("verify chain");
+    assert_eq!(
+        chain.first_break, None,
+        "the rewrite fooled the chain alone"
+    );
+    let (_, broken) = audit::verify_checkpoints(&app.pool, Some(key))
+        .await
+        .expect("verify");
+    let broken = broken.expect("the checkpoint catches it");
+    assert!(broken.reason.contains("changed"), "{}", broken.reason);
+}

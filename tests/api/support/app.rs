@@ -64,6 +64,8 @@ impl TestApp {
             anthropic_api_key_env: "CHRONICLE_TEST_ANTHROPIC_KEY".into(),
             provider_project: None,
             batch_max_bytes: 190_000_000,
+            audit_key_env: "CHRONICLE_TEST_AUDIT_KEY".into(),
+            audit_checkpoint_secs: 0,
             delivery: DeliveryConfig {
                 rabbitmq_url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
                 delivery_concurrency: 50,
