@@ -16,6 +16,10 @@ impl Projector for Batches {
         "batches"
     }
 
+    fn aggregate_types(&self) -> Option<&'static [&'static str]> {
+        Some(&["Batch"])
+    }
+
     async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
         sqlx::query("DELETE FROM batches").execute(conn).await?;
         Ok(())

@@ -33,6 +33,10 @@ impl Projector for DeliveryAttempts {
         "delivery_attempts"
     }
 
+    fn aggregate_types(&self) -> Option<&'static [&'static str]> {
+        Some(&["Request"])
+    }
+
     async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
         sqlx::query("DELETE FROM delivery_attempts")
             .execute(conn)

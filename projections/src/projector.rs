@@ -32,6 +32,12 @@ pub trait Projector: Send + Sync + 'static {
     /// Stable name: the checkpoint's key and the `projections rebuild <name>` argument.
     fn name(&self) -> &'static str;
 
+    /// The aggregate types whose events it needs (`None`: all). The log is filtered in SQL,
+    /// so a projector does not read (large) events it would skip.
+    fn aggregate_types(&self) -> Option<&'static [&'static str]> {
+        None
+    }
+
     /// Deletes everything this projector wrote, before a rebuild from the start of the log.
     async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError>;
 

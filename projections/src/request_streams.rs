@@ -31,6 +31,10 @@ impl Projector for RequestStreams {
         "request_streams"
     }
 
+    fn aggregate_types(&self) -> Option<&'static [&'static str]> {
+        Some(&["Batch"])
+    }
+
     async fn reset(&self, _conn: &mut PgConnection) -> Result<(), ProjectionError> {
         Ok(())
     }

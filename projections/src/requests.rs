@@ -71,6 +71,10 @@ impl Projector for Requests {
         "requests"
     }
 
+    fn aggregate_types(&self) -> Option<&'static [&'static str]> {
+        Some(&["Request"])
+    }
+
     async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
         sqlx::query("DELETE FROM requests").execute(conn).await?;
         Ok(())

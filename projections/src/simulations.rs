@@ -22,6 +22,10 @@ impl Projector for Simulations {
         "simulations"
     }
 
+    fn aggregate_types(&self) -> Option<&'static [&'static str]> {
+        Some(&["Simulation"])
+    }
+
     async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
         clear(conn, &["simulations", "simulation_messages", "ai_calls"]).await
     }

@@ -27,7 +27,13 @@ pub struct ProjectionRunner {
     options: PgConnectOptions,
     reader: LogReader,
     settings: RunnerSettings,
+    /// When a filtered projector last recorded moving past events it does not need.
+    skipped_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How often a filtered projector records moving past events it does not need: each record
+/// is a write, and until it is made the skipped events are only re-read (filtered in SQL).
+const SKIP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why a projector stopped applying pages.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +71,7 @@ impl ProjectionRunner {
             options,
             reader,
             settings,
+            skipped_at: std::sync::Mutex::new(None),
         }
     }
 
@@ -119,14 +126,25 @@ impl ProjectionRunner {
     /// `expected` is where this runner believes the checkpoint is; if a rebuild reset it
     /// meanwhile, the page is skipped and the runner continues from the stored checkpoint.
     async fn step(&self, expected: LogCursor) -> Result<(LogCursor, usize), RunnerError> {
+        let types = self.projector.aggregate_types();
+        let filter = LogFilter {
+            aggregate_types: types.map(|types| types.iter().map(|t| (*t).to_owned()).collect()),
+            ..LogFilter::default()
+        };
         let page = self
             .reader
-            .read(expected, &LogFilter::default(), self.settings.page_size)
-            .await?
-            .events;
-        let Some(last) = page.last() else {
-            return Ok((expected, 0));
+            .read(expected, &filter, self.settings.page_size)
+            .await?;
+        // A filtered projector also moves past the settled events it does not need, so its
+        // lag reaches zero and later reads do not rescan them.
+        let next = match (page.events.last(), types) {
+            (Some(last), _) => last.cursor,
+            (None, Some(_)) if self.skip_due() => page.next_cursor(expected),
+            (None, Some(_) | None) => expected,
         };
+        if next == expected {
+            return Ok((expected, 0));
+        }
         let name = self.projector.name();
         let mut tx = self.pool.begin().await?;
         let stored = checkpoint::lock(&mut tx, name).await?;
@@ -134,10 +152,25 @@ impl ProjectionRunner {
             tracing::info!(projection = name, from = %stored, "checkpoint moved (rebuild); following it");
             return Ok((stored, 0));
         }
-        self.projector.apply(&mut tx, &page).await?;
-        checkpoint::advance(&mut tx, name, last.cursor, page.len()).await?;
+        if !page.events.is_empty() {
+            self.projector.apply(&mut tx, &page.events).await?;
+        }
+        checkpoint::advance(&mut tx, name, next, page.events.len()).await?;
         tx.commit().await?;
-        Ok((last.cursor, page.len()))
+        Ok((next, page.events.len()))
+    }
+
+    /// True (and noted) when a filtered projector may record a skip now.
+    fn skip_due(&self) -> bool {
+        let Ok(mut last) = self.skipped_at.lock() else {
+            return false;
+        };
+        let now = std::time::Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < SKIP_EVERY) {
+            return false;
+        }
+        *last = Some(now);
+        true
     }
 
     /// Rebuilds the projector from the start of the log.

@@ -133,12 +133,12 @@ async fn a_signed_checkpoint_catches_a_rewrite_that_recomputes_the_hash_chain() 
     app.ledger("c", LedgerCommand::Withdraw(1))
         .await
         .expect("withdraw");
-    assert_eq!(
-        audit::verify_checkpoints(&app.pool, Some(key))
-            .await
-            .expect("verify"),
-        (1, None)
-    );
+    // One checkpoint, or more when the horizon held events back from the first.
+    let (checked, intact) = audit::verify_checkpoints(&app.pool, Some(key))
+        .await
+        .expect("verify");
+    assert!(checked >= 1);
+    assert_eq!(intact, None);
     let (_, forged) = audit::verify_checkpoints(&app.pool, Some(b"other".as_slice()))
         .await
         .expect("verify");

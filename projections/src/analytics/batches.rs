@@ -17,6 +17,10 @@ impl Projector for BatchAnalytics {
         "analytics_batches"
     }
 
+    fn aggregate_types(&self) -> Option<&'static [&'static str]> {
+        Some(&["Batch"])
+    }
+
     async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
         sqlx::query("DELETE FROM analytics.batch_turnaround")
             .execute(conn)

@@ -61,6 +61,10 @@ impl Projector for RequestAnalytics {
         "analytics_requests"
     }
 
+    fn aggregate_types(&self) -> Option<&'static [&'static str]> {
+        Some(&["Request"])
+    }
+
     async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
         clear(
             conn,

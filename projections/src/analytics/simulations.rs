@@ -34,6 +34,10 @@ impl Projector for SimulationAnalytics {
         "analytics_simulations"
     }
 
+    fn aggregate_types(&self) -> Option<&'static [&'static str]> {
+        Some(&["Simulation"])
+    }
+
     async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
         clear(
             conn,
