@@ -7,10 +7,12 @@
 
 pub mod batch;
 mod delivery;
+pub mod dicom_server;
 mod endpoint;
 mod error_code;
 pub mod request;
 pub mod simulation;
+pub mod transfer;
 mod upcasting;
 
 pub use delivery::Delivery;

@@ -1,0 +1,101 @@
+//! What may be asked of a transfer job. Times arrive in the command (`handle` is pure).
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{TaskOutcome, TransferSpec};
+
+/// A command to a transfer job. Tasks are numbered from 1 in creation order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TransferCommand {
+    /// Creates the job; an untrusted owner's job waits for an admin's verify.
+    Create {
+        /// The job's id.
+        job_id: Uuid,
+        /// The owning client.
+        owner: String,
+        /// The set-up.
+        spec: TransferSpec,
+        /// The owner is trusted: the job needs no verify.
+        trusted: bool,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// An admin lets an unverified job run.
+    Verify {
+        /// The admin.
+        by: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The runner takes a pending task.
+    StartTask {
+        /// The task.
+        task: u32,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The runner reports instances moved so far (shown as progress).
+    ReportProgress {
+        /// The task.
+        task: u32,
+        /// Instances stored at the destination so far.
+        instances: u32,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The runner reports a task's end.
+    FinishTask {
+        /// The task.
+        task: u32,
+        /// How it ended.
+        outcome: TaskOutcome,
+        /// What to tell the owner.
+        message: Option<String>,
+        /// Instances stored at the destination.
+        instances: u32,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// A transient failure: the task is retried while it has attempts left, else it fails.
+    FailTransiently {
+        /// The task.
+        task: u32,
+        /// The error.
+        reason: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The task's run was cut off (the runner stopped or crashed): it waits again, without
+    /// spending an attempt.
+    InterruptTask {
+        /// The task.
+        task: u32,
+        /// Why.
+        reason: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The owner cancels: pending tasks are canceled now, running ones by the runner.
+    Cancel {
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The owner resumes a canceled job: its canceled tasks wait again.
+    Resume {
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The owner retries the failed tasks of a finished job.
+    RetryFailed {
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// An admin runs every task of a finished job again.
+    Restart {
+        /// The admin.
+        by: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+}

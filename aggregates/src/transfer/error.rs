@@ -1,0 +1,72 @@
+//! Why a transfer job refused a command.
+
+use super::{JobStatus, TaskStatus};
+use crate::{DomainError, ErrorCode};
+
+/// A transfer job's rejection of a command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransferError {
+    /// The job does not exist.
+    #[error("transfer job not found")]
+    NotFound,
+    /// A job is created once.
+    #[error("the transfer job already exists")]
+    AlreadyCreated,
+    /// The set-up breaks rules.
+    #[error("invalid transfer job: {}", problems.join("; "))]
+    InvalidSpec {
+        /// Each broken rule.
+        problems: Vec<String>,
+    },
+    /// No such task in this job.
+    #[error("the job has no task {task}")]
+    NoSuchTask {
+        /// The task number.
+        task: u32,
+    },
+    /// The job's state does not allow the command.
+    #[error("a {} transfer job cannot {action}", status.as_str())]
+    JobRefuses {
+        /// Where the job stands.
+        status: JobStatus,
+        /// What was asked.
+        action: &'static str,
+    },
+    /// The task's state does not allow the command.
+    #[error("task {task} is {}: it cannot become {}", from.as_str(), to.as_str())]
+    InvalidTaskTransition {
+        /// The task.
+        task: u32,
+        /// Where it stands.
+        from: TaskStatus,
+        /// Where the command would take it.
+        to: TaskStatus,
+    },
+    /// The derived job status would break the job transition table.
+    #[error("a {} transfer job cannot become {}", from.as_str(), to.as_str())]
+    InvalidTransition {
+        /// Where the job stands.
+        from: JobStatus,
+        /// Where the command would take it.
+        to: JobStatus,
+    },
+    /// A task message is too long or holds control characters other than newlines.
+    #[error("a task message must be at most {max} characters")]
+    InvalidMessage {
+        /// The longest accepted.
+        max: usize,
+    },
+}
+
+impl DomainError for TransferError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            Self::NotFound | Self::NoSuchTask { .. } => ErrorCode::NotFound,
+            Self::InvalidSpec { .. } | Self::InvalidMessage { .. } => ErrorCode::Validation,
+            Self::AlreadyCreated
+            | Self::JobRefuses { .. }
+            | Self::InvalidTaskTransition { .. }
+            | Self::InvalidTransition { .. } => ErrorCode::InvalidTransition,
+        }
+    }
+}

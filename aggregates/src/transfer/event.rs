@@ -1,0 +1,152 @@
+//! What happened to a transfer job. Event types and versions are a contract: never rename
+//! them.
+
+use chrono::{DateTime, Utc};
+use cqrs_es::DomainEvent;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{JobStatus, Requeue, TaskStatus, TransferSpec};
+
+/// A transfer job's events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TransferEvent {
+    /// The job was created with its tasks (numbered from 1), all pending.
+    Created {
+        /// The job's id.
+        job_id: Uuid,
+        /// The owning client.
+        owner: String,
+        /// The set-up.
+        spec: TransferSpec,
+        /// False when it waits for an admin's verify.
+        verified: bool,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// An admin verified it.
+    Verified {
+        /// The admin.
+        by: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The runner started a task.
+    TaskStarted {
+        /// The task.
+        task: u32,
+        /// Which attempt this is, from 1.
+        attempt: u32,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Instances stored so far.
+    TaskProgressed {
+        /// The task.
+        task: u32,
+        /// Instances stored at the destination so far.
+        instances: u32,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// A task ended (success, warning, failure or canceled).
+    TaskFinished {
+        /// The task.
+        task: u32,
+        /// How it ended.
+        status: TaskStatus,
+        /// What to tell the owner.
+        message: Option<String>,
+        /// Instances stored at the destination.
+        instances: u32,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// A transient failure: the task waits for another attempt.
+    TaskRetryScheduled {
+        /// The task.
+        task: u32,
+        /// The attempt that failed.
+        attempt: u32,
+        /// The error.
+        reason: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The task's run was cut off; it waits again without spending an attempt.
+    TaskInterrupted {
+        /// The task.
+        task: u32,
+        /// Why.
+        reason: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The owner canceled: these pending tasks were canceled at once; running ones follow.
+    CancelRequested {
+        /// The tasks canceled at once.
+        canceled: Vec<u32>,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Finished tasks wait again.
+    TasksRequeued {
+        /// The tasks.
+        tasks: Vec<u32>,
+        /// Why.
+        reason: Requeue,
+        /// Who asked.
+        by: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The job's derived status changed.
+    StatusChanged {
+        /// Where it stood.
+        from: JobStatus,
+        /// Where it stands.
+        to: JobStatus,
+        /// When.
+        at: DateTime<Utc>,
+    },
+}
+
+impl TransferEvent {
+    /// When it happened.
+    pub fn at(&self) -> DateTime<Utc> {
+        match self {
+            Self::Created { at, .. }
+            | Self::Verified { at, .. }
+            | Self::TaskStarted { at, .. }
+            | Self::TaskProgressed { at, .. }
+            | Self::TaskFinished { at, .. }
+            | Self::TaskRetryScheduled { at, .. }
+            | Self::TaskInterrupted { at, .. }
+            | Self::CancelRequested { at, .. }
+            | Self::TasksRequeued { at, .. }
+            | Self::StatusChanged { at, .. } => *at,
+        }
+    }
+}
+
+impl DomainEvent for TransferEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::Created { .. } => "TransferJobCreated",
+            Self::Verified { .. } => "TransferJobVerified",
+            Self::TaskStarted { .. } => "TransferTaskStarted",
+            Self::TaskProgressed { .. } => "TransferTaskProgressed",
+            Self::TaskFinished { .. } => "TransferTaskFinished",
+            Self::TaskRetryScheduled { .. } => "TransferTaskRetryScheduled",
+            Self::TaskInterrupted { .. } => "TransferTaskInterrupted",
+            Self::CancelRequested { .. } => "TransferJobCancelRequested",
+            Self::TasksRequeued { .. } => "TransferTasksRequeued",
+            Self::StatusChanged { .. } => "TransferJobStatusChanged",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1.0.0".to_owned()
+    }
+}
