@@ -16,6 +16,7 @@ mod projections;
 mod requests;
 mod schema;
 mod simulations;
+mod transfers;
 mod transitions;
 mod updates;
 

@@ -438,3 +438,12 @@ async fn cursor_of(
         position,
     })
 }
+
+/// What a caller may do beyond its own objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authority {
+    /// A client: its own objects only.
+    Client,
+    /// An admin: every object, and admin-only actions.
+    Admin,
+}

@@ -66,13 +66,14 @@ pub struct Config {
     /// Snapshot an aggregate type every N events, e.g. `Batch=1,Simulation=20`. Batches
     /// snapshot on every command by default: their events carry request bodies, while their
     /// state is a few counters, so a snapshot is cheaper than any replay. Simulations every
-    /// 20 events: each AI call's event holds the whole request sent.
+    /// 20 events: each AI call's event holds the whole request sent. Transfer jobs every 20:
+    /// a job of many studies collects a few events per study.
     #[arg(
         long,
         env = "CHRONICLE_SNAPSHOTS",
         value_delimiter = ',',
         value_parser = parse_snapshot,
-        default_value = "Batch=1,Simulation=20",
+        default_value = "Batch=1,Simulation=20,TransferJob=20",
         global = true
     )]
     pub snapshots: Vec<(String, usize)>,
@@ -209,6 +210,61 @@ pub struct Config {
     /// How simulations call their AI.
     #[command(flatten)]
     pub simulation: SimulationConfig,
+
+    /// How transfer jobs run.
+    #[command(flatten)]
+    pub transfer: TransferConfig,
+}
+
+/// Settings of the transfer runner and who needs no verify.
+#[derive(Debug, Clone, Args)]
+pub struct TransferConfig {
+    /// Owners whose transfer jobs need no admin verify (`*`: everyone). Until API keys
+    /// exist every caller is `anonymous`.
+    #[arg(
+        long,
+        env = "CHRONICLE_TRANSFER_TRUSTED",
+        value_delimiter = ',',
+        default_value = "anonymous",
+        global = true
+    )]
+    pub transfer_trusted: Vec<String>,
+
+    /// Transfer tasks (studies) moved at once.
+    #[arg(
+        long,
+        env = "CHRONICLE_TRANSFER_CONCURRENCY",
+        default_value_t = 4,
+        global = true
+    )]
+    pub transfer_concurrency: usize,
+
+    /// A task running longer fails transiently (and is retried), in seconds.
+    #[arg(
+        long,
+        env = "CHRONICLE_TRANSFER_TASK_TIMEOUT_SECS",
+        default_value_t = 1_200,
+        global = true
+    )]
+    pub transfer_task_timeout_secs: u64,
+
+    /// Timeout of one DICOMweb HTTP call, in seconds.
+    #[arg(
+        long,
+        env = "CHRONICLE_TRANSFER_HTTP_TIMEOUT_SECS",
+        default_value_t = 120,
+        global = true
+    )]
+    pub transfer_http_timeout_secs: u64,
+
+    /// How often the runner looks for work, in milliseconds.
+    #[arg(
+        long,
+        env = "CHRONICLE_TRANSFER_POLL_MS",
+        default_value_t = 500,
+        global = true
+    )]
+    pub transfer_poll_ms: u64,
 }
 
 /// Settings of the simulation responder (OpenAI-compatible Chat Completions).

@@ -20,3 +20,4 @@ pub mod simulation;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod transfer;

@@ -13,6 +13,7 @@ use chronicle_projections::delivery_attempts::DeliveryAttempts;
 use chronicle_projections::request_streams::RequestStreams;
 use chronicle_projections::requests::Requests;
 use chronicle_projections::simulations::Simulations;
+use chronicle_projections::transfers::Transfers;
 use chronicle_projections::transitions::Transitions;
 use chronicle_projections::Projector;
 
@@ -29,6 +30,7 @@ pub fn standard() -> Vec<Arc<dyn Projector>> {
         Arc::new(Transitions),
         Arc::new(DeliveryAttempts),
         Arc::new(Simulations),
+        Arc::new(Transfers),
         Arc::new(RequestAnalytics),
         Arc::new(BatchAnalytics),
         Arc::new(SimulationAnalytics),

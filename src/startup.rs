@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chronicle_aggregates::batch::{Batch, BatchLimits, BatchServices};
+use chronicle_aggregates::dicom_server::DicomServer;
 use chronicle_aggregates::request::Request;
 use chronicle_aggregates::simulation::Simulation;
+use chronicle_aggregates::transfer::TransferJob;
 use chronicle_aggregates::Upcasters;
 use chronicle_projections::Projector;
 use secrecy::SecretString;
@@ -35,6 +37,7 @@ use crate::provider::{
 };
 use crate::simulation::{Responder, SimulationActions};
 use crate::store::EventStores;
+use crate::transfer::{TransferActions, TransferRunner};
 
 const PROJECTION_PAGE: u32 = 500;
 /// Timeout of one provider HTTP attempt, and retries after it.
@@ -59,7 +62,9 @@ impl Wiring {
             upcasters: Upcasters::default()
                 .register::<Request>()
                 .register::<Batch>()
-                .register::<Simulation>(),
+                .register::<Simulation>()
+                .register::<TransferJob>()
+                .register::<DicomServer>(),
             projectors: projection::standard(),
         }
     }
@@ -279,6 +284,20 @@ impl Application {
         } else {
             tracing::warn!("no chat completions URL (CHRONICLE_CHAT_URL or CHRONICLE_PROVIDER_URL): simulation AI calls wait");
         }
+        let transfer = &config.transfer;
+        let runner = TransferRunner::new(
+            commands.clone(),
+            pool.clone(),
+            options.clone(),
+            crate::transfer::RunnerSettings {
+                concurrency: transfer.transfer_concurrency.max(1),
+                poll_every: Duration::from_millis(transfer.transfer_poll_ms.max(10)),
+                task_timeout: Duration::from_secs(transfer.transfer_task_timeout_secs.max(1)),
+                http_timeout: Duration::from_secs(transfer.transfer_http_timeout_secs.max(1)),
+            },
+        )
+        .context("building the DICOMweb client")?;
+        workers.spawn(runner.run(shutdown.clone()));
         let schema = build_schema(ApiServices {
             pool: pool.clone(),
             reader,
@@ -292,6 +311,10 @@ impl Application {
             actions: LlmActions::new(commands.clone(), batch_services, pool.clone()),
             secrets,
             simulations: SimulationActions::new(commands.clone()),
+            transfers: TransferActions::new(
+                commands.clone(),
+                config.transfer.transfer_trusted.clone(),
+            ),
         });
         Ok(Self {
             listener,

@@ -17,6 +17,7 @@ pub mod request_moves;
 pub mod request_streams;
 pub mod requests;
 pub mod simulations;
+pub mod transfers;
 pub mod transitions;
 
 pub use cursor::{CursorError, LogCursor};

@@ -51,6 +51,22 @@ pub(crate) struct DeliveryDay {
     average_latency_ms: f64,
 }
 
+/// Transfers between two servers on one day (a task's end).
+#[derive(SimpleObject, sqlx::FromRow)]
+pub(crate) struct TransferDay {
+    source: String,
+    destination: String,
+    day: NaiveDate,
+    /// Studies moved (tasks that ended success or warning).
+    studies: i64,
+    /// Instances those stored.
+    instances: i64,
+    /// Tasks that failed.
+    failures: i64,
+    /// Tasks canceled.
+    canceled: i64,
+}
+
 /// Simulation activity on one day (of creation).
 #[derive(SimpleObject, sqlx::FromRow)]
 pub(crate) struct SimulationDay {
@@ -173,6 +189,25 @@ impl AnalyticsQuery {
                     CASE WHEN scores > 0 THEN score_total::float8 / scores END AS average_score
                FROM analytics.simulation_daily
               WHERE owner = $1 AND day >= $2 AND day < $3 ORDER BY day",
+        )
+        .await
+    }
+
+    /// Your transfers per server pair and day a task ended, in `[from, to)`.
+    /// Errors: `VALIDATION` (range).
+    async fn transfer_throughput(
+        &self,
+        ctx: &Context<'_>,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<TransferDay>, ApiError> {
+        rows(
+            ctx,
+            from,
+            to,
+            "SELECT source, destination, day, studies, instances, failures, canceled
+               FROM analytics.transfer_daily
+              WHERE owner = $1 AND day >= $2 AND day < $3 ORDER BY day, source, destination",
         )
         .await
     }

@@ -3,7 +3,7 @@
 use async_graphql::Context;
 
 use super::ApiError;
-use crate::command::CommandContext;
+use crate::command::{Authority, CommandContext};
 
 /// The caller of one GraphQL request or subscription.
 #[derive(Debug, Clone)]
@@ -12,6 +12,8 @@ pub struct Caller {
     pub actor: String,
     /// From the `x-correlation-id` header, or generated.
     pub correlation_id: String,
+    /// Admin or client. Until API keys exist the anonymous caller is an admin.
+    pub authority: Authority,
 }
 
 impl Caller {

@@ -15,12 +15,14 @@ use super::history::HistoryQuery;
 use super::projections::ProjectionQuery;
 use super::requests::{RequestMutation, RequestQuery};
 use super::simulations::{SimulationMutation, SimulationQuery, SimulationSubscription};
+use super::transfers::{TransferMutation, TransferQuery, TransferSubscription};
 use super::transitions::TransitionQuery;
 use super::updates::LlmSubscription;
 use crate::delivery::WebhookSecrets;
 use crate::llm::{LlmActions, Submitter};
 use crate::log::{LogReader, LogWaker};
 use crate::simulation::SimulationActions;
+use crate::transfer::TransferActions;
 
 /// All queries.
 #[derive(MergedObject, Default)]
@@ -35,6 +37,7 @@ pub struct Query(
     AuditQuery,
     HistoryQuery,
     AnalyticsQuery,
+    TransferQuery,
 );
 
 /// All mutations.
@@ -44,6 +47,7 @@ pub struct Mutation(
     BatchMutation,
     DeliveryMutation,
     SimulationMutation,
+    TransferMutation,
 );
 
 /// All subscriptions.
@@ -52,6 +56,7 @@ pub struct Subscription(
     EventLogSubscription,
     LlmSubscription,
     SimulationSubscription,
+    TransferSubscription,
 );
 
 /// The served schema.
@@ -73,6 +78,8 @@ pub struct ApiServices {
     pub secrets: Arc<WebhookSecrets>,
     /// Owner actions on simulations.
     pub simulations: SimulationActions,
+    /// Owner and admin actions on transfers.
+    pub transfers: TransferActions,
 }
 
 /// Deepest accepted query: GraphiQL's introspection query needs 13, our own types 7.
@@ -98,6 +105,7 @@ pub fn build_schema(services: ApiServices) -> ChronicleSchema {
         .data(services.actions)
         .data(services.secrets)
         .data(services.simulations)
+        .data(services.transfers)
         .finish()
 }
 

@@ -37,7 +37,7 @@ async fn snapshot(pool: &PgPool) -> Vec<String> {
     rows
 }
 
-async fn rebuild(db: &TestDb, name: &str) {
+pub async fn rebuild(db: &TestDb, name: &str) {
     let wiring = Wiring::standard();
     let projector = wiring
         .projectors

@@ -25,3 +25,4 @@ mod simulations;
 mod store;
 mod subscriptions;
 mod support;
+mod transfers;

@@ -3,8 +3,10 @@
 
 mod app;
 mod database;
+pub mod dicom_files;
 mod emulator;
 mod ledger;
+mod orthanc;
 mod proxy;
 mod receiver;
 mod ws;
@@ -13,6 +15,7 @@ pub use app::{context as app_context, TestApp};
 pub use database::TestDb;
 pub use emulator::spawn_emulator;
 pub use ledger::{Ledger, LedgerCommand};
+pub use orthanc::Orthanc;
 pub use proxy::Proxy;
 pub use receiver::{Behaviour, Receiver};
 pub use ws::Subscription;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use chronicle::command::{CommandContext, CommandError, CommandReceipt, Commands};
-use chronicle::config::{Config, DeliveryConfig, LogFormat, SimulationConfig};
+use chronicle::config::{Config, DeliveryConfig, LogFormat, SimulationConfig, TransferConfig};
 use chronicle::startup::{Application, Wiring};
 use serde_json::{json, Value};
 use sqlx::postgres::PgConnectOptions;
@@ -83,6 +83,13 @@ impl TestApp {
                 chat_timeout_ms: 2_000,
                 chat_retries: 2,
                 simulation_poll_ms: 50,
+            },
+            transfer: TransferConfig {
+                transfer_trusted: vec!["*".into()],
+                transfer_concurrency: 2,
+                transfer_task_timeout_secs: 60,
+                transfer_http_timeout_secs: 10,
+                transfer_poll_ms: 50,
             },
         };
         change(&mut config);

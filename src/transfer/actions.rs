@@ -1,0 +1,202 @@
+//! What owners and admins do with transfer jobs and DICOM servers. Someone else's job is
+//! NOT_FOUND; admin-only actions (servers, verify, restart) are FORBIDDEN to others.
+
+use std::sync::Arc;
+
+use chronicle_aggregates::dicom_server::{DicomServer, DicomServerCommand, ServerSpec};
+use chronicle_aggregates::transfer::{TransferCommand, TransferJob, TransferSpec};
+use chronicle_aggregates::ErrorCode;
+use chrono::Utc;
+use uuid::Uuid;
+
+use crate::command::{
+    Authority, CommandContext, CommandError, CommandReceipt, Commands, IdempotencyKey,
+};
+
+/// Owner and admin actions on transfers.
+#[derive(Clone)]
+pub struct TransferActions {
+    commands: Commands,
+    trusted: Arc<[String]>,
+}
+
+fn rejected(code: ErrorCode, message: impl Into<String>) -> CommandError {
+    CommandError::Rejected {
+        code,
+        message: message.into(),
+    }
+}
+
+fn admin_only(authority: Authority) -> Result<(), CommandError> {
+    match authority {
+        Authority::Admin => Ok(()),
+        Authority::Client => Err(rejected(ErrorCode::Forbidden, "only an admin may do this")),
+    }
+}
+
+impl TransferActions {
+    /// Actions through `commands`; jobs of `trusted` owners (`*`: everyone) need no verify.
+    pub fn new(commands: Commands, trusted: Vec<String>) -> Self {
+        Self {
+            commands,
+            trusted: trusted.into(),
+        }
+    }
+
+    /// Registers (or updates) server `name`.
+    ///
+    /// # Errors
+    /// FORBIDDEN for clients, VALIDATION, CONFLICT.
+    pub async fn register_server(
+        &self,
+        context: &CommandContext,
+        authority: Authority,
+        name: String,
+        spec: ServerSpec,
+    ) -> Result<CommandReceipt, CommandError> {
+        admin_only(authority)?;
+        let id = name.clone();
+        let command = DicomServerCommand::Register {
+            name,
+            spec,
+            by: context.actor.clone(),
+            at: Utc::now(),
+        };
+        self.commands
+            .execute::<DicomServer>(context, &id, command, &(), None)
+            .await
+    }
+
+    /// Removes server `name`.
+    ///
+    /// # Errors
+    /// FORBIDDEN for clients, NOT_FOUND, CONFLICT.
+    pub async fn remove_server(
+        &self,
+        context: &CommandContext,
+        authority: Authority,
+        name: &str,
+    ) -> Result<CommandReceipt, CommandError> {
+        admin_only(authority)?;
+        let command = DicomServerCommand::Remove {
+            by: context.actor.clone(),
+            at: Utc::now(),
+        };
+        self.commands
+            .execute::<DicomServer>(context, name, command, &(), None)
+            .await
+    }
+
+    /// The registered server `name`.
+    ///
+    /// # Errors
+    /// VALIDATION when it is not registered.
+    pub async fn server(&self, name: &str) -> Result<ServerSpec, CommandError> {
+        let server = self.commands.load::<DicomServer>(name).await?;
+        server.spec().cloned().ok_or_else(|| {
+            rejected(
+                ErrorCode::Validation,
+                format!("{name:?} is not a registered DICOM server"),
+            )
+        })
+    }
+
+    /// Creates a job; with an idempotency key its id derives from the key.
+    ///
+    /// # Errors
+    /// VALIDATION (including servers that are not registered), CONFLICT, a reused key.
+    pub async fn create(
+        &self,
+        context: &CommandContext,
+        spec: TransferSpec,
+        key: Option<IdempotencyKey>,
+    ) -> Result<CommandReceipt, CommandError> {
+        self.server(&spec.source).await?;
+        self.server(&spec.destination).await?;
+        let trusted = self
+            .trusted
+            .iter()
+            .any(|owner| owner == "*" || *owner == context.actor);
+        self.commands
+            .once(context, key, |seed| async move {
+                let id = seed.map_or_else(Uuid::now_v7, |seed| Uuid::new_v5(&seed, b"transfer"));
+                let command = TransferCommand::Create {
+                    job_id: id,
+                    owner: context.actor.clone(),
+                    spec,
+                    trusted,
+                    at: Utc::now(),
+                };
+                self.commands
+                    .execute::<TransferJob>(context, &id.to_string(), command, &(), None)
+                    .await
+            })
+            .await
+    }
+
+    /// The job, if the caller may see it.
+    ///
+    /// # Errors
+    /// NOT_FOUND when it does not exist or is someone else's.
+    pub async fn visible(
+        &self,
+        context: &CommandContext,
+        authority: Authority,
+        id: Uuid,
+    ) -> Result<TransferJob, CommandError> {
+        let job = self.commands.load::<TransferJob>(&id.to_string()).await?;
+        let mine = job.owner() == Some(context.actor.as_str());
+        if job.owner().is_some() && (mine || authority == Authority::Admin) {
+            Ok(job)
+        } else {
+            Err(rejected(ErrorCode::NotFound, "transfer job not found"))
+        }
+    }
+
+    /// Runs an owner's (or admin's) `action` on job `id`.
+    ///
+    /// # Errors
+    /// NOT_FOUND, FORBIDDEN for admin-only actions, the job's refusal, CONFLICT.
+    pub async fn act(
+        &self,
+        context: &CommandContext,
+        authority: Authority,
+        id: Uuid,
+        action: JobAction,
+        key: Option<IdempotencyKey>,
+    ) -> Result<CommandReceipt, CommandError> {
+        self.visible(context, authority, id).await?;
+        let (at, by) = (Utc::now(), context.actor.clone());
+        let command = match action {
+            JobAction::Cancel => TransferCommand::Cancel { at },
+            JobAction::Resume => TransferCommand::Resume { at },
+            JobAction::RetryFailed => TransferCommand::RetryFailed { at },
+            JobAction::Verify => {
+                admin_only(authority)?;
+                TransferCommand::Verify { by, at }
+            }
+            JobAction::Restart => {
+                admin_only(authority)?;
+                TransferCommand::Restart { by, at }
+            }
+        };
+        self.commands
+            .execute::<TransferJob>(context, &id.to_string(), command, &(), key)
+            .await
+    }
+}
+
+/// What may be done to an existing job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobAction {
+    /// Owner: cancel.
+    Cancel,
+    /// Owner: resume a canceled job.
+    Resume,
+    /// Owner: retry the failed tasks.
+    RetryFailed,
+    /// Admin: let an unverified job run.
+    Verify,
+    /// Admin: run every task again.
+    Restart,
+}

@@ -1,0 +1,201 @@
+//! Pseudonymization of one DICOM instance, after the DICOM basic application level
+//! confidentiality profile (PS3.15 E.1) with its "retain longitudinal temporal information"
+//! option (study and series dates stay: research needs them).
+//!
+//! PatientName and PatientID become the pseudonym; the profile's identifying attributes are
+//! removed or emptied; private attributes are removed; every UID that is not a DICOM
+//! standard UID (`1.2.840.10008.…`, e.g. SOP classes and transfer syntaxes) is replaced by
+//! `2.25.<uuid v5 of the job and the original UID>`, so the same original UID maps to the
+//! same new UID within a job (a study stays coherent, across retries and restarts) and to
+//! different UIDs in different jobs. The trial protocol, when given, is stamped.
+
+use std::io::Cursor;
+
+use bytes::Bytes;
+use chronicle_aggregates::transfer::TrialProtocol;
+use dicom_core::header::Header;
+use dicom_core::value::{PrimitiveValue, Value};
+use dicom_core::{DataElement, Tag, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::file::ReadPreamble;
+use dicom_object::{InMemDicomObject, OpenFileOptions};
+use uuid::Uuid;
+
+/// The root of DICOM's own UIDs, which identify no patient and are kept.
+const STANDARD_ROOT: &str = "1.2.840.10008.";
+
+/// Attributes the profile removes (X) — identifying, and optional in the IODs we move.
+const REMOVED: &[Tag] = &[
+    Tag(0x0010, 0x1000), // Other Patient IDs (retired, still seen)
+    tags::OTHER_PATIENT_I_DS_SEQUENCE,
+    tags::OTHER_PATIENT_NAMES,
+    tags::PATIENT_BIRTH_NAME,
+    tags::PATIENT_MOTHER_BIRTH_NAME,
+    tags::PATIENT_ADDRESS,
+    tags::PATIENT_TELEPHONE_NUMBERS,
+    tags::PATIENT_AGE,
+    tags::PATIENT_SIZE,
+    tags::PATIENT_WEIGHT,
+    Tag(0x0010, 0x1090), // Medical Record Locator (retired, still seen)
+    tags::ETHNIC_GROUP,
+    tags::OCCUPATION,
+    tags::ADDITIONAL_PATIENT_HISTORY,
+    tags::PATIENT_COMMENTS,
+    tags::PATIENT_BIRTH_TIME,
+    tags::ISSUER_OF_PATIENT_ID,
+    tags::MILITARY_RANK,
+    tags::BRANCH_OF_SERVICE,
+    tags::COUNTRY_OF_RESIDENCE,
+    tags::REGION_OF_RESIDENCE,
+    tags::PATIENT_RELIGIOUS_PREFERENCE,
+    tags::INSTITUTION_NAME,
+    tags::INSTITUTION_ADDRESS,
+    tags::INSTITUTIONAL_DEPARTMENT_NAME,
+    tags::STATION_NAME,
+    tags::DEVICE_SERIAL_NUMBER,
+    tags::PHYSICIANS_OF_RECORD,
+    tags::PERFORMING_PHYSICIAN_NAME,
+    tags::NAME_OF_PHYSICIANS_READING_STUDY,
+    tags::OPERATORS_NAME,
+    tags::REQUESTING_PHYSICIAN,
+    tags::REFERRING_PHYSICIAN_ADDRESS,
+    tags::REFERRING_PHYSICIAN_TELEPHONE_NUMBERS,
+    tags::ADMITTING_DIAGNOSES_DESCRIPTION,
+    tags::STUDY_DESCRIPTION,
+    tags::SERIES_DESCRIPTION,
+    tags::DERIVATION_DESCRIPTION,
+    tags::IMAGE_COMMENTS,
+    tags::REQUEST_ATTRIBUTES_SEQUENCE,
+    tags::CONTENT_CREATOR_NAME,
+];
+
+/// Attributes the profile empties (Z) — required in many IODs, so kept present.
+const EMPTIED: &[Tag] = &[
+    tags::PATIENT_BIRTH_DATE,
+    tags::PATIENT_SEX,
+    tags::REFERRING_PHYSICIAN_NAME,
+    tags::ACCESSION_NUMBER,
+    tags::STUDY_ID,
+];
+
+/// Pseudonymizes the instances of one job.
+#[derive(Debug, Clone)]
+pub struct Pseudonymizer {
+    namespace: Uuid,
+    protocol: Option<TrialProtocol>,
+}
+
+/// Why an instance could not be pseudonymized (it is not sent).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot pseudonymize an instance: {0}")]
+pub struct PseudonymizeError(String);
+
+impl Pseudonymizer {
+    /// For job `job_id`, stamping `protocol` when given.
+    pub fn new(job_id: Uuid, protocol: Option<TrialProtocol>) -> Self {
+        Self {
+            namespace: job_id,
+            protocol,
+        }
+    }
+
+    /// The pseudonym a patient gets when neither the task nor the job names one: stable
+    /// within the job.
+    pub fn derived_pseudonym(&self, patient_id: &str) -> String {
+        let id = Uuid::new_v5(&self.namespace, patient_id.as_bytes())
+            .simple()
+            .to_string();
+        format!("PSN-{}", &id[..16])
+    }
+
+    /// The replacement of `uid` within this job.
+    pub fn uid(&self, uid: &str) -> String {
+        let uid = uid.trim_end_matches(['\0', ' ']);
+        if uid.starts_with(STANDARD_ROOT) || uid.is_empty() {
+            return uid.to_owned();
+        }
+        format!(
+            "2.25.{}",
+            Uuid::new_v5(&self.namespace, uid.as_bytes()).as_u128()
+        )
+    }
+
+    /// The DICOM file `file` (with preamble) pseudonymized as `pseudonym`.
+    ///
+    /// # Errors
+    /// The file cannot be read or written as DICOM.
+    pub fn apply(&self, file: &[u8], pseudonym: &str) -> Result<Bytes, PseudonymizeError> {
+        let mut object = OpenFileOptions::new()
+            .read_preamble(ReadPreamble::Auto)
+            .from_reader(Cursor::new(file))
+            .map_err(|e| PseudonymizeError(e.to_string()))?;
+        self.scrub(&mut object);
+        for (tag, value) in [
+            (tags::PATIENT_NAME, pseudonym),
+            (tags::PATIENT_ID, pseudonym),
+            (tags::PATIENT_IDENTITY_REMOVED, "YES"),
+            (
+                tags::DEIDENTIFICATION_METHOD,
+                "Chronicle: PS3.15 E.1 basic profile, retain longitudinal temporal information",
+            ),
+        ] {
+            let vr = if tag == tags::PATIENT_NAME {
+                VR::PN
+            } else if tag == tags::PATIENT_IDENTITY_REMOVED {
+                VR::CS
+            } else {
+                VR::LO
+            };
+            object.put(DataElement::new(tag, vr, PrimitiveValue::from(value)));
+        }
+        if let Some(protocol) = &self.protocol {
+            let name = protocol.name.as_deref().unwrap_or(&protocol.id);
+            for (tag, value) in [
+                (tags::CLINICAL_TRIAL_PROTOCOL_ID, protocol.id.as_str()),
+                (tags::CLINICAL_TRIAL_PROTOCOL_NAME, name),
+                (tags::CLINICAL_TRIAL_SPONSOR_NAME, name),
+            ] {
+                object.put(DataElement::new(tag, VR::LO, PrimitiveValue::from(value)));
+            }
+        }
+        let instance = self.uid(object.meta().media_storage_sop_instance_uid());
+        object.update_meta(|meta| meta.media_storage_sop_instance_uid = instance);
+        let mut out = Vec::with_capacity(file.len());
+        object
+            .write_all(&mut out)
+            .map_err(|e| PseudonymizeError(e.to_string()))?;
+        Ok(Bytes::from(out))
+    }
+
+    /// Removes, empties and replaces throughout `object`, sequences included.
+    fn scrub(&self, object: &mut InMemDicomObject) {
+        let present: Vec<(Tag, VR)> = object.iter().map(|e| (e.tag(), e.vr())).collect();
+        for (tag, vr) in present {
+            if tag.group() % 2 == 1 || REMOVED.contains(&tag) {
+                object.remove_element(tag);
+            } else if EMPTIED.contains(&tag) {
+                object.put(DataElement::new(tag, vr, PrimitiveValue::Empty));
+            } else if vr == VR::UI {
+                let Some(value) = object
+                    .element(tag)
+                    .ok()
+                    .and_then(|e| e.to_str().ok())
+                    .map(|s| s.into_owned())
+                else {
+                    continue;
+                };
+                let replaced: Vec<String> = value.split('\\').map(|uid| self.uid(uid)).collect();
+                let value = PrimitiveValue::from(replaced.join("\\"));
+                object.put(DataElement::new(tag, VR::UI, value));
+            } else if vr == VR::SQ {
+                object.update_value(tag, |value| {
+                    if let Value::Sequence(sequence) = value {
+                        for item in sequence.items_mut() {
+                            self.scrub(item);
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
