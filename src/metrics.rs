@@ -30,7 +30,7 @@ pub fn install() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
-/// Records a call to something outside: `system` (provider, webhook, rabbitmq, chat),
+/// Records a call to something outside: `system` (provider, webhook, rabbitmq, chat, dicomweb),
 /// its `outcome`, and how long it took.
 pub fn call(system: &'static str, outcome: &'static str, took: Duration) {
     metrics::counter!("chronicle_calls_total", "system" => system, "outcome" => outcome)
@@ -91,7 +91,11 @@ async fn refresh(pool: &PgPool) -> Result<(), sqlx::Error> {
           WHERE status IN ('uploading', 'uploaded', 'provider_processing', 'provider_completed',
                            'downloading')
          UNION ALL
-         SELECT 'ai_calls_pending', count(*) FROM simulations WHERE pending_call_id IS NOT NULL",
+         SELECT 'ai_calls_pending', count(*) FROM simulations WHERE pending_call_id IS NOT NULL
+         UNION ALL
+         SELECT 'transfer_tasks_pending', count(*) FROM transfer_tasks t
+           JOIN transfer_jobs j ON j.id = t.job_id
+          WHERE t.status = 'pending' AND j.status IN ('pending', 'in_progress')",
     )
     .fetch_all(pool)
     .await?;

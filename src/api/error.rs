@@ -31,6 +31,8 @@ pub enum ApiError {
     Unauthenticated,
     /// The object does not exist or is not the caller's.
     NotFound(&'static str),
+    /// Only an admin may do this.
+    AdminOnly,
     /// Items of a bulk input break rules; nothing was written.
     InvalidItems(Vec<ItemProblem>),
 }
@@ -51,6 +53,7 @@ impl ApiError {
             Self::Command(CommandError::Internal(_)) | Self::Database(_) => ErrorCode::Internal,
             Self::Unauthenticated => ErrorCode::Unauthenticated,
             Self::NotFound(_) => ErrorCode::NotFound,
+            Self::AdminOnly => ErrorCode::Forbidden,
             Self::InvalidItems(_) => ErrorCode::Validation,
         }
     }
@@ -72,6 +75,7 @@ impl ApiError {
                 Self::Database(_) => "an argument holds text or a date the store cannot keep".into(),
                 Self::Unauthenticated => "no caller identity on this request".into(),
                 Self::NotFound(what) => format!("{what} not found"),
+                Self::AdminOnly => "only an admin may do this".into(),
                 Self::InvalidItems(items) => format!(
                     "{} of the submitted items are invalid; nothing was submitted (see extensions.items)",
                     items.len()

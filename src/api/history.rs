@@ -3,8 +3,10 @@
 
 use async_graphql::{Context, Json, Object, SimpleObject};
 use chronicle_aggregates::batch::Batch;
+use chronicle_aggregates::dicom_server::DicomServer;
 use chronicle_aggregates::request::Request;
 use chronicle_aggregates::simulation::Simulation;
+use chronicle_aggregates::transfer::TransferJob;
 use chronicle_projections::RecordedEvent;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
@@ -105,6 +107,8 @@ impl HistoryQuery {
             "Request" => replay::<Request>(&events),
             "Batch" => replay::<Batch>(&events),
             "Simulation" => replay::<Simulation>(&events),
+            "TransferJob" => replay::<TransferJob>(&events),
+            "DicomServer" => replay::<DicomServer>(&events),
             other => {
                 return Err(ApiError::Validation(format!(
                     "no time travel for aggregate type `{other}`"

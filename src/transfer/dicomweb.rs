@@ -112,29 +112,15 @@ impl DicomWeb {
         build: impl Fn() -> RequestBuilder,
     ) -> Result<Response, DicomWebError> {
         let once = || async {
-            let response = self
-                .request(build())
-                .send()
-                .await
-                .map_err(|error| DicomWebError {
-                    transient: true,
-                    status: None,
-                    message: format!("{what} at {}: {error}", self.name),
-                })?;
-            let status = response.status();
-            if status.is_success() {
-                return Ok(response);
-            }
-            let body = response.text().await.unwrap_or_default();
-            Err(DicomWebError {
-                transient: retryable_status(status),
-                status: Some(status),
-                message: format!(
-                    "{what} at {}: HTTP {status}: {}",
-                    self.name,
-                    body.chars().take(300).collect::<String>()
-                ),
-            })
+            let started = std::time::Instant::now();
+            let result = self.send_once(what, &build).await;
+            let outcome = match &result {
+                Ok(_) => "ok",
+                Err(error) if error.transient => "transient",
+                Err(_) => "failed",
+            };
+            crate::metrics::call("dicomweb", outcome, started.elapsed());
+            result
         };
         once.retry(
             ExponentialBuilder::default()
@@ -144,6 +130,37 @@ impl DicomWeb {
         )
         .when(|error: &DicomWebError| error.transient)
         .await
+    }
+
+    /// One try of what `build` makes.
+    async fn send_once(
+        &self,
+        what: &str,
+        build: &impl Fn() -> RequestBuilder,
+    ) -> Result<Response, DicomWebError> {
+        let response = self
+            .request(build())
+            .send()
+            .await
+            .map_err(|error| DicomWebError {
+                transient: true,
+                status: None,
+                message: format!("{what} at {}: {error}", self.name),
+            })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body = response.text().await.unwrap_or_default();
+        Err(DicomWebError {
+            transient: retryable_status(status),
+            status: Some(status),
+            message: format!(
+                "{what} at {}: HTTP {status}: {}",
+                self.name,
+                body.chars().take(300).collect::<String>()
+            ),
+        })
     }
 
     /// A QIDO-RS search at `path`; a 404 reads as no match.

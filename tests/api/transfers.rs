@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::analytics::rebuild;
 use crate::archive::caught_up;
 use crate::support::dicom_files::{ct_instance, PATIENT_ID, PATIENT_NAME};
-use crate::support::{app_context, eventually, Orthanc, TestApp, TestDb};
+use crate::support::{app_context, eventually, Orthanc, Subscription, TestApp, TestDb};
 
 const STUDY_A: &str = "1.2.826.0.1.3680043.10.1001";
 const SERIES_A1: &str = "1.2.826.0.1.3680043.10.1001.1";
@@ -279,6 +279,47 @@ async fn an_unverified_job_waits_and_can_be_canceled_resumed_and_verified() {
     let job = job_when(&site.app, &id, "success").await;
     assert_eq!(job["verifiedBy"], "anonymous");
     assert_eq!(site.destination.instances().await.len(), 1);
+
+    // The job's whole life, replayed then live, as its subscribers see it.
+    let query = "subscription($id: UUID!) { transferJobUpdated(id: $id) {
+        eventType jobStatus task taskStatus instances } }";
+    let mut updates = Subscription::start(&site.app.ws_url(), query, json!({ "id": id })).await;
+    let mut seen = Vec::new();
+    while let Some(data) = updates.next_data(Duration::from_secs(5)).await {
+        let update = data["transferJobUpdated"].clone();
+        let done = update["jobStatus"] == "success";
+        seen.push(update);
+        if done {
+            break;
+        }
+    }
+    let statuses: Vec<&str> = seen
+        .iter()
+        .filter_map(|u| u["jobStatus"].as_str())
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "canceled",
+            "unverified",
+            "pending",
+            "in_progress",
+            "success"
+        ],
+        "{seen:?}"
+    );
+    let finished = seen
+        .iter()
+        .find(|u| u["eventType"] == "TransferTaskFinished")
+        .expect("task finished");
+    assert_eq!(
+        (
+            finished["task"].clone(),
+            finished["taskStatus"].clone(),
+            finished["instances"].clone()
+        ),
+        (json!(1), json!("success"), json!(1))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
