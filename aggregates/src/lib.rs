@@ -10,6 +10,7 @@ mod delivery;
 pub mod dicom_server;
 mod endpoint;
 mod error_code;
+pub mod job;
 pub mod request;
 pub mod simulation;
 pub mod transfer;

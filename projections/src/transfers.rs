@@ -189,7 +189,9 @@ async fn apply_job(
             .await?;
         }
         TransferEvent::TaskProgressed {
-            task, instances, ..
+            task,
+            count: instances,
+            ..
         } => {
             set_task(conn, id, task, None, Some(instances), None, at).await?;
         }
@@ -197,7 +199,7 @@ async fn apply_job(
             task,
             status,
             message,
-            instances,
+            count: instances,
             ..
         } => {
             set_task(conn, id, task, Some(status), Some(instances), message, at).await?;

@@ -609,7 +609,9 @@ fn update(cursor: String, event_type: String, event: TransferEvent) -> TransferJ
             update.instances = Some(0);
         }
         TransferEvent::TaskProgressed {
-            task, instances, ..
+            task,
+            count: instances,
+            ..
         } => {
             update.task = number(task);
             update.instances = number(instances);
@@ -618,7 +620,7 @@ fn update(cursor: String, event_type: String, event: TransferEvent) -> TransferJ
             task,
             status,
             message,
-            instances,
+            count: instances,
             ..
         } => {
             update.task = number(task);

@@ -269,7 +269,8 @@ impl TransferRunner {
                 task: task.task,
                 outcome,
                 message,
-                instances,
+                count: instances,
+                output: (),
                 at,
             },
             Ended::Transient(reason) => TransferCommand::FailTransiently {
@@ -413,7 +414,7 @@ impl TransferRunner {
                     reported = Instant::now();
                     let progress = TransferCommand::ReportProgress {
                         task: task.task,
-                        instances: moved,
+                        count: moved,
                         at: Utc::now(),
                     };
                     if let Err(error) = self.command(task, progress).await {

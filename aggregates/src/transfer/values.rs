@@ -66,7 +66,7 @@ pub fn is_uid(uid: &str) -> bool {
 
 /// True when `value` fits a DICOM LO value: 1–64 characters, no backslash, no control
 /// characters, not only spaces.
-fn is_lo(value: &str) -> bool {
+pub fn is_lo(value: &str) -> bool {
     !value.trim().is_empty()
         && value.chars().count() <= MAX_LO
         && !value.chars().any(|c| c == '\\' || c.is_control())
@@ -145,30 +145,4 @@ impl TransferSpec {
             Err(problems)
         }
     }
-}
-
-/// How a task ended, as the runner reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TaskOutcome {
-    /// Every instance arrived.
-    Success,
-    /// Moved, with a note.
-    Warning,
-    /// Not moved, for a reason retrying will not fix.
-    Failure,
-    /// Stopped because the job is canceling.
-    Canceled,
-}
-
-/// Why finished tasks go back to pending.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Requeue {
-    /// The owner resumed a canceled job: its canceled tasks.
-    Resume,
-    /// The owner retried the failed tasks.
-    RetryFailed,
-    /// An admin restarted every task.
-    Restart,
 }

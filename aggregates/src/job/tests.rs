@@ -4,9 +4,9 @@ use chrono::{DateTime, TimeZone, Utc};
 use cqrs_es::Aggregate;
 use uuid::Uuid;
 
-use super::{
-    JobStatus, TaskOutcome, TaskSpec, TaskStatus, TransferCommand, TransferError, TransferEvent,
-    TransferJob, TransferSpec, MAX_RETRIES,
+use super::{JobStatus, TaskOutcome, TaskStatus, MAX_RETRIES};
+use crate::transfer::{
+    TaskSpec, TransferCommand, TransferError, TransferEvent, TransferJob, TransferSpec,
 };
 
 const JOB: Uuid = Uuid::from_u128(11);
@@ -55,7 +55,8 @@ fn finish(task: u32, outcome: TaskOutcome) -> TransferCommand {
         task,
         outcome,
         message: None,
-        instances: 1,
+        count: 1,
+        output: (),
         at: at(),
     }
 }
@@ -389,10 +390,10 @@ fn every_broken_rule_of_a_job_is_reported_with_its_task_number() {
 #[test]
 fn uids_follow_the_dicom_rules() {
     for good in ["1.2.840.10008.1.2", "0.1", "2.25.1234567890"] {
-        assert!(super::is_uid(good), "{good}");
+        assert!(crate::transfer::is_uid(good), "{good}");
     }
     let long = format!("1.{}", "2".repeat(64));
     for bad in ["", "1..2", "1.02", "1.2.", "a.b", long.as_str()] {
-        assert!(!super::is_uid(bad), "{bad}");
+        assert!(!crate::transfer::is_uid(bad), "{bad}");
     }
 }

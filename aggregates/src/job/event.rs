@@ -1,4 +1,4 @@
-//! What happened to a transfer job. Event types and versions are a contract: never rename
+//! What happened to a job. Event types and versions are a contract: never rename
 //! them.
 
 use chrono::{DateTime, Utc};
@@ -6,11 +6,12 @@ use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{JobStatus, Requeue, TaskStatus, TransferSpec};
+use super::{JobKind, JobStatus, Requeue, TaskStatus};
 
-/// A transfer job's events.
+/// A job's events.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum TransferEvent {
+#[serde(bound = "")]
+pub enum JobEvent<K: JobKind> {
     /// The job was created with its tasks (numbered from 1), all pending.
     Created {
         /// The job's id.
@@ -18,7 +19,7 @@ pub enum TransferEvent {
         /// The owning client.
         owner: String,
         /// The set-up.
-        spec: TransferSpec,
+        spec: K::Spec,
         /// False when it waits for an admin's verify.
         verified: bool,
         /// When.
@@ -40,12 +41,12 @@ pub enum TransferEvent {
         /// When.
         at: DateTime<Utc>,
     },
-    /// Instances stored so far.
+    /// Progress: what the task counted so far.
     TaskProgressed {
         /// The task.
         task: u32,
-        /// Instances stored at the destination so far.
-        instances: u32,
+        /// Instances stored so far.
+        count: u32,
         /// When.
         at: DateTime<Utc>,
     },
@@ -57,8 +58,10 @@ pub enum TransferEvent {
         status: TaskStatus,
         /// What to tell the owner.
         message: Option<String>,
-        /// Instances stored at the destination.
-        instances: u32,
+        /// What it counted: instances stored, studies found.
+        count: u32,
+        /// What else it reported (none when the job ended it: a cancel, a last failure).
+        output: Option<K::Output>,
         /// When.
         at: DateTime<Utc>,
     },
@@ -111,7 +114,7 @@ pub enum TransferEvent {
     },
 }
 
-impl TransferEvent {
+impl<K: JobKind> JobEvent<K> {
     /// When it happened.
     pub fn at(&self) -> DateTime<Utc> {
         match self {
@@ -129,21 +132,21 @@ impl TransferEvent {
     }
 }
 
-impl DomainEvent for TransferEvent {
+impl<K: JobKind> DomainEvent for JobEvent<K> {
     fn event_type(&self) -> String {
-        match self {
-            Self::Created { .. } => "TransferJobCreated",
-            Self::Verified { .. } => "TransferJobVerified",
-            Self::TaskStarted { .. } => "TransferTaskStarted",
-            Self::TaskProgressed { .. } => "TransferTaskProgressed",
-            Self::TaskFinished { .. } => "TransferTaskFinished",
-            Self::TaskRetryScheduled { .. } => "TransferTaskRetryScheduled",
-            Self::TaskInterrupted { .. } => "TransferTaskInterrupted",
-            Self::CancelRequested { .. } => "TransferJobCancelRequested",
-            Self::TasksRequeued { .. } => "TransferTasksRequeued",
-            Self::StatusChanged { .. } => "TransferJobStatusChanged",
-        }
-        .to_owned()
+        let suffix = match self {
+            Self::Created { .. } => "JobCreated",
+            Self::Verified { .. } => "JobVerified",
+            Self::TaskStarted { .. } => "TaskStarted",
+            Self::TaskProgressed { .. } => "TaskProgressed",
+            Self::TaskFinished { .. } => "TaskFinished",
+            Self::TaskRetryScheduled { .. } => "TaskRetryScheduled",
+            Self::TaskInterrupted { .. } => "TaskInterrupted",
+            Self::CancelRequested { .. } => "JobCancelRequested",
+            Self::TasksRequeued { .. } => "TasksRequeued",
+            Self::StatusChanged { .. } => "JobStatusChanged",
+        };
+        format!("{}{suffix}", K::NAME)
     }
 
     fn event_version(&self) -> String {

@@ -1,19 +1,19 @@
-//! Why a transfer job refused a command.
+//! Why a job refused a command.
 
 use super::{JobStatus, TaskStatus};
 use crate::{DomainError, ErrorCode};
 
-/// A transfer job's rejection of a command.
+/// A job's rejection of a command.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TransferError {
+pub enum JobError {
     /// The job does not exist.
-    #[error("transfer job not found")]
+    #[error("job not found")]
     NotFound,
     /// A job is created once.
-    #[error("the transfer job already exists")]
+    #[error("the job already exists")]
     AlreadyCreated,
     /// The set-up breaks rules.
-    #[error("invalid transfer job: {}", problems.join("; "))]
+    #[error("invalid job: {}", problems.join("; "))]
     InvalidSpec {
         /// Each broken rule.
         problems: Vec<String>,
@@ -25,7 +25,7 @@ pub enum TransferError {
         task: u32,
     },
     /// The job's state does not allow the command.
-    #[error("a {} transfer job cannot {action}", status.as_str())]
+    #[error("a {} job cannot {action}", status.as_str())]
     JobRefuses {
         /// Where the job stands.
         status: JobStatus,
@@ -43,7 +43,7 @@ pub enum TransferError {
         to: TaskStatus,
     },
     /// The derived job status would break the job transition table.
-    #[error("a {} transfer job cannot become {}", from.as_str(), to.as_str())]
+    #[error("a {} job cannot become {}", from.as_str(), to.as_str())]
     InvalidTransition {
         /// Where the job stands.
         from: JobStatus,
@@ -58,7 +58,7 @@ pub enum TransferError {
     },
 }
 
-impl DomainError for TransferError {
+impl DomainError for JobError {
     fn code(&self) -> ErrorCode {
         match self {
             Self::NotFound | Self::NoSuchTask { .. } => ErrorCode::NotFound,

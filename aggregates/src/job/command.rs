@@ -1,13 +1,13 @@
-//! What may be asked of a transfer job. Times arrive in the command (`handle` is pure).
+//! What may be asked of a job. Times arrive in the command (`handle` is pure).
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{TaskOutcome, TransferSpec};
+use super::{JobKind, TaskOutcome};
 
-/// A command to a transfer job. Tasks are numbered from 1 in creation order.
+/// A command to a job. Tasks are numbered from 1 in creation order.
 #[derive(Debug, Clone, PartialEq)]
-pub enum TransferCommand {
+pub enum JobCommand<K: JobKind> {
     /// Creates the job; an untrusted owner's job waits for an admin's verify.
     Create {
         /// The job's id.
@@ -15,7 +15,7 @@ pub enum TransferCommand {
         /// The owning client.
         owner: String,
         /// The set-up.
-        spec: TransferSpec,
+        spec: K::Spec,
         /// The owner is trusted: the job needs no verify.
         trusted: bool,
         /// When.
@@ -35,12 +35,12 @@ pub enum TransferCommand {
         /// When.
         at: DateTime<Utc>,
     },
-    /// The runner reports instances moved so far (shown as progress).
+    /// The runner reports progress (instances moved so far).
     ReportProgress {
         /// The task.
         task: u32,
-        /// Instances stored at the destination so far.
-        instances: u32,
+        /// What it counted so far.
+        count: u32,
         /// When.
         at: DateTime<Utc>,
     },
@@ -52,8 +52,10 @@ pub enum TransferCommand {
         outcome: TaskOutcome,
         /// What to tell the owner.
         message: Option<String>,
-        /// Instances stored at the destination.
-        instances: u32,
+        /// What it counted: instances stored, studies found.
+        count: u32,
+        /// What else it reports.
+        output: K::Output,
         /// When.
         at: DateTime<Utc>,
     },

@@ -208,3 +208,29 @@ impl JobStatus {
         }
     }
 }
+
+/// How a task ended, as the runner reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskOutcome {
+    /// Every instance arrived.
+    Success,
+    /// Moved, with a note.
+    Warning,
+    /// Not moved, for a reason retrying will not fix.
+    Failure,
+    /// Stopped because the job is canceling.
+    Canceled,
+}
+
+/// Why finished tasks go back to pending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Requeue {
+    /// The owner resumed a canceled job: its canceled tasks.
+    Resume,
+    /// The owner retried the failed tasks.
+    RetryFailed,
+    /// An admin restarted every task.
+    Restart,
+}
