@@ -10,6 +10,7 @@ use chronicle_projections::aggregate_index::AggregateIndex;
 use chronicle_projections::analytics::{BatchAnalytics, RequestAnalytics, SimulationAnalytics};
 use chronicle_projections::batches::Batches;
 use chronicle_projections::delivery_attempts::DeliveryAttempts;
+use chronicle_projections::queries::Queries;
 use chronicle_projections::request_streams::RequestStreams;
 use chronicle_projections::requests::Requests;
 use chronicle_projections::simulations::Simulations;
@@ -31,6 +32,7 @@ pub fn standard() -> Vec<Arc<dyn Projector>> {
         Arc::new(DeliveryAttempts),
         Arc::new(Simulations),
         Arc::new(Transfers),
+        Arc::new(Queries),
         Arc::new(RequestAnalytics),
         Arc::new(BatchAnalytics),
         Arc::new(SimulationAnalytics),

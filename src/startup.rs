@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chronicle_aggregates::batch::{Batch, BatchLimits, BatchServices};
 use chronicle_aggregates::dicom_server::DicomServer;
+use chronicle_aggregates::query::QueryJob;
 use chronicle_aggregates::request::Request;
 use chronicle_aggregates::simulation::Simulation;
 use chronicle_aggregates::transfer::TransferJob;
@@ -64,6 +65,7 @@ impl Wiring {
                 .register::<Batch>()
                 .register::<Simulation>()
                 .register::<TransferJob>()
+                .register::<QueryJob>()
                 .register::<DicomServer>(),
             projectors: projection::standard(),
         }

@@ -3,7 +3,7 @@
 //! client, the pseudonymizer and the runner.
 
 mod actions;
-pub mod csv_tasks;
+pub mod csv_rows;
 pub mod dicomweb;
 pub mod pseudonymize;
 mod runner;

@@ -11,6 +11,7 @@ pub mod dicom_server;
 mod endpoint;
 mod error_code;
 pub mod job;
+pub mod query;
 pub mod request;
 pub mod simulation;
 pub mod transfer;

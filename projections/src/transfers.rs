@@ -3,11 +3,12 @@
 
 use async_trait::async_trait;
 use chronicle_aggregates::dicom_server::{DicomServerEvent, ServerAuth};
-use chronicle_aggregates::transfer::{Requeue, TaskStatus, TransferEvent};
+use chronicle_aggregates::transfer::{TaskStatus, TransferEvent, TransferSpec};
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
+use crate::jobs::{apply_lifecycle, JobTables};
 use crate::projector::clear;
 use crate::{ProjectionError, Projector, RecordedEvent};
 
@@ -103,204 +104,95 @@ async fn apply_server(
     Ok(())
 }
 
+const TABLES: JobTables = JobTables {
+    jobs: "transfer_jobs",
+    tasks: "transfer_tasks",
+    count: "instances",
+    total: "instances_moved",
+};
+
 async fn apply_job(
     conn: &mut PgConnection,
     id: Uuid,
     version: i64,
     event: TransferEvent,
 ) -> Result<(), sqlx::Error> {
-    let at = event.at();
-    match event {
-        TransferEvent::Created {
-            owner,
-            spec,
-            verified,
-            ..
-        } => {
-            sqlx::query(
-                "INSERT INTO transfer_jobs (id, owner, source, destination, status, pseudonymize,
+    if let TransferEvent::Created {
+        owner,
+        spec,
+        verified,
+        at,
+        ..
+    } = &event
+    {
+        created(conn, id, version, owner, spec, *verified, *at).await?;
+    }
+    apply_lifecycle(conn, &TABLES, id, version, &event).await?;
+    if let TransferEvent::TaskFinished { status, count, .. } = &event {
+        throughput(conn, id, *status, *count, event.at()).await?;
+    }
+    Ok(())
+}
+
+/// Inserts a new job's row and its tasks' rows.
+async fn created(
+    conn: &mut PgConnection,
+    id: Uuid,
+    version: i64,
+    owner: &str,
+    spec: &TransferSpec,
+    verified: bool,
+    at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO transfer_jobs (id, owner, source, destination, status, pseudonymize,
                      urgent, protocol_id, protocol_name, task_count, version, created_at,
                      updated_at)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)",
-            )
-            .bind(id)
-            .bind(owner)
-            .bind(&spec.source)
-            .bind(&spec.destination)
-            .bind(if verified { "pending" } else { "unverified" })
-            .bind(spec.pseudonymize)
-            .bind(spec.urgent)
-            .bind(spec.protocol.as_ref().map(|p| p.id.clone()))
-            .bind(spec.protocol.as_ref().and_then(|p| p.name.clone()))
-            .bind(i32::try_from(spec.tasks.len()).unwrap_or(i32::MAX))
-            .bind(version)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
-            let mut numbers = Vec::new();
-            let mut patients = Vec::new();
-            let mut studies = Vec::new();
-            let mut series = Vec::new();
-            let mut pseudonyms = Vec::new();
-            for (n, task) in (1_i32..).zip(spec.tasks) {
-                numbers.push(n);
-                patients.push(task.patient_id);
-                studies.push(task.study_instance_uid);
-                // Postgres arrays of arrays must be rectangular: series travel as JSON.
-                series.push(serde_json::to_string(&task.series_instance_uids).unwrap_or_default());
-                pseudonyms.push(task.pseudonym);
-            }
-            sqlx::query(
-                "INSERT INTO transfer_tasks (job_id, task, patient_id, study_instance_uid,
+    )
+    .bind(id)
+    .bind(owner)
+    .bind(&spec.source)
+    .bind(&spec.destination)
+    .bind(if verified { "pending" } else { "unverified" })
+    .bind(spec.pseudonymize)
+    .bind(spec.urgent)
+    .bind(spec.protocol.as_ref().map(|p| p.id.clone()))
+    .bind(spec.protocol.as_ref().and_then(|p| p.name.clone()))
+    .bind(i32::try_from(spec.tasks.len()).unwrap_or(i32::MAX))
+    .bind(version)
+    .bind(at)
+    .execute(&mut *conn)
+    .await?;
+    let mut numbers = Vec::new();
+    let mut patients = Vec::new();
+    let mut studies = Vec::new();
+    let mut series = Vec::new();
+    let mut pseudonyms = Vec::new();
+    for (n, task) in (1_i32..).zip(&spec.tasks) {
+        numbers.push(n);
+        patients.push(task.patient_id.clone());
+        studies.push(task.study_instance_uid.clone());
+        // Postgres arrays of arrays must be rectangular: series travel as JSON.
+        series.push(serde_json::to_string(&task.series_instance_uids).unwrap_or_default());
+        pseudonyms.push(task.pseudonym.clone());
+    }
+    sqlx::query(
+        "INSERT INTO transfer_tasks (job_id, task, patient_id, study_instance_uid,
                      series_instance_uids, pseudonym, status, updated_at)
                  SELECT $1, n, p, s,
                         ARRAY(SELECT jsonb_array_elements_text(se::jsonb)), ps, 'pending', $7
                    FROM unnest($2::int[], $3::text[], $4::text[], $5::text[], $6::text[])
                         AS t(n, p, s, se, ps)",
-            )
-            .bind(id)
-            .bind(numbers)
-            .bind(patients)
-            .bind(studies)
-            .bind(series)
-            .bind(pseudonyms)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
-        }
-        TransferEvent::Verified { by, .. } => {
-            sqlx::query("UPDATE transfer_jobs SET verified_by = $2 WHERE id = $1")
-                .bind(id)
-                .bind(by)
-                .execute(&mut *conn)
-                .await?;
-        }
-        TransferEvent::TaskStarted { task, attempt, .. } => {
-            sqlx::query(
-                "UPDATE transfer_tasks SET status = 'in_progress', attempts = $3, instances = 0,
-                        message = NULL, started_at = $4, finished_at = NULL, updated_at = $4
-                  WHERE job_id = $1 AND task = $2",
-            )
-            .bind(id)
-            .bind(number(task))
-            .bind(number(attempt))
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
-        }
-        TransferEvent::TaskProgressed {
-            task,
-            count: instances,
-            ..
-        } => {
-            set_task(conn, id, task, None, Some(instances), None, at).await?;
-        }
-        TransferEvent::TaskFinished {
-            task,
-            status,
-            message,
-            count: instances,
-            ..
-        } => {
-            set_task(conn, id, task, Some(status), Some(instances), message, at).await?;
-            sqlx::query(
-                "UPDATE transfer_tasks SET finished_at = $3 WHERE job_id = $1 AND task = $2",
-            )
-            .bind(id)
-            .bind(number(task))
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
-            throughput(conn, id, status, instances, at).await?;
-        }
-        TransferEvent::TaskRetryScheduled { task, reason, .. }
-        | TransferEvent::TaskInterrupted { task, reason, .. } => {
-            let pending = Some(TaskStatus::Pending);
-            set_task(conn, id, task, pending, None, Some(reason), at).await?;
-        }
-        TransferEvent::CancelRequested { canceled, .. } => {
-            requeue(conn, id, &canceled, TaskStatus::Canceled, false, at).await?;
-        }
-        TransferEvent::TasksRequeued { tasks, reason, .. } => {
-            let restart = reason == Requeue::Restart;
-            requeue(conn, id, &tasks, TaskStatus::Pending, restart, at).await?;
-        }
-        TransferEvent::StatusChanged { to, .. } => {
-            sqlx::query("UPDATE transfer_jobs SET status = $2 WHERE id = $1")
-                .bind(id)
-                .bind(to.as_str())
-                .execute(&mut *conn)
-                .await?;
-        }
-    }
-    sqlx::query(
-        "UPDATE transfer_jobs
-            SET version = $2, updated_at = $3,
-                instances_moved = (SELECT coalesce(sum(instances), 0) FROM transfer_tasks
-                                    WHERE job_id = $1)
-          WHERE id = $1",
     )
     .bind(id)
-    .bind(version)
+    .bind(numbers)
+    .bind(patients)
+    .bind(studies)
+    .bind(series)
+    .bind(pseudonyms)
     .bind(at)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-fn number(n: u32) -> i32 {
-    i32::try_from(n).unwrap_or(i32::MAX)
-}
-
-/// Sets what is given of one task.
-async fn set_task(
-    conn: &mut PgConnection,
-    id: Uuid,
-    task: u32,
-    status: Option<TaskStatus>,
-    instances: Option<u32>,
-    message: Option<String>,
-    at: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE transfer_tasks
-            SET status = coalesce($3, status), instances = coalesce($4, instances),
-                message = coalesce($5, message), updated_at = $6
-          WHERE job_id = $1 AND task = $2",
-    )
-    .bind(id)
-    .bind(number(task))
-    .bind(status.map(TaskStatus::as_str))
-    .bind(instances.map(number))
-    .bind(message)
-    .bind(at)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Moves `tasks` to `status` (canceled at once, or pending again).
-async fn requeue(
-    conn: &mut PgConnection,
-    id: Uuid,
-    tasks: &[u32],
-    status: TaskStatus,
-    restart: bool,
-    at: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    let tasks: Vec<i32> = tasks.iter().copied().map(number).collect();
-    sqlx::query(
-        "UPDATE transfer_tasks
-            SET status = $3, attempts = CASE WHEN $3 = 'pending' THEN 0 ELSE attempts END,
-                instances = CASE WHEN $4 THEN 0 ELSE instances END, updated_at = $5
-          WHERE job_id = $1 AND task = ANY($2)",
-    )
-    .bind(id)
-    .bind(tasks)
-    .bind(status.as_str())
-    .bind(restart)
-    .bind(at)
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
     Ok(())
 }

@@ -20,7 +20,7 @@ use super::pagination::{connection, keyset_after, page_size, KeysetCursor};
 use super::{ApiError, Caller};
 use crate::command::Authority;
 use crate::log::{tail, LogFilter, LogReader, LogWaker};
-use crate::transfer::{csv_tasks, JobAction, TransferActions};
+use crate::transfer::{csv_rows, JobAction, TransferActions};
 
 /// How Chronicle authenticates to a DICOM server.
 #[derive(Enum, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -442,7 +442,7 @@ impl TransferMutation {
     ) -> Result<CommandOutcome, ApiError> {
         let key = idempotency(idempotency_key, &("createTransferJobFromCsv", &setup, &csv))?;
         let tasks =
-            csv_tasks::parse(&csv).map_err(|problems| ApiError::Validation(problems.join("; ")))?;
+            csv_rows::parse(&csv).map_err(|problems| ApiError::Validation(problems.join("; ")))?;
         create(ctx, setup, tasks, key).await
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use chronicle_aggregates::dicom_server::{ServerAuth, ServerSpec};
+use chronicle_aggregates::query::{StudyMatch, StudyQuery};
 use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Client, RequestBuilder, Response, StatusCode};
 use serde_json::Value;
@@ -54,6 +55,21 @@ fn text(dataset: &Value, tag: &str) -> Option<String> {
             .map(str::to_owned)
             .or_else(|| Some(v.to_string()))
     })
+}
+
+/// Every value of `tag` in a DICOM JSON dataset, as text.
+fn values(dataset: &Value, tag: &str) -> Vec<String> {
+    dataset
+        .get(tag)
+        .and_then(|e| e.get("Value"))
+        .and_then(Value::as_array)
+        .map(|values| {
+            values
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The `Authorization` header for `auth`, read from its environment variable.
@@ -175,6 +191,11 @@ impl DicomWeb {
             Err(error) if error.status == Some(StatusCode::NOT_FOUND) => return Ok(Vec::new()),
             other => other?,
         };
+        self.datasets(response, what).await
+    }
+
+    /// The DICOM JSON datasets of a QIDO-RS answer (none for 204).
+    async fn datasets(&self, response: Response, what: &str) -> Result<Vec<Value>, DicomWebError> {
         if response.status() == StatusCode::NO_CONTENT {
             return Ok(Vec::new());
         }
@@ -204,6 +225,83 @@ impl DicomWeb {
             .search("listing the series", &format!("studies/{study}/series"))
             .await?;
         Ok(series.iter().filter_map(|s| text(s, "0020000E")).collect())
+    }
+
+    /// The studies matching `query` (at most `limit`; one search per modality when several
+    /// are given, merged).
+    ///
+    /// # Errors
+    /// The server failed.
+    pub async fn find_studies(
+        &self,
+        query: &StudyQuery,
+        limit: usize,
+    ) -> Result<Vec<StudyMatch>, DicomWebError> {
+        let mut params: Vec<(&str, String)> = [
+            ("PatientID", &query.patient_id),
+            ("PatientName", &query.patient_name),
+            ("PatientBirthDate", &query.patient_birth_date),
+            ("AccessionNumber", &query.accession_number),
+            ("StudyDescription", &query.study_description),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.clone().map(|v| (name, v)))
+        .collect();
+        match (&query.study_date_from, &query.study_date_to) {
+            (None, None) => {}
+            (from, to) => params.push((
+                "StudyDate",
+                format!(
+                    "{}-{}",
+                    from.as_deref().unwrap_or(""),
+                    to.as_deref().unwrap_or("")
+                ),
+            )),
+        }
+        params.push(("limit", limit.to_string()));
+        for field in ["00081030", "00080061", "00201206", "00201208"] {
+            params.push(("includefield", field.to_owned()));
+        }
+        let modalities: Vec<Option<&String>> = if query.modalities.is_empty() {
+            vec![None]
+        } else {
+            query.modalities.iter().map(Some).collect()
+        };
+        let url = format!("{}/studies", self.base_url);
+        let mut found: Vec<StudyMatch> = Vec::new();
+        for modality in modalities {
+            let mut params = params.clone();
+            if let Some(modality) = modality {
+                params.push(("ModalitiesInStudy", modality.clone()));
+            }
+            let response = self
+                .send("searching studies", || {
+                    self.http
+                        .get(&url)
+                        .query(&params)
+                        .header(ACCEPT, "application/dicom+json")
+                })
+                .await?;
+            for study in self.datasets(response, "searching studies").await? {
+                let Some(uid) = text(&study, "0020000D") else {
+                    continue;
+                };
+                if found.iter().any(|f| f.study_instance_uid == uid) {
+                    continue;
+                }
+                let count = |tag| text(&study, tag).and_then(|n| n.trim().parse().ok());
+                found.push(StudyMatch {
+                    patient_id: text(&study, "00100020").unwrap_or_default(),
+                    study_instance_uid: uid,
+                    study_date: text(&study, "00080020"),
+                    modalities: values(&study, "00080061"),
+                    description: text(&study, "00081030"),
+                    series: count("00201206"),
+                    instances: count("00201208"),
+                });
+            }
+        }
+        Ok(found)
     }
 
     /// The SOP instance UIDs of a series.

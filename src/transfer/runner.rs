@@ -1,5 +1,10 @@
-//! The transfer runner: moves studies task by task, urgent jobs first, a configurable number
-//! at once, on the instance that holds the `transfers` role.
+//! The job runner: runs the tasks of transfer jobs (moving studies) and query jobs (searching
+//! studies), urgent transfers first, a configurable number at once, on the instance that
+//! holds the `transfers` role.
+//!
+//! A query task runs its row's QIDO-RS study search (one per modality when several are
+//! given) and records what it found: no match is a warning, more than the limit a warning to
+//! narrow the criteria.
 //!
 //! A task: QIDO-RS finds the study's series (only the requested ones, when given) and their
 //! instances; each instance is retrieved (WADO-RS), pseudonymized when the job asks, and
@@ -14,11 +19,16 @@
 //! destination keeps one copy per SOP instance UID, and pseudonymized UIDs are stable within
 //! a job.
 
+mod find_studies;
+mod move_study;
+
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use chronicle_aggregates::dicom_server::DicomServer;
-use chronicle_aggregates::transfer::{TaskOutcome, TaskSpec, TransferCommand, TransferJob};
+use chronicle_aggregates::job::{Job, JobCommand, JobKind, TaskOutcome};
+use chronicle_aggregates::query::Query;
+use chronicle_aggregates::transfer::Transfer;
 use chrono::Utc;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
@@ -27,7 +37,6 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::dicomweb::{DicomWeb, DicomWebError};
-use super::pseudonymize::Pseudonymizer;
 use crate::command::{CommandContext, CommandError, Commands};
 use crate::projection::Leadership;
 
@@ -59,16 +68,33 @@ pub struct TransferRunner {
     settings: RunnerSettings,
 }
 
-/// How one run of a task ended.
-enum Ended {
-    Finished(TaskOutcome, Option<String>, u32),
+/// How one run of a task ended; a finished task reports its count and the kind's output.
+enum Ended<O> {
+    Finished(TaskOutcome, Option<String>, u32, O),
     Transient(String),
     Interrupted,
+}
+
+/// Which kind of job a task belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Transfer,
+    Query,
+}
+
+impl Kind {
+    fn jobs_table(self) -> &'static str {
+        match self {
+            Self::Transfer => "transfer_jobs",
+            Self::Query => "query_jobs",
+        }
+    }
 }
 
 /// A task to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct TaskRef {
+    kind: Kind,
     job: Uuid,
     task: u32,
 }
@@ -152,23 +178,33 @@ impl TransferRunner {
         stop: &CancellationToken,
     ) -> Result<(), CommandError> {
         let free = self.settings.concurrency.saturating_sub(running.len());
-        let rows: Vec<(Uuid, i32, String)> = sqlx::query_as(
-            "SELECT t.job_id, t.task, t.status
+        let rows: Vec<(bool, Uuid, i32, String)> = sqlx::query_as(
+            "SELECT true, t.job_id, t.task, t.status, j.urgent, j.created_at
                FROM transfer_jobs j JOIN transfer_tasks t ON t.job_id = j.id
               WHERE j.status IN ('pending', 'in_progress', 'canceling')
                 AND t.status IN ('pending', 'in_progress')
-              ORDER BY j.urgent DESC, j.created_at, t.task
+             UNION ALL
+             SELECT false, t.job_id, t.task, t.status, false, j.created_at
+               FROM query_jobs j JOIN query_tasks t ON t.job_id = j.id
+              WHERE j.status IN ('pending', 'in_progress', 'canceling')
+                AND t.status IN ('pending', 'in_progress')
+              ORDER BY 5 DESC, 6, 3
               LIMIT $1",
         )
         .bind(i64::try_from(free + mine.len() + 16).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;
         let mut started = 0;
-        for (job, task, status) in rows {
+        for (transfer, job, task, status) in rows {
             let Ok(task) = u32::try_from(task) else {
                 continue;
             };
-            let task = TaskRef { job, task };
+            let kind = if transfer {
+                Kind::Transfer
+            } else {
+                Kind::Query
+            };
+            let task = TaskRef { kind, job, task };
             if mine.contains(&task) {
                 continue;
             }
@@ -180,18 +216,15 @@ impl TransferRunner {
             if started >= free {
                 continue;
             }
-            match self.start(task).await {
-                Ok(Some((job_state, spec))) => {
+            let launched = match task.kind {
+                Kind::Transfer => self.launch::<Transfer>(task, running, stop).await,
+                Kind::Query => self.launch::<Query>(task, running, stop).await,
+            };
+            match launched {
+                Ok(()) => {
                     mine.insert(task);
                     started += 1;
-                    let runner = self.clone();
-                    let stop = stop.clone();
-                    running.spawn(async move {
-                        runner.execute(task, &job_state, &spec, &stop).await;
-                        task
-                    });
                 }
-                Ok(None) => {}
                 Err(error) => {
                     tracing::debug!(%error, job = %task.job, task = task.task, "task not started")
                 }
@@ -204,9 +237,13 @@ impl TransferRunner {
         CommandContext::system(task.job)
     }
 
-    async fn command(&self, task: TaskRef, command: TransferCommand) -> Result<(), CommandError> {
+    async fn command<K: JobKind>(
+        &self,
+        task: TaskRef,
+        command: JobCommand<K>,
+    ) -> Result<(), CommandError> {
         self.commands
-            .execute::<TransferJob>(
+            .execute::<Job<K>>(
                 &Self::context(task),
                 &task.job.to_string(),
                 command,
@@ -218,68 +255,83 @@ impl TransferRunner {
     }
 
     async fn interrupt(&self, task: TaskRef, reason: &str) {
-        let command = TransferCommand::InterruptTask {
-            task: task.task,
-            reason: reason.to_owned(),
-            at: Utc::now(),
+        let (number, reason, at) = (task.task, reason.to_owned(), Utc::now());
+        let recorded = match task.kind {
+            Kind::Transfer => {
+                let command = JobCommand::<Transfer>::InterruptTask {
+                    task: number,
+                    reason,
+                    at,
+                };
+                self.command(task, command).await
+            }
+            Kind::Query => {
+                let command = JobCommand::<Query>::InterruptTask {
+                    task: number,
+                    reason,
+                    at,
+                };
+                self.command(task, command).await
+            }
         };
-        if let Err(error) = self.command(task, command).await {
+        if let Err(error) = recorded {
             tracing::debug!(%error, job = %task.job, task = task.task, "interrupt not recorded");
         }
     }
 
-    /// Starts the task; its job and spec when it started.
-    async fn start(&self, task: TaskRef) -> Result<Option<(TransferJob, TaskSpec)>, CommandError> {
-        let start = TransferCommand::StartTask {
+    /// Starts the task and runs it in `running` until it ends, then records how.
+    async fn launch<K: JobKind>(
+        &self,
+        task: TaskRef,
+        running: &mut JoinSet<TaskRef>,
+        stop: &CancellationToken,
+    ) -> Result<(), CommandError>
+    where
+        Self: Runs<K>,
+    {
+        let start = JobCommand::<K>::StartTask {
             task: task.task,
             at: Utc::now(),
         };
         self.command(task, start).await?;
-        let job = self
-            .commands
-            .load::<TransferJob>(&task.job.to_string())
-            .await?;
-        let spec = usize::try_from(task.task)
-            .ok()
-            .and_then(|n| n.checked_sub(1))
-            .and_then(|i| job.spec()?.tasks.get(i).cloned());
-        Ok(spec.map(|spec| (job, spec)))
+        let job = self.commands.load::<Job<K>>(&task.job.to_string()).await?;
+        let runner = self.clone();
+        let stop = stop.clone();
+        running.spawn(async move {
+            let run = Runs::<K>::run_task(&runner, task, &job, &stop);
+            let ended = tokio::select! {
+                ended = tokio::time::timeout(runner.settings.task_timeout, run) => {
+                    ended.unwrap_or_else(|_| Ended::Transient(format!(
+                        "timed out after {} s", runner.settings.task_timeout.as_secs()
+                    )))
+                }
+                () = stop.cancelled() => Ended::Interrupted,
+            };
+            runner.finish::<K>(task, ended).await;
+            task
+        });
+        Ok(())
     }
 
-    /// Runs one started task to its end and records it.
-    async fn execute(
-        &self,
-        task: TaskRef,
-        job: &TransferJob,
-        spec: &TaskSpec,
-        stop: &CancellationToken,
-    ) {
-        let run = self.move_study(task, job, spec, stop);
-        let ended = tokio::select! {
-            ended = tokio::time::timeout(self.settings.task_timeout, run) => {
-                ended.unwrap_or_else(|_| Ended::Transient(format!(
-                    "timed out after {} s", self.settings.task_timeout.as_secs()
-                )))
-            }
-            () = stop.cancelled() => Ended::Interrupted,
-        };
-        let at = Utc::now();
+    /// Records how a run ended.
+    async fn finish<K: JobKind>(&self, task: TaskRef, ended: Ended<K::Output>) {
+        let (number, at) = (task.task, Utc::now());
         let command = match ended {
-            Ended::Finished(outcome, message, instances) => TransferCommand::FinishTask {
-                task: task.task,
+            Ended::Finished(outcome, message, count, output) => JobCommand::<K>::FinishTask {
+                task: number,
                 outcome,
                 message,
-                count: instances,
-                output: (),
+                count,
+                output,
                 at,
             },
-            Ended::Transient(reason) => TransferCommand::FailTransiently {
-                task: task.task,
+            Ended::Transient(reason) => JobCommand::FailTransiently {
+                task: number,
                 reason,
                 at,
             },
-            Ended::Interrupted => TransferCommand::InterruptTask {
-                task: task.task,
+            Ended::Interrupted => JobCommand::InterruptTask {
+                task: number,
                 reason: "the runner stopped".into(),
                 at,
             },
@@ -290,7 +342,7 @@ impl TransferRunner {
     }
 
     /// The client of registered server `name`.
-    async fn server(&self, name: &str) -> Result<DicomWeb, Ended> {
+    async fn server<O: Default>(&self, name: &str) -> Result<DicomWeb, Ended<O>> {
         let server = self
             .commands
             .load::<DicomServer>(name)
@@ -301,149 +353,46 @@ impl TransferRunner {
                 TaskOutcome::Failure,
                 Some(format!("{name:?} is no longer a registered DICOM server")),
                 0,
+                O::default(),
             )
         })?;
         DicomWeb::new(self.http.clone(), name, spec).map_err(|e| failed(&e, 0))
     }
 
-    async fn canceling(&self, job: Uuid) -> bool {
-        sqlx::query_scalar::<_, String>("SELECT status FROM transfer_jobs WHERE id = $1")
-            .bind(job)
+    /// True once the task's job is being canceled.
+    async fn canceling(&self, task: TaskRef) -> bool {
+        let table = task.kind.jobs_table();
+        sqlx::query_scalar::<_, String>(&format!("SELECT status FROM {table} WHERE id = $1"))
+            .bind(task.job)
             .fetch_optional(&self.pool)
             .await
             .ok()
             .flatten()
             .is_some_and(|status| status == "canceling" || status == "canceled")
     }
+}
 
-    async fn move_study(
+/// Running one started task of kind `K` to its end.
+trait Runs<K: JobKind> {
+    /// Runs `task` of `job`.
+    fn run_task(
         &self,
         task: TaskRef,
-        job: &TransferJob,
-        spec: &TaskSpec,
+        job: &Job<K>,
         stop: &CancellationToken,
-    ) -> Ended {
-        match self.try_move(task, job, spec, stop).await {
-            Ok(ended) | Err(ended) => ended,
-        }
-    }
-
-    async fn try_move(
-        &self,
-        task: TaskRef,
-        job: &TransferJob,
-        spec: &TaskSpec,
-        stop: &CancellationToken,
-    ) -> Result<Ended, Ended> {
-        let Some(setup) = job.spec() else {
-            return Err(Ended::Transient("the job has no set-up".into()));
-        };
-        let source = self.server(&setup.source).await?;
-        let destination = self.server(&setup.destination).await?;
-        let study = &spec.study_instance_uid;
-        let found = source.series(study).await.map_err(|e| failed(&e, 0))?;
-        if found.is_empty() {
-            return Ok(Ended::Finished(
-                TaskOutcome::Failure,
-                Some(format!("study {study} not found at {}", setup.source)),
-                0,
-            ));
-        }
-        let (series, missing): (Vec<String>, Vec<String>) = if spec.series_instance_uids.is_empty()
-        {
-            (found, Vec::new())
-        } else {
-            spec.series_instance_uids
-                .iter()
-                .cloned()
-                .partition(|s| found.contains(s))
-        };
-        if series.is_empty() {
-            return Ok(Ended::Finished(
-                TaskOutcome::Failure,
-                Some(format!(
-                    "none of the requested series of study {study} found at {}",
-                    setup.source
-                )),
-                0,
-            ));
-        }
-        let pseudonymizer = setup
-            .pseudonymize
-            .then(|| Pseudonymizer::new(task.job, setup.protocol.clone()));
-        let pseudonym = pseudonymizer.as_ref().map(|p| {
-            spec.pseudonym
-                .clone()
-                .or_else(|| setup.pseudonym.clone())
-                .unwrap_or_else(|| p.derived_pseudonym(&spec.patient_id))
-        });
-        let mut moved = 0_u32;
-        let mut reported = Instant::now();
-        for series_uid in &series {
-            let instances = source
-                .instances(study, series_uid)
-                .await
-                .map_err(|e| failed(&e, moved))?;
-            for instance in instances {
-                if stop.is_cancelled() {
-                    return Ok(Ended::Interrupted);
-                }
-                if self.canceling(task.job).await {
-                    return Ok(Ended::Finished(
-                        TaskOutcome::Canceled,
-                        Some("canceled".into()),
-                        moved,
-                    ));
-                }
-                let file = source
-                    .retrieve(study, series_uid, &instance)
-                    .await
-                    .map_err(|e| failed(&e, moved))?;
-                let file = match (&pseudonymizer, &pseudonym) {
-                    (Some(p), Some(name)) => p.apply(&file, name).map_err(|e| {
-                        Ended::Finished(TaskOutcome::Failure, Some(e.to_string()), moved)
-                    })?,
-                    _ => file,
-                };
-                destination
-                    .store(file)
-                    .await
-                    .map_err(|e| failed(&e, moved))?;
-                moved += 1;
-                if reported.elapsed() >= PROGRESS_EVERY {
-                    reported = Instant::now();
-                    let progress = TransferCommand::ReportProgress {
-                        task: task.task,
-                        count: moved,
-                        at: Utc::now(),
-                    };
-                    if let Err(error) = self.command(task, progress).await {
-                        tracing::debug!(%error, "progress not recorded");
-                    }
-                }
-            }
-        }
-        Ok(if missing.is_empty() {
-            Ended::Finished(TaskOutcome::Success, None, moved)
-        } else {
-            Ended::Finished(
-                TaskOutcome::Warning,
-                Some(format!(
-                    "series not found at {}: {}",
-                    setup.source,
-                    missing.join(", ")
-                )),
-                moved,
-            )
-        })
-    }
+    ) -> impl std::future::Future<Output = Ended<K::Output>> + Send;
 }
 
 /// A DICOMweb failure as the task's end: transient, or a failure.
-fn failed(error: &DicomWebError, moved: u32) -> Ended {
+fn failed<O: Default>(error: &DicomWebError, count: u32) -> Ended<O> {
     if error.transient {
         Ended::Transient(error.message.clone())
     } else {
-        Ended::Finished(TaskOutcome::Failure, Some(error.message.clone()), moved)
+        Ended::Finished(
+            TaskOutcome::Failure,
+            Some(error.message.clone()),
+            count,
+            O::default(),
+        )
     }
 }

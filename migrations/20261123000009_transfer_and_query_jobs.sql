@@ -1,5 +1,6 @@
--- Transfer jobs: owners in `aggregate_owners`, and the read models of projector
--- `transfers`: registered DICOM servers, jobs, their tasks, and transfer throughput.
+-- Transfer and query jobs: owners in `aggregate_owners`, and the read models of projector
+-- `transfers` (registered DICOM servers, transfer jobs, their tasks, transfer throughput)
+-- and of projector `queries` (query jobs, their tasks, the studies they found).
 
 CREATE OR REPLACE FUNCTION record_aggregate_owner() RETURNS trigger
     LANGUAGE plpgsql AS
@@ -12,6 +13,7 @@ BEGIN
         WHEN 'RequestSubmitted' THEN NEW.payload -> 'Submitted' ->> 'owner'
         WHEN 'SimulationCreated' THEN NEW.payload -> 'Created' ->> 'owner'
         WHEN 'TransferJobCreated' THEN NEW.payload -> 'Created' ->> 'owner'
+        WHEN 'QueryJobCreated' THEN NEW.payload -> 'Created' ->> 'owner'
     END;
     IF found_owner IS NOT NULL THEN
         INSERT INTO aggregate_owners (aggregate_type, aggregate_id, owner)
@@ -93,3 +95,51 @@ CREATE TABLE analytics.transfer_daily
 );
 CREATE INDEX transfer_daily_day ON analytics.transfer_daily (day);
 GRANT SELECT ON analytics.transfer_daily TO chronicle_analytics;
+
+CREATE TABLE query_jobs
+(
+    id            uuid        PRIMARY KEY,
+    owner         text        NOT NULL,
+    source        text        NOT NULL,
+    status        text        NOT NULL,
+    task_count    integer     NOT NULL,
+    matches_found bigint      NOT NULL DEFAULT 0,
+    verified_by   text,
+    version       bigint      NOT NULL,
+    created_at    timestamptz NOT NULL,
+    updated_at    timestamptz NOT NULL
+);
+CREATE INDEX query_jobs_owner_created ON query_jobs (owner, created_at DESC, id DESC);
+CREATE INDEX query_jobs_runnable ON query_jobs (created_at)
+    WHERE status IN ('pending', 'in_progress', 'canceling');
+
+CREATE TABLE query_tasks
+(
+    job_id      uuid        NOT NULL REFERENCES query_jobs (id),
+    task        integer     NOT NULL,
+    criteria    jsonb       NOT NULL,
+    status      text        NOT NULL,
+    attempts    integer     NOT NULL DEFAULT 0,
+    matches     integer     NOT NULL DEFAULT 0,
+    message     text,
+    started_at  timestamptz,
+    finished_at timestamptz,
+    updated_at  timestamptz NOT NULL,
+    PRIMARY KEY (job_id, task)
+);
+CREATE INDEX query_tasks_pending ON query_tasks (job_id, task) WHERE status = 'pending';
+
+-- The studies each task found in its latest run.
+CREATE TABLE query_results
+(
+    job_id             uuid    NOT NULL REFERENCES query_jobs (id),
+    task               integer NOT NULL,
+    study_instance_uid text    NOT NULL,
+    patient_id         text    NOT NULL,
+    study_date         text,
+    modalities         text[]  NOT NULL,
+    description        text,
+    series             integer,
+    instances          integer,
+    PRIMARY KEY (job_id, task, study_instance_uid)
+);

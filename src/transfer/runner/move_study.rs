@@ -1,0 +1,140 @@
+//! A transfer task: one study moved instance by instance, pseudonymized when asked.
+
+use std::time::Instant;
+
+use chronicle_aggregates::transfer::{TaskOutcome, Transfer, TransferCommand, TransferJob};
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use super::{failed, Ended, Runs, TaskRef, TransferRunner, PROGRESS_EVERY};
+use crate::transfer::pseudonymize::Pseudonymizer;
+
+type Run = Ended<()>;
+
+impl Runs<Transfer> for TransferRunner {
+    async fn run_task(&self, task: TaskRef, job: &TransferJob, stop: &CancellationToken) -> Run {
+        match self.move_study(task, job, stop).await {
+            Ok(ended) | Err(ended) => ended,
+        }
+    }
+}
+
+impl TransferRunner {
+    async fn move_study(
+        &self,
+        task: TaskRef,
+        job: &TransferJob,
+        stop: &CancellationToken,
+    ) -> Result<Run, Run> {
+        let Some(setup) = job.spec() else {
+            return Err(Ended::Transient("the job has no set-up".into()));
+        };
+        let spec = usize::try_from(task.task)
+            .ok()
+            .and_then(|n| n.checked_sub(1))
+            .and_then(|i| setup.tasks.get(i))
+            .ok_or_else(|| Ended::Transient(format!("the job has no task {}", task.task)))?;
+        let source = self.server(&setup.source).await?;
+        let destination = self.server(&setup.destination).await?;
+        let study = &spec.study_instance_uid;
+        let found = source.series(study).await.map_err(|e| failed(&e, 0))?;
+        if found.is_empty() {
+            return Ok(Ended::Finished(
+                TaskOutcome::Failure,
+                Some(format!("study {study} not found at {}", setup.source)),
+                0,
+                (),
+            ));
+        }
+        let (series, missing): (Vec<String>, Vec<String>) = if spec.series_instance_uids.is_empty()
+        {
+            (found, Vec::new())
+        } else {
+            spec.series_instance_uids
+                .iter()
+                .cloned()
+                .partition(|s| found.contains(s))
+        };
+        if series.is_empty() {
+            return Ok(Ended::Finished(
+                TaskOutcome::Failure,
+                Some(format!(
+                    "none of the requested series of study {study} found at {}",
+                    setup.source
+                )),
+                0,
+                (),
+            ));
+        }
+        let pseudonymizer = setup
+            .pseudonymize
+            .then(|| Pseudonymizer::new(task.job, setup.protocol.clone()));
+        let pseudonym = pseudonymizer.as_ref().map(|p| {
+            spec.pseudonym
+                .clone()
+                .or_else(|| setup.pseudonym.clone())
+                .unwrap_or_else(|| p.derived_pseudonym(&spec.patient_id))
+        });
+        let mut moved = 0_u32;
+        let mut reported = Instant::now();
+        for series_uid in &series {
+            let instances = source
+                .instances(study, series_uid)
+                .await
+                .map_err(|e| failed(&e, moved))?;
+            for instance in instances {
+                if stop.is_cancelled() {
+                    return Ok(Ended::Interrupted);
+                }
+                if self.canceling(task).await {
+                    return Ok(Ended::Finished(
+                        TaskOutcome::Canceled,
+                        Some("canceled".into()),
+                        moved,
+                        (),
+                    ));
+                }
+                let file = source
+                    .retrieve(study, series_uid, &instance)
+                    .await
+                    .map_err(|e| failed(&e, moved))?;
+                let file = match (&pseudonymizer, &pseudonym) {
+                    (Some(p), Some(name)) => p.apply(&file, name).map_err(|e| {
+                        Ended::Finished(TaskOutcome::Failure, Some(e.to_string()), moved, ())
+                    })?,
+                    _ => file,
+                };
+                destination
+                    .store(file)
+                    .await
+                    .map_err(|e| failed(&e, moved))?;
+                moved += 1;
+                if reported.elapsed() >= PROGRESS_EVERY {
+                    reported = Instant::now();
+                    let progress = TransferCommand::ReportProgress {
+                        task: task.task,
+                        count: moved,
+                        at: Utc::now(),
+                    };
+                    if let Err(error) = self.command::<Transfer>(task, progress).await {
+                        tracing::debug!(%error, "progress not recorded");
+                    }
+                }
+            }
+        }
+        Ok(if missing.is_empty() {
+            Ended::Finished(TaskOutcome::Success, None, moved, ())
+        } else {
+            Ended::Finished(
+                TaskOutcome::Warning,
+                Some(format!(
+                    "series not found at {}: {}",
+                    setup.source,
+                    missing.join(", ")
+                )),
+                moved,
+                (),
+            )
+        })
+    }
+}
