@@ -1,6 +1,6 @@
 //! A query job (batch query): rows of search criteria run as QIDO-RS study searches against a
 //! source server, one task per row, each finished task recording the studies it found. Its
-//! lifecycle is the shared [`Job`](crate::job::Job), the same states and status rule as
+//! lifecycle is the shared [`Job`], the same states and status rule as
 //! transfers; its results can become a transfer job's tasks.
 
 use chrono::NaiveDate;

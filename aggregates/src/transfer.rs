@@ -1,5 +1,5 @@
 //! A transfer job: DICOM studies to move from one PACS to another, one task per study,
-//! optionally pseudonymized. Its lifecycle is the shared [`Job`](crate::job::Job); this
+//! optionally pseudonymized. Its lifecycle is the shared [`Job`]; this
 //! module holds what is its own: the set-up and its rules.
 
 mod values;

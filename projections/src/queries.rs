@@ -271,3 +271,31 @@ pub async fn results_of(
     .fetch_all(db)
     .await
 }
+
+/// Query jobs of `owner` (all for `None`), newest first, after the keyset `after`.
+///
+/// # Errors
+/// The database failed.
+pub async fn jobs(
+    db: impl PgExecutor<'_>,
+    owner: Option<&str>,
+    status: Option<&str>,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<QueryJobRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, owner, source, status, task_count, matches_found, verified_by, version,
+                created_at, updated_at
+           FROM query_jobs
+          WHERE ($1::text IS NULL OR owner = $1) AND ($2::text IS NULL OR status = $2)
+            AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
+          ORDER BY created_at DESC, id DESC LIMIT $5",
+    )
+    .bind(owner)
+    .bind(status)
+    .bind(after.map(|(at, _)| at))
+    .bind(after.map(|(_, id)| id))
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}

@@ -9,13 +9,16 @@ use super::analytics::AnalyticsQuery;
 use super::audit::AuditQuery;
 use super::batches::{BatchMutation, BatchQuery};
 use super::deliveries::{DeliveryMutation, DeliveryQuery};
+use super::dicom_servers::{DicomServerMutation, DicomServerQuery};
 use super::error_codes::DefaultErrorCodes;
 use super::event_log::{EventLogQuery, EventLogSubscription};
 use super::history::HistoryQuery;
 use super::projections::ProjectionQuery;
+use super::query_jobs::{QueryJobMutation, QueryJobQuery};
 use super::requests::{RequestMutation, RequestQuery};
 use super::simulations::{SimulationMutation, SimulationQuery, SimulationSubscription};
-use super::transfers::{TransferMutation, TransferQuery, TransferSubscription};
+use super::transfer_updates::TransferSubscription;
+use super::transfers::{TransferMutation, TransferQuery};
 use super::transitions::TransitionQuery;
 use super::updates::LlmSubscription;
 use crate::delivery::WebhookSecrets;
@@ -38,6 +41,8 @@ pub struct Query(
     HistoryQuery,
     AnalyticsQuery,
     TransferQuery,
+    DicomServerQuery,
+    QueryJobQuery,
 );
 
 /// All mutations.
@@ -48,6 +53,8 @@ pub struct Mutation(
     DeliveryMutation,
     SimulationMutation,
     TransferMutation,
+    DicomServerMutation,
+    QueryJobMutation,
 );
 
 /// All subscriptions.

@@ -2,15 +2,11 @@
 //! cancel/resume/retry/restart/verify, jobs with their task connections, live updates.
 
 use async_graphql::connection::Connection;
-use async_graphql::{
-    ComplexObject, Context, Enum, InputObject, Object, SimpleObject, Subscription,
-};
-use chronicle_aggregates::dicom_server::{ServerAuth, ServerSpec};
-use chronicle_aggregates::transfer::{TaskSpec, TransferEvent, TransferSpec, TrialProtocol};
-use chronicle_projections::transfers::{self, JobRow, ServerRow, TaskRow};
-use chronicle_projections::LogCursor;
+use async_graphql::{ComplexObject, Context, InputObject, Object, SimpleObject};
+use chronicle_aggregates::job::JobKind;
+use chronicle_aggregates::transfer::{TaskSpec, Transfer, TransferSpec, TrialProtocol};
+use chronicle_projections::transfers::{self, JobRow, TaskRow};
 use chrono::{DateTime, Utc};
-use futures::{Stream, StreamExt};
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -19,37 +15,7 @@ use super::outcome::{idempotency, CommandOutcome};
 use super::pagination::{connection, keyset_after, page_size, KeysetCursor};
 use super::{ApiError, Caller};
 use crate::command::Authority;
-use crate::log::{tail, LogFilter, LogReader, LogWaker};
 use crate::transfer::{csv_rows, JobAction, TransferActions};
-
-/// How Chronicle authenticates to a DICOM server.
-#[derive(Enum, Clone, Copy, PartialEq, Eq, Serialize)]
-pub(crate) enum AuthKind {
-    /// HTTP basic; the variable holds `user:password`.
-    Basic,
-    /// Bearer token; the variable holds the token.
-    Bearer,
-}
-
-/// Credentials by reference: the value stays in the server's environment.
-#[derive(InputObject, Serialize)]
-pub(crate) struct ServerAuthInput {
-    /// Basic or bearer.
-    kind: AuthKind,
-    /// The environment variable holding the credentials.
-    secret_env: String,
-}
-
-/// A DICOM server's registration.
-#[derive(InputObject, Serialize)]
-pub(crate) struct DicomServerInput {
-    /// Its name: 1–64 letters, digits, `-`, `_`, `.`.
-    name: String,
-    /// DICOMweb base URL, e.g. `http://pacs:8042/dicom-web`.
-    base_url: String,
-    /// Credentials, if the server needs them.
-    auth: Option<ServerAuthInput>,
-}
 
 /// One study to move.
 #[derive(InputObject, Serialize)]
@@ -93,7 +59,7 @@ pub(crate) struct TransferSetupInput {
 }
 
 impl TransferSetupInput {
-    fn spec(self, tasks: Vec<TaskSpec>) -> TransferSpec {
+    pub(crate) fn spec(self, tasks: Vec<TaskSpec>) -> TransferSpec {
         TransferSpec {
             source: self.source,
             destination: self.destination,
@@ -105,36 +71,6 @@ impl TransferSetupInput {
             }),
             urgent: self.urgent,
             tasks,
-        }
-    }
-}
-
-/// A DICOM server as registered.
-#[derive(SimpleObject)]
-pub(crate) struct DicomServerView {
-    /// Its name.
-    name: String,
-    /// DICOMweb base URL.
-    base_url: String,
-    /// `basic`, `bearer`, or none.
-    auth_kind: Option<String>,
-    /// The variable holding its credentials.
-    auth_secret_env: Option<String>,
-    /// Registered.
-    registered_at: DateTime<Utc>,
-    /// Last changed.
-    updated_at: DateTime<Utc>,
-}
-
-impl From<ServerRow> for DicomServerView {
-    fn from(row: ServerRow) -> Self {
-        Self {
-            name: row.name,
-            base_url: row.base_url,
-            auth_kind: row.auth_kind,
-            auth_secret_env: row.auth_secret_env,
-            registered_at: row.registered_at,
-            updated_at: row.updated_at,
         }
     }
 }
@@ -297,7 +233,7 @@ impl TransferJobView {
 }
 
 /// The owner filter of a caller: admins see everything.
-fn scope(caller: &Caller) -> Option<&str> {
+pub(crate) fn scope(caller: &Caller) -> Option<&str> {
     match caller.authority {
         Authority::Admin => None,
         Authority::Client => Some(caller.actor.as_str()),
@@ -310,13 +246,6 @@ pub(crate) struct TransferQuery;
 
 #[Object]
 impl TransferQuery {
-    /// Registered DICOM servers.
-    async fn dicom_servers(&self, ctx: &Context<'_>) -> Result<Vec<DicomServerView>, ApiError> {
-        Caller::from_ctx(ctx)?;
-        let rows = transfers::servers(ctx.data_unchecked::<PgPool>()).await?;
-        Ok(rows.into_iter().map(DicomServerView::from).collect())
-    }
-
     /// One of your transfer jobs. Errors: `NOT_FOUND`.
     async fn transfer_job(&self, ctx: &Context<'_>, id: Uuid) -> Result<TransferJobView, ApiError> {
         let caller = Caller::from_ctx(ctx)?;
@@ -361,51 +290,6 @@ pub(crate) struct TransferMutation;
 
 #[Object]
 impl TransferMutation {
-    /// Registers (or updates) a DICOM server (admin). Errors: `FORBIDDEN`, `VALIDATION`.
-    async fn register_dicom_server(
-        &self,
-        ctx: &Context<'_>,
-        input: DicomServerInput,
-    ) -> Result<CommandOutcome, ApiError> {
-        let caller = Caller::from_ctx(ctx)?;
-        let spec = ServerSpec {
-            base_url: input.base_url,
-            auth: input.auth.map(|auth| match auth.kind {
-                AuthKind::Basic => ServerAuth::Basic {
-                    secret_env: auth.secret_env,
-                },
-                AuthKind::Bearer => ServerAuth::Bearer {
-                    secret_env: auth.secret_env,
-                },
-            }),
-        };
-        let actions = ctx.data_unchecked::<TransferActions>();
-        Ok(actions
-            .register_server(
-                &caller.command_context(),
-                caller.authority,
-                input.name,
-                spec,
-            )
-            .await?
-            .into())
-    }
-
-    /// Removes a DICOM server (admin): new jobs may no longer name it. Errors: `FORBIDDEN`,
-    /// `NOT_FOUND`.
-    async fn remove_dicom_server(
-        &self,
-        ctx: &Context<'_>,
-        name: String,
-    ) -> Result<CommandOutcome, ApiError> {
-        let caller = Caller::from_ctx(ctx)?;
-        let actions = ctx.data_unchecked::<TransferActions>();
-        Ok(actions
-            .remove_server(&caller.command_context(), caller.authority, &name)
-            .await?
-            .into())
-    }
-
     /// Creates a transfer job, a task per study. The new id is the outcome's `aggregateId`.
     /// Errors: `VALIDATION` (every broken rule, tasks numbered from 1), `CONFLICT`.
     async fn create_transfer_job(
@@ -454,7 +338,7 @@ impl TransferMutation {
         id: Uuid,
         idempotency_key: Option<String>,
     ) -> Result<CommandOutcome, ApiError> {
-        act(
+        act::<Transfer>(
             ctx,
             id,
             JobAction::Cancel,
@@ -472,7 +356,7 @@ impl TransferMutation {
         id: Uuid,
         idempotency_key: Option<String>,
     ) -> Result<CommandOutcome, ApiError> {
-        act(
+        act::<Transfer>(
             ctx,
             id,
             JobAction::Resume,
@@ -489,7 +373,7 @@ impl TransferMutation {
         id: Uuid,
         idempotency_key: Option<String>,
     ) -> Result<CommandOutcome, ApiError> {
-        act(
+        act::<Transfer>(
             ctx,
             id,
             JobAction::RetryFailed,
@@ -507,7 +391,7 @@ impl TransferMutation {
         id: Uuid,
         idempotency_key: Option<String>,
     ) -> Result<CommandOutcome, ApiError> {
-        act(
+        act::<Transfer>(
             ctx,
             id,
             JobAction::Restart,
@@ -525,7 +409,7 @@ impl TransferMutation {
         id: Uuid,
         idempotency_key: Option<String>,
     ) -> Result<CommandOutcome, ApiError> {
-        act(
+        act::<Transfer>(
             ctx,
             id,
             JobAction::Verify,
@@ -536,7 +420,8 @@ impl TransferMutation {
     }
 }
 
-async fn create(
+/// Creates a transfer job of `tasks` set up as `setup` for the caller.
+pub(crate) async fn create(
     ctx: &Context<'_>,
     setup: TransferSetupInput,
     tasks: Vec<TaskSpec>,
@@ -551,7 +436,8 @@ async fn create(
         .into())
 }
 
-async fn act(
+/// Runs `action` on job `id` of kind `K` for the caller; `name` fingerprints the key.
+pub(crate) async fn act<K: JobKind>(
     ctx: &Context<'_>,
     id: Uuid,
     action: JobAction,
@@ -562,121 +448,7 @@ async fn act(
     let key = idempotency(idempotency_key, &(name, id))?;
     let actions = ctx.data_unchecked::<TransferActions>();
     Ok(actions
-        .act(&caller.command_context(), caller.authority, id, action, key)
+        .act::<K>(&caller.command_context(), caller.authority, id, action, key)
         .await?
         .into())
-}
-
-/// A change to a transfer job, as it is recorded.
-#[derive(SimpleObject)]
-pub(crate) struct TransferJobUpdate {
-    /// Resume after this update with `after`.
-    cursor: String,
-    /// The event, e.g. `TransferTaskProgressed`.
-    event_type: String,
-    /// The job's status after a status change.
-    job_status: Option<String>,
-    /// The task concerned.
-    task: Option<i32>,
-    /// The task's status after it.
-    task_status: Option<String>,
-    /// Instances the task has stored.
-    instances: Option<i32>,
-    /// The task's message.
-    message: Option<String>,
-    /// When.
-    at: DateTime<Utc>,
-}
-
-fn update(cursor: String, event_type: String, event: TransferEvent) -> TransferJobUpdate {
-    let at = event.at();
-    let number = |n: u32| Some(i32::try_from(n).unwrap_or(i32::MAX));
-    let mut update = TransferJobUpdate {
-        cursor,
-        event_type,
-        job_status: None,
-        task: None,
-        task_status: None,
-        instances: None,
-        message: None,
-        at,
-    };
-    match event {
-        TransferEvent::StatusChanged { to, .. } => update.job_status = Some(to.as_str().into()),
-        TransferEvent::TaskStarted { task, .. } => {
-            update.task = number(task);
-            update.task_status = Some("in_progress".into());
-            update.instances = Some(0);
-        }
-        TransferEvent::TaskProgressed {
-            task,
-            count: instances,
-            ..
-        } => {
-            update.task = number(task);
-            update.instances = number(instances);
-        }
-        TransferEvent::TaskFinished {
-            task,
-            status,
-            message,
-            count: instances,
-            ..
-        } => {
-            update.task = number(task);
-            update.task_status = Some(status.as_str().into());
-            update.instances = number(instances);
-            update.message = message;
-        }
-        TransferEvent::TaskRetryScheduled { task, reason, .. }
-        | TransferEvent::TaskInterrupted { task, reason, .. } => {
-            update.task = number(task);
-            update.task_status = Some("pending".into());
-            update.message = Some(reason);
-        }
-        TransferEvent::Created { .. }
-        | TransferEvent::Verified { .. }
-        | TransferEvent::CancelRequested { .. }
-        | TransferEvent::TasksRequeued { .. } => {}
-    }
-    update
-}
-
-/// Transfer subscriptions.
-#[derive(Default)]
-pub(crate) struct TransferSubscription;
-
-#[Subscription]
-impl TransferSubscription {
-    /// Every change to one of your transfer jobs — status changes and task progress — from
-    /// its creation (or after `after`), then live. Errors: `NOT_FOUND`, `VALIDATION`.
-    async fn transfer_job_updated(
-        &self,
-        ctx: &Context<'_>,
-        id: Uuid,
-        #[graphql(desc = "Resume after this cursor; from the job's first event when omitted.")]
-        after: Option<String>,
-    ) -> Result<impl Stream<Item = TransferJobUpdate>, ApiError> {
-        let caller = Caller::from_ctx(ctx)?;
-        ctx.data_unchecked::<TransferActions>()
-            .visible(&caller.command_context(), caller.authority, id)
-            .await?;
-        let start: LogCursor = match after {
-            Some(after) => after.parse()?,
-            None => LogCursor::START,
-        };
-        let filter = LogFilter {
-            aggregate_types: Some(vec!["TransferJob".to_owned()]),
-            aggregate_id: Some(id.to_string()),
-            ..LogFilter::default()
-        };
-        let reader = ctx.data_unchecked::<LogReader>().clone();
-        let stream = tail(reader, ctx.data_unchecked::<LogWaker>(), start, filter);
-        Ok(stream.filter_map(|event| async move {
-            let cursor = event.cursor.to_string();
-            let event_type = event.event_type.clone();
-            let decoded = event.decode::<TransferEvent>().ok()?;
-            Some(update(cursor, event_type, decoded))
-        }))
-    }
 }

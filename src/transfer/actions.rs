@@ -1,10 +1,12 @@
-//! What owners and admins do with transfer jobs and DICOM servers. Someone else's job is
+//! What owners and admins do with transfer jobs, query jobs and DICOM servers. Someone else's job is
 //! NOT_FOUND; admin-only actions (servers, verify, restart) are FORBIDDEN to others.
 
 use std::sync::Arc;
 
 use chronicle_aggregates::dicom_server::{DicomServer, DicomServerCommand, ServerSpec};
-use chronicle_aggregates::transfer::{TransferCommand, TransferJob, TransferSpec};
+use chronicle_aggregates::job::{Job, JobCommand, JobKind};
+use chronicle_aggregates::query::{Query, QuerySpec};
+use chronicle_aggregates::transfer::{Transfer, TransferSpec};
 use chronicle_aggregates::ErrorCode;
 use chrono::Utc;
 use uuid::Uuid;
@@ -101,7 +103,7 @@ impl TransferActions {
         })
     }
 
-    /// Creates a job; with an idempotency key its id derives from the key.
+    /// Creates a transfer job; with an idempotency key its id derives from the key.
     ///
     /// # Errors
     /// VALIDATION (including servers that are not registered), CONFLICT, a reused key.
@@ -113,14 +115,38 @@ impl TransferActions {
     ) -> Result<CommandReceipt, CommandError> {
         self.server(&spec.source).await?;
         self.server(&spec.destination).await?;
+        self.create_job::<Transfer>(context, spec, key).await
+    }
+
+    /// Creates a query job; with an idempotency key its id derives from the key.
+    ///
+    /// # Errors
+    /// VALIDATION (including a source that is not registered), CONFLICT, a reused key.
+    pub async fn create_query(
+        &self,
+        context: &CommandContext,
+        spec: QuerySpec,
+        key: Option<IdempotencyKey>,
+    ) -> Result<CommandReceipt, CommandError> {
+        self.server(&spec.source).await?;
+        self.create_job::<Query>(context, spec, key).await
+    }
+
+    async fn create_job<K: JobKind>(
+        &self,
+        context: &CommandContext,
+        spec: K::Spec,
+        key: Option<IdempotencyKey>,
+    ) -> Result<CommandReceipt, CommandError> {
         let trusted = self
             .trusted
             .iter()
             .any(|owner| owner == "*" || *owner == context.actor);
         self.commands
             .once(context, key, |seed| async move {
-                let id = seed.map_or_else(Uuid::now_v7, |seed| Uuid::new_v5(&seed, b"transfer"));
-                let command = TransferCommand::Create {
+                let id =
+                    seed.map_or_else(Uuid::now_v7, |seed| Uuid::new_v5(&seed, K::TYPE.as_bytes()));
+                let command = JobCommand::<K>::Create {
                     job_id: id,
                     owner: context.actor.clone(),
                     spec,
@@ -128,7 +154,7 @@ impl TransferActions {
                     at: Utc::now(),
                 };
                 self.commands
-                    .execute::<TransferJob>(context, &id.to_string(), command, &(), None)
+                    .execute::<Job<K>>(context, &id.to_string(), command, &(), None)
                     .await
             })
             .await
@@ -138,18 +164,18 @@ impl TransferActions {
     ///
     /// # Errors
     /// NOT_FOUND when it does not exist or is someone else's.
-    pub async fn visible(
+    pub async fn visible<K: JobKind>(
         &self,
         context: &CommandContext,
         authority: Authority,
         id: Uuid,
-    ) -> Result<TransferJob, CommandError> {
-        let job = self.commands.load::<TransferJob>(&id.to_string()).await?;
+    ) -> Result<Job<K>, CommandError> {
+        let job = self.commands.load::<Job<K>>(&id.to_string()).await?;
         let mine = job.owner() == Some(context.actor.as_str());
         if job.owner().is_some() && (mine || authority == Authority::Admin) {
             Ok(job)
         } else {
-            Err(rejected(ErrorCode::NotFound, "transfer job not found"))
+            Err(rejected(ErrorCode::NotFound, "job not found"))
         }
     }
 
@@ -157,7 +183,7 @@ impl TransferActions {
     ///
     /// # Errors
     /// NOT_FOUND, FORBIDDEN for admin-only actions, the job's refusal, CONFLICT.
-    pub async fn act(
+    pub async fn act<K: JobKind>(
         &self,
         context: &CommandContext,
         authority: Authority,
@@ -165,23 +191,23 @@ impl TransferActions {
         action: JobAction,
         key: Option<IdempotencyKey>,
     ) -> Result<CommandReceipt, CommandError> {
-        self.visible(context, authority, id).await?;
+        self.visible::<K>(context, authority, id).await?;
         let (at, by) = (Utc::now(), context.actor.clone());
         let command = match action {
-            JobAction::Cancel => TransferCommand::Cancel { at },
-            JobAction::Resume => TransferCommand::Resume { at },
-            JobAction::RetryFailed => TransferCommand::RetryFailed { at },
+            JobAction::Cancel => JobCommand::<K>::Cancel { at },
+            JobAction::Resume => JobCommand::Resume { at },
+            JobAction::RetryFailed => JobCommand::RetryFailed { at },
             JobAction::Verify => {
                 admin_only(authority)?;
-                TransferCommand::Verify { by, at }
+                JobCommand::Verify { by, at }
             }
             JobAction::Restart => {
                 admin_only(authority)?;
-                TransferCommand::Restart { by, at }
+                JobCommand::Restart { by, at }
             }
         };
         self.commands
-            .execute::<TransferJob>(context, &id.to_string(), command, &(), key)
+            .execute::<Job<K>>(context, &id.to_string(), command, &(), key)
             .await
     }
 }

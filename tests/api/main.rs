@@ -19,6 +19,7 @@ mod idempotency;
 mod log_order;
 mod projections;
 mod provider;
+mod query_jobs;
 mod rabbitmq;
 mod schema_file;
 mod simulations;

@@ -14,10 +14,10 @@ use crate::archive::caught_up;
 use crate::support::dicom_files::{ct_instance, PATIENT_ID, PATIENT_NAME};
 use crate::support::{app_context, eventually, Orthanc, Subscription, TestApp, TestDb};
 
-const STUDY_A: &str = "1.2.826.0.1.3680043.10.1001";
+pub(crate) const STUDY_A: &str = "1.2.826.0.1.3680043.10.1001";
 const SERIES_A1: &str = "1.2.826.0.1.3680043.10.1001.1";
 const SERIES_A2: &str = "1.2.826.0.1.3680043.10.1001.2";
-const STUDY_B: &str = "1.2.826.0.1.3680043.10.1002";
+pub(crate) const STUDY_B: &str = "1.2.826.0.1.3680043.10.1002";
 const SERIES_B1: &str = "1.2.826.0.1.3680043.10.1002.1";
 const MISSING: &str = "1.2.826.0.1.3680043.10.404";
 
@@ -33,14 +33,14 @@ const JOB: &str = "query($id: UUID!) { transferJob(id: $id) {
 
 /// Two PACS (study A: two series of two instances; study B: one instance at the source) and
 /// an app that knows them as `clinical` and `research`.
-struct Site {
-    source: Orthanc,
-    destination: Orthanc,
-    app: TestApp,
-    _db: TestDb,
+pub(crate) struct Site {
+    pub(crate) source: Orthanc,
+    pub(crate) destination: Orthanc,
+    pub(crate) app: TestApp,
+    pub(crate) _db: TestDb,
 }
 
-async fn site(trusted: &[&str]) -> Site {
+pub(crate) async fn site(trusted: &[&str]) -> Site {
     site_polling(trusted, 50).await
 }
 
@@ -91,7 +91,7 @@ async fn site_polling(trusted: &[&str], poll_ms: u64) -> Site {
     }
 }
 
-fn setup(pseudonymize: bool) -> Value {
+pub(crate) fn setup(pseudonymize: bool) -> Value {
     json!({ "source": "clinical", "destination": "research", "pseudonymize": pseudonymize })
 }
 
@@ -106,7 +106,7 @@ async fn create(app: &TestApp, setup: Value, tasks: Value) -> String {
 }
 
 /// The job once its status is `status`.
-async fn job_when(app: &TestApp, id: &str, status: &str) -> Value {
+pub(crate) async fn job_when(app: &TestApp, id: &str, status: &str) -> Value {
     eventually(
         Duration::from_secs(60),
         &format!("job {status}"),
