@@ -72,6 +72,7 @@ CREATE TABLE transfer_tasks
     attempts             integer     NOT NULL DEFAULT 0,
     instances            integer     NOT NULL DEFAULT 0,
     message              text,
+    retry_at             timestamptz, -- after a transient failure: not run before
     started_at           timestamptz,
     finished_at          timestamptz,
     updated_at           timestamptz NOT NULL,
@@ -122,6 +123,7 @@ CREATE TABLE query_tasks
     attempts    integer     NOT NULL DEFAULT 0,
     matches     integer     NOT NULL DEFAULT 0,
     message     text,
+    retry_at    timestamptz, -- after a transient failure: not run before
     started_at  timestamptz,
     finished_at timestamptz,
     updated_at  timestamptz NOT NULL,

@@ -248,6 +248,16 @@ pub struct TransferConfig {
     )]
     pub transfer_task_timeout_secs: u64,
 
+    /// Wait before a task's first retry after a transient failure, in milliseconds; it
+    /// doubles with each further attempt (at most 10 minutes).
+    #[arg(
+        long,
+        env = "CHRONICLE_TRANSFER_RETRY_WAIT_MS",
+        default_value_t = 30_000,
+        global = true
+    )]
+    pub transfer_retry_wait_ms: u64,
+
     /// Timeout of one DICOMweb HTTP call, in seconds.
     #[arg(
         long,

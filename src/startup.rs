@@ -296,6 +296,7 @@ impl Application {
                 poll_every: Duration::from_millis(transfer.transfer_poll_ms.max(10)),
                 task_timeout: Duration::from_secs(transfer.transfer_task_timeout_secs.max(1)),
                 http_timeout: Duration::from_secs(transfer.transfer_http_timeout_secs.max(1)),
+                retry_wait: Duration::from_millis(transfer.transfer_retry_wait_ms),
             },
         )
         .context("building the DICOMweb client")?;

@@ -250,7 +250,12 @@ impl<K: JobKind> Job<K> {
                 };
                 (vec![finished], at)
             }
-            JobCommand::FailTransiently { task, reason, at } => {
+            JobCommand::FailTransiently {
+                task,
+                reason,
+                retry_at,
+                at,
+            } => {
                 let state = self.running(task)?;
                 let reason = checked_message(Some(reason))?.unwrap_or_default();
                 let event = if self.cancel_requested || state.attempts > MAX_RETRIES {
@@ -271,6 +276,7 @@ impl<K: JobKind> Job<K> {
                         task,
                         attempt: state.attempts,
                         reason,
+                        retry_at,
                         at,
                     }
                 };

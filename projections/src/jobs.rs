@@ -51,7 +51,8 @@ pub(crate) async fn apply_lifecycle<K: JobKind>(
         JobEvent::TaskStarted { task, attempt, .. } => {
             sqlx::query(&format!(
                 "UPDATE {tasks} SET status = 'in_progress', attempts = $3, {count} = 0,
-                        message = NULL, started_at = $4, finished_at = NULL, updated_at = $4
+                        message = NULL, retry_at = NULL, started_at = $4, finished_at = NULL,
+                        updated_at = $4
                   WHERE job_id = $1 AND task = $2"
             ))
             .bind(id)
@@ -106,6 +107,16 @@ pub(crate) async fn apply_lifecycle<K: JobKind>(
                 at,
             )
             .await?;
+            if let JobEvent::TaskRetryScheduled { retry_at, .. } = event {
+                sqlx::query(&format!(
+                    "UPDATE {tasks} SET retry_at = $3 WHERE job_id = $1 AND task = $2"
+                ))
+                .bind(id)
+                .bind(number(*task))
+                .bind(retry_at)
+                .execute(&mut *conn)
+                .await?;
+            }
         }
         JobEvent::CancelRequested { canceled, .. } => {
             requeue(conn, tables, id, canceled, TaskStatus::Canceled, false, at).await?;
@@ -189,6 +200,7 @@ async fn requeue(
     sqlx::query(&format!(
         "UPDATE {tasks}
             SET status = $3, attempts = CASE WHEN $3 = 'pending' THEN 0 ELSE attempts END,
+                retry_at = NULL,
                 {count} = CASE WHEN $4 THEN 0 ELSE {count} END, updated_at = $5
           WHERE job_id = $1 AND task = ANY($2)"
     ))

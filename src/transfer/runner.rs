@@ -56,7 +56,13 @@ pub struct RunnerSettings {
     pub task_timeout: Duration,
     /// Timeout of one DICOMweb HTTP call.
     pub http_timeout: Duration,
+    /// The wait before a task's first retry after a transient failure; it doubles with each
+    /// further attempt, up to 10 minutes.
+    pub retry_wait: Duration,
 }
+
+/// The longest wait between a task's attempts.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(600);
 
 /// The transfer worker.
 #[derive(Clone)]
@@ -183,11 +189,13 @@ impl TransferRunner {
                FROM transfer_jobs j JOIN transfer_tasks t ON t.job_id = j.id
               WHERE j.status IN ('pending', 'in_progress', 'canceling')
                 AND t.status IN ('pending', 'in_progress')
+                AND (t.retry_at IS NULL OR t.retry_at <= now())
              UNION ALL
              SELECT false, t.job_id, t.task, t.status, false, j.created_at
                FROM query_jobs j JOIN query_tasks t ON t.job_id = j.id
               WHERE j.status IN ('pending', 'in_progress', 'canceling')
                 AND t.status IN ('pending', 'in_progress')
+                AND (t.retry_at IS NULL OR t.retry_at <= now())
               ORDER BY 5 DESC, 6, 3
               LIMIT $1",
         )
@@ -307,15 +315,26 @@ impl TransferRunner {
                 }
                 () = stop.cancelled() => Ended::Interrupted,
             };
-            runner.finish::<K>(task, ended).await;
+            let attempt = usize::try_from(task.task)
+                .ok()
+                .and_then(|n| n.checked_sub(1))
+                .and_then(|i| job.tasks().get(i))
+                .map_or(1, |state| state.attempts);
+            runner.finish::<K>(task, attempt, ended).await;
             task
         });
         Ok(())
     }
 
     /// Records how a run ended.
-    async fn finish<K: JobKind>(&self, task: TaskRef, ended: Ended<K::Output>) {
+    async fn finish<K: JobKind>(&self, task: TaskRef, attempt: u32, ended: Ended<K::Output>) {
         let (number, at) = (task.task, Utc::now());
+        let wait = self
+            .settings
+            .retry_wait
+            .saturating_mul(2_u32.saturating_pow(attempt.saturating_sub(1)))
+            .min(MAX_RETRY_WAIT);
+        let retry_at = at + chrono::Duration::from_std(wait).unwrap_or_default();
         let command = match ended {
             Ended::Finished(outcome, message, count, output) => JobCommand::<K>::FinishTask {
                 task: number,
@@ -328,6 +347,7 @@ impl TransferRunner {
             Ended::Transient(reason) => JobCommand::FailTransiently {
                 task: number,
                 reason,
+                retry_at,
                 at,
             },
             Ended::Interrupted => JobCommand::InterruptTask {

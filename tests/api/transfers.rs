@@ -344,6 +344,47 @@ async fn canceling_a_running_job_stops_it_and_retry_is_refused_until_it_failed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_source_is_retried_with_growing_waits_then_the_task_fails() {
+    let mut site = site(&["*"]).await;
+    site.source.stop().await;
+    let tasks = json!([{ "patientId": PATIENT_ID, "studyInstanceUid": STUDY_A }]);
+    let id = create(&site.app, setup(false), tasks).await;
+    let job = job_when(&site.app, &id, "failure").await;
+    let task = &tasks_of(&job)[0];
+    assert_eq!(
+        task["attempts"], 4,
+        "three retries after the first attempt: {job}"
+    );
+    assert!(
+        task["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("clinical")),
+        "{job}"
+    );
+    let waits: Vec<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM (payload -> 'TaskRetryScheduled' ->> 'retry_at')::timestamptz
+                               - (payload -> 'TaskRetryScheduled' ->> 'at')::timestamptz)::float8
+           FROM events WHERE aggregate_id = $1 AND event_type = 'TransferTaskRetryScheduled'
+          ORDER BY sequence",
+    )
+    .bind(&id)
+    .fetch_all(&site.app.pool)
+    .await
+    .expect("retries");
+    assert_eq!(waits.len(), 3, "{waits:?}");
+    assert!(
+        waits.windows(2).all(|w| w[1] > w[0]),
+        "waits grow: {waits:?}"
+    );
+    let retry = "mutation($id: UUID!) { retryFailedTransferTasks(id: $id) { version } }";
+    let retried = site.app.graphql(retry, json!({ "id": id })).await;
+    assert!(
+        retried["errors"].is_null(),
+        "a failed task may be retried: {retried}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_cut_off_by_a_crash_is_interrupted_and_run_again_by_the_next_instance() {
     // The runner of this instance looked for work once at start and sleeps for an hour.
     let site = site_polling(&[], 3_600_000).await;
@@ -519,4 +560,70 @@ async fn jobs_name_registered_servers_and_registrations_are_validated() {
     );
     let listed = app.graphql("{ dicomServers { name } }", json!({})).await;
     assert_eq!(listed["data"]["dicomServers"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_behind_basic_auth_is_reached_with_credentials_from_the_environment() {
+    let (source, destination) = tokio::join!(
+        Orthanc::start_as("guarded", Some(("chronicle", "s3cret"))),
+        Orthanc::start("research")
+    );
+    source
+        .upload(ct_instance(
+            STUDY_B,
+            SERIES_B1,
+            &format!("{SERIES_B1}.1"),
+            1,
+        ))
+        .await;
+    // Each test runs in its own process (nextest): the variable is this test's alone.
+    std::env::set_var("CHRONICLE_TEST_PACS_GOOD", "chronicle:s3cret");
+    std::env::set_var("CHRONICLE_TEST_PACS_BAD", "chronicle:wrong");
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db, "auth").await;
+    for (name, secret_env) in [
+        ("guarded", "CHRONICLE_TEST_PACS_GOOD"),
+        ("guarded-bad", "CHRONICLE_TEST_PACS_BAD"),
+    ] {
+        let input = json!({ "name": name, "baseUrl": source.dicomweb(),
+                            "auth": { "kind": "BASIC", "secretEnv": secret_env } });
+        let response = app.graphql(REGISTER, json!({ "input": input })).await;
+        assert!(response["errors"].is_null(), "{response}");
+    }
+    let input = json!({ "name": "research", "baseUrl": destination.dicomweb() });
+    app.graphql(REGISTER, json!({ "input": input })).await;
+    let listed = app
+        .graphql(
+            "{ dicomServers { name authKind authSecretEnv } }",
+            json!({}),
+        )
+        .await;
+    assert!(
+        !listed.to_string().contains("s3cret"),
+        "credentials never leave the environment"
+    );
+
+    let tasks = json!([{ "patientId": PATIENT_ID, "studyInstanceUid": STUDY_B }]);
+    let good = json!({ "source": "guarded", "destination": "research" });
+    let id = create(&app, good, tasks.clone()).await;
+    job_when(&app, &id, "success").await;
+    assert_eq!(destination.instances().await.len(), 1);
+
+    let bad = json!({ "source": "guarded-bad", "destination": "research" });
+    let id = create(&app, bad, tasks).await;
+    let job = job_when(&app, &id, "failure").await;
+    let message = tasks_of(&job)[0]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        message.contains("401"),
+        "refused credentials fail at once: {message}"
+    );
+    let logged: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE payload::text LIKE '%s3cret%'")
+            .fetch_one(&app.pool)
+            .await
+            .expect("count");
+    assert_eq!(logged, 0, "no secret in the log");
 }

@@ -65,6 +65,8 @@ pub enum JobCommand<K: JobKind> {
         task: u32,
         /// The error.
         reason: String,
+        /// Not to be run again before (the runner's backoff).
+        retry_at: DateTime<Utc>,
         /// When.
         at: DateTime<Utc>,
     },

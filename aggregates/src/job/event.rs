@@ -73,6 +73,8 @@ pub enum JobEvent<K: JobKind> {
         attempt: u32,
         /// The error.
         reason: String,
+        /// Not to be run again before.
+        retry_at: DateTime<Utc>,
         /// When.
         at: DateTime<Utc>,
     },

@@ -65,6 +65,7 @@ fn transient(task: u32) -> TransferCommand {
     TransferCommand::FailTransiently {
         task,
         reason: "source unreachable".into(),
+        retry_at: at(),
         at: at(),
     }
 }

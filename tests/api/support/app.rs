@@ -88,6 +88,7 @@ impl TestApp {
                 transfer_trusted: vec!["*".into()],
                 transfer_concurrency: 2,
                 transfer_task_timeout_secs: 60,
+                transfer_retry_wait_ms: 50,
                 transfer_http_timeout_secs: 10,
                 transfer_poll_ms: 50,
             },

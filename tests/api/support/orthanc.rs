@@ -36,11 +36,17 @@ pub struct Orthanc {
     dir: PathBuf,
     child: Child,
     http: reqwest::Client,
+    user: Option<(String, String)>,
 }
 
 impl Orthanc {
     /// Starts one and waits until it answers.
     pub async fn start(name: &str) -> Self {
+        Self::start_as(name, None).await
+    }
+
+    /// Starts one that accepts only HTTP basic `user` (user name, password).
+    pub async fn start_as(name: &str, user: Option<(&str, &str)>) -> Self {
         install();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -55,7 +61,8 @@ impl Orthanc {
             "HttpPort": port,
             "DicomServerEnabled": false,
             "RemoteAccessAllowed": false,
-            "AuthenticationEnabled": false,
+            "AuthenticationEnabled": user.is_some(),
+            "RegisteredUsers": user.map(|(name, password)| json!({ name: password })).unwrap_or(json!({})),
             "Plugins": [DICOMWEB_PLUGIN],
             "DicomWeb": { "Enable": true, "Root": "/dicom-web/" },
         });
@@ -73,18 +80,26 @@ impl Orthanc {
             dir,
             child,
             http: reqwest::Client::new(),
+            user: user.map(|(name, password)| (name.to_owned(), password.to_owned())),
         };
         eventually(Duration::from_secs(30), "Orthanc to answer", || async {
-            let response = orthanc
-                .http
-                .get(format!("{}/system", orthanc.url))
-                .send()
-                .await
-                .ok()?;
+            let response = orthanc.get("system").send().await.ok()?;
             response.status().is_success().then_some(())
         })
         .await;
         orthanc
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, format!("{}/{path}", self.url));
+        match &self.user {
+            Some((name, password)) => request.basic_auth(name, Some(password)),
+            None => request,
+        }
+    }
+
+    fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.request(reqwest::Method::GET, path)
     }
 
     /// Its DICOMweb root.
@@ -95,8 +110,7 @@ impl Orthanc {
     /// Stores a DICOM file through Orthanc's own REST API.
     pub async fn upload(&self, file: Vec<u8>) {
         let response = self
-            .http
-            .post(format!("{}/instances", self.url))
+            .request(reqwest::Method::POST, "instances")
             .body(file)
             .send()
             .await
@@ -111,8 +125,7 @@ impl Orthanc {
     /// Every stored instance's tags, simplified (`PatientName`, `SOPInstanceUID`, …).
     pub async fn instances(&self) -> Vec<Value> {
         let ids: Vec<String> = self
-            .http
-            .get(format!("{}/instances", self.url))
+            .get("instances")
             .send()
             .await
             .expect("list")
@@ -122,8 +135,7 @@ impl Orthanc {
         let mut all = Vec::new();
         for id in ids {
             let tags: Value = self
-                .http
-                .get(format!("{}/instances/{id}/simplified-tags", self.url))
+                .get(&format!("instances/{id}/simplified-tags"))
                 .send()
                 .await
                 .expect("tags")
