@@ -5,6 +5,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use anyhow::Context;
+use tracing::Instrument;
 use chronicle_projections::{checkpoint, LogCursor};
 use clap::{Parser, Subcommand};
 
@@ -23,6 +24,21 @@ pub struct Cli {
     config: Config,
     #[command(subcommand)]
     command: Command,
+}
+
+impl Command {
+    /// The command's name, for its span.
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Serve => "serve",
+            Self::Migrate => "migrate",
+            Self::Schema => "schema",
+            Self::Projections { .. } => "projections",
+            Self::Events { .. } => "events",
+            Self::Audit { .. } => "audit",
+            Self::EmulateProvider { .. } => "emulate-provider",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,11 +120,20 @@ impl Cli {
     /// # Errors
     /// Whatever stopped the command; `main` prints it on one line.
     pub async fn run(self) -> anyhow::Result<()> {
-        let config = self.config;
         if let Command::Schema = self.command {
             return write_stdout(&api::sdl());
         }
-        telemetry::init(config.log_format);
+        let otlp = self.config.otlp_endpoint.as_deref();
+        let telemetry = telemetry::init(self.config.log_format, otlp)?;
+        let command = tracing::info_span!("chronicle", command = self.command.name());
+        let result = self.execute().instrument(command).await;
+        telemetry.shutdown().await;
+        result
+    }
+
+    /// Runs the command with telemetry installed.
+    async fn execute(self) -> anyhow::Result<()> {
+        let config = self.config;
         if let Command::EmulateProvider {
             listen,
             polls_per_status,

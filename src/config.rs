@@ -45,6 +45,11 @@ pub struct Config {
     )]
     pub log_format: LogFormat,
 
+    /// Export traces with OpenTelemetry (OTLP over HTTP, protobuf) to this URL, e.g.
+    /// `http://collector:4318/v1/traces`. Off when unset.
+    #[arg(long, env = "CHRONICLE_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<String>,
+
     /// How often log consumers poll when no notification woke them, in milliseconds.
     #[arg(
         long,

@@ -103,7 +103,8 @@ async fn single_latencies(client: &Client, model: &str, samples: usize) -> anyho
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init(cli.config.log_format);
+    // Logs only: the bench's own spans are not exported.
+    drop(telemetry::init(cli.config.log_format, None)?);
     let limit = if cli.quick { 5_000 } else { 50_000 };
     ensure!(
         cli.samples < limit,

@@ -25,5 +25,6 @@ mod schema_file;
 mod simulations;
 mod store;
 mod subscriptions;
+mod telemetry;
 mod support;
 mod transfers;

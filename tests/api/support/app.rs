@@ -40,13 +40,15 @@ impl TestApp {
         name: &str,
         change: impl FnOnce(&mut Config),
     ) -> Self {
-        chronicle::telemetry::init(LogFormat::Text);
+        // Logs only: no exporter to flush.
+        drop(chronicle::telemetry::init(LogFormat::Text, None));
         let options: PgConnectOptions = db.options.clone().application_name(name);
         let mut config = Config {
             database_url: String::new(),
             listen: "127.0.0.1:0".parse().expect("address"),
             db_max_connections: 20,
             log_format: LogFormat::Text,
+            otlp_endpoint: None,
             log_poll_ms: 200,
             standby_retry_ms: 100,
             snapshots: vec![("Batch".into(), 1)],

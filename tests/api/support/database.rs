@@ -25,6 +25,14 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// Its URL, for a process of the binary.
+    pub fn url(&self) -> String {
+        let host = self.options.get_host();
+        let port = self.options.get_port();
+        let user = self.options.get_username();
+        format!("postgres://{user}@{host}:{port}/{}", self.name)
+    }
+
     pub async fn new() -> Self {
         let url = std::env::var("DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
