@@ -5,9 +5,9 @@ use std::io::Write;
 use std::time::Instant;
 
 use anyhow::Context;
-use tracing::Instrument;
 use chronicle_projections::{checkpoint, LogCursor};
 use clap::{Parser, Subcommand};
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::log::LogReader;

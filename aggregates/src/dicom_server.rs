@@ -142,11 +142,16 @@ fn is_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-/// True for an environment variable name: letters, digits and `_`, not starting with a
-/// digit.
+/// The prefix every credentials variable must have: a registration may not point the
+/// service's own secrets (database URL, API keys, audit key) at a server of its choosing.
+pub const SECRET_ENV_PREFIX: &str = "CHRONICLE_DICOM_";
+
+/// True for a credentials variable: `CHRONICLE_DICOM_` then letters, digits and `_`.
 fn is_env_name(name: &str) -> bool {
-    (1..=128).contains(&name.len())
-        && !name.starts_with(|c: char| c.is_ascii_digit())
+    name.len() <= 128
+        && name
+            .strip_prefix(SECRET_ENV_PREFIX)
+            .is_some_and(|rest| !rest.is_empty())
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
@@ -161,14 +166,20 @@ impl ServerSpec {
             r.is_empty()
                 || r.len() > 2_000
                 || r.chars().any(|c| c.is_whitespace() || c.is_control())
+                || r.split('/')
+                    .next()
+                    .is_some_and(|authority| authority.contains('@'))
         }) {
-            problems.push("baseUrl must be an http:// or https:// URL".to_owned());
+            problems
+                .push("baseUrl must be an http:// or https:// URL without credentials".to_owned());
         }
         if let Some(ServerAuth::Basic { secret_env } | ServerAuth::Bearer { secret_env }) =
             &self.auth
         {
             if !is_env_name(secret_env) {
-                problems.push("secretEnv must name an environment variable".to_owned());
+                problems.push(format!(
+                    "secretEnv must name an environment variable starting {SECRET_ENV_PREFIX}"
+                ));
             }
         }
         problems
@@ -248,7 +259,7 @@ mod tests {
             spec: ServerSpec {
                 base_url: base_url.into(),
                 auth: Some(ServerAuth::Basic {
-                    secret_env: "PACS_AUTH".into(),
+                    secret_env: "CHRONICLE_DICOM_PACS".into(),
                 }),
             },
             by: "admin".into(),
@@ -262,7 +273,7 @@ mod tests {
             spec: ServerSpec {
                 base_url: "http://pacs/dicom-web".into(),
                 auth: Some(ServerAuth::Basic {
-                    secret_env: "PACS_AUTH".into(),
+                    secret_env: "CHRONICLE_DICOM_PACS".into(),
                 }),
             },
             by: "admin".into(),

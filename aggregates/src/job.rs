@@ -75,6 +75,9 @@ pub struct TaskState {
     pub attempts: u32,
     /// What the latest attempt counted (instances stored, studies found).
     pub count: u32,
+    /// After a transient failure: not started again before.
+    #[serde(default)]
+    pub retry_at: Option<DateTime<Utc>>,
 }
 
 /// A job's state, rebuilt from its events.
@@ -209,6 +212,9 @@ impl<K: JobKind> Job<K> {
                     return refuse("start a task");
                 }
                 let state = self.moving(task, TaskStatus::InProgress)?;
+                if let Some(due) = state.retry_at.filter(|due| at < *due) {
+                    return Err(JobError::RetryNotDue { task, due });
+                }
                 let attempt = state.attempts + 1;
                 (vec![JobEvent::TaskStarted { task, attempt, at }], at)
             }
@@ -438,6 +444,7 @@ impl<K: JobKind> Aggregate for Job<K> {
                     status: TaskStatus::Pending,
                     attempts: 0,
                     count: 0,
+                    retry_at: None,
                 };
                 self.tasks = vec![pending; K::task_count(&spec)];
                 self.id = Some(job_id);
@@ -451,6 +458,7 @@ impl<K: JobKind> Aggregate for Job<K> {
                 t.status = TaskStatus::InProgress;
                 t.attempts = attempt;
                 t.count = 0;
+                t.retry_at = None;
             }),
             JobEvent::TaskProgressed { task, count, .. } => {
                 self.set_task(task, |t| t.count = count)
@@ -464,9 +472,10 @@ impl<K: JobKind> Aggregate for Job<K> {
                 t.status = status;
                 t.count = count;
             }),
-            JobEvent::TaskRetryScheduled { task, .. } => {
-                self.set_task(task, |t| t.status = TaskStatus::Pending);
-            }
+            JobEvent::TaskRetryScheduled { task, retry_at, .. } => self.set_task(task, |t| {
+                t.status = TaskStatus::Pending;
+                t.retry_at = Some(retry_at);
+            }),
             JobEvent::TaskInterrupted { task, .. } => self.set_task(task, |t| {
                 t.status = TaskStatus::Pending;
                 t.attempts = t.attempts.saturating_sub(1);
@@ -483,6 +492,7 @@ impl<K: JobKind> Aggregate for Job<K> {
                     self.set_task(task, |t| {
                         t.status = TaskStatus::Pending;
                         t.attempts = 0;
+                        t.retry_at = None;
                         if reason == Requeue::Restart {
                             t.count = 0;
                         }

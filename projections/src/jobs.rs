@@ -201,6 +201,8 @@ async fn requeue(
         "UPDATE {tasks}
             SET status = $3, attempts = CASE WHEN $3 = 'pending' THEN 0 ELSE attempts END,
                 retry_at = NULL,
+                message = CASE WHEN $3 = 'pending' THEN NULL ELSE message END,
+                finished_at = CASE WHEN $3 = 'pending' THEN NULL ELSE finished_at END,
                 {count} = CASE WHEN $4 THEN 0 ELSE {count} END, updated_at = $5
           WHERE job_id = $1 AND task = ANY($2)"
     ))

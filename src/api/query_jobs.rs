@@ -307,9 +307,9 @@ impl QueryJobMutation {
         create_query(ctx, source, queries, key).await
     }
 
-    /// Creates a transfer job of the studies a finished query job found (each once).
-    /// Errors: `NOT_FOUND`, `INVALID_TRANSITION` (still running, or nothing found),
-    /// `VALIDATION`.
+    /// Creates a transfer job of the studies a finished query job found (each once), from
+    /// the server it searched. Errors: `NOT_FOUND`, `INVALID_TRANSITION` (still running, or
+    /// nothing found), `VALIDATION` (another source, more studies than a job holds).
     async fn create_transfer_job_from_query(
         &self,
         ctx: &Context<'_>,
@@ -326,12 +326,16 @@ impl QueryJobMutation {
         let job = queries::job(pool, scope(caller), query_job_id)
             .await?
             .ok_or(ApiError::NotFound("query job"))?;
+        if setup.source != job.source {
+            return Err(ApiError::Validation(format!(
+                "the transfer's source must be the server the query searched ({})",
+                job.source
+            )));
+        }
+        let mut seen = std::collections::HashSet::new();
         let mut tasks: Vec<TaskSpec> = Vec::new();
         for found in queries::results_of(pool, query_job_id).await? {
-            if !tasks
-                .iter()
-                .any(|t| t.study_instance_uid == found.study_instance_uid)
-            {
+            if seen.insert(found.study_instance_uid.clone()) {
                 tasks.push(TaskSpec {
                     patient_id: found.patient_id,
                     study_instance_uid: found.study_instance_uid,

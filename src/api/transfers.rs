@@ -43,7 +43,7 @@ pub(crate) struct TrialProtocolInput {
 #[derive(InputObject, Serialize)]
 pub(crate) struct TransferSetupInput {
     /// The registered source server.
-    source: String,
+    pub(crate) source: String,
     /// The registered destination server.
     destination: String,
     /// Replace identifying attributes and UIDs on the way.

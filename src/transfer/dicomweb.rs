@@ -207,24 +207,26 @@ impl DicomWeb {
         Ok(found.as_array().cloned().unwrap_or_default())
     }
 
-    /// The series UIDs of a study (empty when the server does not have it).
+    /// The patient id and series UIDs of a study (`None` when the server does not have it).
     ///
     /// # Errors
     /// The server failed.
-    pub async fn series(&self, study: &str) -> Result<Vec<String>, DicomWebError> {
+    pub async fn study(&self, study: &str) -> Result<Option<(String, Vec<String>)>, DicomWebError> {
         let studies = self
             .search(
                 "finding the study",
                 &format!("studies?StudyInstanceUID={study}"),
             )
             .await?;
-        if studies.is_empty() {
-            return Ok(Vec::new());
-        }
+        let Some(found) = studies.first() else {
+            return Ok(None);
+        };
+        let patient = text(found, "00100020").unwrap_or_default();
         let series = self
             .search("listing the series", &format!("studies/{study}/series"))
             .await?;
-        Ok(series.iter().filter_map(|s| text(s, "0020000E")).collect())
+        let series = series.iter().filter_map(|s| text(s, "0020000E")).collect();
+        Ok(Some((patient, series)))
     }
 
     /// The studies matching `query` (at most `limit`; one search per modality when several

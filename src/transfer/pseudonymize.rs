@@ -2,9 +2,12 @@
 //! confidentiality profile (PS3.15 E.1) with its "retain longitudinal temporal information"
 //! option (study and series dates stay: research needs them).
 //!
-//! PatientName and PatientID become the pseudonym; the profile's identifying attributes are
-//! removed or emptied; private attributes are removed; every UID that is not a DICOM
-//! standard UID (`1.2.840.10008.…`, e.g. SOP classes and transfer syntaxes) is replaced by
+//! PatientName and PatientID become the pseudonym wherever they appear (sequences included);
+//! every other person name, the profile's identifying attributes (original and encrypted
+//! attributes sequences too) and private attributes are removed, or emptied where the IODs
+//! require them; the file meta loses its AE titles and private information; an instance
+//! with burned-in annotation is refused. Every UID that is not a DICOM standard UID
+//! (`1.2.840.10008.…`, e.g. transfer syntaxes) nor a SOP class is replaced by
 //! `2.25.<uuid v5 of the job and the original UID>`, so the same original UID maps to the
 //! same new UID within a job (a study stays coherent, across retries and restarts) and to
 //! different UIDs in different jobs. The trial protocol, when given, is stamped.
@@ -66,8 +69,32 @@ const REMOVED: &[Tag] = &[
     tags::DERIVATION_DESCRIPTION,
     tags::IMAGE_COMMENTS,
     tags::REQUEST_ATTRIBUTES_SEQUENCE,
-    tags::CONTENT_CREATOR_NAME,
+    tags::MEDICAL_ALERTS,
+    tags::ALLERGIES,
+    tags::PROTOCOL_NAME,
+    tags::ADMISSION_ID,
+    tags::REQUESTED_PROCEDURE_DESCRIPTION,
+    tags::REQUESTED_PROCEDURE_ID,
+    tags::SCHEDULED_PROCEDURE_STEP_DESCRIPTION,
+    tags::PERFORMED_PROCEDURE_STEP_ID,
+    tags::PERFORMED_PROCEDURE_STEP_DESCRIPTION,
+    tags::CONTENT_SEQUENCE,
+    tags::ORIGINAL_ATTRIBUTES_SEQUENCE,
+    tags::ENCRYPTED_ATTRIBUTES_SEQUENCE,
 ];
+
+/// UIDs that name a kind of thing (SOP classes), not an instance: kept, so a vendor's
+/// private SOP class still agrees with the file meta.
+const CLASS_UIDS: &[Tag] = &[
+    tags::SOP_CLASS_UID,
+    tags::REFERENCED_SOP_CLASS_UID,
+    tags::SOP_CLASSES_IN_STUDY,
+    tags::RELATED_GENERAL_SOP_CLASS_UID,
+    tags::REFERENCED_SOP_CLASS_UID_IN_FILE,
+];
+
+/// What replaces the patient's identity wherever it appears.
+const PATIENT_TAGS: [Tag; 2] = [tags::PATIENT_NAME, tags::PATIENT_ID];
 
 /// Attributes the profile empties (Z) — required in many IODs, so kept present.
 const EMPTIED: &[Tag] = &[
@@ -78,10 +105,12 @@ const EMPTIED: &[Tag] = &[
     tags::STUDY_ID,
 ];
 
-/// Pseudonymizes the instances of one job.
+/// Edits the instances of one job: pseudonymizes them when the job asks, and stamps its
+/// trial protocol when it has one.
 #[derive(Debug, Clone)]
 pub struct Pseudonymizer {
     namespace: Uuid,
+    pseudonymize: bool,
     protocol: Option<TrialProtocol>,
 }
 
@@ -92,11 +121,17 @@ pub struct PseudonymizeError(String);
 
 impl Pseudonymizer {
     /// For job `job_id`, stamping `protocol` when given.
-    pub fn new(job_id: Uuid, protocol: Option<TrialProtocol>) -> Self {
+    pub fn new(job_id: Uuid, pseudonymize: bool, protocol: Option<TrialProtocol>) -> Self {
         Self {
             namespace: job_id,
+            pseudonymize,
             protocol,
         }
+    }
+
+    /// True when instances are changed at all (else they pass through as they are).
+    pub fn edits(&self) -> bool {
+        self.pseudonymize || self.protocol.is_some()
     }
 
     /// The pseudonym a patient gets when neither the task nor the job names one: stable
@@ -120,46 +155,58 @@ impl Pseudonymizer {
         )
     }
 
-    /// The DICOM file `file` (with preamble) pseudonymized as `pseudonym`.
+    /// The DICOM file `file` (with preamble) edited: pseudonymized as `pseudonym` when the
+    /// job asks, stamped with its protocol when it has one.
     ///
     /// # Errors
-    /// The file cannot be read or written as DICOM.
+    /// The file cannot be read or written as DICOM, or it has burned-in annotation (pixel
+    /// data that may show identity cannot be pseudonymized by editing attributes).
     pub fn apply(&self, file: &[u8], pseudonym: &str) -> Result<Bytes, PseudonymizeError> {
         let mut object = OpenFileOptions::new()
             .read_preamble(ReadPreamble::Auto)
             .from_reader(Cursor::new(file))
             .map_err(|e| PseudonymizeError(e.to_string()))?;
-        self.scrub(&mut object);
-        for (tag, value) in [
-            (tags::PATIENT_NAME, pseudonym),
-            (tags::PATIENT_ID, pseudonym),
-            (tags::PATIENT_IDENTITY_REMOVED, "YES"),
-            (
-                tags::DEIDENTIFICATION_METHOD,
-                "Chronicle: PS3.15 E.1 basic profile, retain longitudinal temporal information",
-            ),
-        ] {
-            let vr = if tag == tags::PATIENT_NAME {
-                VR::PN
-            } else if tag == tags::PATIENT_IDENTITY_REMOVED {
-                VR::CS
-            } else {
-                VR::LO
-            };
-            object.put(DataElement::new(tag, vr, PrimitiveValue::from(value)));
+        if self.pseudonymize {
+            let burned_in = object
+                .element(tags::BURNED_IN_ANNOTATION)
+                .ok()
+                .and_then(|e| e.to_str().ok())
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("YES"));
+            if burned_in {
+                return Err(PseudonymizeError(
+                    "the instance has burned-in annotation (0028,0301 YES)".into(),
+                ));
+            }
+            self.scrub(&mut object, pseudonym);
+            for (tag, vr, value) in [
+                (tags::PATIENT_IDENTITY_REMOVED, VR::CS, "YES"),
+                (
+                    tags::DEIDENTIFICATION_METHOD,
+                    VR::LO,
+                    "Chronicle PS3.15 basic profile, dates kept",
+                ),
+            ] {
+                object.put(DataElement::new(tag, vr, PrimitiveValue::from(value)));
+            }
+            let instance = self.uid(object.meta().media_storage_sop_instance_uid());
+            object.update_meta(|meta| {
+                meta.media_storage_sop_instance_uid = instance;
+                meta.source_application_entity_title = None;
+                meta.sending_application_entity_title = None;
+                meta.receiving_application_entity_title = None;
+                meta.private_information_creator_uid = None;
+                meta.private_information = None;
+            });
         }
         if let Some(protocol) = &self.protocol {
             let name = protocol.name.as_deref().unwrap_or(&protocol.id);
             for (tag, value) in [
                 (tags::CLINICAL_TRIAL_PROTOCOL_ID, protocol.id.as_str()),
                 (tags::CLINICAL_TRIAL_PROTOCOL_NAME, name),
-                (tags::CLINICAL_TRIAL_SPONSOR_NAME, name),
             ] {
                 object.put(DataElement::new(tag, VR::LO, PrimitiveValue::from(value)));
             }
         }
-        let instance = self.uid(object.meta().media_storage_sop_instance_uid());
-        object.update_meta(|meta| meta.media_storage_sop_instance_uid = instance);
         let mut out = Vec::with_capacity(file.len());
         object
             .write_all(&mut out)
@@ -167,15 +214,19 @@ impl Pseudonymizer {
         Ok(Bytes::from(out))
     }
 
-    /// Removes, empties and replaces throughout `object`, sequences included.
-    fn scrub(&self, object: &mut InMemDicomObject) {
+    /// Removes, empties and replaces throughout `object`, sequences included: the
+    /// patient's name and id become `pseudonym` at every depth, every other person name
+    /// goes.
+    fn scrub(&self, object: &mut InMemDicomObject, pseudonym: &str) {
         let present: Vec<(Tag, VR)> = object.iter().map(|e| (e.tag(), e.vr())).collect();
         for (tag, vr) in present {
-            if tag.group() % 2 == 1 || REMOVED.contains(&tag) {
+            if PATIENT_TAGS.contains(&tag) {
+                object.put(DataElement::new(tag, vr, PrimitiveValue::from(pseudonym)));
+            } else if tag.group() % 2 == 1 || REMOVED.contains(&tag) || vr == VR::PN {
                 object.remove_element(tag);
             } else if EMPTIED.contains(&tag) {
                 object.put(DataElement::new(tag, vr, PrimitiveValue::Empty));
-            } else if vr == VR::UI {
+            } else if vr == VR::UI && !CLASS_UIDS.contains(&tag) {
                 let Some(value) = object
                     .element(tag)
                     .ok()
@@ -191,7 +242,7 @@ impl Pseudonymizer {
                 object.update_value(tag, |value| {
                     if let Value::Sequence(sequence) = value {
                         for item in sequence.items_mut() {
-                            self.scrub(item);
+                            self.scrub(item, pseudonym);
                         }
                     }
                 });

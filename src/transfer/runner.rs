@@ -339,14 +339,14 @@ impl TransferRunner {
             Ended::Finished(outcome, message, count, output) => JobCommand::<K>::FinishTask {
                 task: number,
                 outcome,
-                message,
+                message: message.as_deref().map(clean),
                 count,
                 output,
                 at,
             },
             Ended::Transient(reason) => JobCommand::FailTransiently {
                 task: number,
-                reason,
+                reason: clean(&reason),
                 retry_at,
                 at,
             },
@@ -401,6 +401,20 @@ trait Runs<K: JobKind> {
         job: &Job<K>,
         stop: &CancellationToken,
     ) -> impl std::future::Future<Output = Ended<K::Output>> + Send;
+}
+
+/// A message as a task may keep it: control characters (a server's `\r\n`, tabs) become
+/// spaces, and it is cut to the length the job keeps.
+fn clean(message: &str) -> String {
+    const KEPT: usize = 2_000;
+    let cleaned: String = message
+        .chars()
+        .map(|c| if c.is_control() && c != '\n' { ' ' } else { c })
+        .collect();
+    match cleaned.char_indices().nth(KEPT - 1) {
+        Some((end, _)) => format!("{}…", &cleaned[..end]),
+        None => cleaned,
+    }
 }
 
 /// A DICOMweb failure as the task's end: transient, or a failure.

@@ -25,6 +25,6 @@ mod schema_file;
 mod simulations;
 mod store;
 mod subscriptions;
-mod telemetry;
 mod support;
+mod telemetry;
 mod transfers;

@@ -38,7 +38,10 @@ async fn spans_are_exported_to_the_configured_otlp_endpoint() {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_chronicle"))
         .arg("migrate")
         .env("DATABASE_URL", db.url())
-        .env("CHRONICLE_OTLP_ENDPOINT", format!("http://{address}/v1/traces"))
+        .env(
+            "CHRONICLE_OTLP_ENDPOINT",
+            format!("http://{address}/v1/traces"),
+        )
         .env("RUST_LOG", "info")
         .output()
         .await
@@ -53,6 +56,12 @@ async fn spans_are_exported_to_the_configured_otlp_endpoint() {
     let (content_type, body) = &received[0];
     assert_eq!(content_type, "application/x-protobuf");
     let contains = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
-    assert!(contains(b"chronicle"), "the service and span name are in the export");
-    assert!(contains(b"migrate"), "the command's span attribute is in the export");
+    assert!(
+        contains(b"chronicle"),
+        "the service and span name are in the export"
+    );
+    assert!(
+        contains(b"migrate"),
+        "the command's span attribute is in the export"
+    );
 }

@@ -143,6 +143,8 @@ async fn a_job_moves_a_study_pseudonymized_with_consistent_new_uids() {
     for identifying in [
         PATIENT_NAME,
         PATIENT_ID,
+        "MRN-OLD-0815",
+        "Smith^Operator",
         "General Hospital",
         "ACC-1",
         "19800101",
@@ -172,11 +174,31 @@ async fn a_job_moves_a_study_pseudonymized_with_consistent_new_uids() {
         studies.iter().all(|uid| uid.starts_with("2.25.")),
         "{studies:?}"
     );
+    // One original frame of reference and one referenced instance: one new UID each, shared.
+    let frames: HashSet<&str> = stored
+        .iter()
+        .filter_map(|i| i["FrameOfReferenceUID"].as_str())
+        .collect();
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert!(frames.iter().all(|u| u.starts_with("2.25.")), "{frames:?}");
+    let referenced: HashSet<&str> = stored
+        .iter()
+        .filter_map(|i| i["ReferencedPatientSequence"][0]["ReferencedSOPInstanceUID"].as_str())
+        .collect();
+    assert_eq!(referenced.len(), 1, "{referenced:?}");
+    assert!(
+        referenced.iter().all(|u| u.starts_with("2.25.")),
+        "{referenced:?}"
+    );
     for instance in &stored {
         assert_eq!(instance["PatientID"], "SUBJ-001");
         assert_eq!(instance["PatientName"], "SUBJ-001");
         assert_eq!(instance["ClinicalTrialProtocolID"], "TRIAL-7");
         assert_eq!(instance["PatientIdentityRemoved"], "YES");
+        assert_eq!(
+            instance["ReferencedPatientSequence"][0]["PatientName"], "SUBJ-001",
+            "nested names are replaced too"
+        );
         assert_eq!(
             instance["StudyDate"], "20260101",
             "longitudinal dates are kept"
@@ -204,6 +226,7 @@ async fn a_missing_study_fails_its_task_and_the_job_follows_the_rule() {
     let tasks = json!([
         { "patientId": PATIENT_ID, "studyInstanceUid": STUDY_B },
         { "patientId": PATIENT_ID, "studyInstanceUid": MISSING },
+        { "patientId": "SOMEONE-ELSE", "studyInstanceUid": STUDY_A },
     ]);
     let id = create(&site.app, setup(false), tasks).await;
     let job = job_when(&site.app, &id, "failure").await;
@@ -215,6 +238,13 @@ async fn a_missing_study_fails_its_task_and_the_job_follows_the_rule() {
             .as_str()
             .is_some_and(|m| m.contains("not found")),
         "{job}"
+    );
+    assert_eq!(tasks[2]["status"], "failure", "{job}");
+    assert!(
+        tasks[2]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("another patient")),
+        "a study of another patient is not moved: {job}"
     );
     let stored = site.destination.instances().await;
     assert_eq!(stored.len(), 1);
@@ -577,13 +607,13 @@ async fn a_server_behind_basic_auth_is_reached_with_credentials_from_the_environ
         ))
         .await;
     // Each test runs in its own process (nextest): the variable is this test's alone.
-    std::env::set_var("CHRONICLE_TEST_PACS_GOOD", "chronicle:s3cret");
-    std::env::set_var("CHRONICLE_TEST_PACS_BAD", "chronicle:wrong");
+    std::env::set_var("CHRONICLE_DICOM_TEST_GOOD", "chronicle:s3cret");
+    std::env::set_var("CHRONICLE_DICOM_TEST_BAD", "chronicle:wrong");
     let db = TestDb::new().await;
     let app = TestApp::spawn(&db, "auth").await;
     for (name, secret_env) in [
-        ("guarded", "CHRONICLE_TEST_PACS_GOOD"),
-        ("guarded-bad", "CHRONICLE_TEST_PACS_BAD"),
+        ("guarded", "CHRONICLE_DICOM_TEST_GOOD"),
+        ("guarded-bad", "CHRONICLE_DICOM_TEST_BAD"),
     ] {
         let input = json!({ "name": name, "baseUrl": source.dicomweb(),
                             "auth": { "kind": "BASIC", "secretEnv": secret_env } });

@@ -50,6 +50,14 @@ pub enum JobError {
         /// Where the command would take it.
         to: JobStatus,
     },
+    /// The task waits for its retry time.
+    #[error("task {task} is not retried before {due}")]
+    RetryNotDue {
+        /// The task.
+        task: u32,
+        /// When it may start.
+        due: chrono::DateTime<chrono::Utc>,
+    },
     /// A task message is too long or holds control characters other than newlines.
     #[error("a task message must be at most {max} characters")]
     InvalidMessage {
@@ -66,6 +74,7 @@ impl DomainError for JobError {
             Self::AlreadyCreated
             | Self::JobRefuses { .. }
             | Self::InvalidTaskTransition { .. }
+            | Self::RetryNotDue { .. }
             | Self::InvalidTransition { .. } => ErrorCode::InvalidTransition,
         }
     }

@@ -37,11 +37,22 @@ impl TransferRunner {
         let source = self.server(&setup.source).await?;
         let destination = self.server(&setup.destination).await?;
         let study = &spec.study_instance_uid;
-        let found = source.series(study).await.map_err(|e| failed(&e, 0))?;
-        if found.is_empty() {
+        let Some((patient, found)) = source.study(study).await.map_err(|e| failed(&e, 0))? else {
             return Ok(Ended::Finished(
                 TaskOutcome::Failure,
                 Some(format!("study {study} not found at {}", setup.source)),
+                0,
+                (),
+            ));
+        };
+        // A mistyped study UID must not move another patient's study under this pseudonym.
+        if patient.trim() != spec.patient_id.trim() {
+            return Ok(Ended::Finished(
+                TaskOutcome::Failure,
+                Some(format!(
+                    "study {study} belongs to another patient at {} than the task's PatientID",
+                    setup.source
+                )),
                 0,
                 (),
             ));
@@ -66,15 +77,12 @@ impl TransferRunner {
                 (),
             ));
         }
-        let pseudonymizer = setup
-            .pseudonymize
-            .then(|| Pseudonymizer::new(task.job, setup.protocol.clone()));
-        let pseudonym = pseudonymizer.as_ref().map(|p| {
-            spec.pseudonym
-                .clone()
-                .or_else(|| setup.pseudonym.clone())
-                .unwrap_or_else(|| p.derived_pseudonym(&spec.patient_id))
-        });
+        let editor = Pseudonymizer::new(task.job, setup.pseudonymize, setup.protocol.clone());
+        let pseudonym = spec
+            .pseudonym
+            .clone()
+            .or_else(|| setup.pseudonym.clone())
+            .unwrap_or_else(|| editor.derived_pseudonym(&spec.patient_id));
         let mut moved = 0_u32;
         let mut reported = Instant::now();
         for series_uid in &series {
@@ -98,11 +106,12 @@ impl TransferRunner {
                     .retrieve(study, series_uid, &instance)
                     .await
                     .map_err(|e| failed(&e, moved))?;
-                let file = match (&pseudonymizer, &pseudonym) {
-                    (Some(p), Some(name)) => p.apply(&file, name).map_err(|e| {
+                let file = if editor.edits() {
+                    editor.apply(&file, &pseudonym).map_err(|e| {
                         Ended::Finished(TaskOutcome::Failure, Some(e.to_string()), moved, ())
-                    })?,
-                    _ => file,
+                    })?
+                } else {
+                    file
                 };
                 destination
                     .store(file)

@@ -1,7 +1,7 @@
 //! Small but real DICOM files (CT images of 2×2 pixels) written with dicom-rs, carrying the
 //! identifying attributes a pseudonymization must remove.
 
-use dicom_core::value::PrimitiveValue;
+use dicom_core::value::{DataSetSequence, PrimitiveValue};
 use dicom_core::{DataElement, Tag, VR};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::meta::FileMetaTableBuilder;
@@ -33,6 +33,33 @@ pub fn ct_instance(study: &str, series: &str, instance: &str, number: u32) -> Ve
         text(tags::MODALITY, VR::CS, "CT"),
         text(tags::SERIES_NUMBER, VR::IS, "1"),
         text(tags::INSTANCE_NUMBER, VR::IS, &number.to_string()),
+        text(tags::OPERATORS_NAME, VR::PN, "Smith^Operator"),
+        text(tags::BURNED_IN_ANNOTATION, VR::CS, "NO"),
+        DataElement::new(
+            tags::OTHER_PATIENT_I_DS_SEQUENCE,
+            VR::SQ,
+            DataSetSequence::from(vec![InMemDicomObject::from_element_iter([
+                text(tags::PATIENT_ID, VR::LO, "MRN-OLD-0815"),
+                text(tags::TYPE_OF_PATIENT_ID, VR::CS, "TEXT"),
+            ])]),
+        ),
+        DataElement::new(
+            tags::REFERENCED_PATIENT_SEQUENCE,
+            VR::SQ,
+            DataSetSequence::from(vec![InMemDicomObject::from_element_iter([
+                text(
+                    tags::REFERENCED_SOP_CLASS_UID,
+                    VR::UI,
+                    "1.2.840.10008.3.1.2.1.1",
+                ),
+                text(
+                    tags::REFERENCED_SOP_INSTANCE_UID,
+                    VR::UI,
+                    &format!("{study}.77"),
+                ),
+                text(tags::PATIENT_NAME, VR::PN, PATIENT_NAME),
+            ])]),
+        ),
         text(Tag(0x0009, 0x0010), VR::LO, "ACME"),
         text(Tag(0x0009, 0x1001), VR::LO, "private note on Jane"),
         short(tags::SAMPLES_PER_PIXEL, 1),
