@@ -78,6 +78,9 @@ pub struct TaskState {
     /// After a transient failure: not started again before.
     #[serde(default)]
     pub retry_at: Option<DateTime<Utc>>,
+    /// Runs started so far (never reset): reports name the run they belong to.
+    #[serde(default)]
+    pub runs: u32,
 }
 
 /// A job's state, rebuilt from its events.
@@ -160,6 +163,15 @@ impl<K: JobKind> Job<K> {
         }
     }
 
+    /// Refuses a report from a run that is not the task's latest (a runner that lost its
+    /// role reporting late); `None` names whatever run there is.
+    fn current(&self, task: u32, run: Option<u32>) -> Result<(), JobError> {
+        match run {
+            Some(run) if run != self.task(task)?.runs => Err(JobError::StaleRun { task, run }),
+            Some(_) | None => Ok(()),
+        }
+    }
+
     /// The task, if it is running (a failure or interruption can only end a run).
     fn running(&self, task: u32) -> Result<TaskState, JobError> {
         let state = self.task(task)?;
@@ -215,11 +227,23 @@ impl<K: JobKind> Job<K> {
                 if let Some(due) = state.retry_at.filter(|due| at < *due) {
                     return Err(JobError::RetryNotDue { task, due });
                 }
-                let attempt = state.attempts + 1;
-                (vec![JobEvent::TaskStarted { task, attempt, at }], at)
+                let (attempt, run) = (state.attempts + 1, state.runs + 1);
+                let started = JobEvent::TaskStarted {
+                    task,
+                    attempt,
+                    run,
+                    at,
+                };
+                (vec![started], at)
             }
-            JobCommand::ReportProgress { task, count, at } => {
+            JobCommand::ReportProgress {
+                task,
+                run,
+                count,
+                at,
+            } => {
                 let state = self.task(task)?;
+                self.current(task, run)?;
                 if state.status != TaskStatus::InProgress || state.count == count {
                     return Ok(Vec::new());
                 }
@@ -228,6 +252,7 @@ impl<K: JobKind> Job<K> {
             }
             JobCommand::FinishTask {
                 task,
+                run,
                 outcome,
                 message,
                 count,
@@ -244,6 +269,7 @@ impl<K: JobKind> Job<K> {
                 if self.task(task)?.status == to {
                     return Ok(Vec::new());
                 }
+                self.current(task, run)?;
                 self.moving(task, to)?;
                 let message = checked_message(message)?;
                 let finished = JobEvent::TaskFinished {
@@ -258,11 +284,13 @@ impl<K: JobKind> Job<K> {
             }
             JobCommand::FailTransiently {
                 task,
+                run,
                 reason,
                 retry_at,
                 at,
             } => {
                 let state = self.running(task)?;
+                self.current(task, run)?;
                 let reason = checked_message(Some(reason))?.unwrap_or_default();
                 let event = if self.cancel_requested || state.attempts > MAX_RETRIES {
                     JobEvent::TaskFinished {
@@ -288,8 +316,14 @@ impl<K: JobKind> Job<K> {
                 };
                 (vec![event], at)
             }
-            JobCommand::InterruptTask { task, reason, at } => {
+            JobCommand::InterruptTask {
+                task,
+                run,
+                reason,
+                at,
+            } => {
                 let state = self.running(task)?;
+                self.current(task, run)?;
                 let reason = checked_message(Some(reason))?.unwrap_or_default();
                 let event = if self.cancel_requested {
                     JobEvent::TaskFinished {
@@ -445,6 +479,7 @@ impl<K: JobKind> Aggregate for Job<K> {
                     attempts: 0,
                     count: 0,
                     retry_at: None,
+                    runs: 0,
                 };
                 self.tasks = vec![pending; K::task_count(&spec)];
                 self.id = Some(job_id);
@@ -454,9 +489,12 @@ impl<K: JobKind> Aggregate for Job<K> {
                 self.status = Some(self.derived());
             }
             JobEvent::Verified { .. } => self.verified = true,
-            JobEvent::TaskStarted { task, attempt, .. } => self.set_task(task, |t| {
+            JobEvent::TaskStarted {
+                task, attempt, run, ..
+            } => self.set_task(task, |t| {
                 t.status = TaskStatus::InProgress;
                 t.attempts = attempt;
+                t.runs = run;
                 t.count = 0;
                 t.retry_at = None;
             }),

@@ -105,6 +105,14 @@ struct TaskRef {
     task: u32,
 }
 
+/// A task this runner started: its run (every report names it) and attempt.
+#[derive(Debug, Clone, Copy)]
+struct Started {
+    task: TaskRef,
+    run: u32,
+    attempt: u32,
+}
+
 impl TransferRunner {
     /// A runner sending commands through `commands`.
     ///
@@ -268,6 +276,7 @@ impl TransferRunner {
             Kind::Transfer => {
                 let command = JobCommand::<Transfer>::InterruptTask {
                     task: number,
+                    run: None,
                     reason,
                     at,
                 };
@@ -276,6 +285,7 @@ impl TransferRunner {
             Kind::Query => {
                 let command = JobCommand::<Query>::InterruptTask {
                     task: number,
+                    run: None,
                     reason,
                     at,
                 };
@@ -303,10 +313,19 @@ impl TransferRunner {
         };
         self.command(task, start).await?;
         let job = self.commands.load::<Job<K>>(&task.job.to_string()).await?;
+        let state = usize::try_from(task.task)
+            .ok()
+            .and_then(|n| n.checked_sub(1))
+            .and_then(|i| job.tasks().get(i));
+        let started = Started {
+            task,
+            run: state.map_or(0, |s| s.runs),
+            attempt: state.map_or(1, |s| s.attempts),
+        };
         let runner = self.clone();
         let stop = stop.clone();
         running.spawn(async move {
-            let run = Runs::<K>::run_task(&runner, task, &job, &stop);
+            let run = Runs::<K>::run_task(&runner, started, &job, &stop);
             let ended = tokio::select! {
                 ended = tokio::time::timeout(runner.settings.task_timeout, run) => {
                     ended.unwrap_or_else(|_| Ended::Transient(format!(
@@ -315,19 +334,15 @@ impl TransferRunner {
                 }
                 () = stop.cancelled() => Ended::Interrupted,
             };
-            let attempt = usize::try_from(task.task)
-                .ok()
-                .and_then(|n| n.checked_sub(1))
-                .and_then(|i| job.tasks().get(i))
-                .map_or(1, |state| state.attempts);
-            runner.finish::<K>(task, attempt, ended).await;
+            runner.finish::<K>(started, ended).await;
             task
         });
         Ok(())
     }
 
     /// Records how a run ended.
-    async fn finish<K: JobKind>(&self, task: TaskRef, attempt: u32, ended: Ended<K::Output>) {
+    async fn finish<K: JobKind>(&self, started: Started, ended: Ended<K::Output>) {
+        let Started { task, run, attempt } = started;
         let (number, at) = (task.task, Utc::now());
         let wait = self
             .settings
@@ -338,6 +353,7 @@ impl TransferRunner {
         let command = match ended {
             Ended::Finished(outcome, message, count, output) => JobCommand::<K>::FinishTask {
                 task: number,
+                run: Some(run),
                 outcome,
                 message: message.as_deref().map(clean),
                 count,
@@ -346,12 +362,14 @@ impl TransferRunner {
             },
             Ended::Transient(reason) => JobCommand::FailTransiently {
                 task: number,
+                run: Some(run),
                 reason: clean(&reason),
                 retry_at,
                 at,
             },
             Ended::Interrupted => JobCommand::InterruptTask {
                 task: number,
+                run: Some(run),
                 reason: "the runner stopped".into(),
                 at,
             },
@@ -397,7 +415,7 @@ trait Runs<K: JobKind> {
     /// Runs `task` of `job`.
     fn run_task(
         &self,
-        task: TaskRef,
+        started: Started,
         job: &Job<K>,
         stop: &CancellationToken,
     ) -> impl std::future::Future<Output = Ended<K::Output>> + Send;

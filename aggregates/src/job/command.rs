@@ -39,6 +39,8 @@ pub enum JobCommand<K: JobKind> {
     ReportProgress {
         /// The task.
         task: u32,
+        /// The run reporting (from its start); `None` for a run nobody holds any more.
+        run: Option<u32>,
         /// What it counted so far.
         count: u32,
         /// When.
@@ -48,6 +50,8 @@ pub enum JobCommand<K: JobKind> {
     FinishTask {
         /// The task.
         task: u32,
+        /// The run reporting (from its start); `None` for a run nobody holds any more.
+        run: Option<u32>,
         /// How it ended.
         outcome: TaskOutcome,
         /// What to tell the owner.
@@ -63,6 +67,8 @@ pub enum JobCommand<K: JobKind> {
     FailTransiently {
         /// The task.
         task: u32,
+        /// The run reporting (from its start); `None` for a run nobody holds any more.
+        run: Option<u32>,
         /// The error.
         reason: String,
         /// Not to be run again before (the runner's backoff).
@@ -75,6 +81,8 @@ pub enum JobCommand<K: JobKind> {
     InterruptTask {
         /// The task.
         task: u32,
+        /// The run reporting (from its start); `None` for a run nobody holds any more.
+        run: Option<u32>,
         /// Why.
         reason: String,
         /// When.

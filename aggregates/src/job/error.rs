@@ -50,6 +50,14 @@ pub enum JobError {
         /// Where the command would take it.
         to: JobStatus,
     },
+    /// A report from a run that is no longer the task's latest.
+    #[error("run {run} of task {task} is no longer its latest")]
+    StaleRun {
+        /// The task.
+        task: u32,
+        /// The run that reported.
+        run: u32,
+    },
     /// The task waits for its retry time.
     #[error("task {task} is not retried before {due}")]
     RetryNotDue {
@@ -70,6 +78,7 @@ impl DomainError for JobError {
     fn code(&self) -> ErrorCode {
         match self {
             Self::NotFound | Self::NoSuchTask { .. } => ErrorCode::NotFound,
+            Self::StaleRun { .. } => ErrorCode::Conflict,
             Self::InvalidSpec { .. } | Self::InvalidMessage { .. } => ErrorCode::Validation,
             Self::AlreadyCreated
             | Self::JobRefuses { .. }

@@ -38,6 +38,9 @@ pub enum JobEvent<K: JobKind> {
         task: u32,
         /// Which attempt this is, from 1.
         attempt: u32,
+        /// Which run of the task this is, from 1: every start counts, so a late report of
+        /// an earlier run is told apart.
+        run: u32,
         /// When.
         at: DateTime<Utc>,
     },

@@ -53,6 +53,7 @@ fn start(task: u32) -> TransferCommand {
 fn finish(task: u32, outcome: TaskOutcome) -> TransferCommand {
     TransferCommand::FinishTask {
         task,
+        run: None,
         outcome,
         message: None,
         count: 1,
@@ -64,6 +65,7 @@ fn finish(task: u32, outcome: TaskOutcome) -> TransferCommand {
 fn transient(task: u32) -> TransferCommand {
     TransferCommand::FailTransiently {
         task,
+        run: None,
         reason: "source unreachable".into(),
         retry_at: at(),
         at: at(),
@@ -104,6 +106,7 @@ fn every_command(tasks: u32) -> Vec<TransferCommand> {
         commands.push(transient(n));
         commands.push(TransferCommand::InterruptTask {
             task: n,
+            run: None,
             reason: "stopped".into(),
             at: at(),
         });
@@ -133,7 +136,12 @@ fn explore() -> (Changes, Changes) {
             .into_iter()
             .collect();
     while let Some(job) = queue.pop_front() {
-        if !seen.insert(serde_json::to_string(&job).unwrap()) {
+        // Runs only grow (they tell reports apart): the state space is the rest.
+        let mut key = job.clone();
+        for task in &mut key.tasks {
+            task.runs = 0;
+        }
+        if !seen.insert(serde_json::to_string(&key).unwrap()) {
             continue;
         }
         for command in every_command(2) {
@@ -263,6 +271,7 @@ fn transient_failures_are_retried_three_times_then_the_task_fails() {
 fn an_interrupted_task_waits_again_without_spending_an_attempt() {
     let interrupt = TransferCommand::InterruptTask {
         task: 1,
+        run: None,
         reason: "runner stopped".into(),
         at: at(),
     };
@@ -397,4 +406,34 @@ fn uids_follow_the_dicom_rules() {
     for bad in ["", "1..2", "1.02", "1.2.", "a.b", long.as_str()] {
         assert!(!crate::transfer::is_uid(bad), "{bad}");
     }
+}
+
+#[test]
+fn a_late_report_of_an_earlier_run_is_refused() {
+    let interrupt = TransferCommand::InterruptTask {
+        task: 1,
+        run: Some(1),
+        reason: "role lost".into(),
+        at: at(),
+    };
+    // Run 1 was cut off and run 2 started: run 1's late outcome must not end run 2.
+    let job = run(vec![create(1, true), start(1), interrupt.clone(), start(1)]);
+    assert_eq!(job.tasks()[0].runs, 2);
+    let late = TransferCommand::FinishTask {
+        task: 1,
+        run: Some(1),
+        outcome: TaskOutcome::Success,
+        message: None,
+        count: 1,
+        output: (),
+        at: at(),
+    };
+    assert_eq!(
+        job.decide(late),
+        Err(TransferError::StaleRun { task: 1, run: 1 })
+    );
+    assert_eq!(
+        job.decide(interrupt),
+        Err(TransferError::StaleRun { task: 1, run: 1 })
+    );
 }

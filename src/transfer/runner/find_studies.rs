@@ -4,24 +4,24 @@ use chronicle_aggregates::query::{Query, QueryJob, StudyMatch, MAX_MATCHES};
 use chronicle_aggregates::transfer::TaskOutcome;
 use tokio_util::sync::CancellationToken;
 
-use super::{failed, Ended, Runs, TaskRef, TransferRunner};
+use super::{failed, Ended, Runs, Started, TransferRunner};
 
 impl Runs<Query> for TransferRunner {
     async fn run_task(
         &self,
-        task: TaskRef,
+        started: Started,
         job: &QueryJob,
         _stop: &CancellationToken,
     ) -> Ended<Vec<StudyMatch>> {
         let Some(setup) = job.spec() else {
             return Ended::Transient("the job has no set-up".into());
         };
-        let Some(query) = usize::try_from(task.task)
+        let Some(query) = usize::try_from(started.task.task)
             .ok()
             .and_then(|n| n.checked_sub(1))
             .and_then(|i| setup.queries.get(i))
         else {
-            return Ended::Transient(format!("the job has no row {}", task.task));
+            return Ended::Transient(format!("the job has no row {}", started.task.task));
         };
         let source = match self.server(&setup.source).await {
             Ok(source) => source,

@@ -6,14 +6,14 @@ use chronicle_aggregates::transfer::{TaskOutcome, Transfer, TransferCommand, Tra
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-use super::{failed, Ended, Runs, TaskRef, TransferRunner, PROGRESS_EVERY};
+use super::{failed, Ended, Runs, Started, TaskRef, TransferRunner, PROGRESS_EVERY};
 use crate::transfer::pseudonymize::Pseudonymizer;
 
 type Run = Ended<()>;
 
 impl Runs<Transfer> for TransferRunner {
-    async fn run_task(&self, task: TaskRef, job: &TransferJob, stop: &CancellationToken) -> Run {
-        match self.move_study(task, job, stop).await {
+    async fn run_task(&self, started: Started, job: &TransferJob, stop: &CancellationToken) -> Run {
+        match self.move_study(started, job, stop).await {
             Ok(ended) | Err(ended) => ended,
         }
     }
@@ -22,10 +22,11 @@ impl Runs<Transfer> for TransferRunner {
 impl TransferRunner {
     async fn move_study(
         &self,
-        task: TaskRef,
+        started: Started,
         job: &TransferJob,
         stop: &CancellationToken,
     ) -> Result<Run, Run> {
+        let task: TaskRef = started.task;
         let Some(setup) = job.spec() else {
             return Err(Ended::Transient("the job has no set-up".into()));
         };
@@ -122,6 +123,7 @@ impl TransferRunner {
                     reported = Instant::now();
                     let progress = TransferCommand::ReportProgress {
                         task: task.task,
+                        run: Some(started.run),
                         count: moved,
                         at: Utc::now(),
                     };
