@@ -374,6 +374,38 @@ async fn canceling_a_running_job_stops_it_and_retry_is_refused_until_it_failed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_stops_a_study_between_two_instances() {
+    let site = site(&["*"]).await;
+    // A study big enough to be moving when the cancel arrives (progress every 2 s).
+    let (study, series) = (
+        "1.2.826.0.1.3680043.10.1003",
+        "1.2.826.0.1.3680043.10.1003.1",
+    );
+    for i in 1..=600 {
+        let uid = format!("{series}.{i}");
+        site.source
+            .upload(ct_instance(study, series, &uid, i))
+            .await;
+    }
+    let tasks = json!([{ "patientId": PATIENT_ID, "studyInstanceUid": study }]);
+    let id = create(&site.app, setup(true), tasks).await;
+    eventually(Duration::from_secs(60), "the move under way", || async {
+        let job = site.app.graphql(JOB, json!({ "id": id })).await["data"]["transferJob"].clone();
+        (job["instancesMoved"].as_i64().unwrap_or(0) > 0).then_some(())
+    })
+    .await;
+    let cancel = "mutation($id: UUID!) { cancelTransferJob(id: $id) { version } }";
+    let canceled = site.app.graphql(cancel, json!({ "id": id })).await;
+    assert!(canceled["errors"].is_null(), "{canceled}");
+    let job = job_when(&site.app, &id, "canceled").await;
+    let task = &tasks_of(&job)[0];
+    assert_eq!(task["status"], "canceled", "{job}");
+    let moved = task["instances"].as_i64().unwrap_or(0);
+    assert!(0 < moved && moved < 600, "stopped part-way: {job}");
+    assert_eq!(site.destination.instances().await.len() as i64, moved);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_source_is_retried_with_growing_waits_then_the_task_fails() {
     let mut site = site(&["*"]).await;
     site.source.stop().await;
