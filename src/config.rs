@@ -263,7 +263,8 @@ pub struct TransferConfig {
     )]
     pub transfer_retry_wait_ms: u64,
 
-    /// Timeout of one DICOMweb HTTP call, in seconds.
+    /// Longest wait for a DICOMweb server to connect or to send more data, in seconds (not a
+    /// limit on a whole transfer, which may take longer).
     #[arg(
         long,
         env = "CHRONICLE_TRANSFER_HTTP_TIMEOUT_SECS",

@@ -14,6 +14,10 @@ use serde_json::Value;
 
 use crate::retry_rules::retryable_status;
 
+/// The largest instance moved: one instance is held in memory while it is edited and
+/// stored (a whole study never is).
+const MAX_INSTANCE_BYTES: usize = 2 << 30;
+
 /// Tries of one HTTP call before its failure is reported (as transient or not).
 const CALL_TRIES: usize = 3;
 
@@ -352,11 +356,24 @@ impl DicomWeb {
                     self.name
                 ))
             })?;
-        let body = response.bytes().await.map_err(|error| DicomWebError {
-            transient: true,
-            status: None,
-            message: format!("retrieving an instance at {}: {error}", self.name),
-        })?;
+        let mut response = response;
+        let mut body = Vec::new();
+        loop {
+            let chunk = response.chunk().await.map_err(|error| DicomWebError {
+                transient: true,
+                status: None,
+                message: format!("retrieving an instance at {}: {error}", self.name),
+            })?;
+            let Some(chunk) = chunk else { break };
+            if body.len() + chunk.len() > MAX_INSTANCE_BYTES {
+                return Err(DicomWebError::permanent(format!(
+                    "{} sent an instance larger than {} MiB",
+                    self.name,
+                    MAX_INSTANCE_BYTES >> 20
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
         single_part(&body, &boundary).ok_or_else(|| {
             DicomWebError::permanent(format!(
                 "{} sent an instance that is not one multipart part",

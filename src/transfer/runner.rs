@@ -125,7 +125,9 @@ impl TransferRunner {
         settings: RunnerSettings,
     ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
-            .timeout(settings.http_timeout)
+            // A pause, not a whole transfer: a large instance may take longer than this.
+            .connect_timeout(settings.http_timeout)
+            .read_timeout(settings.http_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Self {
