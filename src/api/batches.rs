@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::outcome::{run_action, CommandOutcome};
-use super::pagination::{connection, keyset_after, page_size, KeysetCursor};
+use super::pagination::{connection, keyset_page, KeysetCursor, KeysetPage};
 use super::requests::{request_page, LlmRequest};
 use super::{ApiError, Caller};
 
@@ -184,9 +184,7 @@ impl BatchQuery {
             created_from: input.created_from,
             created_until: input.created_until,
         };
-        let size = page_size(first)?;
-        let after = keyset_after(after.as_deref())?;
-        let limit = i64::try_from(size + 1).unwrap_or(i64::MAX);
+        let KeysetPage { size, after, limit } = keyset_page(first, after.as_deref())?;
         let rows = batches::list(ctx.data_unchecked::<PgPool>(), &filter, after, limit).await?;
         Ok(connection(rows, size, after.is_some(), false, |row| {
             (KeysetCursor(row.created_at, row.id), Batch::from(row))

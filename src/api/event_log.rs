@@ -6,6 +6,7 @@ use chronicle_projections::{CursorError, LogCursor, RecordedEvent};
 use chrono::{DateTime, Utc};
 use futures::Stream;
 use serde_json::Value;
+use uuid::Uuid;
 
 use super::pagination::{connection, page_size};
 use super::{ApiError, Caller};
@@ -84,6 +85,28 @@ impl CursorType for EdgeCursor {
     fn encode_cursor(&self) -> String {
         self.0.to_string()
     }
+}
+
+/// One aggregate's events — from its start, or after the cursor `after` — then live: what
+/// every per-aggregate subscription follows once the caller may see the aggregate.
+///
+/// # Errors
+/// `VALIDATION` for a malformed cursor.
+pub(crate) fn aggregate_tail(
+    ctx: &Context<'_>,
+    aggregate_type: &str,
+    id: Uuid,
+    after: Option<&str>,
+) -> Result<impl Stream<Item = RecordedEvent> + Send + 'static, ApiError> {
+    let start = parse_after(after)?.unwrap_or(LogCursor::START);
+    let filter = filter(Some(vec![aggregate_type.to_owned()]), Some(id.to_string()));
+    let reader = ctx.data_unchecked::<LogReader>().clone();
+    Ok(tail(
+        reader,
+        ctx.data_unchecked::<LogWaker>(),
+        start,
+        filter,
+    ))
 }
 
 fn parse_after(after: Option<&str>) -> Result<Option<LogCursor>, ApiError> {

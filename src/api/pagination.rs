@@ -72,11 +72,35 @@ impl CursorType for KeysetCursor {
 ///
 /// # Errors
 /// `VALIDATION` when the cursor was not issued by this service.
-pub(crate) fn keyset_after(after: Option<&str>) -> Result<Option<(DateTime<Utc>, Uuid)>, ApiError> {
+fn keyset_after(after: Option<&str>) -> Result<Option<(DateTime<Utc>, Uuid)>, ApiError> {
     after
         .map(|text| KeysetCursor::decode_cursor(text).map(|c| (c.0, c.1)))
         .transpose()
         .map_err(ApiError::Validation)
+}
+
+/// One page of a newest-first keyset listing: its size, where it starts, and the rows to
+/// fetch (one more than the size, to learn whether another page follows).
+pub(crate) struct KeysetPage {
+    /// Rows to return.
+    pub(crate) size: usize,
+    /// Start after this (created at, id); from the newest when `None`.
+    pub(crate) after: Option<(DateTime<Utc>, Uuid)>,
+    /// Rows to fetch.
+    pub(crate) limit: i64,
+}
+
+/// The page `first` rows after the cursor `after` asks for.
+///
+/// # Errors
+/// `VALIDATION` for a page size out of range or a cursor not issued by this service.
+pub(crate) fn keyset_page(first: Option<i32>, after: Option<&str>) -> Result<KeysetPage, ApiError> {
+    let size = page_size(first)?;
+    Ok(KeysetPage {
+        size,
+        after: keyset_after(after)?,
+        limit: i64::try_from(size + 1).unwrap_or(i64::MAX),
+    })
 }
 
 #[cfg(test)]

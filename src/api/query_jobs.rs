@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::outcome::{idempotency, CommandOutcome};
-use super::pagination::{connection, keyset_after, page_size, KeysetCursor};
+use super::pagination::{connection, keyset_page, KeysetCursor, KeysetPage};
 use super::transfers::{act, create, scope, TransferSetupInput};
 use super::{ApiError, Caller};
 use crate::transfer::{csv_rows, JobAction, TransferActions};
@@ -250,9 +250,7 @@ impl QueryJobQuery {
         #[graphql(desc = "Continue after this cursor.")] after: Option<String>,
     ) -> Result<Connection<KeysetCursor, QueryJobView>, ApiError> {
         let caller = Caller::from_ctx(ctx)?;
-        let size = page_size(first)?;
-        let after = keyset_after(after.as_deref())?;
-        let limit = i64::try_from(size + 1).unwrap_or(i64::MAX);
+        let KeysetPage { size, after, limit } = keyset_page(first, after.as_deref())?;
         let rows = queries::jobs(
             ctx.data_unchecked::<PgPool>(),
             scope(caller),

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::deliveries::DeliveryAttempt;
 use super::error::ItemProblem;
 use super::outcome::{idempotency, run_action, CommandOutcome};
-use super::pagination::{connection, keyset_after, page_size, KeysetCursor};
+use super::pagination::{connection, keyset_page, KeysetCursor, KeysetPage};
 use super::{ApiError, Caller};
 use crate::llm::{Accepted, Submitter};
 
@@ -197,9 +197,7 @@ pub(crate) async fn request_page(
     first: Option<i32>,
     after: Option<String>,
 ) -> Result<Connection<KeysetCursor, LlmRequest>, ApiError> {
-    let size = page_size(first)?;
-    let after = keyset_after(after.as_deref())?;
-    let limit = i64::try_from(size + 1).unwrap_or(i64::MAX);
+    let KeysetPage { size, after, limit } = keyset_page(first, after.as_deref())?;
     let rows = requests::list(ctx.data_unchecked::<PgPool>(), &filter, after, limit).await?;
     Ok(connection(rows, size, after.is_some(), false, |row| {
         (KeysetCursor(row.created_at, row.id), LlmRequest::from(row))

@@ -9,7 +9,6 @@ use chronicle_aggregates::simulation::{
     AiSettings, Difficulty, PatientProfile, Scenario, SimulationEvent, SimulationSpec,
 };
 use chronicle_projections::simulations::{self, AiCallRow, MessageRow, SimulationRow};
-use chronicle_projections::LogCursor;
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
 use serde::Serialize;
@@ -17,10 +16,10 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::event_log::aggregate_tail;
 use super::outcome::{idempotency, CommandOutcome};
-use super::pagination::{connection, keyset_after, page_size, KeysetCursor};
+use super::pagination::{connection, keyset_page, KeysetCursor, KeysetPage};
 use super::{ApiError, Caller};
-use crate::log::{tail, LogFilter, LogReader, LogWaker};
 use crate::simulation::SimulationActions;
 
 /// How hard the case is.
@@ -333,9 +332,7 @@ impl SimulationQuery {
         #[graphql(desc = "Continue after this cursor.")] after: Option<String>,
     ) -> Result<Connection<KeysetCursor, SimulationView>, ApiError> {
         let caller = Caller::from_ctx(ctx)?;
-        let size = page_size(first)?;
-        let after = keyset_after(after.as_deref())?;
-        let limit = i64::try_from(size + 1).unwrap_or(i64::MAX);
+        let KeysetPage { size, after, limit } = keyset_page(first, after.as_deref())?;
         let rows = simulations::list(
             ctx.data_unchecked::<PgPool>(),
             &caller.actor,
@@ -473,17 +470,7 @@ impl SimulationSubscription {
         ctx.data_unchecked::<SimulationActions>()
             .owned(&caller.actor, id)
             .await?;
-        let start: LogCursor = match after {
-            Some(after) => after.parse()?,
-            None => LogCursor::START,
-        };
-        let filter = LogFilter {
-            aggregate_types: Some(vec!["Simulation".to_owned()]),
-            aggregate_id: Some(id.to_string()),
-            ..LogFilter::default()
-        };
-        let reader = ctx.data_unchecked::<LogReader>().clone();
-        let stream = tail(reader, ctx.data_unchecked::<LogWaker>(), start, filter);
+        let stream = aggregate_tail(ctx, "Simulation", id, after.as_deref())?;
         Ok(stream.filter_map(|event| async move {
             let cursor = event.cursor.to_string();
             match event.decode::<SimulationEvent>().ok()? {

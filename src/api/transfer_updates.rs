@@ -2,13 +2,12 @@
 
 use async_graphql::{Context, SimpleObject, Subscription};
 use chronicle_aggregates::transfer::{Transfer, TransferEvent};
-use chronicle_projections::LogCursor;
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
 use uuid::Uuid;
 
+use super::event_log::aggregate_tail;
 use super::{ApiError, Caller};
-use crate::log::{tail, LogFilter, LogReader, LogWaker};
 use crate::transfer::TransferActions;
 
 /// A change to a transfer job, as it is recorded.
@@ -105,17 +104,7 @@ impl TransferSubscription {
         ctx.data_unchecked::<TransferActions>()
             .visible::<Transfer>(&caller.command_context(), caller.authority, id)
             .await?;
-        let start: LogCursor = match after {
-            Some(after) => after.parse()?,
-            None => LogCursor::START,
-        };
-        let filter = LogFilter {
-            aggregate_types: Some(vec!["TransferJob".to_owned()]),
-            aggregate_id: Some(id.to_string()),
-            ..LogFilter::default()
-        };
-        let reader = ctx.data_unchecked::<LogReader>().clone();
-        let stream = tail(reader, ctx.data_unchecked::<LogWaker>(), start, filter);
+        let stream = aggregate_tail(ctx, "TransferJob", id, after.as_deref())?;
         Ok(stream.filter_map(|event| async move {
             let cursor = event.cursor.to_string();
             let event_type = event.event_type.clone();

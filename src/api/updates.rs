@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
 use uuid::Uuid;
 
+use super::event_log::aggregate_tail;
 use super::{ApiError, Caller};
 use crate::llm::LlmActions;
 use crate::log::{tail, LogFilter, LogReader, LogWaker};
@@ -61,16 +62,7 @@ async fn updates(
     ctx.data_unchecked::<LlmActions>()
         .check_owner(&caller.actor, aggregate_type, id)
         .await?;
-    let start: LogCursor = match after {
-        Some(after) => after.parse()?,
-        None => LogCursor::START,
-    };
-    let filter = LogFilter {
-        aggregate_types: Some(vec![aggregate_type.to_owned()]),
-        aggregate_id: Some(id.to_string()),
-        ..LogFilter::default()
-    };
-    Ok(follow(ctx, start, filter))
+    Ok(aggregate_tail(ctx, aggregate_type, id, after.as_deref())?.map(update))
 }
 
 /// Changes of all the caller's batches or requests, after `after` or from now.
@@ -90,16 +82,8 @@ async fn owned_updates(
         owner: Some(caller.actor.clone()),
         ..LogFilter::default()
     };
-    Ok(follow(ctx, start, filter))
-}
-
-fn follow(
-    ctx: &Context<'_>,
-    start: LogCursor,
-    filter: LogFilter,
-) -> impl Stream<Item = AggregateUpdate> {
-    let reader = ctx.data_unchecked::<LogReader>().clone();
-    tail(reader, ctx.data_unchecked::<LogWaker>(), start, filter).map(update)
+    let reader = reader.clone();
+    Ok(tail(reader, ctx.data_unchecked::<LogWaker>(), start, filter).map(update))
 }
 
 /// Batch and request subscriptions.
