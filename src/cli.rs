@@ -1,5 +1,5 @@
 //! The command line: `serve`, `migrate`, `schema`, `projections rebuild|status`,
-//! `events export|import`, `audit verify`, `emulate-provider`.
+//! `events export|import`, `audit verify`, `keys new`, `emulate-provider`.
 
 use std::io::Write;
 use std::time::Instant;
@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::Context;
 use chronicle_projections::{checkpoint, LogCursor};
 use clap::{Parser, Subcommand};
+use secrecy::ExposeSecret;
 use tracing::Instrument;
 
 use crate::config::Config;
@@ -37,6 +38,7 @@ impl Command {
             Self::Events { .. } => "events",
             Self::Audit { .. } => "audit",
             Self::EmulateProvider { .. } => "emulate-provider",
+            Self::Keys { .. } => "keys",
         }
     }
 }
@@ -64,6 +66,11 @@ enum Command {
         #[command(subcommand)]
         action: AuditAction,
     },
+    /// Make API keys.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
     /// Serve an emulator of the OpenAI Files and Batch APIs (fake, labelled responses).
     EmulateProvider {
         /// Address to listen on; point a provider's base URL at it.
@@ -89,6 +96,12 @@ enum EventsAction {
     },
     /// Read an export from stdin into an empty store, verifying every hash; all or nothing.
     Import,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysAction {
+    /// Print a fresh random API key (e.g. for `CHRONICLE_BOOTSTRAP_ADMIN_KEY`).
+    New,
 }
 
 #[derive(Debug, Subcommand)]
@@ -122,6 +135,13 @@ impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         if let Command::Schema = self.command {
             return write_stdout(&api::sdl());
+        }
+        if let Command::Keys {
+            action: KeysAction::New,
+        } = self.command
+        {
+            let key = crate::security::NewKey::generate();
+            return write_stdout(&format!("{}\n", key.token.expose_secret()));
         }
         let otlp = self.config.otlp_endpoint.as_deref();
         let telemetry = telemetry::init(self.config.log_format, otlp)?;
@@ -157,7 +177,10 @@ impl Cli {
                 });
                 app.run_until_stopped().await
             }
-            Command::Migrate | Command::Schema | Command::EmulateProvider { .. } => Ok(()),
+            Command::Migrate
+            | Command::Schema
+            | Command::Keys { .. }
+            | Command::EmulateProvider { .. } => Ok(()),
             Command::Events {
                 action: EventsAction::Export { after, types },
             } => {

@@ -103,6 +103,21 @@ impl From<sqlx::Error> for CommandError {
     }
 }
 
+/// Longest aggregate id the store takes.
+const MAX_AGGREGATE_ID: usize = 200;
+
+/// An id no aggregate can have (too long, or holding control characters such as NUL, which
+/// PostgreSQL text cannot store) names nothing: `NOT_FOUND`, before any database call.
+fn storable_id<A: cqrs_es::Aggregate>(aggregate_id: &str) -> Result<(), CommandError> {
+    if aggregate_id.len() <= MAX_AGGREGATE_ID && !aggregate_id.chars().any(char::is_control) {
+        return Ok(());
+    }
+    Err(CommandError::Rejected {
+        code: ErrorCode::NotFound,
+        message: format!("{} not found", A::TYPE),
+    })
+}
+
 /// True for failures that mean "the database is out of reach", where retrying later may work.
 pub fn is_unavailable(error: &sqlx::Error) -> bool {
     matches!(
@@ -207,9 +222,13 @@ impl Commands {
         A::Command: Clone,
     {
         let started = std::time::Instant::now();
-        let result = self
-            .execute_keyed::<A>(context, aggregate_id, command, services, idempotency)
-            .await;
+        let result = match storable_id::<A>(aggregate_id) {
+            Ok(()) => {
+                self.execute_keyed::<A>(context, aggregate_id, command, services, idempotency)
+                    .await
+            }
+            Err(refused) => Err(refused),
+        };
         let (outcome, events) = match &result {
             Ok(receipt) => ("ok", receipt.events),
             Err(CommandError::Rejected { .. }) => ("rejected", 0),
@@ -323,6 +342,7 @@ impl Commands {
         A: Upcast,
         A::Error: DomainError,
     {
+        storable_id::<A>(aggregate_id)?;
         let loaded = self
             .stores
             .store::<A>()
@@ -437,13 +457,4 @@ async fn cursor_of(
         transaction_id,
         position,
     })
-}
-
-/// What a caller may do beyond its own objects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Authority {
-    /// A client: its own objects only.
-    Client,
-    /// An admin: every object, and admin-only actions.
-    Admin,
 }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
+use secrecy::SecretString;
 
 /// Settings shared by every subcommand.
 #[derive(Debug, Clone, Args)]
@@ -219,18 +220,105 @@ pub struct Config {
     /// How transfer jobs run.
     #[command(flatten)]
     pub transfer: TransferConfig,
+
+    /// Who may call, how much, and where the service may connect.
+    #[command(flatten)]
+    pub security: SecurityConfig,
+}
+
+/// Authentication, limits on callers, and the egress policy.
+#[derive(Debug, Clone, Args)]
+pub struct SecurityConfig {
+    /// Serve without authentication: every caller is an admin named `anonymous`. For local
+    /// development only; the service says so loudly at start.
+    #[arg(long, env = "CHRONICLE_INSECURE_DEV", global = true)]
+    pub insecure_dev: bool,
+
+    /// The pepper API keys are hashed with (HMAC-SHA256). When unset, a random pepper is made
+    /// once and kept in the database, so a copy of the database alone suffices to test
+    /// guesses; changing it invalidates every issued key.
+    #[arg(
+        long,
+        env = "CHRONICLE_KEY_PEPPER",
+        hide_env_values = true,
+        value_parser = secret,
+        global = true
+    )]
+    pub key_pepper: Option<SecretString>,
+
+    /// The admin key installed on first start, while the client `admin` has no key
+    /// (`chronicle keys new` makes one). When unset, a key is made and printed once.
+    #[arg(
+        long,
+        env = "CHRONICLE_BOOTSTRAP_ADMIN_KEY",
+        hide_env_values = true,
+        value_parser = secret,
+        global = true
+    )]
+    pub bootstrap_admin_key: Option<SecretString>,
+
+    /// Mutations per second each client may send on average (0: no limit).
+    #[arg(
+        long,
+        env = "CHRONICLE_RATE_LIMIT_PER_SEC",
+        default_value_t = 50,
+        global = true
+    )]
+    pub rate_limit_per_sec: u32,
+
+    /// Mutations a client may send at once after being idle.
+    #[arg(
+        long,
+        env = "CHRONICLE_RATE_LIMIT_BURST",
+        default_value_t = 200,
+        global = true
+    )]
+    pub rate_limit_burst: u32,
+
+    /// Largest GraphQL request body, in bytes (a bulk submission of 50,000 small requests
+    /// needs about 40 MB).
+    #[arg(
+        long,
+        env = "CHRONICLE_MAX_BODY_BYTES",
+        default_value_t = 64 * 1024 * 1024,
+        global = true
+    )]
+    pub max_body_bytes: usize,
+
+    /// A GraphQL request (not a subscription) taking longer is answered `UNAVAILABLE`, in
+    /// seconds.
+    #[arg(
+        long,
+        env = "CHRONICLE_REQUEST_TIMEOUT_SECS",
+        default_value_t = 60,
+        global = true
+    )]
+    pub request_timeout_secs: u64,
+
+    /// Private, loopback or link-local networks webhook and DICOMweb targets may still reach,
+    /// e.g. `10.20.0.0/16,127.0.0.1/32` (by default only public addresses are allowed).
+    #[arg(
+        long,
+        env = "CHRONICLE_EGRESS_ALLOW",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub egress_allow: Vec<ipnet::IpNet>,
+}
+
+fn secret(text: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(text))
 }
 
 /// Settings of the transfer runner and who needs no verify.
 #[derive(Debug, Clone, Args)]
 pub struct TransferConfig {
-    /// Owners whose transfer jobs need no admin verify (`*`: everyone). Until API keys
-    /// exist every caller is `anonymous`.
+    /// Clients whose transfer jobs need no admin verify (`*`: everyone); admins' jobs never
+    /// need one.
     #[arg(
         long,
         env = "CHRONICLE_TRANSFER_TRUSTED",
         value_delimiter = ',',
-        default_value = "anonymous",
         global = true
     )]
     pub transfer_trusted: Vec<String>,

@@ -1,12 +1,16 @@
 //! HTTP routes: GraphQL (POST, GraphiQL on GET, websocket subscriptions on GET with an
 //! upgrade), `/health` (the process answers), `/ready` (database reachable, migrated) and
-//! `/metrics` (Prometheus).
+//! `/metrics` (Prometheus). GraphQL calls need an API key; GraphiQL's page, `/health`,
+//! `/ready` and `/metrics` stay open.
+
+use std::time::Duration;
 
 use async_graphql::http::{GraphiQLSource, ALL_WEBSOCKET_PROTOCOLS};
 use async_graphql::Data;
 use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
 use axum::extract::{FromRequestParts, Request, State, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -15,13 +19,14 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use chronicle_aggregates::client::Role;
+use chronicle_aggregates::ErrorCode;
+
 use crate::api::{Caller, ChronicleSchema};
-use crate::command::Authority;
 use crate::db;
+use crate::security::Authenticator;
 
 const CORRELATION_HEADER: &str = "x-correlation-id";
-/// Room for a bulk submission of 50,000 small requests.
-const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -30,6 +35,19 @@ pub struct AppState {
     pub schema: ChronicleSchema,
     /// The database, for readiness.
     pub pool: PgPool,
+    /// Checks API keys; `None` serves without authentication (`--insecure-dev`).
+    pub authenticator: Option<Authenticator>,
+    /// Bounds on one HTTP request.
+    pub limits: HttpLimits,
+}
+
+/// Bounds on one HTTP request.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Longest a GraphQL request (not a subscription) may take.
+    pub request_timeout: Duration,
 }
 
 /// The service's routes.
@@ -39,7 +57,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(|| async { "ok" }))
         .route("/ready", get(ready))
         .route("/metrics", get(prometheus))
-        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(RequestBodyLimitLayer::new(state.limits.max_body_bytes))
         .with_state(state)
 }
 
@@ -60,18 +78,25 @@ async fn graphql_post(
     State(state): State<AppState>,
     headers: HeaderMap,
     request: GraphQLRequest,
-) -> GraphQLResponse {
-    let caller = caller(&headers);
-    let span = tracing::info_span!("graphql", correlation_id = %caller.correlation_id);
-    state
+) -> Response {
+    let caller = match authenticate(&state, &headers).await {
+        Ok(caller) => caller,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let span = tracing::info_span!("graphql", correlation_id = %caller.correlation_id, actor = %caller.actor);
+    let execution = state
         .schema
         .execute(request.into_inner().data(caller))
-        .instrument(span)
-        .await
-        .into()
+        .instrument(span);
+    match tokio::time::timeout(state.limits.request_timeout, execution).await {
+        Ok(response) => GraphQLResponse::from(response).into_response(),
+        Err(_) => Refusal::TimedOut(state.limits.request_timeout).into_response(),
+    }
 }
 
-/// GraphiQL for browsers; a graphql-transport-ws (or graphql-ws) session for upgrades.
+/// GraphiQL for browsers; a graphql-transport-ws (or graphql-ws) session for upgrades. The
+/// key comes in the upgrade's `Authorization` header or, from browsers, in the
+/// `connection_init` payload (`{"Authorization": "Bearer <key>"}`).
 async fn graphql_get(State(state): State<AppState>, request: Request) -> Response {
     let (mut parts, _body) = request.into_parts();
     if !parts.headers.contains_key(axum::http::header::UPGRADE) {
@@ -91,15 +116,43 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
-    let caller = caller(&parts.headers);
-    let span = tracing::info_span!("subscription", correlation_id = %caller.correlation_id);
-    let mut data = Data::default();
-    data.insert(caller);
+    let from_header = if parts.headers.contains_key(AUTHORIZATION) || state.authenticator.is_none()
+    {
+        match authenticate(&state, &parts.headers).await {
+            Ok(caller) => Some(caller),
+            Err(refusal) => return refusal.into_response(),
+        }
+    } else {
+        None
+    };
+    let correlation_id = correlation_id(&parts.headers);
+    let span = tracing::info_span!("subscription", correlation_id = %correlation_id);
+    let authenticator = state.authenticator.clone();
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         .on_upgrade(move |socket| {
             GraphQLWebSocket::new(socket, state.schema, protocol)
-                .with_data(data)
+                .on_connection_init(move |payload| async move {
+                    let caller = match (from_header, authenticator) {
+                        (Some(caller), _) => caller,
+                        (None, Some(authenticator)) => {
+                            let token = payload_token(&payload).unwrap_or_default();
+                            identify(&authenticator, token, correlation_id)
+                                .await
+                                .map_err(|refusal| {
+                                    let code = refusal.code();
+                                    async_graphql::Error::new(format!(
+                                        "{code}: {}",
+                                        refusal.message()
+                                    ))
+                                })?
+                        }
+                        (None, None) => anonymous(correlation_id),
+                    };
+                    let mut data = Data::default();
+                    data.insert(caller);
+                    Ok(data)
+                })
                 .serve()
                 .instrument(span)
         })
@@ -114,19 +167,121 @@ async fn ready(State(state): State<AppState>) -> StatusCode {
     }
 }
 
-/// The caller of a request. Until API keys exist, everyone is `anonymous`, with an admin's
-/// authority (the service is meant for a trusted network until then).
-fn caller(headers: &HeaderMap) -> Caller {
-    let correlation_id = headers
-        .get(CORRELATION_HEADER)
+/// Why a request was not served.
+enum Refusal {
+    /// No key, or not a valid one.
+    Unauthenticated(&'static str),
+    /// The key could not be checked: the database is unreachable.
+    Unavailable,
+    /// The request ran past the timeout.
+    TimedOut(Duration),
+}
+
+impl Refusal {
+    fn code(&self) -> ErrorCode {
+        match self {
+            Self::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            Self::Unavailable | Self::TimedOut(_) => ErrorCode::Unavailable,
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            Self::Unauthenticated(why) => (*why).to_owned(),
+            Self::Unavailable => "the database is unavailable; retry later".into(),
+            Self::TimedOut(limit) => format!(
+                "the request took longer than {} s; a mutation may have taken effect, retry it with the same idempotency key",
+                limit.as_secs()
+            ),
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TimedOut(_) => StatusCode::GATEWAY_TIMEOUT,
+        };
+        let body = serde_json::json!({
+            "data": null,
+            "errors": [{ "message": self.message(), "extensions": { "code": self.code().as_str() } }],
+        });
+        let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// The caller a request's `Authorization: Bearer` key proves (anyone, as an admin named
+/// `anonymous`, under `--insecure-dev`).
+async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, Refusal> {
+    let correlation_id = correlation_id(headers);
+    let Some(authenticator) = &state.authenticator else {
+        return Ok(anonymous(correlation_id));
+    };
+    let token = headers
+        .get(AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .filter(|value| is_valid_correlation_id(value))
-        .map_or_else(|| Uuid::now_v7().to_string(), str::to_owned);
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    identify(authenticator, token, correlation_id).await
+}
+
+async fn identify(
+    authenticator: &Authenticator,
+    token: &str,
+    correlation_id: String,
+) -> Result<Caller, Refusal> {
+    if token.is_empty() {
+        return Err(Refusal::Unauthenticated(
+            "send an API key: `Authorization: Bearer <key>`",
+        ));
+    }
+    match authenticator.authenticate(token.trim()).await {
+        Ok(Some(identity)) => Ok(Caller {
+            actor: identity.client_id,
+            correlation_id,
+            authority: identity.role,
+        }),
+        Ok(None) => Err(Refusal::Unauthenticated(
+            "the API key is malformed, unknown or revoked",
+        )),
+        Err(error) => {
+            tracing::warn!(%error, "could not check an API key");
+            Err(Refusal::Unavailable)
+        }
+    }
+}
+
+/// The key in a websocket's `connection_init` payload.
+fn payload_token(payload: &serde_json::Value) -> Option<&str> {
+    ["Authorization", "authorization"]
+        .iter()
+        .find_map(|name| payload.get(name)?.as_str())
+        .map(|value| value.strip_prefix("Bearer ").unwrap_or(value))
+}
+
+fn anonymous(correlation_id: String) -> Caller {
     Caller {
         actor: "anonymous".to_owned(),
         correlation_id,
-        authority: Authority::Admin,
+        authority: Role::Admin,
     }
+}
+
+/// The request's `x-correlation-id` if it is a safe one, else a new id.
+fn correlation_id(headers: &HeaderMap) -> String {
+    headers
+        .get(CORRELATION_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .filter(|value| is_valid_correlation_id(value))
+        .map_or_else(|| Uuid::now_v7().to_string(), str::to_owned)
 }
 
 /// Printable ASCII without spaces, at most 128 characters: safe to log and to store.

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod projection;
 pub mod provider;
 pub mod retry_rules;
+pub mod security;
 pub mod simulation;
 pub mod startup;
 pub mod store;

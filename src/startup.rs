@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chronicle_aggregates::batch::{Batch, BatchLimits, BatchServices};
+use chronicle_aggregates::client::Client;
 use chronicle_aggregates::dicom_server::DicomServer;
 use chronicle_aggregates::query::QueryJob;
 use chronicle_aggregates::request::Request;
@@ -27,7 +28,7 @@ use crate::delivery::{
     DeliverySettings, DeliveryWorker, RabbitPublisher, RetryPolicy, Transports, WebhookSecrets,
     WebhookSender,
 };
-use crate::http::{router, AppState};
+use crate::http::{router, AppState, HttpLimits};
 use crate::llm::{
     BatchCloser, DriverSettings, LlmActions, PgCustomIds, ProviderDriver, Providers, Submitter,
 };
@@ -36,6 +37,7 @@ use crate::projection::{self, ProjectionRunner, RunnerSettings};
 use crate::provider::{
     Anthropic, AnthropicConfig, ChatClient, ChatConfig, OpenAi, OpenAiConfig, Provider,
 };
+use crate::security::{bootstrap_admin, Authenticator, EgressPolicy, KeyHasher, RateLimiter};
 use crate::simulation::{Responder, SimulationActions};
 use crate::store::EventStores;
 use crate::transfer::{TransferActions, TransferRunner};
@@ -66,7 +68,8 @@ impl Wiring {
                 .register::<Simulation>()
                 .register::<TransferJob>()
                 .register::<QueryJob>()
-                .register::<DicomServer>(),
+                .register::<DicomServer>()
+                .register::<Client>(),
             projectors: projection::standard(),
         }
     }
@@ -145,11 +148,12 @@ fn delivery_worker(
     options: PgConnectOptions,
     services: BatchServices,
     secrets: Arc<WebhookSecrets>,
+    egress: EgressPolicy,
 ) -> anyhow::Result<DeliveryWorker> {
     let settings = &config.delivery;
     let timeout = Duration::from_millis(settings.delivery_timeout_ms);
     let transports = Transports {
-        webhooks: WebhookSender::new(timeout).context("building the webhook client")?,
+        webhooks: WebhookSender::new(timeout, egress).context("building the webhook client")?,
         rabbitmq: RabbitPublisher::new(settings.rabbitmq_url.clone(), timeout),
         secrets,
     };
@@ -264,6 +268,11 @@ impl Application {
             );
             workers.spawn(checkpoints.run(shutdown.clone()));
         }
+        let security = &config.security;
+        let egress = EgressPolicy::new(security.egress_allow.clone());
+        let hasher = KeyHasher::load(&pool, security.key_pepper.as_ref())
+            .await
+            .context("loading the API key pepper")?;
         let secrets = Arc::new(WebhookSecrets::new(pool.clone()));
         let delivery = delivery_worker(
             config,
@@ -272,6 +281,7 @@ impl Application {
             options.clone(),
             batch_services.clone(),
             secrets.clone(),
+            egress.clone(),
         )?;
         workers.spawn(delivery.run(shutdown.clone()));
         if let Some(chat) = chat_client(config)? {
@@ -298,6 +308,7 @@ impl Application {
                 http_timeout: Duration::from_secs(transfer.transfer_http_timeout_secs.max(1)),
                 retry_wait: Duration::from_millis(transfer.transfer_retry_wait_ms),
             },
+            &egress,
         )
         .context("building the DICOMweb client")?;
         workers.spawn(runner.run(shutdown.clone()));
@@ -317,11 +328,36 @@ impl Application {
             transfers: TransferActions::new(
                 commands.clone(),
                 config.transfer.transfer_trusted.clone(),
+                egress,
             ),
+            rate_limiter: RateLimiter::new(security.rate_limit_per_sec, security.rate_limit_burst),
+            hasher: hasher.clone(),
+            commands: commands.clone(),
         });
+        let authenticator = if security.insecure_dev {
+            tracing::warn!("*** --insecure-dev: NO AUTHENTICATION. Every caller is an admin. Never expose this instance. ***");
+            None
+        } else {
+            bootstrap_admin(
+                &commands,
+                &pool,
+                &hasher,
+                security.bootstrap_admin_key.as_ref(),
+            )
+            .await?;
+            Some(Authenticator::new(pool.clone(), hasher))
+        };
         Ok(Self {
             listener,
-            state: AppState { schema, pool },
+            state: AppState {
+                schema,
+                pool,
+                authenticator,
+                limits: HttpLimits {
+                    max_body_bytes: security.max_body_bytes,
+                    request_timeout: Duration::from_secs(security.request_timeout_secs.max(1)),
+                },
+            },
             commands,
             shutdown,
             workers,

@@ -17,6 +17,8 @@ pub enum ErrorCode {
     Unauthenticated,
     /// The caller is known but may not do this.
     Forbidden,
+    /// The caller sent more mutations than its rate limit allows; retry after a while.
+    RateLimited,
     /// A dependency (the database) is unreachable for now; retrying later may succeed.
     Unavailable,
     /// Something failed on our side; details are in the server log under the correlation id.
@@ -25,13 +27,14 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for exhaustive tests and parsing.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::NotFound,
         Self::InvalidTransition,
         Self::Validation,
         Self::Conflict,
         Self::Unauthenticated,
         Self::Forbidden,
+        Self::RateLimited,
         Self::Unavailable,
         Self::Internal,
     ];
@@ -45,6 +48,7 @@ impl ErrorCode {
             Self::Conflict => "CONFLICT",
             Self::Unauthenticated => "UNAUTHENTICATED",
             Self::Forbidden => "FORBIDDEN",
+            Self::RateLimited => "RATE_LIMITED",
             Self::Unavailable => "UNAVAILABLE",
             Self::Internal => "INTERNAL",
         }

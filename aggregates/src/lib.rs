@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod batch;
+pub mod client;
 mod delivery;
 pub mod dicom_server;
 mod endpoint;

@@ -151,11 +151,11 @@ pub struct BatchRow {
     pub updated_at: chrono::DateTime<chrono::Utc>,
 }
 
-/// What a batch list is narrowed to; `owner` is always set (scoping), the rest optional.
+/// What a batch list is narrowed to; `owner` scopes it (`None`: every owner's, for admins).
 #[derive(Debug, Clone, Default)]
 pub struct BatchFilter {
     /// Only this owner's batches.
-    pub owner: String,
+    pub owner: Option<String>,
     /// Only this status.
     pub status: Option<String>,
     /// Only this model.
@@ -171,17 +171,17 @@ pub struct BatchFilter {
 const COLUMNS: &str = "id, owner, endpoint, model, status, request_count, size_bytes,
                        close_reason, successor, provider_batch_id, version, created_at, updated_at";
 
-/// One batch of `owner`.
+/// One batch, if `owner` (when given) owns it.
 ///
 /// # Errors
 /// Any database error.
 pub async fn get(
     db: impl sqlx::PgExecutor<'_>,
-    owner: &str,
+    owner: Option<&str>,
     id: uuid::Uuid,
 ) -> Result<Option<BatchRow>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM batches WHERE id = $1 AND owner = $2"
+        "SELECT {COLUMNS} FROM batches WHERE id = $1 AND ($2::text IS NULL OR owner = $2)"
     ))
     .bind(id)
     .bind(owner)
@@ -201,7 +201,7 @@ pub async fn list(
 ) -> Result<Vec<BatchRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM batches
-          WHERE owner = $1
+          WHERE ($1::text IS NULL OR owner = $1)
             AND ($2::text IS NULL OR status = $2)
             AND ($3::text IS NULL OR model = $3)
             AND ($4::text IS NULL OR endpoint = $4)

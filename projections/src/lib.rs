@@ -9,6 +9,7 @@ pub mod aggregate_index;
 pub mod analytics;
 pub mod batches;
 pub mod checkpoint;
+pub mod clients;
 mod cursor;
 pub mod delivery_attempts;
 mod event;

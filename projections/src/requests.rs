@@ -320,11 +320,11 @@ pub struct RequestRow {
     pub updated_at: DateTime<Utc>,
 }
 
-/// What a request list is narrowed to; `owner` is always set (scoping), the rest optional.
+/// What a request list is narrowed to; `owner` scopes it (`None`: every owner's, for admins).
 #[derive(Debug, Clone, Default)]
 pub struct RequestFilter {
     /// Only this owner's requests.
-    pub owner: String,
+    pub owner: Option<String>,
     /// Only this status.
     pub status: Option<String>,
     /// Only this model.
@@ -345,17 +345,17 @@ const COLUMNS: &str = "id, owner, batch_id, custom_id, endpoint, model, status, 
                        response, error, delivery_rounds, delivery_attempts, next_attempt_at,
                        delivery_error, version, created_at, updated_at";
 
-/// One request of `owner`.
+/// One request, if `owner` (when given) owns it.
 ///
 /// # Errors
 /// Any database error.
 pub async fn get(
     db: impl sqlx::PgExecutor<'_>,
-    owner: &str,
+    owner: Option<&str>,
     id: uuid::Uuid,
 ) -> Result<Option<RequestRow>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM requests WHERE id = $1 AND owner = $2"
+        "SELECT {COLUMNS} FROM requests WHERE id = $1 AND ($2::text IS NULL OR owner = $2)"
     ))
     .bind(id)
     .bind(owner)
@@ -375,7 +375,7 @@ pub async fn list(
 ) -> Result<Vec<RequestRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM requests
-          WHERE owner = $1
+          WHERE ($1::text IS NULL OR owner = $1)
             AND ($2::text IS NULL OR status = $2)
             AND ($3::text IS NULL OR model = $3)
             AND ($4::text IS NULL OR endpoint = $4)

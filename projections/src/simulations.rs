@@ -338,17 +338,17 @@ const COLUMNS: &str = "id, owner, learner_id, diagnosis, chief_complaint, diffic
                        started_at, ended_at, end_reason, feedback, version, created_at,
                        updated_at";
 
-/// One simulation of `owner`.
+/// One simulation, if `owner` (when given) owns it.
 ///
 /// # Errors
 /// Any database error.
 pub async fn get(
     db: impl PgExecutor<'_>,
-    owner: &str,
+    owner: Option<&str>,
     id: Uuid,
 ) -> Result<Option<SimulationRow>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM simulations WHERE id = $1 AND owner = $2"
+        "SELECT {COLUMNS} FROM simulations WHERE id = $1 AND ($2::text IS NULL OR owner = $2)"
     ))
     .bind(id)
     .bind(owner)
@@ -356,14 +356,14 @@ pub async fn get(
     .await
 }
 
-/// `owner`'s simulations, newest first, optionally of one status and learner, after the
+/// `owner`'s (`None`: everyone's) simulations, newest first, optionally of one status and learner, after the
 /// keyset position `after`.
 ///
 /// # Errors
 /// Any database error.
 pub async fn list(
     db: impl PgExecutor<'_>,
-    owner: &str,
+    owner: Option<&str>,
     status: Option<&str>,
     learner_id: Option<&str>,
     after: Option<(DateTime<Utc>, Uuid)>,
@@ -371,7 +371,7 @@ pub async fn list(
 ) -> Result<Vec<SimulationRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM simulations
-          WHERE owner = $1 AND ($2::text IS NULL OR status = $2)
+          WHERE ($1::text IS NULL OR owner = $1) AND ($2::text IS NULL OR status = $2)
             AND ($3::text IS NULL OR learner_id = $3)
             AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5))
           ORDER BY created_at DESC, id DESC LIMIT $6"

@@ -172,7 +172,7 @@ pub struct Transition {
 /// Any database error.
 pub async fn of_aggregate(
     db: impl PgExecutor<'_>,
-    owner: &str,
+    owner: Option<&str>,
     aggregate_id: uuid::Uuid,
 ) -> Result<Vec<Transition>, sqlx::Error> {
     sqlx::query_as(
@@ -180,8 +180,8 @@ pub async fn of_aggregate(
                 event_type, actor, correlation_id, recorded_at
            FROM transitions
           WHERE aggregate_id = $1::text
-            AND (EXISTS (SELECT 1 FROM requests WHERE id = $1 AND owner = $2)
-                 OR EXISTS (SELECT 1 FROM batches WHERE id = $1 AND owner = $2))
+            AND (EXISTS (SELECT 1 FROM requests WHERE id = $1 AND ($2::text IS NULL OR owner = $2))
+                 OR EXISTS (SELECT 1 FROM batches WHERE id = $1 AND ($2::text IS NULL OR owner = $2)))
           ORDER BY sequence",
     )
     .bind(aggregate_id)

@@ -1,4 +1,5 @@
-//! Analytics over GraphQL: the caller's rows of the `analytics` projection tables.
+//! Analytics over GraphQL: the caller's rows of the `analytics` projection tables (an
+//! admin's: every owner's).
 
 use async_graphql::{Context, Object, SimpleObject};
 use chrono::NaiveDate;
@@ -12,6 +13,8 @@ const MAX_DAYS: i64 = 366;
 /// Requests of one model on one day (of submission).
 #[derive(SimpleObject, sqlx::FromRow)]
 pub(crate) struct UsageDay {
+    /// Whose rows these are (an admin sees every owner's).
+    owner: String,
     model: String,
     day: NaiveDate,
     requests: i64,
@@ -27,6 +30,8 @@ pub(crate) struct UsageDay {
 /// provider.
 #[derive(SimpleObject, sqlx::FromRow)]
 pub(crate) struct TurnaroundDay {
+    /// Whose rows these are (an admin sees every owner's).
+    owner: String,
     model: String,
     day: NaiveDate,
     batches: i64,
@@ -39,6 +44,8 @@ pub(crate) struct TurnaroundDay {
 /// Delivery attempts on one day.
 #[derive(SimpleObject, sqlx::FromRow)]
 pub(crate) struct DeliveryDay {
+    /// Whose rows these are (an admin sees every owner's).
+    owner: String,
     day: NaiveDate,
     attempts: i64,
     succeeded_attempts: i64,
@@ -54,6 +61,8 @@ pub(crate) struct DeliveryDay {
 /// Transfers between two servers on one day (a task's end).
 #[derive(SimpleObject, sqlx::FromRow)]
 pub(crate) struct TransferDay {
+    /// Whose rows these are (an admin sees every owner's).
+    owner: String,
     source: String,
     destination: String,
     day: NaiveDate,
@@ -70,6 +79,8 @@ pub(crate) struct TransferDay {
 /// Simulation activity on one day (of creation).
 #[derive(SimpleObject, sqlx::FromRow)]
 pub(crate) struct SimulationDay {
+    /// Whose rows these are (an admin sees every owner's).
+    owner: String,
     day: NaiveDate,
     sessions: i64,
     messages: i64,
@@ -103,7 +114,7 @@ where
         )));
     }
     Ok(sqlx::query_as(sql)
-        .bind(&caller.actor)
+        .bind(caller.scope())
         .bind(from)
         .bind(to)
         .fetch_all(ctx.data_unchecked::<PgPool>())
@@ -124,10 +135,10 @@ impl AnalyticsQuery {
             ctx,
             from,
             to,
-            "SELECT model, day, requests, succeeded, failed, expired, cancelled, input_tokens,
+            "SELECT owner, model, day, requests, succeeded, failed, expired, cancelled, input_tokens,
                     output_tokens
                FROM analytics.usage_daily
-              WHERE owner = $1 AND day >= $2 AND day < $3 ORDER BY day, model",
+              WHERE ($1::text IS NULL OR owner = $1) AND day >= $2 AND day < $3 ORDER BY day, owner, model",
         )
         .await
     }
@@ -144,10 +155,10 @@ impl AnalyticsQuery {
             ctx,
             from,
             to,
-            "SELECT model, day, batches, provider_p50_seconds, provider_p95_seconds,
+            "SELECT owner, model, day, batches, provider_p50_seconds, provider_p95_seconds,
                     done_p50_seconds, done_p95_seconds
                FROM analytics.batch_turnaround_daily
-              WHERE owner = $1 AND day >= $2 AND day < $3 ORDER BY day, model",
+              WHERE ($1::text IS NULL OR owner = $1) AND day >= $2 AND day < $3 ORDER BY day, owner, model",
         )
         .await
     }
@@ -163,12 +174,12 @@ impl AnalyticsQuery {
             ctx,
             from,
             to,
-            "SELECT day, attempts, succeeded_attempts,
+            "SELECT owner, day, attempts, succeeded_attempts,
                     succeeded_attempts::float8 / greatest(attempts, 1) AS success_rate,
                     delivered, delivery_failed,
                     latency_ms_total::float8 / greatest(attempts, 1) AS average_latency_ms
                FROM analytics.delivery_daily
-              WHERE owner = $1 AND day >= $2 AND day < $3 ORDER BY day",
+              WHERE ($1::text IS NULL OR owner = $1) AND day >= $2 AND day < $3 ORDER BY day, owner",
         )
         .await
     }
@@ -185,10 +196,10 @@ impl AnalyticsQuery {
             ctx,
             from,
             to,
-            "SELECT day, sessions, messages, ai_calls, failed_calls, tokens, feedbacks,
+            "SELECT owner, day, sessions, messages, ai_calls, failed_calls, tokens, feedbacks,
                     CASE WHEN scores > 0 THEN score_total::float8 / scores END AS average_score
                FROM analytics.simulation_daily
-              WHERE owner = $1 AND day >= $2 AND day < $3 ORDER BY day",
+              WHERE ($1::text IS NULL OR owner = $1) AND day >= $2 AND day < $3 ORDER BY day, owner",
         )
         .await
     }
@@ -205,9 +216,9 @@ impl AnalyticsQuery {
             ctx,
             from,
             to,
-            "SELECT source, destination, day, studies, instances, failures, canceled
+            "SELECT owner, source, destination, day, studies, instances, failures, canceled
                FROM analytics.transfer_daily
-              WHERE owner = $1 AND day >= $2 AND day < $3 ORDER BY day, source, destination",
+              WHERE ($1::text IS NULL OR owner = $1) AND day >= $2 AND day < $3 ORDER BY day, owner, source, destination",
         )
         .await
     }

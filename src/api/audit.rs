@@ -6,7 +6,7 @@ use sqlx::PgPool;
 use super::history::owned;
 use super::{ApiError, Caller};
 use crate::audit::{self, ChainBreak};
-use crate::command::Authority;
+use chronicle_aggregates::client::Role;
 
 /// Where a chain breaks.
 #[derive(SimpleObject)]
@@ -69,7 +69,7 @@ impl AuditQuery {
                 owned(ctx, kind, id).await?;
                 Some((kind.as_str(), id.as_str()))
             }
-            (None, None) if caller.authority == Authority::Admin => None,
+            (None, None) if caller.authority == Role::Admin => None,
             (None, None) => return Err(ApiError::AdminOnly),
             (Some(_), None) | (None, Some(_)) => {
                 return Err(ApiError::Validation(

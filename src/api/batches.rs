@@ -121,6 +121,7 @@ impl Batch {
     }
 
     /// The batch's requests, newest first.
+    #[graphql(complexity = "super::pagination::cost(first, child_complexity)")]
     async fn requests(
         &self,
         ctx: &Context<'_>,
@@ -128,7 +129,7 @@ impl Batch {
         #[graphql(desc = "Continue after this cursor.")] after: Option<String>,
     ) -> Result<Connection<KeysetCursor, LlmRequest>, ApiError> {
         let filter = RequestFilter {
-            owner: self.owner.clone(),
+            owner: Some(self.owner.clone()),
             batch_id: Some(self.id),
             ..RequestFilter::default()
         };
@@ -160,13 +161,14 @@ impl BatchQuery {
     /// One of your batches. Errors: `NOT_FOUND`.
     async fn batch(&self, ctx: &Context<'_>, id: Uuid) -> Result<Batch, ApiError> {
         let caller = Caller::from_ctx(ctx)?;
-        batches::get(ctx.data_unchecked::<PgPool>(), &caller.actor, id)
+        batches::get(ctx.data_unchecked::<PgPool>(), caller.scope(), id)
             .await?
             .map(Batch::from)
             .ok_or(ApiError::NotFound("batch"))
     }
 
     /// Your batches, newest first. Errors: `VALIDATION` (bad cursor or page size).
+    #[graphql(complexity = "super::pagination::cost(first, child_complexity)")]
     async fn batches(
         &self,
         ctx: &Context<'_>,
@@ -177,7 +179,7 @@ impl BatchQuery {
         let caller = Caller::from_ctx(ctx)?;
         let input = filter.unwrap_or_default();
         let filter = BatchFilter {
-            owner: caller.actor.clone(),
+            owner: caller.scope().map(str::to_owned),
             status: input.status,
             model: input.model,
             endpoint: input.endpoint,

@@ -69,7 +69,8 @@ impl ApiError {
             | ErrorCode::Validation
             | ErrorCode::Conflict
             | ErrorCode::Unauthenticated
-            | ErrorCode::Forbidden => match self {
+            | ErrorCode::Forbidden
+            | ErrorCode::RateLimited => match self {
                 Self::Command(error) => error.to_string(),
                 Self::Validation(message) => message.clone(),
                 Self::Database(_) => "an argument holds text or a date the store cannot keep".into(),

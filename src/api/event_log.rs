@@ -143,9 +143,10 @@ pub(crate) struct EventLogQuery;
 
 #[Object]
 impl EventLogQuery {
-    /// Committed events in log order, forward from `after`. Every event committed before the
+    /// Committed events of your aggregates (an admin's: all) in log order, forward from `after`. Every event committed before the
     /// page was read appears exactly once across pages; later commits sort after the cursor.
     /// Errors: `VALIDATION` (bad cursor or page size).
+    #[graphql(complexity = "super::pagination::cost(first, child_complexity)")]
     async fn event_log(
         &self,
         ctx: &Context<'_>,
@@ -160,7 +161,7 @@ impl EventLogQuery {
             LogFilterInput,
         >,
     ) -> Result<Connection<EdgeCursor, LogEvent>, ApiError> {
-        Caller::from_ctx(ctx)?;
+        let caller = Caller::from_ctx(ctx)?;
         let size = page_size(first)?;
         let after = parse_after(after.as_deref())?;
         let limit = u32::try_from(size + 1).unwrap_or(u32::MAX);
@@ -172,6 +173,7 @@ impl EventLogQuery {
             correlation_id: narrowed.correlation_id,
             recorded_from: narrowed.recorded_from,
             recorded_until: narrowed.recorded_until,
+            owner: caller.scope().map(str::to_owned),
             ..LogFilter::default()
         };
         let page = ctx
@@ -195,7 +197,8 @@ pub(crate) struct EventLogSubscription;
 
 #[Subscription]
 impl EventLogSubscription {
-    /// Events after `after` (or from now, when omitted), catching up first and then live.
+    /// Events of your aggregates (an admin's: all) after `after` (or from now, when omitted),
+    /// catching up first and then live.
     /// Reconnect with the last received `cursor` to miss nothing and see nothing twice.
     /// Errors: `VALIDATION` (bad cursor).
     async fn events(
@@ -208,14 +211,18 @@ impl EventLogSubscription {
         >,
         #[graphql(desc = "Only events of this aggregate.")] aggregate_id: Option<String>,
     ) -> Result<impl Stream<Item = LogEvent>, ApiError> {
-        Caller::from_ctx(ctx)?;
+        let caller = Caller::from_ctx(ctx)?;
         let reader = ctx.data_unchecked::<LogReader>().clone();
         let start = match parse_after(after.as_deref())? {
             Some(cursor) => cursor,
             None => reader.head().await?,
         };
         let waker = ctx.data_unchecked::<LogWaker>();
-        let events = tail(reader, waker, start, filter(aggregate_types, aggregate_id));
+        let scoped = LogFilter {
+            owner: caller.scope().map(str::to_owned),
+            ..filter(aggregate_types, aggregate_id)
+        };
+        let events = tail(reader, waker, start, scoped);
         Ok(futures::StreamExt::map(events, LogEvent::from))
     }
 }

@@ -25,6 +25,15 @@ pub(crate) fn page_size(first: Option<i32>) -> Result<usize, ApiError> {
         .ok_or_else(|| ApiError::Validation(format!("`first` must be between 1 and {MAX_PAGE}")))
 }
 
+/// The complexity of a page: its items' cost times the page size asked for (an invalid size
+/// is refused later by [`page_size`]).
+pub(crate) fn cost(first: Option<i32>, child_complexity: usize) -> usize {
+    let size = first.map_or(DEFAULT_PAGE, |first| {
+        usize::try_from(first).map_or(1, |size| size.clamp(1, MAX_PAGE))
+    });
+    size.saturating_mul(child_complexity.max(1))
+}
+
 /// Builds a connection from `rows`, fetched with a limit of `size + 1` so that the extra row,
 /// if present, tells that a next page exists (as does `more`, when the source knows it).
 pub(crate) fn connection<C, N, R>(

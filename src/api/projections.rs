@@ -28,9 +28,9 @@ pub(crate) struct ProjectionQuery;
 
 #[Object]
 impl ProjectionQuery {
-    /// Every projector's checkpoint and lag.
+    /// Every projector's checkpoint and lag (admin). Errors: `FORBIDDEN`.
     async fn projections(&self, ctx: &Context<'_>) -> Result<Vec<ProjectionStatus>, ApiError> {
-        Caller::from_ctx(ctx)?;
+        Caller::from_ctx(ctx)?.require_admin()?;
         let statuses = checkpoint::status(ctx.data_unchecked::<PgPool>()).await?;
         Ok(statuses
             .into_iter()

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::outcome::{idempotency, CommandOutcome};
 use super::pagination::{connection, keyset_page, KeysetCursor, KeysetPage};
-use super::transfers::{act, create, scope, TransferSetupInput};
+use super::transfers::{act, create, TransferSetupInput};
 use super::{ApiError, Caller};
 use crate::transfer::{csv_rows, JobAction, TransferActions};
 
@@ -235,13 +235,14 @@ impl QueryJobQuery {
     /// One of your query jobs. Errors: `NOT_FOUND`.
     async fn query_job(&self, ctx: &Context<'_>, id: Uuid) -> Result<QueryJobView, ApiError> {
         let caller = Caller::from_ctx(ctx)?;
-        queries::job(ctx.data_unchecked::<PgPool>(), scope(caller), id)
+        queries::job(ctx.data_unchecked::<PgPool>(), caller.scope(), id)
             .await?
             .map(QueryJobView::from)
             .ok_or(ApiError::NotFound("query job"))
     }
 
     /// Your query jobs, newest first. Errors: `VALIDATION` (page size, cursor).
+    #[graphql(complexity = "super::pagination::cost(first, child_complexity)")]
     async fn query_jobs(
         &self,
         ctx: &Context<'_>,
@@ -253,7 +254,7 @@ impl QueryJobQuery {
         let KeysetPage { size, after, limit } = keyset_page(first, after.as_deref())?;
         let rows = queries::jobs(
             ctx.data_unchecked::<PgPool>(),
-            scope(caller),
+            caller.scope(),
             status.as_deref(),
             after,
             limit,
@@ -321,7 +322,7 @@ impl QueryJobMutation {
             &("createTransferJobFromQuery", query_job_id, &setup),
         )?;
         let pool = ctx.data_unchecked::<PgPool>();
-        let job = queries::job(pool, scope(caller), query_job_id)
+        let job = queries::job(pool, caller.scope(), query_job_id)
             .await?
             .ok_or(ApiError::NotFound("query job"))?;
         if setup.source != job.source {
@@ -448,7 +449,7 @@ async fn create_query(
     let actions = ctx.data_unchecked::<TransferActions>();
     let spec = QuerySpec { source, queries };
     Ok(actions
-        .create_query(&caller.command_context(), spec, key)
+        .create_query(&caller.command_context(), caller.authority, spec, key)
         .await?
         .into())
 }

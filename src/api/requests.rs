@@ -213,13 +213,14 @@ impl RequestQuery {
     /// One of your requests. Errors: `NOT_FOUND`.
     async fn request(&self, ctx: &Context<'_>, id: Uuid) -> Result<LlmRequest, ApiError> {
         let caller = Caller::from_ctx(ctx)?;
-        requests::get(ctx.data_unchecked::<PgPool>(), &caller.actor, id)
+        requests::get(ctx.data_unchecked::<PgPool>(), caller.scope(), id)
             .await?
             .map(LlmRequest::from)
             .ok_or(ApiError::NotFound("request"))
     }
 
-    /// Your requests, newest first. Errors: `VALIDATION` (bad cursor or page size).
+    /// Your requests (an admin's: everyone's), newest first. Errors: `VALIDATION` (bad cursor or page size).
+    #[graphql(complexity = "super::pagination::cost(first, child_complexity)")]
     async fn requests(
         &self,
         ctx: &Context<'_>,
@@ -230,7 +231,7 @@ impl RequestQuery {
         let caller = Caller::from_ctx(ctx)?;
         let filter = filter.unwrap_or_default();
         let filter = RequestFilter {
-            owner: caller.actor.clone(),
+            owner: caller.scope().map(str::to_owned),
             status: filter.status,
             model: filter.model,
             endpoint: filter.endpoint,
@@ -244,6 +245,7 @@ impl RequestQuery {
 
     /// Poll delivery: your results not yet acknowledged, newest first. Fetch, use, then call
     /// `acknowledgeResult` (or `reportResultFailure`). Errors: `VALIDATION` (cursor, page size).
+    #[graphql(complexity = "super::pagination::cost(first, child_complexity)")]
     async fn unacknowledged_results(
         &self,
         ctx: &Context<'_>,
@@ -252,7 +254,7 @@ impl RequestQuery {
     ) -> Result<Connection<KeysetCursor, LlmRequest>, ApiError> {
         let caller = Caller::from_ctx(ctx)?;
         let filter = RequestFilter {
-            owner: caller.actor.clone(),
+            owner: Some(caller.actor.clone()),
             status: Some("provider_processed".into()),
             polled_only: true,
             ..RequestFilter::default()

@@ -8,11 +8,13 @@ use sqlx::PgPool;
 use super::analytics::AnalyticsQuery;
 use super::audit::AuditQuery;
 use super::batches::{BatchMutation, BatchQuery};
+use super::clients::{ClientMutation, ClientQuery};
 use super::deliveries::{DeliveryMutation, DeliveryQuery};
 use super::dicom_servers::{DicomServerMutation, DicomServerQuery};
 use super::error_codes::DefaultErrorCodes;
 use super::event_log::{EventLogQuery, EventLogSubscription};
 use super::history::HistoryQuery;
+use super::limits::MutationRateLimit;
 use super::projections::ProjectionQuery;
 use super::query_jobs::{QueryJobMutation, QueryJobQuery};
 use super::requests::{RequestMutation, RequestQuery};
@@ -21,9 +23,11 @@ use super::transfer_updates::TransferSubscription;
 use super::transfers::{TransferMutation, TransferQuery};
 use super::transitions::TransitionQuery;
 use super::updates::LlmSubscription;
+use crate::command::Commands;
 use crate::delivery::WebhookSecrets;
 use crate::llm::{LlmActions, Submitter};
 use crate::log::{LogReader, LogWaker};
+use crate::security::{KeyHasher, RateLimiter};
 use crate::simulation::SimulationActions;
 use crate::transfer::TransferActions;
 
@@ -43,6 +47,7 @@ pub struct Query(
     TransferQuery,
     DicomServerQuery,
     QueryJobQuery,
+    ClientQuery,
 );
 
 /// All mutations.
@@ -55,6 +60,7 @@ pub struct Mutation(
     TransferMutation,
     DicomServerMutation,
     QueryJobMutation,
+    ClientMutation,
 );
 
 /// All subscriptions.
@@ -87,10 +93,19 @@ pub struct ApiServices {
     pub simulations: SimulationActions,
     /// Owner and admin actions on transfers.
     pub transfers: TransferActions,
+    /// Mutations per client.
+    pub rate_limiter: RateLimiter,
+    /// Hashes the keys admins issue.
+    pub hasher: KeyHasher,
+    /// The command path, for admin commands.
+    pub commands: Commands,
 }
 
 /// Deepest accepted query: GraphiQL's introspection query needs 13, our own types 7.
 const MAX_DEPTH: usize = 20;
+/// Costliest accepted query: each field costs one, and a list field its page size times its
+/// items' cost (a full page of 1,000 items of 20 fields passes; a page of pages does not).
+const MAX_COMPLEXITY: usize = 25_000;
 
 fn builder() -> SchemaBuilder<Query, Mutation, Subscription> {
     Schema::build(
@@ -99,7 +114,9 @@ fn builder() -> SchemaBuilder<Query, Mutation, Subscription> {
         Subscription::default(),
     )
     .extension(DefaultErrorCodes)
+    .extension(MutationRateLimit)
     .limit_depth(MAX_DEPTH)
+    .limit_complexity(MAX_COMPLEXITY)
 }
 
 /// Builds the schema with the services resolvers read from the context.
@@ -113,6 +130,9 @@ pub fn build_schema(services: ApiServices) -> ChronicleSchema {
         .data(services.secrets)
         .data(services.simulations)
         .data(services.transfers)
+        .data(services.rate_limiter)
+        .data(services.hasher)
+        .data(services.commands)
         .finish()
 }
 

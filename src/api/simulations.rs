@@ -316,13 +316,14 @@ impl SimulationQuery {
     /// One of your simulations. Errors: `NOT_FOUND`.
     async fn simulation(&self, ctx: &Context<'_>, id: Uuid) -> Result<SimulationView, ApiError> {
         let caller = Caller::from_ctx(ctx)?;
-        simulations::get(ctx.data_unchecked::<PgPool>(), &caller.actor, id)
+        simulations::get(ctx.data_unchecked::<PgPool>(), caller.scope(), id)
             .await?
             .map(SimulationView::from)
             .ok_or(ApiError::NotFound("simulation"))
     }
 
     /// Your simulations, newest first. Errors: `VALIDATION` (bad cursor or page size).
+    #[graphql(complexity = "super::pagination::cost(first, child_complexity)")]
     async fn simulations(
         &self,
         ctx: &Context<'_>,
@@ -335,7 +336,7 @@ impl SimulationQuery {
         let KeysetPage { size, after, limit } = keyset_page(first, after.as_deref())?;
         let rows = simulations::list(
             ctx.data_unchecked::<PgPool>(),
-            &caller.actor,
+            caller.scope(),
             status.as_deref(),
             learner_id.as_deref(),
             after,
@@ -468,7 +469,7 @@ impl SimulationSubscription {
     ) -> Result<impl Stream<Item = SimulationMessageUpdate>, ApiError> {
         let caller = Caller::from_ctx(ctx)?;
         ctx.data_unchecked::<SimulationActions>()
-            .owned(&caller.actor, id)
+            .owned(caller.scope(), id)
             .await?;
         let stream = aggregate_tail(ctx, "Simulation", id, after.as_deref())?;
         Ok(stream.filter_map(|event| async move {

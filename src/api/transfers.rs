@@ -14,7 +14,6 @@ use uuid::Uuid;
 use super::outcome::{idempotency, CommandOutcome};
 use super::pagination::{connection, keyset_page, page_size, KeysetCursor, KeysetPage};
 use super::{ApiError, Caller};
-use crate::command::Authority;
 use crate::transfer::{csv_rows, JobAction, TransferActions};
 
 /// One study to move.
@@ -194,6 +193,7 @@ pub(crate) struct TaskCount {
 #[ComplexObject]
 impl TransferJobView {
     /// Its tasks in order. Errors: `VALIDATION` (page size, cursor).
+    #[graphql(complexity = "super::pagination::cost(first, child_complexity)")]
     async fn tasks(
         &self,
         ctx: &Context<'_>,
@@ -232,14 +232,6 @@ impl TransferJobView {
     }
 }
 
-/// The owner filter of a caller: admins see everything.
-pub(crate) fn scope(caller: &Caller) -> Option<&str> {
-    match caller.authority {
-        Authority::Admin => None,
-        Authority::Client => Some(caller.actor.as_str()),
-    }
-}
-
 /// Transfer queries.
 #[derive(Default)]
 pub(crate) struct TransferQuery;
@@ -249,13 +241,14 @@ impl TransferQuery {
     /// One of your transfer jobs. Errors: `NOT_FOUND`.
     async fn transfer_job(&self, ctx: &Context<'_>, id: Uuid) -> Result<TransferJobView, ApiError> {
         let caller = Caller::from_ctx(ctx)?;
-        transfers::job(ctx.data_unchecked::<PgPool>(), scope(caller), id)
+        transfers::job(ctx.data_unchecked::<PgPool>(), caller.scope(), id)
             .await?
             .map(TransferJobView::from)
             .ok_or(ApiError::NotFound("transfer job"))
     }
 
     /// Your transfer jobs, newest first. Errors: `VALIDATION` (page size, cursor).
+    #[graphql(complexity = "super::pagination::cost(first, child_complexity)")]
     async fn transfer_jobs(
         &self,
         ctx: &Context<'_>,
@@ -267,7 +260,7 @@ impl TransferQuery {
         let KeysetPage { size, after, limit } = keyset_page(first, after.as_deref())?;
         let rows = transfers::jobs(
             ctx.data_unchecked::<PgPool>(),
-            scope(caller),
+            caller.scope(),
             status.as_deref(),
             after,
             limit,
@@ -429,7 +422,7 @@ pub(crate) async fn create(
     let spec = setup.spec(tasks);
     let actions = ctx.data_unchecked::<TransferActions>();
     Ok(actions
-        .create(&caller.command_context(), spec, key)
+        .create(&caller.command_context(), caller.authority, spec, key)
         .await?
         .into())
 }

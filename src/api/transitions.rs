@@ -47,7 +47,7 @@ impl TransitionQuery {
     ) -> Result<Vec<Transition>, ApiError> {
         let caller = Caller::from_ctx(ctx)?;
         let rows =
-            transitions::of_aggregate(ctx.data_unchecked::<PgPool>(), &caller.actor, aggregate_id)
+            transitions::of_aggregate(ctx.data_unchecked::<PgPool>(), caller.scope(), aggregate_id)
                 .await?;
         Ok(rows
             .into_iter()

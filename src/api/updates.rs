@@ -60,7 +60,7 @@ async fn updates(
 ) -> Result<impl Stream<Item = AggregateUpdate>, ApiError> {
     let caller = Caller::from_ctx(ctx)?;
     ctx.data_unchecked::<LlmActions>()
-        .check_owner(&caller.actor, aggregate_type, id)
+        .check_owner(caller.scope(), aggregate_type, id)
         .await?;
     Ok(aggregate_tail(ctx, aggregate_type, id, after.as_deref())?.map(update))
 }
@@ -79,7 +79,7 @@ async fn owned_updates(
     };
     let filter = LogFilter {
         aggregate_types: Some(vec![aggregate_type.to_owned()]),
-        owner: Some(caller.actor.clone()),
+        owner: caller.scope().map(str::to_owned),
         ..LogFilter::default()
     };
     let reader = reader.clone();

@@ -14,9 +14,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 use chronicle::config::Config;
+use chronicle::security::NewKey;
 use chronicle::startup::{Application, Wiring};
 use chronicle::{db, telemetry};
 use clap::Parser;
+use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use sqlx::{ConnectOptions, Connection};
 
@@ -39,6 +41,7 @@ struct Cli {
 struct Client {
     http: reqwest::Client,
     url: String,
+    key: String,
 }
 
 impl Client {
@@ -46,6 +49,7 @@ impl Client {
         let response: Value = self
             .http
             .post(&self.url)
+            .bearer_auth(&self.key)
             .json(&json!({ "query": query, "variables": variables }))
             .send()
             .await?
@@ -119,10 +123,16 @@ async fn main() -> anyhow::Result<()> {
     let mut config = cli.config.clone();
     config.listen = "127.0.0.1:0".parse()?;
     config.batch_max_requests = limit as u64;
+    // The bench measures throughput: no rate limit; its own admin key on the fresh database.
+    config.security.rate_limit_per_sec = 0;
+    config.security.insecure_dev = false;
+    let key = NewKey::generate().token;
+    config.security.bootstrap_admin_key = Some(key.clone());
     let app = Application::build(&config, pool.clone(), options, Wiring::standard()).await?;
     let client = Client {
         http: reqwest::Client::new(),
         url: format!("http://{}/graphql", app.local_addr()?),
+        key: key.expose_secret().to_owned(),
     };
     let shutdown = app.shutdown_token();
     let server_task = tokio::spawn(app.run_until_stopped());

@@ -1,24 +1,18 @@
-//! Per-owner webhook signing secrets: created on first use, kept in `webhook_secrets`.
-
-use std::collections::HashMap;
-use std::sync::Mutex;
+//! Per-owner webhook signing secrets: created on first use, kept in `webhook_secrets`, read
+//! on every use (a rotation by any instance takes effect at once everywhere).
 
 use rand::RngCore;
 use sqlx::PgPool;
 
-/// The owners' signing secrets, cached after the first read.
+/// The owners' signing secrets.
 pub struct WebhookSecrets {
     pool: PgPool,
-    cache: Mutex<HashMap<String, String>>,
 }
 
 impl WebhookSecrets {
     /// Secrets stored in `pool`.
     pub fn new(pool: PgPool) -> Self {
-        Self {
-            pool,
-            cache: Mutex::new(HashMap::new()),
-        }
+        Self { pool }
     }
 
     /// The secret `owner`'s webhooks are signed with, created (32 random bytes) if missing.
@@ -26,7 +20,7 @@ impl WebhookSecrets {
     /// # Errors
     /// Any database error.
     pub async fn for_owner(&self, owner: &str) -> Result<String, sqlx::Error> {
-        if let Some(secret) = self.cached(owner) {
+        if let Some(secret) = self.stored(owner).await? {
             return Ok(secret);
         }
         let mut bytes = [0_u8; 32];
@@ -41,18 +35,13 @@ impl WebhookSecrets {
         .bind(fresh)
         .execute(&self.pool)
         .await?;
-        let secret: String =
-            sqlx::query_scalar("SELECT secret FROM webhook_secrets WHERE owner = $1")
-                .bind(owner)
-                .fetch_one(&self.pool)
-                .await?;
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(owner.to_owned(), secret.clone());
-        }
-        Ok(secret)
+        self.stored(owner).await?.ok_or(sqlx::Error::RowNotFound)
     }
 
-    fn cached(&self, owner: &str) -> Option<String> {
-        self.cache.lock().ok()?.get(owner).cloned()
+    async fn stored(&self, owner: &str) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT secret FROM webhook_secrets WHERE owner = $1")
+            .bind(owner)
+            .fetch_optional(&self.pool)
+            .await
     }
 }

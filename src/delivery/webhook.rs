@@ -9,11 +9,13 @@ use uuid::Uuid;
 use super::outcome::SendOutcome;
 use super::signature::{sign, SIGNATURE_HEADER};
 use crate::retry_rules;
+use crate::security::{EgressPolicy, Refused};
 
 /// Posts envelopes to receivers.
 pub struct WebhookSender {
     client: reqwest::Client,
     timeout: Duration,
+    egress: EgressPolicy,
 }
 
 /// One webhook call.
@@ -31,20 +33,25 @@ pub struct WebhookCall<'a> {
 }
 
 impl WebhookSender {
-    /// A sender whose calls time out after `timeout`.
+    /// A sender whose calls time out after `timeout` and reach only what `egress` permits.
     ///
     /// # Errors
     /// The HTTP client could not be built (TLS set-up).
-    pub fn new(timeout: Duration) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
-        Ok(Self { client, timeout })
+    pub fn new(timeout: Duration, egress: EgressPolicy) -> Result<Self, reqwest::Error> {
+        let client = egress.client_builder().timeout(timeout).build()?;
+        Ok(Self {
+            client,
+            timeout,
+            egress,
+        })
     }
 
-    /// Sends one attempt and sorts the answer.
+    /// Sends one attempt and sorts the answer. A target the egress policy refuses is rejected
+    /// for good.
     pub async fn send(&self, call: WebhookCall<'_>) -> SendOutcome {
+        if let Err(refused) = self.egress.check_literal(call.url) {
+            return refused_target(&refused);
+        }
         let signature = sign(call.secret, Utc::now().timestamp(), call.body);
         let sent = self
             .client
@@ -68,11 +75,14 @@ impl WebhookSender {
                 }
             }
             Err(error) => {
+                if let Some(refused) = refusal(&error) {
+                    return refused_target(refused);
+                }
                 return SendOutcome::Transient {
                     status_code: None,
                     error: format!("could not reach the receiver: {}", root_cause(&error)),
                     retry_after: None,
-                }
+                };
             }
         };
         let status = response.status();
@@ -94,6 +104,25 @@ impl WebhookSender {
     }
 }
 
+/// The egress policy's refusal somewhere in `error`'s causes.
+fn refusal<'e>(error: &'e (dyn std::error::Error + 'static)) -> Option<&'e Refused> {
+    let mut current = Some(error);
+    while let Some(cause) = current {
+        if let Some(refused) = cause.downcast_ref::<Refused>() {
+            return Some(refused);
+        }
+        current = cause.source();
+    }
+    None
+}
+
+fn refused_target(refused: &Refused) -> SendOutcome {
+    SendOutcome::Rejected {
+        status_code: None,
+        error: format!("target refused: {refused}"),
+    }
+}
+
 /// The innermost error's message (reqwest's own says only "error sending request").
 fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     let mut current = error;
@@ -101,4 +130,42 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
         current = source;
     }
     current.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn send_to(url: &str) -> SendOutcome {
+        let sender = WebhookSender::new(Duration::from_secs(2), EgressPolicy::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        sender
+            .send(WebhookCall {
+                url,
+                body: b"{}",
+                delivery_id: Uuid::now_v7(),
+                attempt: 1,
+                secret: "whsec_test",
+            })
+            .await
+    }
+
+    #[tokio::test]
+    async fn refused_targets_fail_for_good_by_address_and_after_resolution() {
+        // A receiver listens, but the policy (no allowed networks) never lets a call reach it.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let port = listener.local_addr().map_or(0, |a| a.port());
+        for url in [
+            format!("http://127.0.0.1:{port}/hook"),
+            format!("http://localhost:{port}/hook"),
+        ] {
+            let outcome = send_to(&url).await;
+            assert!(
+                matches!(&outcome, SendOutcome::Rejected { error, .. } if error.contains("target refused")),
+                "{url}: {outcome:?}"
+            );
+        }
+    }
 }

@@ -49,7 +49,7 @@ impl LlmActions {
     /// `NOT_FOUND` when it does not exist or is someone else's.
     pub async fn check_owner(
         &self,
-        owner: &str,
+        owner: Option<&str>,
         aggregate_type: &str,
         id: Uuid,
     ) -> Result<(), CommandError> {
@@ -59,15 +59,23 @@ impl LlmActions {
         }
     }
 
-    async fn owned_batch(&self, owner: &str, batch_id: Uuid) -> Result<Batch, CommandError> {
+    async fn owned_batch(
+        &self,
+        owner: Option<&str>,
+        batch_id: Uuid,
+    ) -> Result<Batch, CommandError> {
         let batch = self.commands.load::<Batch>(&batch_id.to_string()).await?;
         match batch.key() {
-            Some(key) if key.owner == owner => Ok(batch),
+            Some(key) if owner.is_none_or(|owner| key.owner == owner) => Ok(batch),
             _ => Err(not_found("batch")),
         }
     }
 
-    async fn owned_request(&self, owner: &str, request_id: Uuid) -> Result<Request, CommandError> {
+    async fn owned_request(
+        &self,
+        owner: Option<&str>,
+        request_id: Uuid,
+    ) -> Result<Request, CommandError> {
         let id = request_id.to_string();
         let mut request = self.commands.load::<Request>(&id).await?;
         if request.submission().is_none() && self.accepted(request_id).await? {
@@ -80,7 +88,7 @@ impl LlmActions {
             }
         }
         match request.submission() {
-            Some(submission) if submission.owner == owner => Ok(request),
+            Some(submission) if owner.is_none_or(|owner| submission.owner == owner) => Ok(request),
             _ => Err(not_found("request")),
         }
     }
@@ -102,7 +110,7 @@ impl LlmActions {
         command: BatchCommand,
         key: Option<IdempotencyKey>,
     ) -> Result<CommandReceipt, CommandError> {
-        self.owned_batch(&context.actor, batch_id).await?;
+        self.owned_batch(Some(&context.actor), batch_id).await?;
         self.commands
             .execute::<Batch>(context, &batch_id.to_string(), command, &self.services, key)
             .await
@@ -115,7 +123,7 @@ impl LlmActions {
         command: RequestCommand,
         key: Option<IdempotencyKey>,
     ) -> Result<CommandReceipt, CommandError> {
-        self.owned_request(&context.actor, request_id).await?;
+        self.owned_request(Some(&context.actor), request_id).await?;
         self.commands
             .execute::<Request>(context, &request_id.to_string(), command, &(), key)
             .await
@@ -163,7 +171,7 @@ impl LlmActions {
         request_id: Uuid,
         key: Option<IdempotencyKey>,
     ) -> Result<CommandReceipt, CommandError> {
-        let request = self.owned_request(&context.actor, request_id).await?;
+        let request = self.owned_request(Some(&context.actor), request_id).await?;
         let Some(submission) = request.submission() else {
             return Err(not_found("request"));
         };
@@ -228,7 +236,7 @@ impl LlmActions {
         only_failed: bool,
         key: Option<IdempotencyKey>,
     ) -> Result<u64, CommandError> {
-        self.owned_batch(&context.actor, batch_id).await?;
+        self.owned_batch(Some(&context.actor), batch_id).await?;
         let moved = self
             .commands
             .once(context, key, |command_id| async move {

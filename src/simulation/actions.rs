@@ -24,9 +24,12 @@ impl SimulationActions {
     ///
     /// # Errors
     /// `NOT_FOUND` when it does not exist or is someone else's.
-    pub async fn owned(&self, owner: &str, id: Uuid) -> Result<Simulation, CommandError> {
+    pub async fn owned(&self, owner: Option<&str>, id: Uuid) -> Result<Simulation, CommandError> {
         let simulation = self.commands.load::<Simulation>(&id.to_string()).await?;
-        if simulation.owner() == Some(owner) {
+        let visible = simulation
+            .owner()
+            .is_some_and(|actual| owner.is_none_or(|owner| owner == actual));
+        if visible {
             Ok(simulation)
         } else {
             Err(CommandError::Rejected {
@@ -74,7 +77,7 @@ impl SimulationActions {
         command: SimulationCommand,
         key: Option<IdempotencyKey>,
     ) -> Result<CommandReceipt, CommandError> {
-        self.owned(&context.actor, id).await?;
+        self.owned(Some(&context.actor), id).await?;
         self.commands
             .execute::<Simulation>(context, &id.to_string(), command, &(), key)
             .await

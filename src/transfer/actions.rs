@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use chronicle_aggregates::client::Role;
 use chronicle_aggregates::dicom_server::{DicomServer, DicomServerCommand, ServerSpec};
 use chronicle_aggregates::job::{Job, JobCommand, JobKind};
 use chronicle_aggregates::query::{Query, QuerySpec};
@@ -11,15 +12,15 @@ use chronicle_aggregates::ErrorCode;
 use chrono::Utc;
 use uuid::Uuid;
 
-use crate::command::{
-    Authority, CommandContext, CommandError, CommandReceipt, Commands, IdempotencyKey,
-};
+use crate::command::{CommandContext, CommandError, CommandReceipt, Commands, IdempotencyKey};
+use crate::security::EgressPolicy;
 
 /// Owner and admin actions on transfers.
 #[derive(Clone)]
 pub struct TransferActions {
     commands: Commands,
     trusted: Arc<[String]>,
+    egress: EgressPolicy,
 }
 
 fn rejected(code: ErrorCode, message: impl Into<String>) -> CommandError {
@@ -29,19 +30,21 @@ fn rejected(code: ErrorCode, message: impl Into<String>) -> CommandError {
     }
 }
 
-fn admin_only(authority: Authority) -> Result<(), CommandError> {
+fn admin_only(authority: Role) -> Result<(), CommandError> {
     match authority {
-        Authority::Admin => Ok(()),
-        Authority::Client => Err(rejected(ErrorCode::Forbidden, "only an admin may do this")),
+        Role::Admin => Ok(()),
+        Role::Client => Err(rejected(ErrorCode::Forbidden, "only an admin may do this")),
     }
 }
 
 impl TransferActions {
-    /// Actions through `commands`; jobs of `trusted` owners (`*`: everyone) need no verify.
-    pub fn new(commands: Commands, trusted: Vec<String>) -> Self {
+    /// Actions through `commands`; jobs of admins and of `trusted` owners (`*`: everyone) need
+    /// no verify; servers must be reachable under `egress`.
+    pub fn new(commands: Commands, trusted: Vec<String>, egress: EgressPolicy) -> Self {
         Self {
             commands,
             trusted: trusted.into(),
+            egress,
         }
     }
 
@@ -52,11 +55,22 @@ impl TransferActions {
     pub async fn register_server(
         &self,
         context: &CommandContext,
-        authority: Authority,
+        authority: Role,
         name: String,
         spec: ServerSpec,
     ) -> Result<CommandReceipt, CommandError> {
         admin_only(authority)?;
+        // A URL that is not http(s) with a host is left to the aggregate's own rules.
+        let reachable = reqwest::Url::parse(&spec.base_url)
+            .is_ok_and(|url| matches!(url.scheme(), "http" | "https") && url.host().is_some());
+        if reachable {
+            if let Err(refused) = self.egress.check_url(&spec.base_url).await {
+                return Err(rejected(
+                    ErrorCode::Validation,
+                    format!("baseUrl: {refused}"),
+                ));
+            }
+        }
         let id = name.clone();
         let command = DicomServerCommand::Register {
             name,
@@ -76,7 +90,7 @@ impl TransferActions {
     pub async fn remove_server(
         &self,
         context: &CommandContext,
-        authority: Authority,
+        authority: Role,
         name: &str,
     ) -> Result<CommandReceipt, CommandError> {
         admin_only(authority)?;
@@ -110,12 +124,14 @@ impl TransferActions {
     pub async fn create(
         &self,
         context: &CommandContext,
+        authority: Role,
         spec: TransferSpec,
         key: Option<IdempotencyKey>,
     ) -> Result<CommandReceipt, CommandError> {
         self.server(&spec.source).await?;
         self.server(&spec.destination).await?;
-        self.create_job::<Transfer>(context, spec, key).await
+        self.create_job::<Transfer>(context, authority, spec, key)
+            .await
     }
 
     /// Creates a query job; with an idempotency key its id derives from the key.
@@ -125,23 +141,27 @@ impl TransferActions {
     pub async fn create_query(
         &self,
         context: &CommandContext,
+        authority: Role,
         spec: QuerySpec,
         key: Option<IdempotencyKey>,
     ) -> Result<CommandReceipt, CommandError> {
         self.server(&spec.source).await?;
-        self.create_job::<Query>(context, spec, key).await
+        self.create_job::<Query>(context, authority, spec, key)
+            .await
     }
 
     async fn create_job<K: JobKind>(
         &self,
         context: &CommandContext,
+        authority: Role,
         spec: K::Spec,
         key: Option<IdempotencyKey>,
     ) -> Result<CommandReceipt, CommandError> {
-        let trusted = self
-            .trusted
-            .iter()
-            .any(|owner| owner == "*" || *owner == context.actor);
+        let trusted = authority == Role::Admin
+            || self
+                .trusted
+                .iter()
+                .any(|owner| owner == "*" || *owner == context.actor);
         self.commands
             .once(context, key, |seed| async move {
                 let id =
@@ -167,12 +187,12 @@ impl TransferActions {
     pub async fn visible<K: JobKind>(
         &self,
         context: &CommandContext,
-        authority: Authority,
+        authority: Role,
         id: Uuid,
     ) -> Result<Job<K>, CommandError> {
         let job = self.commands.load::<Job<K>>(&id.to_string()).await?;
         let mine = job.owner() == Some(context.actor.as_str());
-        if job.owner().is_some() && (mine || authority == Authority::Admin) {
+        if job.owner().is_some() && (mine || authority == Role::Admin) {
             Ok(job)
         } else {
             Err(rejected(ErrorCode::NotFound, "job not found"))
@@ -186,7 +206,7 @@ impl TransferActions {
     pub async fn act<K: JobKind>(
         &self,
         context: &CommandContext,
-        authority: Authority,
+        authority: Role,
         id: Uuid,
         action: JobAction,
         key: Option<IdempotencyKey>,

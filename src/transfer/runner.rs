@@ -39,6 +39,7 @@ use uuid::Uuid;
 use super::dicomweb::{DicomWeb, DicomWebError};
 use crate::command::{CommandContext, CommandError, Commands};
 use crate::projection::Leadership;
+use crate::security::EgressPolicy;
 
 /// How often leadership is confirmed.
 const CONFIRM_EVERY: Duration = Duration::from_secs(5);
@@ -123,12 +124,13 @@ impl TransferRunner {
         pool: PgPool,
         options: PgConnectOptions,
         settings: RunnerSettings,
+        egress: &EgressPolicy,
     ) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
+        let http = egress
+            .client_builder()
             // A pause, not a whole transfer: a large instance may take longer than this.
             .connect_timeout(settings.http_timeout)
             .read_timeout(settings.http_timeout)
-            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Self {
             commands,

@@ -131,7 +131,7 @@ async fn the_audit_trail_lists_each_state_change_with_actor_and_correlation() {
     assert_eq!(trail[1]["fromState"], "building");
     assert_eq!(trail[1]["toState"], "uploading");
     assert_eq!(trail[1]["eventType"], "BatchClosed");
-    assert_eq!(trail[1]["actor"], "anonymous");
+    assert_eq!(trail[1]["actor"], "admin");
 
     let request_trail = eventually(Duration::from_secs(15), "request transitions", || async {
         let response = app

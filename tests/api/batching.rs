@@ -40,7 +40,7 @@ fn jsonl_bytes(item: &Value) -> i64 {
 }
 
 async fn event_count(app: &TestApp) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM events")
+    sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type <> 'Client'")
         .fetch_one(&app.pool)
         .await
         .expect("count")

@@ -53,7 +53,7 @@ async fn an_aggregate_is_shown_as_it_was_at_a_version_or_a_time() {
         .map(|e| e["eventType"].as_str().expect("type"))
         .collect();
     assert_eq!(types, ["BatchOpened", "BatchRequestsAdded", "BatchClosed"]);
-    assert_eq!(events[0]["metadata"]["actor"], "anonymous");
+    assert_eq!(events[0]["metadata"]["actor"], "admin");
     assert!(events[0]["metadata"]["commandId"].is_string());
     let later = app
         .graphql(EVENTS, json!({ "t": "Batch", "i": batch, "from": 3 }))
@@ -161,7 +161,7 @@ async fn the_log_narrows_to_one_client_call_across_aggregates() {
         let closed = app
             .graphql(
                 LOG,
-                json!({ "f": { "eventTypes": ["BatchClosed"], "actor": "anonymous" } }),
+                json!({ "f": { "eventTypes": ["BatchClosed"], "actor": "admin" } }),
             )
             .await;
         (closed["data"]["eventLog"]["edges"].as_array().map(Vec::len) == Some(1)).then_some(())

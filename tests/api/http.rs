@@ -63,7 +63,11 @@ async fn the_log_pages_forward_without_gaps_or_repeats() {
     app.ledger("l", LedgerCommand::Deposit(vec![1; 9]))
         .await
         .expect("deposit");
-    app.log_edges("{ eventLog { edges { cursor } } }", 10).await;
+    app.log_edges(
+        "{ eventLog(aggregateTypes: [\"Ledger\"]) { edges { cursor } } }",
+        10,
+    )
+    .await;
     let query =
         "query($after: String) { eventLog(after: $after, first: 3, aggregateTypes: [\"Ledger\"]) {
         edges { cursor node { sequence } } pageInfo { hasNextPage } } }";

@@ -27,7 +27,7 @@ async fn deposit_once(
 }
 
 async fn event_count(app: &TestApp) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM events")
+    sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type <> 'Client'")
         .fetch_one(&app.pool)
         .await
         .expect("count")

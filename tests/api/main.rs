@@ -22,6 +22,7 @@ mod provider;
 mod query_jobs;
 mod rabbitmq;
 mod schema_file;
+mod security;
 mod simulations;
 mod store;
 mod subscriptions;

@@ -131,7 +131,8 @@ async fn an_offline_rebuild_applies_the_whole_log_and_reproduces_the_read_model(
         .expect("corrupt");
 
     let rebuilt = runner(&db).rebuild().await.expect("rebuild");
-    assert_eq!(rebuilt, Rebuild::Completed(24));
+    // The seed's 24 events and the bootstrap admin's 2 (client created, key issued).
+    assert_eq!(rebuilt, Rebuild::Completed(26));
     assert_eq!(index_rows(&db.pool).await, before);
     let status = chronicle_projections::checkpoint::status(&db.pool)
         .await
@@ -141,7 +142,7 @@ async fn an_offline_rebuild_applies_the_whole_log_and_reproduces_the_read_model(
         .filter(|s| s.name == "aggregate_index")
         .map(|s| (s.name.as_str(), s.events_applied, s.lag))
         .collect();
-    assert_eq!(progress, [("aggregate_index", 24, 0)]);
+    assert_eq!(progress, [("aggregate_index", 26, 0)]);
 }
 
 #[tokio::test]
@@ -157,7 +158,10 @@ async fn projection_status_reports_progress_and_lag_over_graphql() {
         .await;
     let status = &response["data"]["projections"][0];
     assert_eq!(status["name"], "aggregate_index", "{response}");
-    assert_eq!(status["eventsApplied"], 24);
+    assert_eq!(
+        status["eventsApplied"], 26,
+        "the seed's 24 and the bootstrap's 2"
+    );
     assert_eq!(status["lag"], 0);
     app.stop().await;
 }

@@ -111,7 +111,11 @@ async fn a_bad_criteria_row_refuses_the_csv_and_an_unfinished_query_gives_no_tra
     let good = "PatientName\nDoe*\n";
     let created = site
         .app
-        .graphql(CREATE_CSV, json!({ "source": "clinical", "csv": good }))
+        .graphql_as(
+            &site.clinic,
+            CREATE_CSV,
+            json!({ "source": "clinical", "csv": good }),
+        )
         .await;
     let id = created["data"]["createQueryJobFromCsv"]["aggregateId"]
         .as_str()
@@ -122,7 +126,11 @@ async fn a_bad_criteria_row_refuses_the_csv_and_an_unfinished_query_gives_no_tra
         createTransferJobFromQuery(queryJobId: $id, setup: $setup) { aggregateId } }";
     let refused = site
         .app
-        .graphql(transfer, json!({ "id": id, "setup": setup(false) }))
+        .graphql_as(
+            &site.clinic,
+            transfer,
+            json!({ "id": id, "setup": setup(false) }),
+        )
         .await;
     assert_eq!(
         refused["errors"][0]["extensions"]["code"], "INVALID_TRANSITION",

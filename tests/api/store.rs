@@ -7,7 +7,8 @@ use serde_json::json;
 
 use crate::support::{LedgerCommand, TestApp, TestDb};
 
-const LOG: &str = "query($after: String) { eventLog(after: $after, first: 1000) {
+const LOG: &str =
+    "query($after: String) { eventLog(after: $after, first: 1000, aggregateTypes: [\"Ledger\"]) {
     edges { cursor node { aggregateId sequence eventType eventVersion payload
                           metadata { actor correlationId causationId commandId } } }
     pageInfo { hasNextPage } } }";

@@ -177,16 +177,18 @@ async fn receive_field(subscription: &mut Subscription, field: &str, count: usiz
 async fn owner_wide_updates_show_only_the_callers_batches() {
     let db = TestDb::new().await;
     let app = TestApp::spawn(&db, "updates").await;
+    let key = app.client_key("alice", "CLIENT").await;
     let submit =
         "mutation($input: SubmitRequestInput!) { submitRequest(input: $input) { batchId } }";
     let input = |custom_id: &str, model: &str| {
         json!({ "input": { "customId": custom_id, "endpoint": "/v1/embeddings", "model": model,
                            "body": { "input": "x" }, "delivery": { "poll": true } } })
     };
-    let first = app.graphql(submit, input("a", "m1")).await;
+    let first = app.graphql_as(&key, submit, input("a", "m1")).await;
     let flush = "mutation($id: UUID!) { flushBatch(batchId: $id) { cursor } }";
     let flushed = app
-        .graphql(
+        .graphql_as(
+            &key,
             flush,
             json!({ "id": first["data"]["submitRequest"]["batchId"] }),
         )
@@ -194,7 +196,7 @@ async fn owner_wide_updates_show_only_the_callers_batches() {
     let after = flushed["data"]["flushBatch"]["cursor"].clone();
     let query = "subscription($after: String) { batchesUpdated(after: $after) { id eventType } }";
     let mut subscription =
-        Subscription::start(&app.ws_url(), query, json!({ "after": after })).await;
+        Subscription::start_as(&app.ws_url(), &key, query, json!({ "after": after })).await;
 
     sqlx::query(
         "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
@@ -207,7 +209,7 @@ async fn owner_wide_updates_show_only_the_callers_batches() {
     .execute(&db.pool)
     .await
     .expect("another owner's batch");
-    let second = app.graphql(submit, input("b", "m2")).await;
+    let second = app.graphql_as(&key, submit, input("b", "m2")).await;
     let mine = second["data"]["submitRequest"]["batchId"].clone();
     let updates = receive_field(&mut subscription, "batchesUpdated", 2).await;
     assert_eq!(updates[0]["id"], mine, "{updates:?}");

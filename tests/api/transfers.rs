@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::analytics::rebuild;
 use crate::archive::caught_up;
 use crate::support::dicom_files::{ct_instance, PATIENT_ID, PATIENT_NAME};
-use crate::support::{app_context, eventually, Orthanc, Subscription, TestApp, TestDb};
+use crate::support::{app_context, eventually, Orthanc, Subscription, TestApp, TestDb, ADMIN_KEY};
 
 pub(crate) const STUDY_A: &str = "1.2.826.0.1.3680043.10.1001";
 const SERIES_A1: &str = "1.2.826.0.1.3680043.10.1001.1";
@@ -37,6 +37,8 @@ pub(crate) struct Site {
     pub(crate) source: Orthanc,
     pub(crate) destination: Orthanc,
     pub(crate) app: TestApp,
+    /// A key of the client `clinic`, whose jobs need an admin's verify unless trusted.
+    pub(crate) clinic: String,
     pub(crate) _db: TestDb,
 }
 
@@ -83,10 +85,12 @@ async fn site_polling(trusted: &[&str], poll_ms: u64) -> Site {
             .await;
         assert!(response["errors"].is_null(), "{response}");
     }
+    let clinic = app.client_key("clinic", "CLIENT").await;
     Site {
         source,
         destination,
         app,
+        clinic,
         _db: db,
     }
 }
@@ -95,9 +99,15 @@ pub(crate) fn setup(pseudonymize: bool) -> Value {
     json!({ "source": "clinical", "destination": "research", "pseudonymize": pseudonymize })
 }
 
+/// Creates a job as the admin (whose jobs never wait for a verify).
 async fn create(app: &TestApp, setup: Value, tasks: Value) -> String {
+    create_as(app, ADMIN_KEY, setup, tasks).await
+}
+
+/// Creates a job with API key `key`.
+async fn create_as(app: &TestApp, key: &str, setup: Value, tasks: Value) -> String {
     let response = app
-        .graphql(CREATE, json!({ "setup": setup, "tasks": tasks }))
+        .graphql_as(key, CREATE, json!({ "setup": setup, "tasks": tasks }))
         .await;
     response["data"]["createTransferJob"]["aggregateId"]
         .as_str()
@@ -272,7 +282,7 @@ async fn a_missing_study_fails_its_task_and_the_job_follows_the_rule() {
 async fn an_unverified_job_waits_and_can_be_canceled_resumed_and_verified() {
     let site = site(&[]).await;
     let tasks = json!([{ "patientId": PATIENT_ID, "studyInstanceUid": STUDY_B }]);
-    let id = create(&site.app, setup(false), tasks).await;
+    let id = create_as(&site.app, &site.clinic, setup(false), tasks).await;
     job_when(&site.app, &id, "unverified").await;
     let action = |name: &str| format!("mutation($id: UUID!) {{ {name}(id: $id) {{ version }} }}");
     let canceled = site
@@ -307,7 +317,7 @@ async fn an_unverified_job_waits_and_can_be_canceled_resumed_and_verified() {
         .await;
     assert!(verified["errors"].is_null(), "{verified}");
     let job = job_when(&site.app, &id, "success").await;
-    assert_eq!(job["verifiedBy"], "anonymous");
+    assert_eq!(job["verifiedBy"], "admin");
     assert_eq!(site.destination.instances().await.len(), 1);
 
     // The job's whole life, replayed then live, as its subscribers see it.
@@ -451,7 +461,7 @@ async fn a_task_cut_off_by_a_crash_is_interrupted_and_run_again_by_the_next_inst
     // The runner of this instance looked for work once at start and sleeps for an hour.
     let site = site_polling(&[], 3_600_000).await;
     let tasks = json!([{ "patientId": PATIENT_ID, "studyInstanceUid": STUDY_A }]);
-    let id = create(&site.app, setup(true), tasks).await;
+    let id = create_as(&site.app, &site.clinic, setup(true), tasks).await;
     let job_id: uuid::Uuid = id.parse().expect("uuid");
     for command in [
         TransferCommand::Verify {
@@ -475,6 +485,7 @@ async fn a_task_cut_off_by_a_crash_is_interrupted_and_run_again_by_the_next_inst
         destination,
         app,
         _db: db,
+        ..
     } = site;
     app.kill().await;
     let next = TestApp::spawn_configured(&db, "next", |c| c.transfer.transfer_poll_ms = 50).await;

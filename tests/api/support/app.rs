@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use chronicle::command::{CommandContext, CommandError, CommandReceipt, Commands};
-use chronicle::config::{Config, DeliveryConfig, LogFormat, SimulationConfig, TransferConfig};
+use chronicle::config::{
+    Config, DeliveryConfig, LogFormat, SecurityConfig, SimulationConfig, TransferConfig,
+};
 use chronicle::startup::{Application, Wiring};
 use serde_json::{json, Value};
 use sqlx::postgres::PgConnectOptions;
@@ -12,6 +14,23 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{Ledger, LedgerCommand, TestDb};
+
+/// The bootstrap admin key of every test instance (a test fixture, not a secret).
+pub const ADMIN_KEY: &str = "chr_a024110d36e0a343_CkzGIm5zrhVFeiLVt6-9MhBhuMFyKzbEqaf2LpTr2q0";
+
+/// The default test configuration: loopback allowed as an egress target, no rate limit.
+fn security_config() -> SecurityConfig {
+    SecurityConfig {
+        insecure_dev: false,
+        key_pepper: Some("test pepper".into()),
+        bootstrap_admin_key: Some(ADMIN_KEY.into()),
+        rate_limit_per_sec: 0,
+        rate_limit_burst: 0,
+        max_body_bytes: 64 * 1024 * 1024,
+        request_timeout_secs: 60,
+        egress_allow: vec!["127.0.0.1/32".parse().expect("network")],
+    }
+}
 
 /// A running instance of the service.
 pub struct TestApp {
@@ -94,6 +113,7 @@ impl TestApp {
                 transfer_http_timeout_secs: 10,
                 transfer_poll_ms: 50,
             },
+            security: security_config(),
         };
         change(&mut config);
         let pool = chronicle::db::connect(&options, config.db_max_connections)
@@ -134,10 +154,43 @@ impl TestApp {
         self.pool.close().await;
     }
 
-    /// Posts a GraphQL request and returns the whole response body.
+    /// Posts a GraphQL request as the bootstrap admin and returns the whole response body.
     pub async fn graphql(&self, query: &str, variables: Value) -> Value {
-        self.http
+        self.graphql_as(ADMIN_KEY, query, variables).await
+    }
+
+    /// Posts a GraphQL request with API key `key` and returns the whole response body.
+    pub async fn graphql_as(&self, key: &str, query: &str, variables: Value) -> Value {
+        self.post_graphql(key, None, query, variables).await
+    }
+
+    /// Like [`TestApp::graphql_as`], under the correlation id `correlation_id`.
+    pub async fn graphql_correlated(
+        &self,
+        key: &str,
+        correlation_id: &str,
+        query: &str,
+        variables: Value,
+    ) -> Value {
+        self.post_graphql(key, Some(correlation_id), query, variables)
+            .await
+    }
+
+    async fn post_graphql(
+        &self,
+        key: &str,
+        correlation_id: Option<&str>,
+        query: &str,
+        variables: Value,
+    ) -> Value {
+        let mut request = self
+            .http
             .post(format!("http://{}/graphql", self.address))
+            .bearer_auth(key);
+        if let Some(correlation_id) = correlation_id {
+            request = request.header("x-correlation-id", correlation_id);
+        }
+        request
             .json(&json!({ "query": query, "variables": variables }))
             .send()
             .await
@@ -145,6 +198,27 @@ impl TestApp {
             .json()
             .await
             .expect("JSON response")
+    }
+
+    /// Creates the client `id` (role `CLIENT` or `ADMIN`) and returns a key of it.
+    pub async fn client_key(&self, id: &str, role: &str) -> String {
+        let created = self
+            .graphql(
+                &format!("mutation {{ createClient(id: \"{id}\", role: {role}) {{ version }} }}"),
+                json!({}),
+            )
+            .await;
+        assert!(created["errors"].is_null(), "{created}");
+        let issued = self
+            .graphql(
+                "mutation($id: String!) { issueKey(clientId: $id, label: \"test\") { key } }",
+                json!({ "id": id }),
+            )
+            .await;
+        issued["data"]["issueKey"]["key"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{issued}"))
+            .to_owned()
     }
 
     /// The `eventLog` edges of `query` once the log shows `count` of them.

@@ -16,8 +16,13 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// Connects, initializes and subscribes.
+    /// Connects as the bootstrap admin, initializes and subscribes.
     pub async fn start(url: &str, query: &str, variables: Value) -> Self {
+        Self::start_as(url, super::app::ADMIN_KEY, query, variables).await
+    }
+
+    /// Connects with API key `key` (sent in `connection_init`), initializes and subscribes.
+    pub async fn start_as(url: &str, key: &str, query: &str, variables: Value) -> Self {
         let mut request = url.into_client_request().expect("ws request");
         request.headers_mut().insert(
             "Sec-WebSocket-Protocol",
@@ -26,7 +31,11 @@ impl Subscription {
         let (mut socket, _) = tokio_tungstenite::connect_async(request)
             .await
             .expect("websocket connect");
-        send(&mut socket, json!({ "type": "connection_init" })).await;
+        send(
+            &mut socket,
+            json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {key}") } }),
+        )
+        .await;
         let ack = next_message(&mut socket).await.expect("connection_ack");
         assert_eq!(ack["type"], "connection_ack", "{ack}");
         send(

@@ -1,0 +1,6 @@
+//! Security over the real HTTP API: keys, ownership on every root field, limits, egress.
+
+mod egress;
+mod fuzz;
+mod keys;
+mod ownership;
