@@ -20,6 +20,7 @@ mod query_jobs;
 mod requests;
 mod schema;
 mod simulations;
+mod subjects;
 mod transfer_updates;
 mod transfers;
 mod transitions;

@@ -12,8 +12,10 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::log::LogReader;
+use crate::privacy::Vault;
 use crate::projection::{ProjectionRunner, Rebuild, RunnerSettings};
 use crate::provider::{Emulator, Faults};
+use crate::security::Pepper;
 use crate::startup::{Application, Wiring};
 use crate::{api, archive, audit, db, telemetry};
 
@@ -292,7 +294,9 @@ impl Cli {
                     .with_context(|| {
                         format!("no projection `{name}`; known: {}", known.join(", "))
                     })?;
-                let reader = LogReader::new(pool.clone(), wiring.upcasters.into());
+                let pepper = Pepper::load(&pool, config.security.key_pepper.as_ref()).await?;
+                let vault = Vault::new(pool.clone(), pepper.as_bytes());
+                let reader = LogReader::new(pool.clone(), wiring.upcasters.into(), vault);
                 let settings = RunnerSettings {
                     page_size: 2000,
                     standby_retry: config.standby_retry(),

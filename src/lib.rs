@@ -13,6 +13,7 @@ pub mod http;
 pub mod llm;
 pub mod log;
 pub mod metrics;
+pub mod privacy;
 pub mod projection;
 pub mod provider;
 pub mod retry_rules;

@@ -5,9 +5,11 @@
 mod bootstrap;
 mod egress;
 mod keys;
+mod pepper;
 mod rate_limit;
 
 pub use bootstrap::{bootstrap_admin, ADMIN_CLIENT};
 pub use egress::{EgressPolicy, Refused};
 pub use keys::{Authenticator, Identity, KeyHasher, NewKey};
+pub use pepper::Pepper;
 pub use rate_limit::RateLimiter;

@@ -11,6 +11,7 @@ use chronicle_aggregates::dicom_server::DicomServer;
 use chronicle_aggregates::query::QueryJob;
 use chronicle_aggregates::request::Request;
 use chronicle_aggregates::simulation::Simulation;
+use chronicle_aggregates::subject::Subject;
 use chronicle_aggregates::transfer::TransferJob;
 use chronicle_aggregates::Upcasters;
 use chronicle_projections::Projector;
@@ -33,11 +34,14 @@ use crate::llm::{
     BatchCloser, DriverSettings, LlmActions, PgCustomIds, ProviderDriver, Providers, Submitter,
 };
 use crate::log::{LogReader, LogWaker};
+use crate::privacy::Vault;
 use crate::projection::{self, ProjectionRunner, RunnerSettings};
 use crate::provider::{
     Anthropic, AnthropicConfig, ChatClient, ChatConfig, OpenAi, OpenAiConfig, Provider,
 };
-use crate::security::{bootstrap_admin, Authenticator, EgressPolicy, KeyHasher, RateLimiter};
+use crate::security::{
+    bootstrap_admin, Authenticator, EgressPolicy, KeyHasher, Pepper, RateLimiter,
+};
 use crate::simulation::{Responder, SimulationActions};
 use crate::store::EventStores;
 use crate::transfer::{TransferActions, TransferRunner};
@@ -69,7 +73,8 @@ impl Wiring {
                 .register::<TransferJob>()
                 .register::<QueryJob>()
                 .register::<DicomServer>()
-                .register::<Client>(),
+                .register::<Client>()
+                .register::<Subject>(),
             projectors: projection::standard(),
         }
     }
@@ -204,8 +209,17 @@ impl Application {
         if crate::metrics::install().is_none() {
             tracing::warn!("another metrics recorder is installed: /metrics stays empty");
         }
-        let stores = EventStores::new(pool.clone(), &config.snapshots, wiring.upcasters);
-        let reader = LogReader::new(pool.clone(), stores.upcasters());
+        let pepper = Pepper::load(&pool, config.security.key_pepper.as_ref())
+            .await
+            .context("loading the pepper")?;
+        let vault = Vault::new(pool.clone(), pepper.as_bytes());
+        let stores = EventStores::new(
+            pool.clone(),
+            &config.snapshots,
+            wiring.upcasters,
+            vault.clone(),
+        );
+        let reader = LogReader::new(pool.clone(), stores.upcasters(), vault.clone());
         let waker = LogWaker::start(&pool, config.log_poll(), shutdown.clone());
         let settings = RunnerSettings {
             page_size: PROJECTION_PAGE,
@@ -270,9 +284,7 @@ impl Application {
         }
         let security = &config.security;
         let egress = EgressPolicy::new(security.egress_allow.clone());
-        let hasher = KeyHasher::load(&pool, security.key_pepper.as_ref())
-            .await
-            .context("loading the API key pepper")?;
+        let hasher = KeyHasher::new(pepper.as_bytes());
         let secrets = Arc::new(WebhookSecrets::new(pool.clone()));
         let delivery = delivery_worker(
             config,
@@ -328,10 +340,12 @@ impl Application {
             transfers: TransferActions::new(
                 commands.clone(),
                 config.transfer.transfer_trusted.clone(),
-                egress,
+                egress.clone(),
             ),
+            egress,
             rate_limiter: RateLimiter::new(security.rate_limit_per_sec, security.rate_limit_burst),
             hasher: hasher.clone(),
+            vault,
             commands: commands.clone(),
         });
         let authenticator = if security.insecure_dev {

@@ -11,6 +11,8 @@ use chronicle_aggregates::{Upcast, Upcasters};
 use cqrs_es::persist::PersistedEventStore;
 use sqlx::PgPool;
 
+use crate::privacy::Vault;
+
 pub use repository::ChronicleRepository;
 
 /// The event store for one aggregate type.
@@ -20,15 +22,23 @@ pub type Store<A> = PersistedEventStore<ChronicleRepository, A>;
 #[derive(Clone)]
 pub struct EventStores {
     pool: PgPool,
+    vault: Vault,
     snapshot_every: Arc<HashMap<String, usize>>,
     upcasters: Arc<Upcasters>,
 }
 
 impl EventStores {
-    /// Stores over `pool`, snapshotting the listed aggregate types every N events.
-    pub fn new(pool: PgPool, snapshots: &[(String, usize)], upcasters: Upcasters) -> Self {
+    /// Stores over `pool`, snapshotting the listed aggregate types every N events, sealing
+    /// personal data with `vault`.
+    pub fn new(
+        pool: PgPool,
+        snapshots: &[(String, usize)],
+        upcasters: Upcasters,
+        vault: Vault,
+    ) -> Self {
         Self {
             pool,
+            vault,
             snapshot_every: Arc::new(snapshots.iter().cloned().collect()),
             upcasters: Arc::new(upcasters),
         }
@@ -37,7 +47,8 @@ impl EventStores {
     /// The store for `A`: snapshotting if configured, upcasting on every load.
     pub fn store<A: Upcast>(&self) -> Store<A> {
         let every = self.snapshot_every.get(A::TYPE).copied();
-        let repository = ChronicleRepository::new(self.pool.clone(), every.unwrap_or(0));
+        let repository =
+            ChronicleRepository::new(self.pool.clone(), every.unwrap_or(0), self.vault.clone());
         let store = match every {
             Some(every) => PersistedEventStore::new_snapshot_store(repository, every),
             None => PersistedEventStore::new_event_store(repository),
@@ -48,6 +59,11 @@ impl EventStores {
     /// Every registered aggregate's upcasters, for the global log reader.
     pub fn upcasters(&self) -> Arc<Upcasters> {
         Arc::clone(&self.upcasters)
+    }
+
+    /// The vault that seals and opens personal data.
+    pub fn vault(&self) -> &Vault {
+        &self.vault
     }
 
     /// The pool the stores write through.

@@ -27,7 +27,6 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::EventUpcaster;
 use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -386,8 +385,4 @@ impl Aggregate for Batch {
     }
 }
 
-impl Upcast for Batch {
-    fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
-        Vec::new()
-    }
-}
+impl Upcast for Batch {}

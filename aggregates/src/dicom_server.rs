@@ -4,7 +4,6 @@
 
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::EventUpcaster;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
@@ -236,11 +235,7 @@ impl Aggregate for DicomServer {
     }
 }
 
-impl Upcast for DicomServer {
-    fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
-        Vec::new()
-    }
-}
+impl Upcast for DicomServer {}
 
 #[cfg(test)]
 mod tests {

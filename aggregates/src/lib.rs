@@ -15,6 +15,7 @@ pub mod job;
 pub mod query;
 pub mod request;
 pub mod simulation;
+pub mod subject;
 pub mod transfer;
 mod upcasting;
 

@@ -19,7 +19,6 @@ mod tests;
 
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::EventUpcaster;
 use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -256,8 +255,4 @@ impl Aggregate for Request {
     }
 }
 
-impl Upcast for Request {
-    fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
-        Vec::new()
-    }
-}
+impl Upcast for Request {}

@@ -28,7 +28,6 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::EventUpcaster;
 use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -367,8 +366,4 @@ impl Aggregate for Simulation {
     }
 }
 
-impl Upcast for Simulation {
-    fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
-        Vec::new()
-    }
-}
+impl Upcast for Simulation {}

@@ -12,8 +12,10 @@ use cqrs_es::Aggregate;
 /// `SemanticVersionEventUpcaster` stamps on the events it upcasts, so stored and upcast
 /// events of one version read the same.
 pub trait Upcast: Aggregate {
-    /// The upcasters for this aggregate's events, applied in order.
-    fn upcasters() -> Vec<Box<dyn EventUpcaster>>;
+    /// The upcasters for this aggregate's events, applied in order (none by default).
+    fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
+        Vec::new()
+    }
 }
 
 /// Every registered aggregate's upcasters, keyed by aggregate type.

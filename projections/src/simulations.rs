@@ -23,7 +23,7 @@ impl Projector for Simulations {
     }
 
     fn aggregate_types(&self) -> Option<&'static [&'static str]> {
-        Some(&["Simulation"])
+        Some(&["Simulation", "Subject"])
     }
 
     async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
@@ -35,7 +35,13 @@ impl Projector for Simulations {
         conn: &mut PgConnection,
         events: &[RecordedEvent],
     ) -> Result<(), ProjectionError> {
-        for event in events.iter().filter(|e| e.aggregate_type == "Simulation") {
+        for event in events {
+            if event.event_type == "SubjectForgotten" {
+                erase(conn, &event.aggregate_id).await?;
+            }
+            if event.aggregate_type != "Simulation" {
+                continue;
+            }
             let Ok(id) = event.aggregate_id.parse::<Uuid>() else {
                 continue;
             };
@@ -43,6 +49,27 @@ impl Projector for Simulations {
         }
         Ok(())
     }
+}
+
+/// Erases, at once, the personal columns of every simulation of a forgotten subject (a
+/// rebuild shows the same fields erased, read from the sealed events).
+async fn erase(conn: &mut PgConnection, subject_ref: &str) -> Result<(), sqlx::Error> {
+    const OF_SUBJECT: &str = "SELECT aggregate_id::uuid FROM aggregate_subjects
+                               WHERE aggregate_type = 'Simulation' AND subject_ref = $1";
+    for statement in [
+        format!("UPDATE simulations SET learner_id = '[erased]', feedback = NULL WHERE id IN ({OF_SUBJECT})"),
+        format!("UPDATE simulation_messages SET text = '[erased]' WHERE simulation_id IN ({OF_SUBJECT})"),
+        format!(
+            "UPDATE ai_calls SET request = NULL, response_text = '[erased]', output = NULL
+              WHERE simulation_id IN ({OF_SUBJECT})"
+        ),
+    ] {
+        sqlx::query(&statement)
+            .bind(subject_ref)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }
 
 async fn apply(

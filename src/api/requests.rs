@@ -18,6 +18,7 @@ use super::outcome::{idempotency, run_action, CommandOutcome};
 use super::pagination::{connection, keyset_page, KeysetCursor, KeysetPage};
 use super::{ApiError, Caller};
 use crate::llm::{Accepted, Submitter};
+use crate::security::EgressPolicy;
 
 /// Most requests in one `submitRequests` call.
 pub(crate) const MAX_BULK: usize = 50_000;
@@ -60,9 +61,14 @@ pub(crate) struct SubmitRequestInput {
 }
 
 impl SubmitRequestInput {
-    fn parse(self) -> Result<RequestSpec, Vec<String>> {
+    /// The request, with a webhook target the egress policy refuses by address refused here
+    /// (one named by host is checked when it is resolved, at delivery).
+    fn parse(self, egress: &EgressPolicy) -> Result<RequestSpec, Vec<String>> {
         let delivery = match self.delivery {
-            DeliveryInput::WebhookUrl(url) => Delivery::webhook(&url),
+            DeliveryInput::WebhookUrl(url) => match egress.check_literal(&url) {
+                Ok(()) => Delivery::webhook(&url),
+                Err(refused) => Err(format!("webhookUrl: {refused}")),
+            },
             DeliveryInput::RabbitmqQueue(queue) => Delivery::rabbitmq(&queue),
             DeliveryInput::RabbitmqExchange(target) => {
                 Delivery::rabbitmq_exchange(&target.exchange, &target.routing_key)
@@ -378,8 +384,9 @@ async fn submit(
     let key = idempotency(idempotency_key, &("submitRequests", &inputs))?;
     let mut specs = Vec::with_capacity(inputs.len());
     let mut problems = Vec::new();
+    let egress = ctx.data_unchecked::<EgressPolicy>();
     for (index, input) in inputs.into_iter().enumerate() {
-        match input.parse() {
+        match input.parse(egress) {
             Ok(spec) => specs.push(spec),
             Err(reasons) => problems.push(ItemProblem { index, reasons }),
         }

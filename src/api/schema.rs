@@ -19,6 +19,7 @@ use super::projections::ProjectionQuery;
 use super::query_jobs::{QueryJobMutation, QueryJobQuery};
 use super::requests::{RequestMutation, RequestQuery};
 use super::simulations::{SimulationMutation, SimulationQuery, SimulationSubscription};
+use super::subjects::SubjectMutation;
 use super::transfer_updates::TransferSubscription;
 use super::transfers::{TransferMutation, TransferQuery};
 use super::transitions::TransitionQuery;
@@ -27,7 +28,8 @@ use crate::command::Commands;
 use crate::delivery::WebhookSecrets;
 use crate::llm::{LlmActions, Submitter};
 use crate::log::{LogReader, LogWaker};
-use crate::security::{KeyHasher, RateLimiter};
+use crate::privacy::Vault;
+use crate::security::{EgressPolicy, KeyHasher, RateLimiter};
 use crate::simulation::SimulationActions;
 use crate::transfer::TransferActions;
 
@@ -61,6 +63,7 @@ pub struct Mutation(
     DicomServerMutation,
     QueryJobMutation,
     ClientMutation,
+    SubjectMutation,
 );
 
 /// All subscriptions.
@@ -97,6 +100,10 @@ pub struct ApiServices {
     pub rate_limiter: RateLimiter,
     /// Hashes the keys admins issue.
     pub hasher: KeyHasher,
+    /// Names data subjects.
+    pub vault: Vault,
+    /// Where webhooks may go.
+    pub egress: EgressPolicy,
     /// The command path, for admin commands.
     pub commands: Commands,
 }
@@ -132,6 +139,8 @@ pub fn build_schema(services: ApiServices) -> ChronicleSchema {
         .data(services.transfers)
         .data(services.rate_limiter)
         .data(services.hasher)
+        .data(services.vault)
+        .data(services.egress)
         .data(services.commands)
         .finish()
 }

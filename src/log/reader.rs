@@ -15,6 +15,8 @@ use cqrs_es::persist::SerializedEvent;
 use serde_json::Value;
 use sqlx::PgPool;
 
+use crate::privacy::Vault;
+
 /// Which events a consumer wants; `None` means all.
 #[derive(Debug, Clone, Default)]
 pub struct LogFilter {
@@ -72,6 +74,7 @@ impl Page {
 pub struct LogReader {
     pool: PgPool,
     upcasters: Arc<Upcasters>,
+    vault: Vault,
 }
 
 /// A row of a page: the horizon, and an event unless the page is empty.
@@ -92,9 +95,29 @@ struct PageRow {
 }
 
 impl LogReader {
-    /// A reader over `pool` that upcasts with `upcasters`.
-    pub fn new(pool: PgPool, upcasters: Arc<Upcasters>) -> Self {
-        Self { pool, upcasters }
+    /// A reader over `pool` that opens personal data with `vault` and upcasts with
+    /// `upcasters`.
+    pub fn new(pool: PgPool, upcasters: Arc<Upcasters>, vault: Vault) -> Self {
+        Self {
+            pool,
+            upcasters,
+            vault,
+        }
+    }
+
+    /// The rows' events, personal fields opened, upcast.
+    async fn recorded_all(
+        &self,
+        mut rows: Vec<PageRow>,
+    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        let payloads = rows
+            .iter_mut()
+            .filter_map(|row| Some((row.aggregate_type.as_deref()?, row.payload.as_mut()?)));
+        self.vault.open(payloads).await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| self.recorded(row))
+            .collect())
     }
 
     /// Up to `limit` settled events after `after`, in log order, and never much more than
@@ -155,10 +178,7 @@ impl LogReader {
         .await?;
         let horizon = rows.first().map_or(0, |row| row.horizon);
         let fetched = rows.first().map_or(0, |row| row.fetched);
-        let events: Vec<RecordedEvent> = rows
-            .into_iter()
-            .filter_map(|row| self.recorded(row))
-            .collect();
+        let events = self.recorded_all(rows).await?;
         let truncated = usize::try_from(fetched).unwrap_or_default() > events.len();
         Ok(Page {
             events,
@@ -219,10 +239,7 @@ impl LogReader {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|row| self.recorded(row))
-            .collect())
+        self.recorded_all(rows).await
     }
 
     fn recorded(&self, row: PageRow) -> Option<RecordedEvent> {

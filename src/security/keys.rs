@@ -14,7 +14,6 @@ use sqlx::PgPool;
 const PREFIX: &str = "chr_";
 const KEY_ID_BYTES: usize = 8;
 const SECRET_BYTES: usize = 32;
-const PEPPER_NAME: &str = "key_pepper";
 
 /// A freshly made key: its public id and the whole key, which is shown once.
 pub struct NewKey {
@@ -75,34 +74,6 @@ impl KeyHasher {
         let mac = <Hmac<Sha256> as Mac>::new_from_slice(pepper)
             .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
         Self { mac }
-    }
-
-    /// The configured pepper, or the one kept in the database (made on first use).
-    ///
-    /// # Errors
-    /// Any database error.
-    pub async fn load(pool: &PgPool, configured: Option<&SecretString>) -> sqlx::Result<Self> {
-        if let Some(pepper) = configured.filter(|p| !p.expose_secret().is_empty()) {
-            return Ok(Self::new(pepper.expose_secret().as_bytes()));
-        }
-        tracing::warn!(
-            "CHRONICLE_KEY_PEPPER is not set: API keys are hashed with a pepper kept in the database"
-        );
-        let mut fresh = [0_u8; 32];
-        rand::rng().fill_bytes(&mut fresh);
-        sqlx::query(
-            "INSERT INTO server_secrets (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        )
-        .bind(PEPPER_NAME)
-        .bind(&fresh[..])
-        .execute(pool)
-        .await?;
-        let pepper: Vec<u8> =
-            sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = $1")
-                .bind(PEPPER_NAME)
-                .fetch_one(pool)
-                .await?;
-        Ok(Self::new(&pepper))
     }
 
     /// The stored form of a key's secret: HMAC-SHA256, hex.

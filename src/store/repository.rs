@@ -14,22 +14,38 @@ use postgres_es::PostgresEventRepository;
 use serde_json::Value;
 use sqlx::PgPool;
 
-/// postgres-es for loading, our own transaction for appending.
+use crate::privacy::Vault;
+
+/// postgres-es for loading, our own transaction for appending; personal fields sealed on
+/// the way in and opened on the way out.
 pub struct ChronicleRepository {
     inner: PostgresEventRepository,
     pool: PgPool,
     snapshot_every: usize,
+    vault: Vault,
 }
 
 impl ChronicleRepository {
     /// A repository over the `events` and `snapshots` tables of `pool`, for an aggregate
     /// snapshotted every `snapshot_every` events (0: never).
-    pub fn new(pool: PgPool, snapshot_every: usize) -> Self {
+    pub fn new(pool: PgPool, snapshot_every: usize, vault: Vault) -> Self {
         Self {
             inner: PostgresEventRepository::new(pool.clone()),
             pool,
             snapshot_every,
+            vault,
         }
+    }
+
+    async fn opened<A: Aggregate>(
+        &self,
+        mut events: Vec<SerializedEvent>,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        self.vault
+            .open(events.iter_mut().map(|e| (A::TYPE, &mut e.payload)))
+            .await
+            .map_err(persistence)?;
+        Ok(events)
     }
 }
 
@@ -59,7 +75,8 @@ impl PersistedEventRepository for ChronicleRepository {
         &self,
         aggregate_id: &str,
     ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        self.inner.get_events::<A>(aggregate_id).await
+        let events = self.inner.get_events::<A>(aggregate_id).await?;
+        self.opened::<A>(events).await
     }
 
     async fn get_last_events<A: Aggregate>(
@@ -67,16 +84,25 @@ impl PersistedEventRepository for ChronicleRepository {
         aggregate_id: &str,
         last_sequence: usize,
     ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        self.inner
+        let events = self
+            .inner
             .get_last_events::<A>(aggregate_id, last_sequence)
-            .await
+            .await?;
+        self.opened::<A>(events).await
     }
 
     async fn get_snapshot<A: Aggregate>(
         &self,
         aggregate_id: &str,
     ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
-        self.inner.get_snapshot::<A>(aggregate_id).await
+        let mut snapshot = self.inner.get_snapshot::<A>(aggregate_id).await?;
+        if let Some(snapshot) = &mut snapshot {
+            self.vault
+                .open([(A::TYPE, &mut snapshot.aggregate)])
+                .await
+                .map_err(persistence)?;
+        }
+        Ok(snapshot)
     }
 
     async fn persist<A: Aggregate>(
@@ -85,6 +111,27 @@ impl PersistedEventRepository for ChronicleRepository {
         snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
         let mut tx = self.pool.begin().await.map_err(persistence)?;
+        let mut payloads: Vec<(String, Value)> = events
+            .iter()
+            .map(|e| (e.event_type.clone(), e.payload.clone()))
+            .collect();
+        let mut snapshot_update = snapshot_update;
+        if let Some(aggregate_id) = events
+            .first()
+            .map(|e| e.aggregate_id.as_str())
+            .or(snapshot_update.as_ref().map(|(id, ..)| id.as_str()))
+        {
+            let aggregate_id = aggregate_id.to_owned();
+            self.vault
+                .seal(
+                    &mut tx,
+                    (A::TYPE, &aggregate_id),
+                    &mut payloads,
+                    snapshot_update.as_mut().map(|(_, payload, _)| payload),
+                )
+                .await
+                .map_err(persistence)?;
+        }
         if !events.is_empty() {
             sqlx::query(
                 "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
@@ -117,7 +164,12 @@ impl PersistedEventRepository for ChronicleRepository {
                     .map(|e| e.event_version.as_str())
                     .collect::<Vec<_>>(),
             )
-            .bind(events.iter().map(|e| &e.payload).collect::<Vec<_>>())
+            .bind(
+                payloads
+                    .iter()
+                    .map(|(_, payload)| payload)
+                    .collect::<Vec<_>>(),
+            )
             .bind(events.iter().map(|e| &e.metadata).collect::<Vec<_>>())
             .execute(&mut *tx)
             .await

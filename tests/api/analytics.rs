@@ -45,7 +45,11 @@ pub async fn rebuild(db: &TestDb, name: &str) {
         .find(|p| p.name() == name)
         .cloned()
         .expect("projector");
-    let reader = LogReader::new(db.pool.clone(), Arc::new(wiring.upcasters));
+    let reader = LogReader::new(
+        db.pool.clone(),
+        Arc::new(wiring.upcasters),
+        crate::support::vault(&db.pool),
+    );
     let settings = RunnerSettings {
         page_size: 13,
         standby_retry: Duration::from_millis(100),

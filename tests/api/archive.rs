@@ -131,6 +131,36 @@ async fn an_imported_archive_reproduces_the_aggregates_and_read_models() {
         .await
         .expect("import");
     assert_eq!(imported as i64, events);
+    // Personal data travels sealed: the replica opens it with the source's subject keys
+    // (and the same pepper), handed over apart from the archive.
+    let keys: Vec<(String, Vec<u8>)> =
+        sqlx::query_as("SELECT subject_ref, wrapped FROM subject_keys")
+            .fetch_all(&source.pool)
+            .await
+            .expect("keys");
+    assert!(!keys.is_empty(), "the simulation's learner has a key");
+    for (subject, wrapped) in keys {
+        sqlx::query("INSERT INTO subject_keys (subject_ref, wrapped) VALUES ($1, $2)")
+            .bind(subject)
+            .bind(wrapped)
+            .execute(&target.pool)
+            .await
+            .expect("hand over a key");
+    }
+    let subjects =
+        "SELECT aggregate_type, aggregate_id, subject_ref FROM aggregate_subjects ORDER BY 1, 2";
+    let recorded: Vec<(String, String, String)> = sqlx::query_as(subjects)
+        .fetch_all(&target.pool)
+        .await
+        .expect("subjects");
+    let original: Vec<(String, String, String)> = sqlx::query_as(subjects)
+        .fetch_all(&source.pool)
+        .await
+        .expect("subjects");
+    assert_eq!(
+        recorded, original,
+        "the import records whose data each aggregate holds"
+    );
     let replica = TestApp::spawn(&target, "replica").await;
     caught_up(&target.pool).await;
     replica.stop().await;

@@ -24,7 +24,11 @@ async fn a_tailing_reader_sees_every_event_of_sixteen_writers_exactly_once_and_i
 
     let shutdown = CancellationToken::new();
     let waker = LogWaker::start(&db.pool, Duration::from_millis(100), shutdown.clone());
-    let reader = LogReader::new(db.pool.clone(), Arc::new(Upcasters::default()));
+    let reader = LogReader::new(
+        db.pool.clone(),
+        Arc::new(Upcasters::default()),
+        crate::support::vault(&db.pool),
+    );
     let mut events = Box::pin(tail(
         reader,
         &waker,

@@ -35,7 +35,11 @@ async fn index_rows(pool: &PgPool) -> Vec<(String, i64, String)> {
 }
 
 fn runner(db: &TestDb) -> ProjectionRunner {
-    let reader = LogReader::new(db.pool.clone(), Arc::new(Upcasters::default()));
+    let reader = LogReader::new(
+        db.pool.clone(),
+        Arc::new(Upcasters::default()),
+        crate::support::vault(&db.pool),
+    );
     let settings = RunnerSettings {
         page_size: 7,
         standby_retry: Duration::from_millis(100),

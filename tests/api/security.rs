@@ -1,6 +1,7 @@
 //! Security over the real HTTP API: keys, ownership on every root field, limits, egress.
 
 mod egress;
+mod erasure;
 mod fuzz;
 mod keys;
 mod ownership;

@@ -11,7 +11,7 @@ mod proxy;
 mod receiver;
 mod ws;
 
-pub use app::{context as app_context, TestApp, ADMIN_KEY};
+pub use app::{context as app_context, vault, TestApp, ADMIN_KEY};
 pub use database::TestDb;
 pub use emulator::spawn_emulator;
 pub use ledger::{Ledger, LedgerCommand};

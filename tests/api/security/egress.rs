@@ -32,6 +32,27 @@ async fn servers_in_private_networks_are_refused_unless_allowed() {
             "{refused}"
         );
     }
+    // A webhook to a refused address is refused at submission, and nothing is written.
+    let submit = "mutation($i: SubmitRequestInput!) { submitRequest(input: $i) { requestId } }";
+    let refused = strict
+        .graphql(
+            submit,
+            json!({ "i": { "customId": "w", "endpoint": "/v1/embeddings", "model": "m",
+                           "body": { "input": "x" },
+                           "delivery": { "webhookUrl": "http://169.254.169.254/hook" } } }),
+        )
+        .await;
+    let error = &refused["errors"][0];
+    assert_eq!(error["extensions"]["code"], "VALIDATION", "{refused}");
+    assert!(error["extensions"]["items"][0]["reasons"][0]
+        .as_str()
+        .is_some_and(|r| r.starts_with("webhookUrl")));
+    let written: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'Batch'")
+            .fetch_one(&strict.pool)
+            .await
+            .expect("count");
+    assert_eq!(written, 0);
     strict.stop().await;
     // The test configuration allows 127.0.0.1/32 only.
     let allowing = TestApp::spawn(&db, "egress").await;

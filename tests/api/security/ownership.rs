@@ -113,6 +113,7 @@ fn denied(b: &Owned) -> Vec<(&'static str, String, &'static str)> {
         ("issueKey", "mutation { issueKey(clientId: \"client-b\") { key } }".into(), forbidden),
         ("revokeKey", "mutation { revokeKey(clientId: \"client-b\", keyId: \"x\") { version } }".into(), forbidden),
         ("rotateWebhookSecret", "mutation { rotateWebhookSecret(clientId: \"client-b\") { secret } }".into(), forbidden),
+        ("forgetSubject", "mutation { forgetSubject(subjectId: \"learner:learner-b\") { version } }".into(), forbidden),
         ("request", format!("{{ request(id: \"{r}\") {{ id }} }}"), nf),
         ("batch", format!("{{ batch(id: \"{ba}\") {{ id }} }}"), nf),
         ("simulation", format!("{{ simulation(id: \"{s}\") {{ status }} }}"), nf),

@@ -18,11 +18,19 @@ use super::{Ledger, LedgerCommand, TestDb};
 /// The bootstrap admin key of every test instance (a test fixture, not a secret).
 pub const ADMIN_KEY: &str = "chr_a024110d36e0a343_CkzGIm5zrhVFeiLVt6-9MhBhuMFyKzbEqaf2LpTr2q0";
 
+/// The pepper of every test instance.
+const TEST_PEPPER: &str = "test pepper";
+
+/// The vault test instances seal personal data with, for readers built outside an instance.
+pub fn vault(pool: &PgPool) -> chronicle::privacy::Vault {
+    chronicle::privacy::Vault::new(pool.clone(), TEST_PEPPER.as_bytes())
+}
+
 /// The default test configuration: loopback allowed as an egress target, no rate limit.
 fn security_config() -> SecurityConfig {
     SecurityConfig {
         insecure_dev: false,
-        key_pepper: Some("test pepper".into()),
+        key_pepper: Some(TEST_PEPPER.into()),
         bootstrap_admin_key: Some(ADMIN_KEY.into()),
         rate_limit_per_sec: 0,
         rate_limit_burst: 0,

@@ -1,0 +1,7 @@
+//! Personal data in the log: sealed per subject on append, opened on every read, erased for
+//! good when the subject's key is destroyed (`forgetSubject`).
+
+mod personal;
+mod vault;
+
+pub use vault::{Vault, ERASED};

@@ -1,0 +1,400 @@
+//! Field-level encryption of personal data: each subject has a random data key (AES-256-GCM),
+//! kept wrapped under a key derived from the server pepper in `subject_keys`, never in the
+//! log. A personal leaf is stored as a sealed string; reading opens it with its subject's key,
+//! and once the key is destroyed (`forgetSubject`) it reads as erased — a placeholder of the
+//! leaf's JSON type, so every reader (aggregates, projections, the API) still decodes.
+
+use std::collections::{HashMap, HashSet};
+
+use aes_gcm::aead::{Aead, Payload};
+use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
+use base64::engine::general_purpose::STANDARD_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use serde_json::Value;
+use sha2::Sha256;
+use sqlx::{PgConnection, PgExecutor, PgPool};
+
+use super::personal::{for_each_leaf, holds_personal_data, rules};
+
+/// What an erased string reads as.
+pub const ERASED: &str = "[erased]";
+/// Sealed leaves start so; the control character keeps them apart from typed text.
+const SEALED: &str = "\u{1}sealed:v1:";
+const NONCE_BYTES: usize = 12;
+
+/// Seals and opens personal data.
+#[derive(Clone)]
+pub struct Vault {
+    pool: PgPool,
+    wrapping: Aes256Gcm,
+    refs: Hmac<Sha256>,
+}
+
+fn keyed(pepper: &[u8]) -> Hmac<Sha256> {
+    <Hmac<Sha256> as Mac>::new_from_slice(pepper)
+        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"))
+}
+
+impl Vault {
+    /// A vault over `pool` whose keys are wrapped, and subjects named, under `pepper`.
+    pub fn new(pool: PgPool, pepper: &[u8]) -> Self {
+        let wrapping_key = keyed(pepper)
+            .chain_update(b"chronicle subject key wrapping")
+            .finalize()
+            .into_bytes();
+        let wrapping = Aes256Gcm::new_from_slice(&wrapping_key)
+            .unwrap_or_else(|_| unreachable!("an HMAC-SHA256 output is 32 bytes"));
+        Self {
+            pool,
+            wrapping,
+            refs: keyed(pepper),
+        }
+    }
+
+    /// The pseudonymous reference of a subject (`learner:<id>`): what the log and the key
+    /// table name, so that neither holds the id itself.
+    pub fn subject_ref(&self, subject: &str) -> String {
+        let digest = self
+            .refs
+            .clone()
+            .chain_update(b"subject\0")
+            .chain_update(subject.as_bytes())
+            .finalize()
+            .into_bytes();
+        hex::encode(&digest[..16])
+    }
+
+    /// Seals the personal fields of one aggregate's new events (and its snapshot) inside the
+    /// append's transaction `conn`, recording the aggregate's subject when an event names it.
+    /// A forgotten subject's new data is stored erased, as is the personal data of an
+    /// aggregate whose subject is unknown (it was forgotten before the aggregate began).
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn seal(
+        &self,
+        conn: &mut PgConnection,
+        aggregate: (&str, &str),
+        events: &mut [(String, Value)],
+        snapshot: Option<&mut Value>,
+    ) -> sqlx::Result<()> {
+        let Some(rules) = rules(aggregate.0) else {
+            return Ok(());
+        };
+        let named = events
+            .iter()
+            .find_map(|(event_type, payload)| rules.subject_of(event_type, payload));
+        let subject = match named {
+            Some(subject) => {
+                let subject = self.subject_ref(&subject);
+                sqlx::query(
+                    "INSERT INTO aggregate_subjects (aggregate_type, aggregate_id, subject_ref)
+                     VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                )
+                .bind(aggregate.0)
+                .bind(aggregate.1)
+                .bind(&subject)
+                .execute(&mut *conn)
+                .await?;
+                subject
+            }
+            None => {
+                let recorded: Option<String> = sqlx::query_scalar(
+                    "SELECT subject_ref FROM aggregate_subjects
+                      WHERE aggregate_type = $1 AND aggregate_id = $2",
+                )
+                .bind(aggregate.0)
+                .bind(aggregate.1)
+                .fetch_optional(&mut *conn)
+                .await?;
+                recorded.unwrap_or_default()
+            }
+        };
+        let key = if subject.is_empty() {
+            None
+        } else {
+            self.data_key(conn, &subject).await?
+        };
+        let mut seal = |leaf: &mut Value| *leaf = sealed(key.as_ref(), &subject, leaf);
+        for (event_type, payload) in events.iter_mut() {
+            for path in rules.event_paths(event_type) {
+                for_each_leaf(payload, path, &mut seal);
+            }
+        }
+        if let Some(snapshot) = snapshot {
+            for path in rules.snapshot {
+                for_each_leaf(snapshot, path, &mut seal);
+            }
+        }
+        Ok(())
+    }
+
+    /// The subject's data key, made on first use; `None` once the subject is forgotten.
+    async fn data_key(
+        &self,
+        conn: &mut PgConnection,
+        subject: &str,
+    ) -> sqlx::Result<Option<Aes256Gcm>> {
+        let forgotten: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM forgotten_subjects WHERE subject_ref = $1)",
+        )
+        .bind(subject)
+        .fetch_one(&mut *conn)
+        .await?;
+        if forgotten {
+            return Ok(None);
+        }
+        let mut fresh = [0_u8; 32];
+        rand::rng().fill_bytes(&mut fresh);
+        sqlx::query(
+            "INSERT INTO subject_keys (subject_ref, wrapped) VALUES ($1, $2)
+             ON CONFLICT (subject_ref) DO NOTHING",
+        )
+        .bind(subject)
+        .bind(self.wrap(subject, &fresh))
+        .execute(&mut *conn)
+        .await?;
+        let keys = self.keys(&mut *conn, &[subject.to_owned()]).await?;
+        Ok(keys.get(subject).cloned())
+    }
+
+    /// The data keys of `subjects` that still exist.
+    async fn keys(
+        &self,
+        db: impl PgExecutor<'_>,
+        subjects: &[String],
+    ) -> sqlx::Result<HashMap<String, Aes256Gcm>> {
+        let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
+            "SELECT subject_ref, wrapped FROM subject_keys WHERE subject_ref = ANY($1)",
+        )
+        .bind(subjects)
+        .fetch_all(db)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(subject, wrapped)| {
+                let key = self.unwrap(&subject, &wrapped)?;
+                Some((subject, key))
+            })
+            .collect())
+    }
+
+    fn wrap(&self, subject: &str, key: &[u8; 32]) -> Vec<u8> {
+        encrypt(&self.wrapping, subject, key)
+    }
+
+    fn unwrap(&self, subject: &str, wrapped: &[u8]) -> Option<Aes256Gcm> {
+        let key = decrypt(&self.wrapping, subject, wrapped)?;
+        Aes256Gcm::new_from_slice(&key).ok()
+    }
+
+    /// Opens every sealed leaf of these payloads of `aggregate_type` events or snapshots:
+    /// decrypted where the subject's key exists, erased where it was destroyed.
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn open<'v>(
+        &self,
+        payloads: impl IntoIterator<Item = (&'v str, &'v mut Value)>,
+    ) -> sqlx::Result<()> {
+        let mut sealed: Vec<&mut Value> = Vec::new();
+        for (aggregate_type, payload) in payloads {
+            if holds_personal_data(aggregate_type) {
+                sealed.push(payload);
+            }
+        }
+        if sealed.is_empty() {
+            return Ok(());
+        }
+        let mut subjects = HashSet::new();
+        for payload in &mut sealed {
+            visit_sealed(payload, &mut |text| {
+                if let Some(parsed) = parse(text) {
+                    subjects.insert(parsed.subject.to_owned());
+                }
+            });
+        }
+        let subjects: Vec<String> = subjects.into_iter().collect();
+        let keys = self.keys(&self.pool, &subjects).await?;
+        for payload in sealed {
+            open_all(payload, &keys);
+        }
+        Ok(())
+    }
+}
+
+/// One sealed leaf: its JSON type, subject and ciphertext.
+struct Sealed<'t> {
+    kind: char,
+    subject: &'t str,
+    blob: &'t str,
+}
+
+fn parse(text: &str) -> Option<Sealed<'_>> {
+    let rest = text.strip_prefix(SEALED)?;
+    let mut parts = rest.splitn(3, ':');
+    let kind = parts.next()?.chars().next()?;
+    Some(Sealed {
+        kind,
+        subject: parts.next()?,
+        blob: parts.next()?,
+    })
+}
+
+/// The sealed form of a scalar leaf under `key`, or its erased form without a key.
+fn sealed(key: Option<&Aes256Gcm>, subject: &str, leaf: &Value) -> Value {
+    let (kind, plain) = match leaf {
+        Value::String(text) if text.starts_with(SEALED) => return leaf.clone(),
+        Value::String(text) => ('s', text.clone()),
+        Value::Number(number) => ('n', number.to_string()),
+        Value::Bool(flag) => ('b', flag.to_string()),
+        Value::Null | Value::Array(_) | Value::Object(_) => return leaf.clone(),
+    };
+    let Some(key) = key else {
+        return erased(kind);
+    };
+    let blob = STANDARD_NO_PAD.encode(encrypt(key, subject, plain.as_bytes()));
+    Value::String(format!("{SEALED}{kind}:{subject}:{blob}"))
+}
+
+fn erased(kind: char) -> Value {
+    match kind {
+        'n' => Value::from(0),
+        'b' => Value::Bool(false),
+        _ => Value::String(ERASED.to_owned()),
+    }
+}
+
+fn opened(sealed: &Sealed<'_>, key: Option<&Aes256Gcm>) -> Value {
+    let plain = key
+        .zip(STANDARD_NO_PAD.decode(sealed.blob).ok())
+        .and_then(|(key, blob)| decrypt(key, sealed.subject, &blob))
+        .and_then(|bytes| String::from_utf8(bytes).ok());
+    let Some(plain) = plain else {
+        return erased(sealed.kind);
+    };
+    match sealed.kind {
+        's' => Value::String(plain),
+        _ => serde_json::from_str(&plain).unwrap_or_else(|_| erased(sealed.kind)),
+    }
+}
+
+fn visit_sealed(value: &mut Value, visit: &mut impl FnMut(&str)) {
+    match value {
+        Value::String(text) if text.starts_with(SEALED) => visit(text),
+        Value::Array(items) => items.iter_mut().for_each(|item| visit_sealed(item, visit)),
+        Value::Object(fields) => fields.values_mut().for_each(|f| visit_sealed(f, visit)),
+        Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) => {}
+    }
+}
+
+fn open_all(value: &mut Value, keys: &HashMap<String, Aes256Gcm>) {
+    match value {
+        Value::String(text) if text.starts_with(SEALED) => {
+            if let Some(sealed) = parse(text) {
+                *value = opened(&sealed, keys.get(sealed.subject));
+            } else {
+                *value = erased('s');
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|item| open_all(item, keys)),
+        Value::Object(fields) => fields.values_mut().for_each(|f| open_all(f, keys)),
+        Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) => {}
+    }
+}
+
+/// Nonce, then AES-256-GCM ciphertext bound to the subject.
+fn encrypt(key: &Aes256Gcm, subject: &str, plain: &[u8]) -> Vec<u8> {
+    let mut nonce = [0_u8; NONCE_BYTES];
+    rand::rng().fill_bytes(&mut nonce);
+    let payload = Payload {
+        msg: plain,
+        aad: subject.as_bytes(),
+    };
+    let ciphertext = key
+        .encrypt(Nonce::from_slice(&nonce), payload)
+        .unwrap_or_else(|_| unreachable!("AES-GCM encrypts any message this size"));
+    [nonce.as_slice(), &ciphertext].concat()
+}
+
+fn decrypt(key: &Aes256Gcm, subject: &str, sealed: &[u8]) -> Option<Vec<u8>> {
+    if sealed.len() < NONCE_BYTES {
+        return None;
+    }
+    let (nonce, ciphertext) = sealed.split_at(NONCE_BYTES);
+    key.decrypt(
+        Nonce::from_slice(nonce),
+        Payload {
+            msg: ciphertext,
+            aad: subject.as_bytes(),
+        },
+    )
+    .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn key() -> Aes256Gcm {
+        Aes256Gcm::new_from_slice(&[7_u8; 32]).unwrap_or_else(|_| unreachable!())
+    }
+
+    #[test]
+    fn a_sealed_leaf_opens_to_itself_with_its_key_and_to_a_typed_placeholder_without() {
+        let key = key();
+        for leaf in [
+            json!("Zebediah"),
+            json!(34),
+            json!(0.7),
+            json!(true),
+            json!(""),
+        ] {
+            let sealed_leaf = sealed(Some(&key), "subject-1", &leaf);
+            let text = sealed_leaf.as_str().unwrap_or_default();
+            assert!(
+                text.starts_with(SEALED) && !text.contains("Zebediah"),
+                "{text}"
+            );
+            let parsed = parse(text).unwrap_or_else(|| panic!("{text}"));
+            assert_eq!(opened(&parsed, Some(&key)), leaf);
+            let gone = opened(&parsed, None);
+            assert!(
+                matches!(
+                    (&leaf, &gone),
+                    (Value::String(_), Value::String(_))
+                        | (Value::Number(_), Value::Number(_))
+                        | (Value::Bool(_), Value::Bool(_))
+                ),
+                "{leaf} → {gone}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_ciphertext_moved_to_another_subject_or_altered_does_not_open() {
+        let key = key();
+        let sealed_leaf = sealed(Some(&key), "subject-1", &json!("secret"));
+        let text = sealed_leaf.as_str().unwrap_or_default();
+        let moved = text.replace("subject-1", "subject-2");
+        let parsed = parse(&moved).unwrap_or_else(|| panic!("{moved}"));
+        assert_eq!(opened(&parsed, Some(&key)), json!(ERASED));
+        // A character well inside the ciphertext (the last one may carry only padding bits).
+        let mut altered: Vec<char> = text.chars().collect();
+        let at = altered.len() - 10;
+        altered[at] = if altered[at] == 'A' { 'B' } else { 'A' };
+        let altered: String = altered.into_iter().collect();
+        let parsed = parse(&altered).unwrap_or_else(|| panic!("{altered}"));
+        assert_eq!(opened(&parsed, Some(&key)), json!(ERASED));
+    }
+
+    #[test]
+    fn without_a_key_new_data_is_stored_erased() {
+        assert_eq!(sealed(None, "s", &json!("Ann")), json!(ERASED));
+        assert_eq!(sealed(None, "s", &json!(41)), json!(0));
+    }
+}

@@ -1,0 +1,179 @@
+//! Crypto-shredding: a learner's personal data is stored sealed, reads back while its key
+//! exists, and reads as erased everywhere once the learner is forgotten, while the audit
+//! chain still verifies.
+
+use std::time::Duration;
+
+use chronicle::provider::Faults;
+use chronicle_projections::LogCursor;
+use serde_json::{json, Value};
+
+use crate::analytics::rebuild;
+use crate::support::{eventually, spawn_emulator, TestApp, TestDb};
+
+/// Values only this learner's data holds.
+const PERSONAL: [&str; 4] = ["learner-zq", "Zebediah Quux", "quuxamine", "Zanzibar"];
+
+const SIMULATION: &str = "query($id: UUID!) { simulation(id: $id) {
+    learnerId messages { role text } aiCalls { request responseText } } }";
+
+async fn simulation(app: &TestApp, key: &str, id: &str) -> Value {
+    app.graphql_as(key, SIMULATION, json!({ "id": id })).await["data"]["simulation"].clone()
+}
+
+fn holds_any(text: &str) -> Vec<&'static str> {
+    PERSONAL
+        .into_iter()
+        .filter(|value| text.contains(value))
+        .collect()
+}
+
+/// Every place outside the API that could hold personal data, as text.
+async fn stored(app: &TestApp) -> String {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT concat_ws(' ',
+            (SELECT string_agg(payload::text, ' ') FROM events),
+            (SELECT string_agg(payload::text, ' ') FROM snapshots),
+            (SELECT string_agg(s::text, ' ') FROM simulations s),
+            (SELECT string_agg(m::text, ' ') FROM simulation_messages m),
+            (SELECT string_agg(c::text, ' ') FROM ai_calls c),
+            (SELECT string_agg(k::text, ' ') FROM subject_keys k),
+            (SELECT string_agg(a::text, ' ') FROM aggregate_subjects a))",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .expect("dump");
+    tables.concat()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forgotten_learner_reads_as_erased_everywhere_and_the_chain_still_verifies() {
+    let db = TestDb::new().await;
+    let (_emulator, url) = spawn_emulator(Faults::default()).await;
+    let app = TestApp::spawn_configured(&db, "erasure", |c| {
+        c.provider_url = Some(url);
+        c.snapshots = vec![("Simulation".into(), 2)];
+    })
+    .await;
+    let clinic = app.client_key("clinic", "CLIENT").await;
+    let created = app
+        .graphql_as(
+            &clinic,
+            "mutation($i: CreateSimulationInput!) { createSimulation(input: $i) { aggregateId } }",
+            json!({ "i": {
+                "learnerId": "learner-zq",
+                "scenario": { "diagnosis": "appendicitis", "chiefComplaint": "pain", "difficulty": "EASY" },
+                "patient": { "name": "Zebediah Quux", "age": 71, "sex": "male",
+                             "history": "allergic to quuxamine" },
+                "ai": { "model": "gpt-4o-mini" } } }),
+        )
+        .await;
+    let id = created["data"]["createSimulation"]["aggregateId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{created}"))
+        .to_owned();
+    eventually(Duration::from_secs(30), "the opening", || async {
+        let s = simulation(&app, &clinic, &id).await;
+        (s["messages"].as_array().map(Vec::len) == Some(1)).then_some(())
+    })
+    .await;
+    let posted = app
+        .graphql_as(
+            &clinic,
+            "mutation($id: UUID!) { postMessage(simulationId: $id, text: \"it hurts since Zanzibar\") { version } }",
+            json!({ "id": id }),
+        )
+        .await;
+    assert!(posted["errors"].is_null(), "{posted}");
+    let before = eventually(Duration::from_secs(30), "the reply", || async {
+        let s = simulation(&app, &clinic, &id).await;
+        (s["messages"].as_array().map(Vec::len) == Some(3)).then_some(s)
+    })
+    .await;
+    // The owner reads it all back; the events and snapshots hold none of it in the clear.
+    assert_eq!(before["learnerId"], "learner-zq");
+    assert!(
+        holds_any(&before.to_string()).contains(&"Zanzibar"),
+        "{before}"
+    );
+    let raw: String = sqlx::query_scalar(
+        "SELECT concat_ws(' ', (SELECT string_agg(payload::text, ' ') FROM events),
+                               (SELECT string_agg(payload::text, ' ') FROM snapshots))",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("payloads");
+    assert_eq!(holds_any(&raw), Vec::<&str>::new(), "sealed at rest");
+
+    let forget = "mutation($s: String!) { forgetSubject(subjectId: $s) { version } }";
+    let refused = app
+        .graphql_as(&clinic, forget, json!({ "s": "learner:learner-zq" }))
+        .await;
+    assert_eq!(refused["errors"][0]["extensions"]["code"], "FORBIDDEN");
+    let bad = app.graphql(forget, json!({ "s": "learner-zq" })).await;
+    assert_eq!(bad["errors"][0]["extensions"]["code"], "VALIDATION");
+    let forgotten = app
+        .graphql(forget, json!({ "s": "learner:learner-zq" }))
+        .await;
+    assert!(forgotten["errors"].is_null(), "{forgotten}");
+    let again = app
+        .graphql(forget, json!({ "s": "learner:learner-zq" }))
+        .await;
+    assert_eq!(
+        again["errors"][0]["extensions"]["code"],
+        "INVALID_TRANSITION"
+    );
+
+    // At once: the read models are scrubbed, and nothing stored holds the values.
+    let after = eventually(Duration::from_secs(15), "the erasure", || async {
+        let s = simulation(&app, &clinic, &id).await;
+        (s["learnerId"] == "[erased]").then_some(s)
+    })
+    .await;
+    assert_eq!(holds_any(&after.to_string()), Vec::<&str>::new(), "{after}");
+    assert_eq!(after["messages"].as_array().map(Vec::len), Some(3));
+    assert_eq!(holds_any(&stored(&app).await), Vec::<&str>::new());
+
+    // The log, a replay and an export show it erased; the chain verifies.
+    for query in [
+        "query($id: String!) { aggregateEvents(aggregateType: \"Simulation\", aggregateId: $id) { payload } }",
+        "query($id: String!) { aggregateAt(aggregateType: \"Simulation\", aggregateId: $id, version: 5) { state } }",
+        "query { eventLog(first: 1000) { edges { node { payload } } } }",
+    ] {
+        let response = app.graphql(query, json!({ "id": id })).await;
+        assert!(response["errors"].is_null(), "{response}");
+        assert_eq!(holds_any(&response.to_string()), Vec::<&str>::new(), "{response}");
+        assert!(response.to_string().contains("[erased]"), "{response}");
+    }
+    let mut export = Vec::new();
+    chronicle::archive::export(&app.pool, LogCursor::START, None, &mut export)
+        .await
+        .expect("export");
+    assert_eq!(
+        holds_any(&String::from_utf8_lossy(&export)),
+        Vec::<&str>::new()
+    );
+    let verified = app
+        .graphql("{ verifyAuditChain { intact eventsChecked } }", json!({}))
+        .await;
+    assert_eq!(
+        verified["data"]["verifyAuditChain"]["intact"], true,
+        "{verified}"
+    );
+
+    // After a rebuild from the log, the read models show the same fields erased.
+    app.stop().await;
+    rebuild(&db, "simulations").await;
+    assert_eq!(holds_any(&stored_tables(&db).await), Vec::<&str>::new());
+}
+
+async fn stored_tables(db: &TestDb) -> String {
+    sqlx::query_scalar(
+        "SELECT concat_ws(' ', (SELECT string_agg(s::text, ' ') FROM simulations s),
+                               (SELECT string_agg(m::text, ' ') FROM simulation_messages m),
+                               (SELECT string_agg(c::text, ' ') FROM ai_calls c))",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("read models")
+}
