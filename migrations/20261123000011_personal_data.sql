@@ -1,4 +1,4 @@
--- Crypto-shredding of personal data. Each subject (a learner) has a data key, wrapped under
+-- Crypto-shredding of personal data. Each subject (a learner, a patient) has a data key, wrapped under
 -- a key derived from the server pepper; events hold only ciphertext of personal fields.
 CREATE TABLE subject_keys
 (
@@ -9,12 +9,15 @@ CREATE TABLE subject_keys
 
 -- Whose personal data each aggregate holds: the subject reference inside the sealed field
 -- of the event that names the subject, recorded by its append (an import of the log too).
+-- `element` 0 is the aggregate's one subject (a simulation's learner); n > 0 the subject of
+-- its n-th element (a transfer job's task n).
 CREATE TABLE aggregate_subjects
 (
-    aggregate_type text NOT NULL,
-    aggregate_id   text NOT NULL,
-    subject_ref    text NOT NULL,
-    PRIMARY KEY (aggregate_type, aggregate_id)
+    aggregate_type text    NOT NULL,
+    aggregate_id   text    NOT NULL,
+    element        integer NOT NULL,
+    subject_ref    text    NOT NULL,
+    PRIMARY KEY (aggregate_type, aggregate_id, element)
 );
 CREATE INDEX aggregate_subjects_subject ON aggregate_subjects (subject_ref);
 
@@ -24,14 +27,27 @@ CREATE FUNCTION record_aggregate_subject() RETURNS trigger
 $$
 DECLARE
     naming text;
+    task   jsonb;
+    n      integer := 0;
 BEGIN
-    naming := CASE NEW.event_type
-        WHEN 'SimulationCreated' THEN NEW.payload -> 'Created' -> 'spec' ->> 'learner_id'
-    END;
-    IF left(naming, 11) = chr(1) || 'sealed:v1:' THEN
-        INSERT INTO aggregate_subjects (aggregate_type, aggregate_id, subject_ref)
-        VALUES (NEW.aggregate_type, NEW.aggregate_id, split_part(naming, ':', 4))
-        ON CONFLICT DO NOTHING;
+    IF NEW.event_type = 'SimulationCreated' THEN
+        naming := NEW.payload -> 'Created' -> 'spec' ->> 'learner_id';
+        IF left(naming, 11) = chr(1) || 'sealed:v1:' THEN
+            INSERT INTO aggregate_subjects (aggregate_type, aggregate_id, element, subject_ref)
+            VALUES (NEW.aggregate_type, NEW.aggregate_id, 0, split_part(naming, ':', 4))
+            ON CONFLICT DO NOTHING;
+        END IF;
+    ELSIF NEW.event_type = 'TransferJobCreated' THEN
+        FOR task IN SELECT jsonb_array_elements(NEW.payload -> 'Created' -> 'spec' -> 'tasks')
+        LOOP
+            n := n + 1;
+            naming := task ->> 'patient_id';
+            IF left(naming, 11) = chr(1) || 'sealed:v1:' THEN
+                INSERT INTO aggregate_subjects (aggregate_type, aggregate_id, element, subject_ref)
+                VALUES (NEW.aggregate_type, NEW.aggregate_id, n, split_part(naming, ':', 4))
+                ON CONFLICT DO NOTHING;
+            END IF;
+        END LOOP;
     END IF;
     RETURN NULL;
 END;

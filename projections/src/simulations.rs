@@ -55,7 +55,8 @@ impl Projector for Simulations {
 /// rebuild shows the same fields erased, read from the sealed events).
 async fn erase(conn: &mut PgConnection, subject_ref: &str) -> Result<(), sqlx::Error> {
     const OF_SUBJECT: &str = "SELECT aggregate_id::uuid FROM aggregate_subjects
-                               WHERE aggregate_type = 'Simulation' AND subject_ref = $1";
+                               WHERE aggregate_type = 'Simulation' AND element = 0
+                                 AND subject_ref = $1";
     for statement in [
         format!("UPDATE simulations SET learner_id = '[erased]', feedback = NULL WHERE id IN ({OF_SUBJECT})"),
         format!("UPDATE simulation_messages SET text = '[erased]' WHERE simulation_id IN ({OF_SUBJECT})"),

@@ -23,7 +23,7 @@ impl Projector for Transfers {
     }
 
     fn aggregate_types(&self) -> Option<&'static [&'static str]> {
-        Some(&["TransferJob", "DicomServer"])
+        Some(&["TransferJob", "DicomServer", "Subject"])
     }
 
     async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
@@ -53,11 +53,31 @@ impl Projector for Transfers {
                     };
                     apply_job(conn, id, event.sequence, event.decode()?).await?;
                 }
+                "Subject" if event.event_type == "SubjectForgotten" => {
+                    erase(conn, &event.aggregate_id).await?;
+                }
                 _ => {}
             }
         }
         Ok(())
     }
+}
+
+/// Erases, at once, the patient id and pseudonym of every task of a forgotten patient (a
+/// rebuild shows the same fields erased, read from the sealed events).
+async fn erase(conn: &mut PgConnection, subject_ref: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE transfer_tasks t
+            SET patient_id = '[erased]',
+                pseudonym = CASE WHEN t.pseudonym IS NULL THEN NULL ELSE '[erased]' END
+           FROM aggregate_subjects a
+          WHERE a.aggregate_type = 'TransferJob' AND a.subject_ref = $1 AND a.element > 0
+            AND t.job_id = a.aggregate_id::uuid AND t.task = a.element",
+    )
+    .bind(subject_ref)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 async fn apply_server(

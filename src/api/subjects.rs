@@ -10,7 +10,7 @@ use crate::command::Commands;
 use crate::privacy::Vault;
 
 /// The kinds of subject whose data is sealed.
-const KINDS: [&str; 1] = ["learner"];
+const KINDS: [&str; 2] = ["learner", "patient"];
 
 /// Subject mutations.
 #[derive(Default)]
@@ -18,7 +18,8 @@ pub(crate) struct SubjectMutation;
 
 #[Object]
 impl SubjectMutation {
-    /// Erases a subject's personal data (admin): `learner:<learner id>`. Its data key is
+    /// Erases a subject's personal data (admin): `learner:<learner id>` (simulations) or
+    /// `patient:<PatientID>` (transfer tasks' patient ids and pseudonyms). Its data key is
     /// destroyed; events stay and still verify, but every read (queries, read models,
     /// replays, exports) shows its personal fields as `[erased]` from now on, and later data
     /// about it is stored erased. The log records only a pseudonymous reference. Errors:

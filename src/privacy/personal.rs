@@ -7,22 +7,46 @@
 
 use serde_json::Value;
 
+/// Elements of an array that each belong to their own subject (a transfer job's tasks).
+pub(super) struct Elements {
+    /// The path of the array.
+    pub(super) array: &'static [&'static str],
+    /// The element field holding the subject's natural id, and the subject's kind.
+    pub(super) subject: (&'static str, &'static str),
+    /// The personal fields of an element.
+    pub(super) fields: &'static [&'static str],
+}
+
+impl Elements {
+    /// The subject (`<kind>:<natural id>`) of an element, if it names one in the clear.
+    pub(super) fn subject_of(&self, element: &Value) -> Option<String> {
+        let (field, kind) = self.subject;
+        let id = element.get(field)?.as_str()?;
+        Some(format!("{kind}:{id}"))
+    }
+}
+
 /// The personal fields of one aggregate type.
 pub(super) struct Rules {
-    /// The event that names the subject, and the path (from the payload) of the natural id.
-    pub(super) subject: (&'static str, &'static [&'static str], &'static str),
+    /// The event that names the aggregate's one subject, the path (from the payload) of the
+    /// natural id, and the subject's kind.
+    pub(super) subject: Option<(&'static str, &'static [&'static str], &'static str)>,
     /// Per event type, the paths (from the payload) of personal subtrees; `*` spans an array.
     pub(super) events: &'static [(&'static str, &'static [&'static [&'static str]])],
     /// The paths of personal subtrees in the aggregate's snapshot.
     pub(super) snapshot: &'static [&'static [&'static str]],
+    /// Per event type, arrays whose elements have subjects of their own.
+    pub(super) event_elements: &'static [(&'static str, Elements)],
+    /// The same in the snapshot.
+    pub(super) snapshot_elements: &'static [Elements],
 }
 
 const SIMULATION: Rules = Rules {
-    subject: (
+    subject: Some((
         "SimulationCreated",
         &["Created", "spec", "learner_id"],
         "learner",
-    ),
+    )),
     events: &[
         (
             "SimulationCreated",
@@ -58,11 +82,38 @@ const SIMULATION: Rules = Rules {
         &["messages", "*", "text"],
         &["feedback"],
     ],
+    event_elements: &[],
+    snapshot_elements: &[],
+};
+
+const TASK_FIELDS: [&str; 2] = ["patient_id", "pseudonym"];
+
+const TRANSFER_JOB: Rules = Rules {
+    subject: None,
+    events: &[],
+    snapshot: &[],
+    event_elements: &[(
+        "TransferJobCreated",
+        Elements {
+            array: &["Created", "spec", "tasks"],
+            subject: ("patient_id", "patient"),
+            fields: &TASK_FIELDS,
+        },
+    )],
+    snapshot_elements: &[Elements {
+        array: &["spec", "tasks"],
+        subject: ("patient_id", "patient"),
+        fields: &TASK_FIELDS,
+    }],
 };
 
 /// The rules of `aggregate_type`, if it holds personal data.
 pub(super) fn rules(aggregate_type: &str) -> Option<&'static Rules> {
-    (aggregate_type == "Simulation").then_some(&SIMULATION)
+    match aggregate_type {
+        "Simulation" => Some(&SIMULATION),
+        "TransferJob" => Some(&TRANSFER_JOB),
+        _ => None,
+    }
 }
 
 /// Whether events of `aggregate_type` may hold sealed values (readers open only those).
@@ -73,12 +124,25 @@ pub(super) fn holds_personal_data(aggregate_type: &str) -> bool {
 impl Rules {
     /// The subject (`<kind>:<natural id>`) an event of type `event_type` names, if it does.
     pub(super) fn subject_of(&self, event_type: &str, payload: &Value) -> Option<String> {
-        let (naming, path, kind) = self.subject;
+        let (naming, path, kind) = self.subject?;
         if event_type != naming {
             return None;
         }
         let natural = path.iter().try_fold(payload, |value, key| value.get(key))?;
         natural.as_str().map(|id| format!("{kind}:{id}"))
+    }
+
+    /// The arrays of an event type whose elements have subjects of their own.
+    pub(super) fn event_elements(
+        &self,
+        event_type: &str,
+    ) -> impl Iterator<Item = &'static Elements> + '_ {
+        let elements: &'static [(&'static str, Elements)] = self.event_elements;
+        let event_type = event_type.to_owned();
+        elements
+            .iter()
+            .filter(move |(name, _)| *name == event_type)
+            .map(|(_, elements)| elements)
     }
 
     /// The personal paths of an event type.
@@ -87,6 +151,18 @@ impl Rules {
             .iter()
             .find(|(name, _)| *name == event_type)
             .map_or(&[], |(_, paths)| paths)
+    }
+}
+
+/// The elements of the array at `path` in `value`.
+pub(super) fn elements_at<'v>(value: &'v mut Value, path: &[&str]) -> &'v mut [Value] {
+    let found = path
+        .iter()
+        .try_fold(value, |inner, key| inner.get_mut(*key))
+        .and_then(Value::as_array_mut);
+    match found {
+        Some(items) => items.as_mut_slice(),
+        None => &mut [],
     }
 }
 

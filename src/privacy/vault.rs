@@ -16,7 +16,7 @@ use serde_json::Value;
 use sha2::Sha256;
 use sqlx::{PgConnection, PgExecutor, PgPool};
 
-use super::personal::{for_each_leaf, holds_personal_data, rules};
+use super::personal::{elements_at, for_each_leaf, holds_personal_data, rules, Elements, Rules};
 
 /// What an erased string reads as.
 pub const ERASED: &str = "[erased]";
@@ -67,9 +67,11 @@ impl Vault {
     }
 
     /// Seals the personal fields of one aggregate's new events (and its snapshot) inside the
-    /// append's transaction `conn`, recording the aggregate's subject when an event names it.
-    /// A forgotten subject's new data is stored erased, as is the personal data of an
-    /// aggregate whose subject is unknown (it was forgotten before the aggregate began).
+    /// append's transaction `conn`. An aggregate with one subject (a simulation's learner)
+    /// records it when an event names it; elements with subjects of their own (a transfer
+    /// job's tasks) are sealed each with its subject's key. A forgotten subject's new data is
+    /// stored erased, as is that of an aggregate whose subject is unknown (it was forgotten
+    /// before the aggregate began).
     ///
     /// # Errors
     /// Any database error.
@@ -78,57 +80,120 @@ impl Vault {
         conn: &mut PgConnection,
         aggregate: (&str, &str),
         events: &mut [(String, Value)],
-        snapshot: Option<&mut Value>,
+        mut snapshot: Option<&mut Value>,
     ) -> sqlx::Result<()> {
         let Some(rules) = rules(aggregate.0) else {
             return Ok(());
         };
-        let named = events
-            .iter()
-            .find_map(|(event_type, payload)| rules.subject_of(event_type, payload));
-        let subject = match named {
-            Some(subject) => {
-                let subject = self.subject_ref(&subject);
-                sqlx::query(
-                    "INSERT INTO aggregate_subjects (aggregate_type, aggregate_id, subject_ref)
-                     VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                )
-                .bind(aggregate.0)
-                .bind(aggregate.1)
-                .bind(&subject)
-                .execute(&mut *conn)
-                .await?;
-                subject
+        let mut keys = HashMap::new();
+        if rules.subject.is_some() {
+            let subject = self.subject(conn, aggregate, rules, events).await?;
+            let key = self.key_of(conn, &mut keys, &subject).await?;
+            let mut seal = |leaf: &mut Value| *leaf = sealed(key.as_ref(), &subject, leaf);
+            for (event_type, payload) in events.iter_mut() {
+                for path in rules.event_paths(event_type) {
+                    for_each_leaf(payload, path, &mut seal);
+                }
             }
-            None => {
-                let recorded: Option<String> = sqlx::query_scalar(
-                    "SELECT subject_ref FROM aggregate_subjects
-                      WHERE aggregate_type = $1 AND aggregate_id = $2",
-                )
-                .bind(aggregate.0)
-                .bind(aggregate.1)
-                .fetch_optional(&mut *conn)
-                .await?;
-                recorded.unwrap_or_default()
+            if let Some(snapshot) = snapshot.as_deref_mut() {
+                for path in rules.snapshot {
+                    for_each_leaf(snapshot, path, &mut seal);
+                }
             }
-        };
-        let key = if subject.is_empty() {
-            None
-        } else {
-            self.data_key(conn, &subject).await?
-        };
-        let mut seal = |leaf: &mut Value| *leaf = sealed(key.as_ref(), &subject, leaf);
+        }
         for (event_type, payload) in events.iter_mut() {
-            for path in rules.event_paths(event_type) {
-                for_each_leaf(payload, path, &mut seal);
+            for elements in rules.event_elements(event_type) {
+                self.seal_elements(conn, &mut keys, elements, payload)
+                    .await?;
             }
         }
         if let Some(snapshot) = snapshot {
-            for path in rules.snapshot {
-                for_each_leaf(snapshot, path, &mut seal);
+            for elements in rules.snapshot_elements {
+                self.seal_elements(conn, &mut keys, elements, snapshot)
+                    .await?;
             }
         }
         Ok(())
+    }
+
+    /// The aggregate's one subject: named by one of these events (and recorded), or recorded
+    /// before; empty when unknown.
+    async fn subject(
+        &self,
+        conn: &mut PgConnection,
+        aggregate: (&str, &str),
+        rules: &Rules,
+        events: &[(String, Value)],
+    ) -> sqlx::Result<String> {
+        let named = events
+            .iter()
+            .find_map(|(event_type, payload)| rules.subject_of(event_type, payload));
+        if let Some(subject) = named {
+            let subject = self.subject_ref(&subject);
+            sqlx::query(
+                "INSERT INTO aggregate_subjects (aggregate_type, aggregate_id, element, subject_ref)
+                 VALUES ($1, $2, 0, $3) ON CONFLICT DO NOTHING",
+            )
+            .bind(aggregate.0)
+            .bind(aggregate.1)
+            .bind(&subject)
+            .execute(&mut *conn)
+            .await?;
+            return Ok(subject);
+        }
+        let recorded: Option<String> = sqlx::query_scalar(
+            "SELECT subject_ref FROM aggregate_subjects
+              WHERE aggregate_type = $1 AND aggregate_id = $2 AND element = 0",
+        )
+        .bind(aggregate.0)
+        .bind(aggregate.1)
+        .fetch_optional(&mut *conn)
+        .await?;
+        Ok(recorded.unwrap_or_default())
+    }
+
+    /// Seals each element of the array `elements` names in `value` with its own subject's key.
+    async fn seal_elements(
+        &self,
+        conn: &mut PgConnection,
+        keys: &mut HashMap<String, Option<Aes256Gcm>>,
+        elements: &Elements,
+        value: &mut Value,
+    ) -> sqlx::Result<()> {
+        for element in elements_at(value, elements.array) {
+            let Some(natural) = elements.subject_of(element) else {
+                continue;
+            };
+            if natural.contains(SEALED) || natural.ends_with(ERASED) {
+                continue;
+            }
+            let subject = self.subject_ref(&natural);
+            let key = self.key_of(conn, keys, &subject).await?;
+            for field in elements.fields {
+                if let Some(leaf) = element.get_mut(*field) {
+                    *leaf = sealed(key.as_ref(), &subject, leaf);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The data key of `subject` (none for an unknown or forgotten one), once per append.
+    async fn key_of(
+        &self,
+        conn: &mut PgConnection,
+        keys: &mut HashMap<String, Option<Aes256Gcm>>,
+        subject: &str,
+    ) -> sqlx::Result<Option<Aes256Gcm>> {
+        if subject.is_empty() {
+            return Ok(None);
+        }
+        if let Some(key) = keys.get(subject) {
+            return Ok(key.clone());
+        }
+        let key = self.data_key(conn, subject).await?;
+        keys.insert(subject.to_owned(), key.clone());
+        Ok(key)
     }
 
     /// The subject's data key, made on first use; `None` once the subject is forgotten.

@@ -177,3 +177,79 @@ async fn stored_tables(db: &TestDb) -> String {
     .await
     .expect("read models")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_patient_reads_as_erased_in_transfer_jobs() {
+    use crate::support::dicom_files::PATIENT_ID;
+    use crate::transfers::{job_when, setup, site};
+
+    let site = site(&["*"]).await;
+    let app = &site.app;
+    let pseudonym = "PSEUDO-ZQ-77";
+    let created = app
+        .graphql(
+            "mutation($s: TransferSetupInput!, $t: [TransferTaskInput!]!) {
+                createTransferJob(setup: $s, tasks: $t) { aggregateId } }",
+            json!({ "s": setup(true),
+                    "t": [{ "patientId": PATIENT_ID, "studyInstanceUid": crate::transfers::STUDY_B,
+                            "pseudonym": pseudonym }] }),
+        )
+        .await;
+    let id = created["data"]["createTransferJob"]["aggregateId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{created}"))
+        .to_owned();
+    let job = job_when(app, &id, "success").await;
+    let task = "query($id: UUID!) { transferJob(id: $id) { tasks { edges { node { patientId pseudonym } } } } }";
+    let before = app.graphql(task, json!({ "id": id })).await;
+    assert!(before.to_string().contains(PATIENT_ID), "{before} {job}");
+    let raw: String = sqlx::query_scalar(
+        "SELECT concat_ws(' ', (SELECT string_agg(payload::text, ' ') FROM events),
+                               (SELECT string_agg(payload::text, ' ') FROM snapshots))",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("payloads");
+    assert!(
+        !raw.contains(PATIENT_ID) && !raw.contains(pseudonym),
+        "sealed at rest"
+    );
+
+    let forgotten = app
+        .graphql(
+            "mutation($s: String!) { forgetSubject(subjectId: $s) { version } }",
+            json!({ "s": format!("patient:{PATIENT_ID}") }),
+        )
+        .await;
+    assert!(forgotten["errors"].is_null(), "{forgotten}");
+    let after = eventually(Duration::from_secs(15), "the erasure", || async {
+        let response = app.graphql(task, json!({ "id": id })).await;
+        (response["data"]["transferJob"]["tasks"]["edges"][0]["node"]["patientId"] == "[erased]")
+            .then_some(response)
+    })
+    .await;
+    assert!(!after.to_string().contains(pseudonym), "{after}");
+    let replayed = app
+        .graphql(
+            "query($id: String!) { aggregateAt(aggregateType: \"TransferJob\", aggregateId: $id, version: 1) { state } }",
+            json!({ "id": id }),
+        )
+        .await;
+    assert!(!replayed.to_string().contains(PATIENT_ID), "{replayed}");
+    assert!(replayed.to_string().contains("[erased]"), "{replayed}");
+    let verified = app
+        .graphql("{ verifyAuditChain { intact } }", json!({}))
+        .await;
+    assert_eq!(
+        verified["data"]["verifyAuditChain"]["intact"], true,
+        "{verified}"
+    );
+    let tasks: String = sqlx::query_scalar("SELECT string_agg(t::text, ' ') FROM transfer_tasks t")
+        .fetch_one(&app.pool)
+        .await
+        .expect("tasks");
+    assert!(
+        !tasks.contains(PATIENT_ID) && !tasks.contains(pseudonym),
+        "{tasks}"
+    );
+}
