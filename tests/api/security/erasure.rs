@@ -253,3 +253,94 @@ async fn a_forgotten_patient_reads_as_erased_in_transfer_jobs() {
         "{tasks}"
     );
 }
+
+/// POSTs a GraphQL call to a server started as a process.
+async fn call(http: &reqwest::Client, url: &str, query: &str, variables: Value) -> Value {
+    http.post(url)
+        .bearer_auth(crate::support::ADMIN_KEY)
+        .json(&json!({ "query": query, "variables": variables }))
+        .send()
+        .await
+        .expect("POST")
+        .json()
+        .await
+        .expect("JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_logs_no_personal_data() {
+    let db = TestDb::new().await;
+    let (_emulator, provider) = spawn_emulator(Faults::default()).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chronicle"))
+        .arg("serve")
+        .env("DATABASE_URL", db.url())
+        .env("CHRONICLE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("CHRONICLE_BOOTSTRAP_ADMIN_KEY", crate::support::ADMIN_KEY)
+        .env("CHRONICLE_KEY_PEPPER", "test pepper")
+        .env("CHRONICLE_PROVIDER_URL", provider)
+        .env("CHRONICLE_SIMULATION_POLL_MS", "50")
+        .env("RUST_LOG", "info,chronicle=debug")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start chronicle serve");
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/graphql");
+    eventually(Duration::from_secs(60), "the server", || async {
+        let health = http
+            .get(format!("http://127.0.0.1:{port}/health"))
+            .send()
+            .await;
+        health.ok().filter(|r| r.status().is_success()).map(drop)
+    })
+    .await;
+    let created = call(
+        &http,
+        &url,
+        "mutation($i: CreateSimulationInput!) { createSimulation(input: $i) { aggregateId } }",
+        json!({ "i": {
+            "learnerId": "learner-zq",
+            "scenario": { "diagnosis": "appendicitis", "chiefComplaint": "pain", "difficulty": "EASY" },
+            "patient": { "name": "Zebediah Quux", "age": 71, "sex": "male",
+                         "history": "allergic to quuxamine" },
+            "ai": { "model": "gpt-4o-mini" } } }),
+    )
+    .await;
+    let id = created["data"]["createSimulation"]["aggregateId"].clone();
+    let count = "query($id: UUID!) { simulation(id: $id) { messageCount learnerId } }";
+    eventually(Duration::from_secs(30), "the opening", || async {
+        let s = call(&http, &url, count, json!({ "id": id })).await;
+        (s["data"]["simulation"]["messageCount"] == 1).then_some(())
+    })
+    .await;
+    let post = "mutation($id: UUID!) { postMessage(simulationId: $id, text: \"it hurts since Zanzibar\") { version } }";
+    assert!(call(&http, &url, post, json!({ "id": id })).await["errors"].is_null());
+    eventually(Duration::from_secs(30), "the reply", || async {
+        let s = call(&http, &url, count, json!({ "id": id })).await;
+        (s["data"]["simulation"]["messageCount"] == 3).then_some(())
+    })
+    .await;
+    let forget = "mutation { forgetSubject(subjectId: \"learner:learner-zq\") { version } }";
+    assert!(call(&http, &url, forget, json!({})).await["errors"].is_null());
+    eventually(Duration::from_secs(15), "the erasure", || async {
+        let s = call(&http, &url, count, json!({ "id": id })).await;
+        (s["data"]["simulation"]["learnerId"] == "[erased]").then_some(())
+    })
+    .await;
+
+    let mut child = child;
+    child.start_kill().expect("stop the server");
+    let output = child.wait_with_output().await.expect("its output");
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(logs.contains("simulation"), "the server logged: {logs}");
+    assert_eq!(holds_any(&logs), Vec::<&str>::new(), "{logs}");
+}
