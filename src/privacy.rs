@@ -4,4 +4,5 @@
 mod personal;
 mod vault;
 
+pub use personal::holds_personal_data;
 pub use vault::{Vault, ERASED};

@@ -116,8 +116,9 @@ pub(super) fn rules(aggregate_type: &str) -> Option<&'static Rules> {
     }
 }
 
-/// Whether events of `aggregate_type` may hold sealed values (readers open only those).
-pub(super) fn holds_personal_data(aggregate_type: &str) -> bool {
+/// Whether events of `aggregate_type` may hold sealed values (only those are sealed and
+/// opened).
+pub fn holds_personal_data(aggregate_type: &str) -> bool {
     rules(aggregate_type).is_some()
 }
 

@@ -14,7 +14,7 @@ use postgres_es::PostgresEventRepository;
 use serde_json::Value;
 use sqlx::PgPool;
 
-use crate::privacy::Vault;
+use crate::privacy::{holds_personal_data, Vault};
 
 /// postgres-es for loading, our own transaction for appending; personal fields sealed on
 /// the way in and opened on the way out.
@@ -111,16 +111,24 @@ impl PersistedEventRepository for ChronicleRepository {
         snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
         let mut tx = self.pool.begin().await.map_err(persistence)?;
-        let mut payloads: Vec<(String, Value)> = events
-            .iter()
-            .map(|e| (e.event_type.clone(), e.payload.clone()))
-            .collect();
+        // Only streams that hold personal data are copied to be sealed: a bulk batch append
+        // carries megabytes.
+        let personal = holds_personal_data(A::TYPE);
+        let mut payloads: Vec<(String, Value)> = if personal {
+            events
+                .iter()
+                .map(|e| (e.event_type.clone(), e.payload.clone()))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let mut snapshot_update = snapshot_update;
-        if let Some(aggregate_id) = events
+        let sealed_id = events
             .first()
             .map(|e| e.aggregate_id.as_str())
             .or(snapshot_update.as_ref().map(|(id, ..)| id.as_str()))
-        {
+            .filter(|_| personal);
+        if let Some(aggregate_id) = sealed_id {
             let aggregate_id = aggregate_id.to_owned();
             self.vault
                 .seal(
@@ -164,12 +172,14 @@ impl PersistedEventRepository for ChronicleRepository {
                     .map(|e| e.event_version.as_str())
                     .collect::<Vec<_>>(),
             )
-            .bind(
+            .bind(if personal {
                 payloads
                     .iter()
                     .map(|(_, payload)| payload)
-                    .collect::<Vec<_>>(),
-            )
+                    .collect::<Vec<_>>()
+            } else {
+                events.iter().map(|e| &e.payload).collect()
+            })
             .bind(events.iter().map(|e| &e.metadata).collect::<Vec<_>>())
             .execute(&mut *tx)
             .await
