@@ -202,6 +202,12 @@ impl Vault {
         conn: &mut PgConnection,
         subject: &str,
     ) -> sqlx::Result<Option<Aes256Gcm>> {
+        // Usually the key exists: one lookup (a forgotten subject has none, by the same
+        // transaction that recorded the forgetting).
+        let subjects = [subject.to_owned()];
+        if let Some(key) = self.keys(&mut *conn, &subjects).await?.remove(subject) {
+            return Ok(Some(key));
+        }
         let forgotten: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM forgotten_subjects WHERE subject_ref = $1)",
         )
@@ -221,8 +227,7 @@ impl Vault {
         .bind(self.wrap(subject, &fresh))
         .execute(&mut *conn)
         .await?;
-        let keys = self.keys(&mut *conn, &[subject.to_owned()]).await?;
-        Ok(keys.get(subject).cloned())
+        Ok(self.keys(&mut *conn, &subjects).await?.remove(subject))
     }
 
     /// The data keys of `subjects` that still exist.
