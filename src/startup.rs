@@ -33,7 +33,7 @@ use crate::http::{router, AppState, HttpLimits};
 use crate::llm::{
     BatchCloser, DriverSettings, LlmActions, PgCustomIds, ProviderDriver, Providers, Submitter,
 };
-use crate::log::{LogReader, LogWaker};
+use crate::log::{LogReader, LogWaker, SharedPages};
 use crate::privacy::Vault;
 use crate::projection::{self, ProjectionRunner, RunnerSettings};
 use crate::provider::{
@@ -226,6 +226,7 @@ impl Application {
             standby_retry: config.standby_retry(),
         };
         let mut workers = JoinSet::new();
+        let shared = SharedPages::new(reader.clone(), waker.clone());
         for projector in wiring.projectors {
             let runner = ProjectionRunner::new(
                 projector,
@@ -233,7 +234,8 @@ impl Application {
                 options.clone(),
                 reader.clone(),
                 settings,
-            );
+            )
+            .sharing(shared.clone());
             workers.spawn(runner.run(waker.clone(), shutdown.clone()));
         }
         let locks = PgPoolOptions::new()

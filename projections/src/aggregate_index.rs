@@ -38,7 +38,7 @@ impl Projector for AggregateIndex {
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        events: &[RecordedEvent],
+        events: &[&RecordedEvent],
     ) -> Result<(), ProjectionError> {
         // One upsert per page: the last event of each aggregate in the page wins.
         let mut latest: BTreeMap<(&str, &str), Row<'_>> = BTreeMap::new();

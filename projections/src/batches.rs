@@ -28,7 +28,7 @@ impl Projector for Batches {
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        events: &[RecordedEvent],
+        events: &[&RecordedEvent],
     ) -> Result<(), ProjectionError> {
         for event in events.iter().filter(|e| e.aggregate_type == "Batch") {
             let decoded: BatchEvent = event.decode()?;

@@ -34,18 +34,24 @@ pub async fn load(conn: &mut PgConnection, name: &str) -> Result<LogCursor, sqlx
 /// # Errors
 /// Any database error.
 pub async fn lock(conn: &mut PgConnection, name: &str) -> Result<LogCursor, sqlx::Error> {
-    load(&mut *conn, name).await?;
-    let (transaction_id, position): (i64, i64) = sqlx::query_as(
-        "SELECT transaction_id::text::bigint, position FROM projection_checkpoints
-          WHERE name = $1 FOR UPDATE",
-    )
-    .bind(name)
-    .fetch_one(conn)
-    .await?;
-    Ok(LogCursor {
-        transaction_id,
-        position,
-    })
+    // The row exists but for a projector's very first page: one statement in the common case.
+    for _ in 0..2 {
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT transaction_id::text::bigint, position FROM projection_checkpoints
+              WHERE name = $1 FOR UPDATE",
+        )
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some((transaction_id, position)) = row {
+            return Ok(LogCursor {
+                transaction_id,
+                position,
+            });
+        }
+        load(&mut *conn, name).await?;
+    }
+    Err(sqlx::Error::RowNotFound)
 }
 
 /// Moves the (locked) checkpoint to `to` after `applied` more events.

@@ -47,7 +47,7 @@ impl Projector for DeliveryAttempts {
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        events: &[RecordedEvent],
+        events: &[&RecordedEvent],
     ) -> Result<(), ProjectionError> {
         let mut rows = Rows::default();
         for event in events

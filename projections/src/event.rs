@@ -83,7 +83,7 @@ impl RecordedEvent {
     /// # Errors
     /// `Malformed` when the payload does not have the shape of `E`.
     pub fn decode<E: DeserializeOwned>(&self) -> Result<E, ProjectionError> {
-        serde_json::from_value(self.payload.clone()).map_err(|error| ProjectionError::Malformed {
+        E::deserialize(&self.payload).map_err(|error| ProjectionError::Malformed {
             position: self.cursor.position,
             event_type: self.event_type.clone(),
             reason: error.to_string(),

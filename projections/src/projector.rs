@@ -45,7 +45,7 @@ pub trait Projector: Send + Sync + 'static {
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        events: &[RecordedEvent],
+        events: &[&RecordedEvent],
     ) -> Result<(), ProjectionError>;
 }
 

@@ -39,7 +39,7 @@ impl Projector for Queries {
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        events: &[RecordedEvent],
+        events: &[&RecordedEvent],
     ) -> Result<(), ProjectionError> {
         for event in events.iter().filter(|e| e.aggregate_type == "QueryJob") {
             let Ok(id) = event.aggregate_id.parse::<Uuid>() else {

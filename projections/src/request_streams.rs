@@ -42,7 +42,7 @@ impl Projector for RequestStreams {
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        events: &[RecordedEvent],
+        events: &[&RecordedEvent],
     ) -> Result<(), ProjectionError> {
         for event in events.iter().filter(|e| e.aggregate_type == "Batch") {
             match event.decode::<BatchEvent>()? {

@@ -83,10 +83,12 @@ impl Projector for Requests {
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        events: &[RecordedEvent],
+        events: &[&RecordedEvent],
     ) -> Result<(), ProjectionError> {
         // New rows first, then one update per request with its latest state: in log order a
         // request's changes all follow its submission, so this equals applying one by one.
+        // A submission records no change: its row is inserted in its first state, so a
+        // request only submitted in this page needs no update.
         let mut new_rows = NewRows::default();
         let mut changes: BTreeMap<&str, Change> = BTreeMap::new();
         for event in events.iter().filter(|e| e.aggregate_type == "Request") {
@@ -113,7 +115,6 @@ impl Projector for Requests {
                     new_rows.bodies.push(spec.body);
                     new_rows.versions.push(event.sequence);
                     new_rows.times.push(at);
-                    change.record(RequestStatus::Pending, event.sequence, at);
                 }
                 RequestEvent::ResultRecorded { response, at } => {
                     change.record(RequestStatus::ProviderProcessed, event.sequence, at);
@@ -175,6 +176,9 @@ impl Projector for Requests {
             rows.delivery_errors_set
                 .push(change.delivery.error.is_some());
             rows.delivery_errors.push(change.delivery.error.flatten());
+        }
+        if rows.ids.is_empty() {
+            return Ok(());
         }
         sqlx::query(
             "UPDATE requests r

@@ -33,7 +33,7 @@ impl Projector for Simulations {
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        events: &[RecordedEvent],
+        events: &[&RecordedEvent],
     ) -> Result<(), ProjectionError> {
         for event in events {
             if event.event_type == "SubjectForgotten" {

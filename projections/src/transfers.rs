@@ -42,7 +42,7 @@ impl Projector for Transfers {
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        events: &[RecordedEvent],
+        events: &[&RecordedEvent],
     ) -> Result<(), ProjectionError> {
         for event in events {
             match event.aggregate_type.as_str() {

@@ -68,7 +68,7 @@ impl Projector for Transitions {
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        events: &[RecordedEvent],
+        events: &[&RecordedEvent],
     ) -> Result<(), ProjectionError> {
         let ids: Vec<&str> = events.iter().map(|e| e.aggregate_id.as_str()).collect();
         let previous: Vec<(String, String, String)> = sqlx::query_as(

@@ -28,6 +28,11 @@ impl LogWaker {
         Self { ticks, poll }
     }
 
+    /// How many wake-ups there were so far (wrapping): it changes with every notification.
+    pub fn generation(&self) -> u64 {
+        *self.ticks.borrow()
+    }
+
     /// A waiter for one consumer; call [`Waiter::wait`] when the log had nothing new.
     pub fn waiter(&self) -> Waiter {
         let mut ticks = self.ticks.clone();

@@ -1,15 +1,15 @@
 //! The loop that feeds a projector pages of the global log.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use chronicle_projections::{checkpoint, LogCursor, ProjectionError, Projector};
+use chronicle_projections::{checkpoint, LogCursor, ProjectionError, Projector, RecordedEvent};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::leader::Leadership;
-use crate::log::{LogFilter, LogReader, LogWaker};
+use crate::log::{LogFilter, LogReader, LogWaker, Page, SharedPages};
 
 /// Timing of a runner.
 #[derive(Debug, Clone, Copy)]
@@ -26,14 +26,25 @@ pub struct ProjectionRunner {
     pool: PgPool,
     options: PgConnectOptions,
     reader: LogReader,
+    /// Pages shared with the instance's other projectors, when running with them.
+    shared: Option<SharedPages>,
     settings: RunnerSettings,
     /// When a filtered projector last recorded moving past events it does not need.
-    skipped_at: std::sync::Mutex<Option<std::time::Instant>>,
+    skipped_at: std::sync::Mutex<Option<Instant>>,
 }
 
+/// How long a woken runner lets commits gather before it reads: under load, one page (one
+/// transaction) then carries several commits' events instead of one each.
+const GATHER: Duration = Duration::from_millis(5);
+
+/// How often a leading runner confirms its leadership and looks for a reset checkpoint.
+/// Leadership only saves work: two instances applying at once cannot both apply a page,
+/// since each compares the checkpoint it locks with the one it read from.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
 /// How often a filtered projector records moving past events it does not need: each record
-/// is a write, and until it is made the skipped events are only re-read (filtered in SQL).
-const SKIP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// is a write, and until it is made the skipped events are only re-read after a restart.
+const SKIP_EVERY: Duration = Duration::from_secs(1);
 
 /// Why a projector stopped applying pages.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +55,34 @@ pub enum RunnerError {
     /// The database failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+}
+
+/// Where a runner stands: its stored checkpoint, and how far it has read (past events it does
+/// not need, the read position runs ahead of the checkpoint).
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    stored: LogCursor,
+    read: LogCursor,
+}
+
+impl Position {
+    fn at(cursor: LogCursor) -> Self {
+        Self {
+            stored: cursor,
+            read: cursor,
+        }
+    }
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Applied this many events.
+    Applied(usize),
+    /// Moved on without applying (skipped events, or followed a reset checkpoint).
+    Moved,
+    /// Nothing new is settled.
+    Idle,
 }
 
 /// What [`ProjectionRunner::rebuild`] did.
@@ -70,9 +109,17 @@ impl ProjectionRunner {
             pool,
             options,
             reader,
+            shared: None,
             settings,
             skipped_at: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The same runner reading through `shared`, the pages this instance's projectors share.
+    #[must_use]
+    pub fn sharing(mut self, shared: SharedPages) -> Self {
+        self.shared = Some(shared);
+        self
     }
 
     /// Runs until `shutdown`: standby until leadership is won, then apply the log as it grows.
@@ -104,60 +151,96 @@ impl ProjectionRunner {
     ) -> Result<(), RunnerError> {
         let mut waiter = waker.waiter();
         let name = self.projector.name();
-        let mut cursor = checkpoint::load(&mut *self.pool.acquire().await?, name).await?;
+        let mut position =
+            Position::at(checkpoint::load(&mut *self.pool.acquire().await?, name).await?);
+        let mut checked = Instant::now();
         while !shutdown.is_cancelled() {
-            leadership.confirm().await?;
-            let (next, applied) = self.step(cursor).await?;
-            cursor = next;
-            if applied == 0 {
-                tokio::select! {
-                    () = waiter.wait() => {}
-                    () = shutdown.cancelled() => {}
+            // Once a second: the leadership connection is alive, and no rebuild reset the
+            // checkpoint while the log was quiet (a page applied notices a reset by itself:
+            // it compares the locked checkpoint).
+            if checked.elapsed() >= CHECK_EVERY {
+                leadership.confirm().await?;
+                let stored = checkpoint::load(&mut *self.pool.acquire().await?, name).await?;
+                if stored != position.stored {
+                    position = Position::at(stored);
                 }
-                // A rebuild may have reset the checkpoint while the log was quiet.
-                cursor = checkpoint::load(&mut *self.pool.acquire().await?, name).await?;
+                checked = Instant::now();
+            }
+            if self.step(&mut position).await? != Step::Idle {
+                continue;
+            }
+            tokio::select! {
+                () = waiter.wait() => tokio::time::sleep(GATHER).await,
+                () = shutdown.cancelled() => {}
             }
         }
         Ok(())
     }
 
-    /// Applies the page after the checkpoint in one transaction with the checkpoint's move.
+    /// The page after `after` (the shared unfiltered one when running with the instance's
+    /// other projectors, else one filtered by the database) and where reading continues.
+    async fn next_page(&self, after: LogCursor) -> Result<(Arc<Page>, LogCursor), RunnerError> {
+        let limit = self.settings.page_size;
+        let page = match &self.shared {
+            Some(shared) => shared.read(after, limit).await?,
+            None => {
+                let types = self.projector.aggregate_types();
+                let filter = LogFilter {
+                    aggregate_types: types
+                        .map(|types| types.iter().map(|t| (*t).to_owned()).collect()),
+                    ..LogFilter::default()
+                };
+                Arc::new(self.reader.read(after, &filter, limit).await?)
+            }
+        };
+        let next = page.next_cursor(after);
+        Ok((page, next))
+    }
+
+    /// Applies the next page in one transaction with the checkpoint's move. Pages without
+    /// events for this projector only move its read position; the checkpoint follows at most
+    /// every [`SKIP_EVERY`] (a skip is a write, and skipped events are harmless to re-read).
     ///
-    /// `expected` is where this runner believes the checkpoint is; if a rebuild reset it
-    /// meanwhile, the page is skipped and the runner continues from the stored checkpoint.
-    async fn step(&self, expected: LogCursor) -> Result<(LogCursor, usize), RunnerError> {
+    /// If a rebuild reset the checkpoint meanwhile, nothing is applied and the runner
+    /// continues from the stored checkpoint.
+    async fn step(&self, position: &mut Position) -> Result<Step, RunnerError> {
+        let (page, next) = self.next_page(position.read).await?;
         let types = self.projector.aggregate_types();
-        let filter = LogFilter {
-            aggregate_types: types.map(|types| types.iter().map(|t| (*t).to_owned()).collect()),
-            ..LogFilter::default()
+        let events: Vec<&RecordedEvent> = page
+            .events
+            .iter()
+            .filter(|e| types.is_none_or(|types| types.contains(&e.aggregate_type.as_str())))
+            .collect();
+        let quiet = if next == position.read {
+            Step::Idle
+        } else {
+            Step::Moved
         };
-        let page = self
-            .reader
-            .read(expected, &filter, self.settings.page_size)
-            .await?;
-        // A filtered projector also moves past the settled events it does not need, so its
-        // lag reaches zero and later reads do not rescan them.
-        let next = match (page.events.last(), types) {
-            (Some(last), _) => last.cursor,
-            (None, Some(_)) if self.skip_due() => page.next_cursor(expected),
-            (None, Some(_) | None) => expected,
-        };
-        if next == expected {
-            return Ok((expected, 0));
+        if events.is_empty() {
+            position.read = next;
+            if position.stored == next || !self.skip_due() {
+                return Ok(quiet);
+            }
         }
         let name = self.projector.name();
         let mut tx = self.pool.begin().await?;
         let stored = checkpoint::lock(&mut tx, name).await?;
-        if stored != expected {
+        if stored != position.stored {
             tracing::info!(projection = name, from = %stored, "checkpoint moved (rebuild); following it");
-            return Ok((stored, 0));
+            *position = Position::at(stored);
+            return Ok(Step::Moved);
         }
-        if !page.events.is_empty() {
-            self.projector.apply(&mut tx, &page.events).await?;
+        if !events.is_empty() {
+            self.projector.apply(&mut tx, &events).await?;
         }
-        checkpoint::advance(&mut tx, name, next, page.events.len()).await?;
+        checkpoint::advance(&mut tx, name, next, events.len()).await?;
         tx.commit().await?;
-        Ok((next, page.events.len()))
+        *position = Position::at(next);
+        Ok(if events.is_empty() {
+            quiet
+        } else {
+            Step::Applied(events.len())
+        })
     }
 
     /// True (and noted) when a filtered projector may record a skip now.
@@ -165,7 +248,7 @@ impl ProjectionRunner {
         let Ok(mut last) = self.skipped_at.lock() else {
             return false;
         };
-        let now = std::time::Instant::now();
+        let now = Instant::now();
         if last.is_some_and(|at| now.duration_since(at) < SKIP_EVERY) {
             return false;
         }
@@ -193,16 +276,15 @@ impl ProjectionRunner {
         let Some(mut leadership) = leadership else {
             return Ok(Rebuild::HandedOver);
         };
-        let mut cursor = LogCursor::START;
+        let mut position = Position::at(LogCursor::START);
         let mut total = 0;
         loop {
             leadership.confirm().await?;
-            let (next, applied) = self.step(cursor).await?;
-            if applied == 0 {
-                return Ok(Rebuild::Completed(total));
+            match self.step(&mut position).await? {
+                Step::Applied(applied) => total += applied,
+                Step::Moved => {}
+                Step::Idle => return Ok(Rebuild::Completed(total)),
             }
-            cursor = next;
-            total += applied;
         }
     }
 }

@@ -31,7 +31,7 @@ impl Projector for BatchAnalytics {
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        events: &[RecordedEvent],
+        events: &[&RecordedEvent],
     ) -> Result<(), ProjectionError> {
         for event in events.iter().filter(|e| e.aggregate_type == "Batch") {
             let Ok(id) = event.aggregate_id.parse::<Uuid>() else {

@@ -80,10 +80,11 @@ impl Projector for RequestAnalytics {
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        events: &[RecordedEvent],
+        events: &[&RecordedEvent],
     ) -> Result<(), ProjectionError> {
         let requests: Vec<(&RecordedEvent, RequestEvent)> = events
             .iter()
+            .copied()
             .filter(|e| e.aggregate_type == "Request")
             .map(|e| e.decode().map(|decoded| (e, decoded)))
             .collect::<Result<_, _>>()?;

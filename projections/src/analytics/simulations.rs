@@ -49,7 +49,7 @@ impl Projector for SimulationAnalytics {
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        events: &[RecordedEvent],
+        events: &[&RecordedEvent],
     ) -> Result<(), ProjectionError> {
         let mut activity: HashMap<(String, NaiveDate), Activity> = HashMap::new();
         let mut keys: HashMap<Uuid, (String, NaiveDate)> = HashMap::new();
