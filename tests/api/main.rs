@@ -10,6 +10,7 @@ mod archive;
 mod audit;
 mod batch_actions;
 mod batching;
+mod bench;
 mod cli;
 mod delivery;
 mod driver;

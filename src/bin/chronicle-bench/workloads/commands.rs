@@ -1,0 +1,166 @@
+//! W1–W4: commands, one at a time, concurrently, on one long stream, and in bulk.
+
+use std::time::Instant;
+
+use crate::client::Client;
+use crate::limits::Limits;
+use crate::report::{Figure, Goal};
+use crate::sizes::Sizes;
+use crate::stats::{rate, Latencies};
+
+/// The event one `submitRequest` appends.
+const ADDED: (&str, &str) = ("Batch", "BatchRequestsAdded");
+/// The event each submitted request's stream starts with.
+const SUBMITTED: (&str, &str) = ("Request", "RequestSubmitted");
+
+/// W1: one client, `submitRequest` after `submitRequest`, each a new request (aggregate) in
+/// one batch; against single-row INSERT transactions of the same size on one connection.
+pub(crate) async fn sequential(
+    client: &Client,
+    limits: &Limits,
+    sizes: &Sizes,
+) -> anyhow::Result<Vec<Figure>> {
+    let count = sizes.sequential_commands;
+    let bytes = limits.event_bytes(ADDED.0, ADDED.1).await?;
+    let limit = limits.sequential_inserts(bytes, count).await?;
+    let mut latencies = Latencies::default();
+    let started = Instant::now();
+    for n in 0..count {
+        let sent = Instant::now();
+        client.submit(&format!("w1-{n}"), "w1").await?;
+        latencies.push(sent.elapsed());
+    }
+    let commands = rate(count, started.elapsed());
+    Ok(vec![
+        Figure::plain(
+            format!("submitRequest, {count} sequential"),
+            commands,
+            "commands/s",
+        )
+        .limit(limit)
+        .goal(Goal::RatioAtLeast(0.85)),
+        Figure::plain("submitRequest p50", latencies.percentile_ms(0.5), "ms"),
+        Figure::plain("submitRequest p99", latencies.percentile_ms(0.99), "ms"),
+        Figure::plain("event size (limit rows the same)", bytes as f64, "bytes"),
+    ])
+}
+
+/// W2: `clients` clients submitting for the duration, each into a batch (model) of its own;
+/// against the same INSERT on as many connections.
+pub(crate) async fn concurrent(
+    client: &Client,
+    limits: &Limits,
+    sizes: &Sizes,
+) -> anyhow::Result<Vec<Figure>> {
+    let clients = sizes.concurrent_clients;
+    let duration = sizes.concurrent_duration;
+    let bytes = limits.event_bytes(ADDED.0, ADDED.1).await?;
+    let limit = limits.concurrent_inserts(bytes, clients, duration).await?;
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut senders = tokio::task::JoinSet::new();
+    for sender in 0..clients {
+        let client = client.clone();
+        senders.spawn(async move {
+            let mut latencies = Latencies::default();
+            while Instant::now() < deadline {
+                let sent = Instant::now();
+                let n = latencies.len();
+                client
+                    .submit(&format!("w2-{n}"), &format!("w2-{sender}"))
+                    .await?;
+                latencies.push(sent.elapsed());
+            }
+            anyhow::Ok(latencies)
+        });
+    }
+    let mut latencies = Latencies::default();
+    while let Some(done) = senders.join_next().await {
+        latencies.extend(done??);
+    }
+    let commands = rate(latencies.len(), started.elapsed());
+    Ok(vec![
+        Figure::plain(
+            format!("submitRequest, {clients} clients"),
+            commands,
+            "commands/s",
+        )
+        .limit(limit)
+        .goal(Goal::RatioAtLeast(0.8)),
+        Figure::plain("submitRequest p50", latencies.percentile_ms(0.5), "ms"),
+        Figure::plain("submitRequest p99", latencies.percentile_ms(0.99), "ms"),
+    ])
+}
+
+/// W3: `submitRequest` after `submitRequest` into one batch, so its stream grows to
+/// thousands of events; the last window's rate against the first's (snapshots keep a
+/// command's cost flat).
+pub(crate) async fn long_stream(client: &Client, sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
+    let count = sizes.stream_commands;
+    let window = sizes.stream_window;
+    let mut first = None;
+    let mut last_started = Instant::now();
+    let started = Instant::now();
+    for n in 0..count {
+        if n == count - window {
+            last_started = Instant::now();
+        }
+        client.submit(&format!("w3-{n}"), "w3-long").await?;
+        if n + 1 == window {
+            first = Some(rate(window, started.elapsed()));
+        }
+    }
+    let last = rate(window, last_started.elapsed());
+    let first = first.unwrap_or(last);
+    Ok(vec![
+        Figure::plain(
+            format!("commands/s, last {window} (limit column: first {window})"),
+            last,
+            "commands/s",
+        )
+        .limit(first)
+        .goal(Goal::RatioAtLeast(0.9)),
+        Figure::plain(
+            format!("commands/s, all {count} on one aggregate"),
+            rate(count, started.elapsed()),
+            "commands/s",
+        ),
+    ])
+}
+
+/// W4: `submitRequests` of `bulk_items` requests, `bulk_calls` times, into one batch;
+/// requests per second against rows per second of INSERTs of as many rows each.
+pub(crate) async fn bulk(
+    client: &Client,
+    limits: &Limits,
+    sizes: &Sizes,
+) -> anyhow::Result<Vec<Figure>> {
+    let (calls, items) = (sizes.bulk_calls, sizes.bulk_items);
+    let bytes = limits.event_bytes(SUBMITTED.0, SUBMITTED.1).await?;
+    let limit = limits.bulk_inserts(bytes, items, calls).await?;
+    let mut latencies = Latencies::default();
+    let started = Instant::now();
+    for call in 0..calls {
+        let sent = Instant::now();
+        client
+            .submit_many(&format!("w4-{call}"), "w4", items)
+            .await?;
+        latencies.push(sent.elapsed());
+    }
+    let requests = rate(calls * items, started.elapsed());
+    Ok(vec![
+        Figure::plain(
+            format!("requests/s, {calls} calls of {items}"),
+            requests,
+            "requests/s",
+        )
+        .limit(limit)
+        .goal(Goal::RatioAtLeast(0.5)),
+        Figure::plain("submitRequests p50", latencies.percentile_ms(0.5), "ms"),
+        Figure::plain(
+            "request event size (limit rows the same)",
+            bytes as f64,
+            "bytes",
+        ),
+    ])
+}
