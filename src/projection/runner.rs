@@ -211,7 +211,10 @@ impl ProjectionRunner {
             .iter()
             .filter(|e| types.is_none_or(|types| types.contains(&e.aggregate_type.as_str())))
             .collect();
-        let quiet = if next == position.read {
+        // An empty page means nothing new is settled, even when its cursor moved with the
+        // horizon (any transaction in the cluster moves it): waiting is right. A page of
+        // events this projector does not need is progress: more may follow at once.
+        let quiet = if page.events.is_empty() {
             Step::Idle
         } else {
             Step::Moved
