@@ -95,7 +95,14 @@ pub enum CommandError {
 
 impl From<sqlx::Error> for CommandError {
     fn from(error: sqlx::Error) -> Self {
-        if is_unavailable(&error) {
+        Self::from_database(&error)
+    }
+}
+
+impl CommandError {
+    /// `Unavailable` when the database is out of reach, else `Internal`.
+    fn from_database(error: &sqlx::Error) -> Self {
+        if is_unavailable(error) {
             Self::Unavailable(error.to_string())
         } else {
             Self::Internal(error.to_string())
@@ -120,10 +127,22 @@ fn storable_id<A: cqrs_es::Aggregate>(aggregate_id: &str) -> Result<(), CommandE
 
 /// True for failures that mean "the database is out of reach", where retrying later may work.
 pub fn is_unavailable(error: &sqlx::Error) -> bool {
-    matches!(
-        error,
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
-    )
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(error) => error.code().is_some_and(|code| server_going_away(&code)),
+        _ => false,
+    }
+}
+
+/// SQLSTATEs of a server that is out of reach, going away or not back yet: connection
+/// exceptions (class 08) and the shutdown codes (57P01 administrator command, e.g.
+/// `pg_terminate_backend`; 57P02 crash; 57P03 starting up).
+fn server_going_away(sqlstate: &str) -> bool {
+    sqlstate.starts_with("08") || matches!(sqlstate, "57P01" | "57P02" | "57P03")
 }
 
 impl<E: DomainError> From<AggregateError<E>> for CommandError {
@@ -135,8 +154,12 @@ impl<E: DomainError> From<AggregateError<E>> for CommandError {
             },
             AggregateError::AggregateConflict => Self::Conflict,
             AggregateError::DatabaseConnectionError(error) => Self::Unavailable(error.to_string()),
+            // cqrs-es reports some store failures as unexpected: a lost database is still one.
             AggregateError::DeserializationError(error)
-            | AggregateError::UnexpectedError(error) => Self::Internal(error.to_string()),
+            | AggregateError::UnexpectedError(error) => match error.downcast_ref::<sqlx::Error>() {
+                Some(database) => Self::from_database(database),
+                None => Self::Internal(error.to_string()),
+            },
         }
     }
 }
@@ -457,4 +480,28 @@ async fn cursor_of(
         transaction_id,
         position,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_or_departing_database_is_unavailable() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(is_unavailable(&sqlx::Error::Io(refused)));
+        assert!(is_unavailable(&sqlx::Error::PoolTimedOut));
+        assert!(is_unavailable(&sqlx::Error::PoolClosed));
+        for sqlstate in ["08000", "08006", "57P01", "57P02", "57P03"] {
+            assert!(server_going_away(sqlstate), "{sqlstate}");
+        }
+    }
+
+    #[test]
+    fn broken_rules_and_bugs_are_not_unavailable() {
+        assert!(!is_unavailable(&sqlx::Error::RowNotFound));
+        for sqlstate in ["23505", "40001", "42P01", "57014", "55000"] {
+            assert!(!server_going_away(sqlstate), "{sqlstate}");
+        }
+    }
 }

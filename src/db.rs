@@ -27,9 +27,14 @@ pub fn connect_options(database_url: &str) -> anyhow::Result<PgConnectOptions> {
     } else {
         options
     };
+    // Instances are told apart in `pg_stat_activity` by the URL's `application_name`.
+    let options = if options.get_application_name().is_none() {
+        options.application_name("chronicle")
+    } else {
+        options
+    };
     // An idle transaction holds back the gap-free log reader for the whole cluster.
     Ok(options
-        .application_name("chronicle")
         .options([("idle_in_transaction_session_timeout", "30s")])
         .log_statements(tracing::log::LevelFilter::Trace))
 }
@@ -151,5 +156,18 @@ mod tests {
         assert!(matches!(ssl(asked), Some(PgSslMode::Require)));
         let remote = "postgres://postgres@db.example.com/db";
         assert!(matches!(ssl(remote), Some(PgSslMode::Prefer)));
+    }
+
+    #[test]
+    fn connections_are_named_chronicle_unless_the_url_names_them() {
+        let name = |url: &str| {
+            connect_options(url)
+                .ok()
+                .and_then(|o| o.get_application_name().map(str::to_owned))
+        };
+        let plain = "postgres://postgres@127.0.0.1/db";
+        assert_eq!(name(plain).as_deref(), Some("chronicle"));
+        let named = "postgres://postgres@127.0.0.1/db?application_name=worker-2";
+        assert_eq!(name(named).as_deref(), Some("worker-2"));
     }
 }

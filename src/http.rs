@@ -159,8 +159,13 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
         .into_response()
 }
 
+/// How long `/ready` waits for the database before it answers 503: a probe wants an answer,
+/// not the pool's acquire timeout.
+const READY_WAIT: Duration = Duration::from_secs(2);
+
 async fn ready(State(state): State<AppState>) -> StatusCode {
-    if db::is_ready(&state.pool).await {
+    let ready = tokio::time::timeout(READY_WAIT, db::is_ready(&state.pool)).await;
+    if ready.unwrap_or(false) {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

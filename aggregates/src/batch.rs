@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use command::BatchCommand;
-pub use error::BatchError;
+pub use error::{BatchError, LookupFailure};
 pub use event::BatchEvent;
 pub use status::BatchStatus;
 pub use values::{BatchEntry, BatchKey, BatchLimits, CloseReason};
@@ -46,7 +46,11 @@ pub trait CustomIds: Send + Sync {
     ///
     /// # Errors
     /// The lookup failed.
-    async fn taken(&self, batch_id: Uuid, custom_ids: &[String]) -> Result<Vec<String>, String>;
+    async fn taken(
+        &self,
+        batch_id: Uuid,
+        custom_ids: &[String],
+    ) -> Result<Vec<String>, LookupFailure>;
 }
 
 /// What a batch's `handle` may consult.

@@ -1,7 +1,7 @@
 //! The batch aggregate's custom-id lookup, over the index the append trigger keeps.
 
 use async_trait::async_trait;
-use chronicle_aggregates::batch::CustomIds;
+use chronicle_aggregates::batch::{CustomIds, LookupFailure};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -19,7 +19,11 @@ impl PgCustomIds {
 
 #[async_trait]
 impl CustomIds for PgCustomIds {
-    async fn taken(&self, batch_id: Uuid, custom_ids: &[String]) -> Result<Vec<String>, String> {
+    async fn taken(
+        &self,
+        batch_id: Uuid,
+        custom_ids: &[String],
+    ) -> Result<Vec<String>, LookupFailure> {
         sqlx::query_scalar(
             "SELECT custom_id FROM batch_custom_ids WHERE batch_id = $1 AND custom_id = ANY($2)",
         )
@@ -27,6 +31,12 @@ impl CustomIds for PgCustomIds {
         .bind(custom_ids)
         .fetch_all(&self.pool)
         .await
-        .map_err(|error| error.to_string())
+        .map_err(|error| {
+            if crate::command::is_unavailable(&error) {
+                LookupFailure::Unavailable(error.to_string())
+            } else {
+                LookupFailure::Failed(error.to_string())
+            }
+        })
     }
 }

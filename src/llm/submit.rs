@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chronicle_aggregates::batch::{
     Batch, BatchCommand, BatchEntry, BatchError, BatchKey, BatchLimits, BatchServices, BatchStatus,
-    CloseReason,
+    CloseReason, LookupFailure,
 };
 use chronicle_aggregates::request::RequestSpec;
 use chronicle_aggregates::{Endpoint, ErrorCode};
@@ -202,7 +202,10 @@ impl Submitter {
             .custom_ids
             .taken(head, &ids)
             .await
-            .map_err(CommandError::Unavailable)?;
+            .map_err(|failure| match failure {
+                LookupFailure::Unavailable(reason) => CommandError::Unavailable(reason),
+                LookupFailure::Failed(reason) => CommandError::Internal(reason),
+            })?;
         repeated.extend(taken);
         repeated.sort();
         repeated.dedup();

@@ -67,6 +67,21 @@ impl Emulator {
         state.batches.len() + state.messages.len()
     }
 
+    /// The value of metadata key `key` of every OpenAI batch, oldest first (`None` where it
+    /// is missing): fault tests count how often each of the service's batches was created.
+    pub fn metadata_values(&self, key: &str) -> Vec<Option<String>> {
+        self.lock()
+            .batches
+            .values()
+            .map(|b| {
+                b.metadata
+                    .get(key)
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
     /// Every batch's status, oldest first.
     pub fn statuses(&self) -> Vec<String> {
         self.lock()

@@ -57,7 +57,18 @@ pub enum BatchError {
     },
     /// The custom id lookup failed.
     #[error("custom id lookup failed: {0}")]
-    Lookup(String),
+    Lookup(LookupFailure),
+}
+
+/// Why the custom id lookup failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LookupFailure {
+    /// The store is out of reach; the same command may succeed later.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else.
+    #[error("{0}")]
+    Failed(String),
 }
 
 impl DomainError for BatchError {
@@ -73,7 +84,8 @@ impl DomainError for BatchError {
             | Self::NoEntries
             | Self::DuplicateCustomIds { .. }
             | Self::WouldOverflow { .. } => ErrorCode::Validation,
-            Self::Lookup(_) => ErrorCode::Internal,
+            Self::Lookup(LookupFailure::Unavailable(_)) => ErrorCode::Unavailable,
+            Self::Lookup(LookupFailure::Failed(_)) => ErrorCode::Internal,
         }
     }
 }

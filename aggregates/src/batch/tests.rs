@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::{
     Batch, BatchCommand, BatchEntry, BatchError, BatchEvent, BatchKey, BatchLimits, BatchServices,
-    BatchStatus, CloseReason, CustomIds,
+    BatchStatus, CloseReason, CustomIds, LookupFailure,
 };
 use crate::request::RequestSpec;
 use crate::{Delivery, Endpoint};
@@ -18,7 +18,11 @@ struct Taken(Vec<&'static str>);
 
 #[async_trait]
 impl CustomIds for Taken {
-    async fn taken(&self, _batch: Uuid, custom_ids: &[String]) -> Result<Vec<String>, String> {
+    async fn taken(
+        &self,
+        _batch: Uuid,
+        custom_ids: &[String],
+    ) -> Result<Vec<String>, LookupFailure> {
         Ok(custom_ids
             .iter()
             .filter(|id| self.0.contains(&id.as_str()))

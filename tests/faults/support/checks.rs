@@ -1,0 +1,369 @@
+//! What must hold after a fault: acknowledged commands kept, nothing applied twice, read
+//! models equal to a rebuild from zero, provider batches created once, deliveries made at
+//! least once under one delivery id, and an intact hash chain.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::process::Output;
+use std::time::Duration;
+
+use chronicle::provider::{Emulator, BATCH_METADATA_KEY};
+use sqlx::PgPool;
+
+use super::client::Answer;
+use super::load::{Kind, Record};
+use super::{eventually, Received, Server, TestDb};
+
+/// Request statuses that still have work ahead.
+const UNSETTLED_REQUESTS: [&str; 4] = [
+    "pending",
+    "provider_processing",
+    "provider_processed",
+    "delivering",
+];
+
+/// Batch statuses that are final.
+const FINAL_BATCHES: [&str; 4] = ["done", "failed", "cancelled", "expired"];
+
+/// Waits (up to `deadline`) until every batch, request and simulation has come to rest and
+/// every projection has caught up.
+pub async fn settle(server: &Server, pool: &PgPool, deadline: Duration) {
+    eventually(
+        deadline,
+        "batches, requests and simulations to settle",
+        || async {
+            server.caught_up().await;
+            let busy: i64 = sqlx::query_scalar(
+                "SELECT (SELECT count(*) FROM requests WHERE status = ANY($1))
+                  + (SELECT count(*) FROM batches WHERE NOT status = ANY($2))
+                  + (SELECT count(*) FROM simulations WHERE pending_call_id IS NOT NULL)",
+            )
+            .bind(UNSETTLED_REQUESTS.as_slice())
+            .bind(FINAL_BATCHES.as_slice())
+            .fetch_one(pool)
+            .await
+            .expect("count unsettled work");
+            (busy == 0).then_some(())
+        },
+    )
+    .await;
+}
+
+/// Every command was answered, none with an internal error, and each acknowledged one left
+/// its events: the outcome's event at its version, a submission's request with its custom id.
+pub async fn acknowledged_commands_have_their_events(pool: &PgPool, journal: &[Record]) {
+    let mut applied = 0;
+    for record in journal {
+        let answer = record
+            .answer
+            .as_ref()
+            .unwrap_or_else(|| panic!("never answered: {:?}", record.kind));
+        let data = match answer {
+            Answer::Applied(data) => data,
+            Answer::Refused(code) => {
+                assert!(
+                    !["INTERNAL", "NONE", "TIMEOUT"].contains(&code.as_str()),
+                    "{:?} refused with {code}",
+                    record.kind
+                );
+                continue;
+            }
+        };
+        applied += 1;
+        let found: bool = match &record.kind {
+            Kind::Submit { custom_id } => sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM requests WHERE id = $1::uuid AND custom_id = $2)",
+            )
+            .bind(data["requestId"].as_str().expect("request id"))
+            .bind(custom_id),
+            Kind::Cancel { .. }
+            | Kind::Flush { .. }
+            | Kind::CreateSimulation
+            | Kind::PostMessage { .. }
+            | Kind::EndSimulation { .. } => sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM events
+                                 WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3)",
+            )
+            .bind(data["aggregateType"].as_str().expect("aggregate type"))
+            .bind(data["aggregateId"].as_str().expect("aggregate id"))
+            .bind(data["version"].as_i64().expect("version")),
+        }
+        .fetch_one(pool)
+        .await
+        .expect("look up the command's effect");
+        assert!(
+            found,
+            "acknowledged but missing: {:?} -> {data}",
+            record.kind
+        );
+    }
+    assert!(applied > 0, "no command was acknowledged at all");
+}
+
+/// Nothing was applied twice: one request per custom id, one learner message per text, and
+/// every command id's events in one transaction (a retried command was not run again).
+pub async fn nothing_applied_twice(pool: &PgPool, journal: &[Record]) {
+    let twice: Vec<String> =
+        sqlx::query_scalar("SELECT custom_id FROM requests GROUP BY custom_id HAVING count(*) > 1")
+            .fetch_all(pool)
+            .await
+            .expect("custom ids");
+    assert!(twice.is_empty(), "requests submitted twice: {twice:?}");
+
+    let messages: Vec<(String, String)> = sqlx::query_as(
+        "SELECT simulation_id::text, text FROM simulation_messages WHERE role = 'learner'",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("learner messages");
+    let mut seen: HashMap<(String, String), usize> = HashMap::new();
+    for message in messages {
+        *seen.entry(message).or_default() += 1;
+    }
+    let repeated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(repeated.is_empty(), "messages recorded twice: {repeated:?}");
+    for record in journal {
+        if let (
+            Kind::PostMessage {
+                simulation_id,
+                text,
+            },
+            Some(Answer::Applied(_)),
+        ) = (&record.kind, &record.answer)
+        {
+            let key = (simulation_id.clone(), text.clone());
+            assert_eq!(
+                seen.get(&key),
+                Some(&1),
+                "acknowledged message missing: {key:?}"
+            );
+        }
+    }
+
+    let rerun: Vec<String> = sqlx::query_scalar(
+        "SELECT metadata ->> 'command_id' FROM events
+          WHERE metadata ->> 'command_id' IS NOT NULL
+          GROUP BY metadata ->> 'command_id', aggregate_type, aggregate_id
+         HAVING count(DISTINCT transaction_id) > 1",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("command ids");
+    assert!(
+        rerun.is_empty(),
+        "commands applied in two transactions: {rerun:?}"
+    );
+}
+
+/// Each batch the service sent is at the provider exactly once, and the provider holds no
+/// batch the service does not know.
+pub async fn provider_holds_each_batch_once(pool: &PgPool, emulator: &Emulator) {
+    let mut at_provider: BTreeMap<String, usize> = BTreeMap::new();
+    for id in emulator.metadata_values(BATCH_METADATA_KEY) {
+        *at_provider
+            .entry(id.expect("every batch carries its chronicle id"))
+            .or_default() += 1;
+    }
+    let twice: Vec<_> = at_provider.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "batches created twice at the provider: {twice:?}"
+    );
+    let sent: HashSet<String> =
+        sqlx::query_scalar("SELECT id::text FROM batches WHERE provider_batch_id IS NOT NULL")
+            .fetch_all(pool)
+            .await
+            .expect("sent batches")
+            .into_iter()
+            .collect();
+    let created: HashSet<String> = at_provider.into_keys().collect();
+    assert_eq!(sent, created, "batches sent vs batches at the provider");
+    assert!(!sent.is_empty(), "no batch reached the provider");
+}
+
+/// Every webhook request was delivered, each at least once, and every call for one request
+/// carried the same delivery id (retries and crash repeats included).
+pub async fn webhooks_delivered_at_least_once(pool: &PgPool, calls: &[Received]) {
+    let mut ids: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut accepted: HashSet<String> = HashSet::new();
+    for call in calls {
+        let envelope = call.json();
+        let request = envelope["request_id"]
+            .as_str()
+            .expect("request id")
+            .to_owned();
+        let delivery = call.header("chronicle-delivery-id").to_owned();
+        assert_eq!(
+            envelope["delivery_id"],
+            delivery.as_str(),
+            "header and body agree"
+        );
+        ids.entry(request.clone()).or_default().insert(delivery);
+        if call.accepted {
+            accepted.insert(request);
+        }
+    }
+    let split: Vec<_> = ids.iter().filter(|(_, d)| d.len() > 1).collect();
+    assert!(
+        split.is_empty(),
+        "one round, several delivery ids: {split:?}"
+    );
+    let statuses: Vec<(String, String)> = sqlx::query_as(
+        "SELECT id::text, status FROM requests WHERE delivery ->> 'kind' = 'webhook'",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("webhook requests");
+    for (id, status) in &statuses {
+        match status.as_str() {
+            "delivered" => assert!(accepted.contains(id), "{id} delivered but never accepted"),
+            "cancelled" | "failed" | "expired" => {}
+            other => panic!("webhook request {id} ended {other}"),
+        }
+    }
+    assert!(
+        statuses.iter().any(|(_, s)| s == "delivered"),
+        "no webhook request was delivered"
+    );
+}
+
+/// With the server stopped: rebuilds every projection from zero with the CLI and checks that
+/// every table is as the live projectors left it.
+pub async fn projections_equal_a_rebuild(db: &TestDb) {
+    let before = tables(&db.pool).await;
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM projection_checkpoints ORDER BY name")
+            .fetch_all(&db.pool)
+            .await
+            .expect("projection names");
+    assert!(names.len() >= 10, "projections: {names:?}");
+    for name in &names {
+        let output = chronicle(db, &["projections", "rebuild", name]).await;
+        assert!(
+            output.status.success(),
+            "rebuild {name}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let after = tables(&db.pool).await;
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>()
+    );
+    for (table, rows) in &before {
+        let rebuilt = &after[table];
+        if rows != rebuilt {
+            let missing: Vec<_> = rows
+                .iter()
+                .filter(|r| !rebuilt.contains(r))
+                .take(3)
+                .collect();
+            let extra: Vec<_> = rebuilt
+                .iter()
+                .filter(|r| !rows.contains(r))
+                .take(3)
+                .collect();
+            panic!(
+                "{table} differs after a rebuild: live only {missing:?}, rebuilt only {extra:?}"
+            );
+        }
+    }
+}
+
+/// `chronicle audit verify` finds every hash chain intact.
+pub async fn log_is_intact(db: &TestDb) {
+    let output = chronicle(db, &["audit", "verify"]).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.starts_with("intact"),
+        "{stdout}"
+    );
+}
+
+/// Every table's rows as text, sorted, by table name (the migrations' bookkeeping aside).
+async fn tables(pool: &PgPool) -> BTreeMap<String, Vec<String>> {
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT table_schema || '.' || table_name FROM information_schema.tables
+          WHERE table_schema IN ('public', 'analytics') AND table_type = 'BASE TABLE'
+            AND table_name NOT IN ('_sqlx_migrations', 'projection_checkpoints')",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("tables");
+    let mut all = BTreeMap::new();
+    for name in names {
+        let rows: Vec<String> =
+            sqlx::query_scalar(&format!("SELECT t::text FROM {name} t ORDER BY 1"))
+                .fetch_all(pool)
+                .await
+                .expect("table rows");
+        all.insert(name, rows);
+    }
+    all
+}
+
+/// Runs `chronicle <arguments>` on `db`, as an operator would.
+async fn chronicle(db: &TestDb, arguments: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_chronicle"))
+        .args(arguments)
+        .env("DATABASE_URL", db.url())
+        .env("CHRONICLE_KEY_PEPPER", super::server::PEPPER)
+        .env("RUST_LOG", "error")
+        .output()
+        .await
+        .expect("run chronicle")
+}
+
+/// An event as the `events` subscription shows it: type, id, sequence.
+type EventKey = (String, String, i64);
+
+/// The cursor of the log's last event.
+pub async fn log_head(pool: &PgPool) -> String {
+    sqlx::query_scalar(
+        "SELECT 'c1.' || transaction_id::text || '.' || position FROM events
+          ORDER BY transaction_id DESC, position DESC LIMIT 1",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("log head")
+}
+
+/// Every event after `cursor` (taken from [`log_head`]), in log order.
+pub async fn events_after(pool: &PgPool, cursor: &str) -> Vec<EventKey> {
+    let (transaction_id, position) = cursor
+        .trim_start_matches("c1.")
+        .split_once('.')
+        .expect("cursor");
+    sqlx::query_as(
+        "SELECT aggregate_type, aggregate_id, sequence FROM events
+          WHERE (transaction_id, position) > ($1::text::xid8, $2::bigint)
+          ORDER BY transaction_id, position",
+    )
+    .bind(transaction_id)
+    .bind(position.parse::<i64>().expect("position"))
+    .fetch_all(pool)
+    .await
+    .expect("events after the cursor")
+}
+
+/// The `events` subscription's messages are exactly `expected`, in order: none missed, none
+/// repeated.
+pub fn subscription_saw(received: &[serde_json::Value], expected: &[EventKey]) {
+    let got: Vec<EventKey> = received
+        .iter()
+        .map(|data| {
+            let event = &data["events"];
+            (
+                event["aggregateType"].as_str().expect("type").to_owned(),
+                event["aggregateId"].as_str().expect("id").to_owned(),
+                event["sequence"].as_i64().expect("sequence"),
+            )
+        })
+        .collect();
+    assert_eq!(got.len(), expected.len(), "events received vs in the log");
+    if let Some(at) = got.iter().zip(expected).position(|(g, e)| g != e) {
+        panic!(
+            "the subscription diverged from the log at {at}: {:?} vs {:?}",
+            got[at], expected[at]
+        );
+    }
+}
