@@ -21,7 +21,7 @@ mod status;
 mod tests;
 mod values;
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -72,6 +72,9 @@ pub struct Batch {
     successor: Option<Uuid>,
     provider: ProviderFacts,
     updated_at: Option<DateTime<Utc>>,
+    /// Requests withdrawn so far (few: only while building), so none is withdrawn twice.
+    #[serde(default)]
+    withdrawn: BTreeSet<Uuid>,
 }
 
 /// What the provider told us about a batch so far.
@@ -226,6 +229,9 @@ impl Aggregate for Batch {
                     .await?
             }
             BatchCommand::WithdrawRequest { request_id, at } => match self.status {
+                Some(BatchStatus::Building) if self.withdrawn.contains(&request_id) => {
+                    return Err(BatchError::AlreadyWithdrawn);
+                }
                 Some(BatchStatus::Building) => {
                     vec![BatchEvent::RequestWithdrawn { request_id, at }]
                 }
@@ -351,7 +357,9 @@ impl Aggregate for Batch {
             }
             BatchEvent::Closed { successor, .. } => self.successor = Some(successor),
             // A withdrawn request still counts toward the limits: the batch was sized with it.
-            BatchEvent::RequestWithdrawn { .. } => {}
+            BatchEvent::RequestWithdrawn { request_id, .. } => {
+                self.withdrawn.insert(request_id);
+            }
             BatchEvent::InputUploaded { input_file_id, .. } => {
                 self.provider.input_file_id = Some(input_file_id);
             }

@@ -10,6 +10,8 @@
     reason = "test support items are shared across this binary's modules"
 )]
 
+mod concurrency;
 mod crash;
 mod database;
+mod dependencies;
 mod support;

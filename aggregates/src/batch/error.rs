@@ -35,6 +35,9 @@ pub enum BatchError {
     /// Only a cancelled batch that reached the provider, once, asks the provider to cancel.
     #[error("no provider batch to cancel")]
     NoProviderCancel,
+    /// The request was withdrawn already.
+    #[error("the request was cancelled already")]
+    AlreadyWithdrawn,
     /// An empty batch has nothing to send.
     #[error("an empty batch cannot be closed")]
     Empty,
@@ -79,6 +82,7 @@ impl DomainError for BatchError {
             | Self::NotAtProvider { .. }
             | Self::InvalidTransition { .. }
             | Self::NoProviderCancel
+            | Self::AlreadyWithdrawn
             | Self::Empty => ErrorCode::InvalidTransition,
             Self::KeyMismatch
             | Self::NoEntries

@@ -474,3 +474,20 @@ fn requests_are_withdrawn_only_while_the_batch_builds() {
         assert_eq!(result, expected, "{status:?}");
     }
 }
+
+#[test]
+fn a_request_is_withdrawn_once() {
+    let request_id = Uuid::from_u128(9);
+    let mut given = history(BatchStatus::Building);
+    given.push(BatchEvent::RequestWithdrawn {
+        request_id,
+        at: at(),
+    });
+    framework()
+        .given(given)
+        .when(BatchCommand::WithdrawRequest {
+            request_id,
+            at: at(),
+        })
+        .then_expect_error(BatchError::AlreadyWithdrawn);
+}

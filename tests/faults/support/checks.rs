@@ -7,11 +7,17 @@ use std::process::Output;
 use std::time::Duration;
 
 use chronicle::provider::{Emulator, BATCH_METADATA_KEY};
+use lapin::options::{BasicGetOptions, QueueDeleteOptions};
+use lapin::{Connection, ConnectionProperties};
+use serde_json::Value;
 use sqlx::PgPool;
 
 use super::client::Answer;
 use super::load::{Kind, Record};
 use super::{eventually, Received, Server, TestDb};
+
+/// The RabbitMQ broker the tests use.
+pub const BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// Request statuses that still have work ahead.
 const UNSETTLED_REQUESTS: [&str; 4] = [
@@ -180,26 +186,66 @@ pub async fn provider_holds_each_batch_once(pool: &PgPool, emulator: &Emulator) 
     assert!(!sent.is_empty(), "no batch reached the provider");
 }
 
-/// Every webhook request was delivered, each at least once, and every call for one request
-/// carried the same delivery id (retries and crash repeats included).
-pub async fn webhooks_delivered_at_least_once(pool: &PgPool, calls: &[Received]) {
+/// A copy of a result at its target: the envelope, and whether the target took it.
+pub struct Copy {
+    pub envelope: Value,
+    pub taken: bool,
+}
+
+/// The webhook calls as copies; each call's delivery id header matches its body.
+pub fn webhook_copies(calls: &[Received]) -> Vec<Copy> {
+    calls
+        .iter()
+        .map(|call| {
+            let envelope = call.json();
+            let header = call.header("chronicle-delivery-id");
+            assert_eq!(envelope["delivery_id"], header, "header and body agree");
+            Copy {
+                envelope,
+                taken: call.accepted,
+            }
+        })
+        .collect()
+}
+
+/// Every message in RabbitMQ queue `queue`, taken off it, as copies.
+pub async fn queue_copies(queue: &str) -> Vec<Copy> {
+    let connection = Connection::connect(BROKER, ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ at 127.0.0.1:5672");
+    let channel = connection.create_channel().await.expect("channel");
+    let mut copies = Vec::new();
+    while let Some(message) = channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("basic.get")
+    {
+        copies.push(Copy {
+            envelope: serde_json::from_slice(&message.delivery.data).expect("envelope"),
+            taken: true,
+        });
+    }
+    channel
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await
+        .expect("queue.delete");
+    copies
+}
+
+/// Every request delivered by `kind` (`webhook`, `rabbitmq`) was delivered or cancelled,
+/// each delivered one reached its target at least once, and all copies of one request
+/// carry one delivery id (retries and repeats after a crash included).
+pub async fn delivered_at_least_once(pool: &PgPool, kind: &str, copies: &[Copy]) {
     let mut ids: HashMap<String, HashSet<String>> = HashMap::new();
-    let mut accepted: HashSet<String> = HashSet::new();
-    for call in calls {
-        let envelope = call.json();
-        let request = envelope["request_id"]
-            .as_str()
-            .expect("request id")
-            .to_owned();
-        let delivery = call.header("chronicle-delivery-id").to_owned();
-        assert_eq!(
-            envelope["delivery_id"],
-            delivery.as_str(),
-            "header and body agree"
-        );
-        ids.entry(request.clone()).or_default().insert(delivery);
-        if call.accepted {
-            accepted.insert(request);
+    let mut taken: HashSet<String> = HashSet::new();
+    for copy in copies {
+        let request = copy.envelope["request_id"].as_str().expect("request id");
+        let delivery = copy.envelope["delivery_id"].as_str().expect("delivery id");
+        ids.entry(request.to_owned())
+            .or_default()
+            .insert(delivery.to_owned());
+        if copy.taken {
+            taken.insert(request.to_owned());
         }
     }
     let split: Vec<_> = ids.iter().filter(|(_, d)| d.len() > 1).collect();
@@ -207,22 +253,22 @@ pub async fn webhooks_delivered_at_least_once(pool: &PgPool, calls: &[Received])
         split.is_empty(),
         "one round, several delivery ids: {split:?}"
     );
-    let statuses: Vec<(String, String)> = sqlx::query_as(
-        "SELECT id::text, status FROM requests WHERE delivery ->> 'kind' = 'webhook'",
-    )
-    .fetch_all(pool)
-    .await
-    .expect("webhook requests");
+    let statuses: Vec<(String, String)> =
+        sqlx::query_as("SELECT id::text, status FROM requests WHERE delivery ->> 'kind' = $1")
+            .bind(kind)
+            .fetch_all(pool)
+            .await
+            .expect("requests");
     for (id, status) in &statuses {
         match status.as_str() {
-            "delivered" => assert!(accepted.contains(id), "{id} delivered but never accepted"),
-            "cancelled" | "failed" | "expired" => {}
-            other => panic!("webhook request {id} ended {other}"),
+            "delivered" => assert!(taken.contains(id), "{id} delivered, but not at its target"),
+            "cancelled" => {}
+            other => panic!("{kind} request {id} ended {other}"),
         }
     }
     assert!(
         statuses.iter().any(|(_, s)| s == "delivered"),
-        "no webhook request was delivered"
+        "no {kind} request was delivered"
     );
 }
 
@@ -347,7 +393,7 @@ pub async fn events_after(pool: &PgPool, cursor: &str) -> Vec<EventKey> {
 
 /// The `events` subscription's messages are exactly `expected`, in order: none missed, none
 /// repeated.
-pub fn subscription_saw(received: &[serde_json::Value], expected: &[EventKey]) {
+pub fn subscription_saw(received: &[Value], expected: &[EventKey]) {
     let got: Vec<EventKey> = received
         .iter()
         .map(|data| {

@@ -81,6 +81,7 @@ impl Server {
             .env("CHRONICLE_LOG_POLL_MS", "200")
             .env("CHRONICLE_STANDBY_RETRY_MS", "100")
             .env("CHRONICLE_BATCH_CHECK_MS", "100")
+            .env("CHRONICLE_BATCH_MAX_WAIT_MS", "1000")
             .env("CHRONICLE_PROVIDER_POLL_MS", "100")
             .env(
                 "CHRONICLE_PROVIDER_API_KEY_ENV",
