@@ -127,15 +127,17 @@ fn storable_id<A: cqrs_es::Aggregate>(aggregate_id: &str) -> Result<(), CommandE
 
 /// True for failures that mean "the database is out of reach", where retrying later may work.
 pub fn is_unavailable(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(error) => error.code().is_some_and(|code| server_going_away(&code)),
-        _ => false,
+    if let sqlx::Error::Database(error) = error {
+        return error.code().is_some_and(|code| server_going_away(&code));
     }
+    matches!(
+        error,
+        sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+    )
 }
 
 /// SQLSTATEs of a server that is out of reach, going away or not back yet: connection

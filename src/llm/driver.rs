@@ -100,7 +100,51 @@ pub struct ProviderDriver {
     poll_every: Duration,
     uploads: Semaphore,
     polls: Semaphore,
-    in_flight: usize,
+    upload_slots: usize,
+    poll_slots: usize,
+}
+
+/// The driver's two kinds of work, each in a loop of its own, so a backlog of uploads (after
+/// a provider outage, say) never holds up polling the batches already at the provider.
+#[derive(Debug, Clone, Copy)]
+enum Lane {
+    /// Closed batches on their way to the provider: upload, then create.
+    ToProvider,
+    /// Batches at or back from the provider: poll, download, cancel there.
+    AtProvider,
+}
+
+impl Lane {
+    /// The `batches` rows this lane takes.
+    const fn condition(self) -> &'static str {
+        match self {
+            Self::ToProvider => "status IN ('uploading', 'uploaded')",
+            Self::AtProvider => {
+                "(status IN ('provider_processing', 'provider_completed', 'expired', 'downloading')
+                  OR (status = 'cancelled' AND provider_batch_id IS NOT NULL
+                      AND NOT provider_cancel_requested))"
+            }
+        }
+    }
+
+    /// Whether a batch in `status` is this lane's to advance; it leaves the lane when not.
+    const fn holds(self, status: Option<BatchStatus>) -> bool {
+        match self {
+            Self::ToProvider => {
+                matches!(status, Some(BatchStatus::Uploading | BatchStatus::Uploaded))
+            }
+            Self::AtProvider => matches!(
+                status,
+                Some(
+                    BatchStatus::ProviderProcessing
+                        | BatchStatus::ProviderCompleted
+                        | BatchStatus::Expired
+                        | BatchStatus::Downloading
+                        | BatchStatus::Cancelled
+                )
+            ),
+        }
+    }
 }
 
 impl ProviderDriver {
@@ -123,7 +167,8 @@ impl ProviderDriver {
             poll_every: settings.poll_every,
             uploads: Semaphore::new(uploads),
             polls: Semaphore::new(polls),
-            in_flight: uploads + polls,
+            upload_slots: uploads,
+            poll_slots: polls,
         }
     }
 
@@ -131,17 +176,7 @@ impl ProviderDriver {
     pub async fn run(self, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
             match Leadership::try_claim(&self.options, "provider_driver").await {
-                Ok(Some(mut leadership)) => {
-                    while !shutdown.is_cancelled() && leadership.confirm().await.is_ok() {
-                        if let Err(error) = self.round().await {
-                            tracing::warn!(%error, "provider driver round failed");
-                        }
-                        tokio::select! {
-                            () = tokio::time::sleep(self.poll_every) => {}
-                            () = shutdown.cancelled() => {}
-                        }
-                    }
-                }
+                Ok(Some(leadership)) => self.lead(leadership, &shutdown).await,
                 Ok(None) => {}
                 Err(error) => tracing::warn!(%error, "cannot claim the provider driver role"),
             }
@@ -152,26 +187,59 @@ impl ProviderDriver {
         }
     }
 
-    /// One pass over every batch with provider work to do.
+    /// Drives both lanes until `shutdown` or until the claim may be lost (checked every
+    /// poll period); each lane finishes its pass first.
+    async fn lead(&self, mut leadership: Leadership, shutdown: &CancellationToken) {
+        let stop = shutdown.child_token();
+        let watch = async {
+            while !stop.is_cancelled() && leadership.confirm().await.is_ok() {
+                tokio::select! {
+                    () = tokio::time::sleep(self.poll_every) => {}
+                    () = stop.cancelled() => {}
+                }
+            }
+            stop.cancel();
+        };
+        tokio::join!(
+            watch,
+            self.lane(Lane::ToProvider, &stop),
+            self.lane(Lane::AtProvider, &stop)
+        );
+    }
+
+    /// Passes over `lane`'s batches, one per poll period, until `stop`.
+    async fn lane(&self, lane: Lane, stop: &CancellationToken) {
+        while !stop.is_cancelled() {
+            if let Err(error) = self.round(lane).await {
+                tracing::warn!(%error, ?lane, "provider driver round failed");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.poll_every) => {}
+                () = stop.cancelled() => {}
+            }
+        }
+    }
+
+    /// One pass over the lane's batches, longest waiting first.
     ///
     /// # Errors
     /// The batch list could not be read; a failing batch is logged and skipped.
-    pub async fn round(&self) -> Result<(), DriverError> {
-        let ids: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT id FROM batches
-              WHERE endpoint = ANY($1)
-                AND (status IN ('uploading', 'uploaded', 'provider_processing',
-                                'provider_completed', 'expired', 'downloading')
-                     OR (status = 'cancelled' AND provider_batch_id IS NOT NULL
-                         AND NOT provider_cancel_requested))
+    async fn round(&self, lane: Lane) -> Result<(), DriverError> {
+        let ids: Vec<Uuid> = sqlx::query_scalar(&format!(
+            "SELECT id FROM batches WHERE endpoint = ANY($1) AND {}
               ORDER BY updated_at LIMIT 1000",
-        )
+            lane.condition()
+        ))
         .bind(self.providers.endpoints())
         .fetch_all(&self.pool)
         .await?;
+        let slots = match lane {
+            Lane::ToProvider => self.upload_slots,
+            Lane::AtProvider => self.poll_slots,
+        };
         futures::stream::iter(ids)
-            .for_each_concurrent(self.in_flight, |batch_id| async move {
-                if let Err(error) = self.drive(batch_id).await {
+            .for_each_concurrent(slots, |batch_id| async move {
+                if let Err(error) = self.drive(lane, batch_id).await {
                     tracing::warn!(batch.id = %batch_id, %error, "provider step failed; will retry");
                 }
             })
@@ -193,8 +261,8 @@ impl ProviderDriver {
     }
 
     /// Advances one batch; a batch the provider refuses fails with the provider's message.
-    async fn drive(&self, batch_id: Uuid) -> Result<(), DriverError> {
-        match self.advance(batch_id).await {
+    async fn drive(&self, lane: Lane, batch_id: Uuid) -> Result<(), DriverError> {
+        match self.advance(lane, batch_id).await {
             // The provider refused (a 4xx other than 408/429): retrying will not help.
             Err(DriverError::Provider(ProviderError::Rejected { status, message })) => {
                 tracing::warn!(batch.id = %batch_id, status, %message, "the provider refused the batch");
@@ -205,8 +273,8 @@ impl ProviderDriver {
         }
     }
 
-    /// Takes one batch as far as it can go now.
-    async fn advance(&self, batch_id: Uuid) -> Result<(), DriverError> {
+    /// Takes one batch as far as it can go now within `lane` (the other lane takes it on).
+    async fn advance(&self, lane: Lane, batch_id: Uuid) -> Result<(), DriverError> {
         loop {
             let batch = self.commands.load::<Batch>(&batch_id.to_string()).await?;
             let Some(provider) = batch
@@ -217,6 +285,9 @@ impl ProviderDriver {
             };
             let provider = provider.as_ref();
             let before = batch.status();
+            if !lane.holds(before) {
+                return Ok(());
+            }
             match before {
                 Some(BatchStatus::Uploading) => {
                     let _permit = self.uploads.acquire().await.ok();

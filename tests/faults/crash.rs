@@ -45,7 +45,12 @@ async fn killed_under_load_it_loses_nothing_and_converges() {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let journal = load.stop().await;
-    eprintln!("{} commands answered in all", journal.len());
+    let resent = journal.iter().filter(|r| !r.resent_for.is_empty()).count();
+    eprintln!(
+        "{} commands answered in all; {resent} of them were sent again after a kill",
+        journal.len()
+    );
+    assert!(resent > 0, "no kill caught a command in flight");
 
     settle(&server, &db.pool, Duration::from_secs(180)).await;
     server.stop().await;

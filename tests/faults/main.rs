@@ -14,4 +14,5 @@ mod concurrency;
 mod crash;
 mod database;
 mod dependencies;
+mod slow_subscriber;
 mod support;

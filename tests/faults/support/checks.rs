@@ -17,7 +17,7 @@ use super::load::{Kind, Record};
 use super::{eventually, Received, Server, TestDb};
 
 /// The RabbitMQ broker the tests use.
-pub const BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// Request statuses that still have work ahead.
 const UNSETTLED_REQUESTS: [&str; 4] = [
@@ -55,7 +55,8 @@ pub async fn settle(server: &Server, pool: &PgPool, deadline: Duration) {
 }
 
 /// Every command was answered, none with an internal error, and each acknowledged one left
-/// its events: the outcome's event at its version, a submission's request with its custom id.
+/// its events and its effect: the outcome's event at its version, a submission's request with
+/// its custom id, a cancelled request, a flushed batch, an ended simulation.
 pub async fn acknowledged_commands_have_their_events(pool: &PgPool, journal: &[Record]) {
     let mut applied = 0;
     for record in journal {
@@ -75,34 +76,69 @@ pub async fn acknowledged_commands_have_their_events(pool: &PgPool, journal: &[R
             }
         };
         applied += 1;
-        let found: bool = match &record.kind {
-            Kind::Submit { custom_id } => sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM requests WHERE id = $1::uuid AND custom_id = $2)",
-            )
-            .bind(data["requestId"].as_str().expect("request id"))
-            .bind(custom_id),
-            Kind::Cancel { .. }
-            | Kind::Flush { .. }
-            | Kind::CreateSimulation
-            | Kind::PostMessage { .. }
-            | Kind::EndSimulation { .. } => sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM events
-                                 WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3)",
-            )
-            .bind(data["aggregateType"].as_str().expect("aggregate type"))
-            .bind(data["aggregateId"].as_str().expect("aggregate id"))
-            .bind(data["version"].as_i64().expect("version")),
+        if let Kind::Submit { custom_id } = &record.kind {
+            let request = data["requestId"].as_str().expect("request id");
+            assert!(
+                holds(
+                    pool,
+                    "SELECT EXISTS (SELECT 1 FROM requests WHERE id = $1::uuid AND custom_id = $2)",
+                    &[request, custom_id]
+                )
+                .await,
+                "acknowledged submission missing: {custom_id} -> {data}"
+            );
+            continue;
         }
-        .fetch_one(pool)
-        .await
-        .expect("look up the command's effect");
+        let aggregate_type = data["aggregateType"].as_str().expect("aggregate type");
+        let aggregate_id = data["aggregateId"].as_str().expect("aggregate id");
+        let version = data["version"].as_i64().expect("version").to_string();
         assert!(
-            found,
+            holds(
+                pool,
+                "SELECT EXISTS (SELECT 1 FROM events
+                                 WHERE aggregate_type = $1 AND aggregate_id = $2
+                                   AND sequence = $3::bigint)",
+                &[aggregate_type, aggregate_id, &version],
+            )
+            .await,
             "acknowledged but missing: {:?} -> {data}",
             record.kind
         );
+        let effect = match &record.kind {
+            Kind::Cancel { request_id } => Some((
+                "SELECT EXISTS (SELECT 1 FROM requests WHERE id = $1::uuid AND status = 'cancelled')",
+                request_id,
+            )),
+            Kind::Flush { batch_id } => Some((
+                "SELECT EXISTS (SELECT 1 FROM batches WHERE id = $1::uuid AND close_reason = 'flushed')",
+                batch_id,
+            )),
+            Kind::EndSimulation { simulation_id } => Some((
+                "SELECT EXISTS (SELECT 1 FROM simulations WHERE id = $1::uuid
+                                   AND status IN ('ended', 'feedback_ready', 'archived'))",
+                simulation_id,
+            )),
+            Kind::Submit { .. } | Kind::CreateSimulation | Kind::PostMessage { .. } => None,
+        };
+        if let Some((sql, id)) = effect {
+            assert!(
+                holds(pool, sql, &[id]).await,
+                "{:?} acknowledged without its effect",
+                record.kind
+            );
+        }
     }
     assert!(applied > 0, "no command was acknowledged at all");
+}
+
+/// Whether the boolean query `sql` with text parameters `binds` is true.
+async fn holds(pool: &PgPool, sql: &str, binds: &[&str]) -> bool {
+    binds
+        .iter()
+        .fold(sqlx::query_scalar(sql), |query, value| query.bind(*value))
+        .fetch_one(pool)
+        .await
+        .expect("check query")
 }
 
 /// Nothing was applied twice: one request per custom id, one learner message per text, and
@@ -349,7 +385,7 @@ async fn tables(pool: &PgPool) -> BTreeMap<String, Vec<String>> {
 
 /// Runs `chronicle <arguments>` on `db`, as an operator would.
 async fn chronicle(db: &TestDb, arguments: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_chronicle"))
+    tokio::process::Command::new(super::server::binary())
         .args(arguments)
         .env("DATABASE_URL", db.url())
         .env("CHRONICLE_KEY_PEPPER", super::server::PEPPER)

@@ -115,26 +115,4 @@ impl Client {
             _ => Sent::Retry(format!("HTTP {status}: no data in {body}")),
         }
     }
-
-    /// A query's whole response, retried until the server answers (for at most a minute).
-    pub async fn query(&self, query: &str, variables: Value) -> Value {
-        for _ in 0..600 {
-            let sent = self
-                .http
-                .post(&self.url)
-                .bearer_auth(ADMIN_KEY)
-                .json(&json!({ "query": query, "variables": variables }))
-                .send()
-                .await;
-            if let Ok(response) = sent {
-                if let Ok(body) = response.json::<Value>().await {
-                    if body["errors"].is_null() {
-                        return body;
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("no answer to {query} within a minute");
-    }
 }

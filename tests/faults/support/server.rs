@@ -1,6 +1,7 @@
 //! The service as a child process of the test: started, killed with SIGKILL, restarted on the
 //! same port, stopped with SIGINT, and its resident memory read from `/proc`.
 
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,15 @@ pub const PEPPER: &str = "fault test pepper";
 
 /// How long a start may take (a debug build on a loaded machine is slow to start).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The service's binary: `CHRONICLE_FAULTS_SERVER` when set (`.ci/run` points it at the
+/// release build, as the service runs in production), else the one built with this test.
+pub fn binary() -> PathBuf {
+    std::env::var_os("CHRONICLE_FAULTS_SERVER").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_chronicle")),
+        PathBuf::from,
+    )
+}
 
 /// A `chronicle serve` process on a fixed port of 127.0.0.1.
 pub struct Server {
@@ -69,7 +79,7 @@ impl Server {
     /// Starts the process again (after [`Server::kill`]) and waits until it is ready.
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "the server is still running");
-        let child = Command::new(env!("CARGO_BIN_EXE_chronicle"))
+        let child = Command::new(binary())
             .arg("serve")
             .env("DATABASE_URL", &self.database_url)
             .env("CHRONICLE_LISTEN", format!("127.0.0.1:{}", self.port))
