@@ -26,6 +26,7 @@ async fn killed_under_load_it_loses_nothing_and_converges() {
             clients: 16,
             deliveries: vec![json!({ "webhookUrl": receiver.url })],
             simulations: true,
+            pause: Duration::ZERO,
         },
     );
 

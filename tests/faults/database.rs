@@ -56,6 +56,7 @@ async fn cut_off_from_its_database_it_answers_unavailable_and_resumes() {
             clients: 8,
             deliveries: vec![json!({ "webhookUrl": receiver.url })],
             simulations: true,
+            pause: Duration::ZERO,
         },
     );
     tokio::time::sleep(Duration::from_secs(2)).await;

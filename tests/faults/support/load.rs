@@ -61,6 +61,8 @@ pub struct Mix {
     pub deliveries: Vec<Value>,
     /// Whether clients also hold simulation conversations.
     pub simulations: bool,
+    /// How long each client waits between commands (zero: as fast as answers come).
+    pub pause: Duration,
 }
 
 /// Load running until stopped.
@@ -127,6 +129,7 @@ struct Worker {
 impl Worker {
     async fn run(mut self, stop: CancellationToken) {
         while !stop.is_cancelled() {
+            tokio::time::sleep(self.mix.pause).await;
             let roll = self.random.random_range(0..100);
             match roll {
                 0..10 if !self.requests.is_empty() => self.cancel().await,
