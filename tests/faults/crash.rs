@@ -55,11 +55,6 @@ async fn killed_under_load_it_loses_nothing_and_converges() {
 
     settle(&server, &db.pool, Duration::from_secs(180)).await;
     server.stop().await;
-    checks::acknowledged_commands_have_their_events(&db.pool, &journal).await;
-    checks::nothing_applied_twice(&db.pool, &journal).await;
-    checks::provider_holds_each_batch_once(&db.pool, &emulator).await;
-    let copies = checks::webhook_copies(&receiver.received());
-    checks::delivered_at_least_once(&db.pool, "webhook", &copies).await;
-    checks::projections_equal_a_rebuild(&db).await;
+    checks::guarantees_hold(&db, &journal, &emulator, &receiver.received()).await;
     checks::log_is_intact(&db).await;
 }

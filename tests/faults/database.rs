@@ -129,10 +129,5 @@ async fn cut_off_from_its_database_it_answers_unavailable_and_resumes() {
         .await;
     checks::subscription_saw(&received, &expected);
     server.stop().await;
-    checks::acknowledged_commands_have_their_events(&db.pool, &journal).await;
-    checks::nothing_applied_twice(&db.pool, &journal).await;
-    checks::provider_holds_each_batch_once(&db.pool, &emulator).await;
-    let copies = checks::webhook_copies(&receiver.received());
-    checks::delivered_at_least_once(&db.pool, "webhook", &copies).await;
-    checks::projections_equal_a_rebuild(&db).await;
+    checks::guarantees_hold(&db, &journal, &emulator, &receiver.received()).await;
 }

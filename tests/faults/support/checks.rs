@@ -54,6 +54,22 @@ pub async fn settle(server: &Server, pool: &PgPool, deadline: Duration) {
     .await;
 }
 
+/// The guarantees every fault test checks once the server has stopped: acknowledged
+/// commands kept and applied once, each batch at the provider once, webhook results delivered
+/// at least once, and projections equal to a rebuild.
+pub async fn guarantees_hold(
+    db: &TestDb,
+    journal: &[Record],
+    emulator: &Emulator,
+    webhook_calls: &[Received],
+) {
+    acknowledged_commands_have_their_events(&db.pool, journal).await;
+    nothing_applied_twice(&db.pool, journal).await;
+    provider_holds_each_batch_once(&db.pool, emulator).await;
+    delivered_at_least_once(&db.pool, "webhook", &webhook_copies(webhook_calls)).await;
+    projections_equal_a_rebuild(db).await;
+}
+
 /// Every command was answered, none with an internal error, and each acknowledged one left
 /// its events and its effect: the outcome's event at its version, a submission's request with
 /// its custom id, a cancelled request, a flushed batch, an ended simulation.
@@ -229,7 +245,7 @@ pub struct Copy {
 }
 
 /// The webhook calls as copies; each call's delivery id header matches its body.
-pub fn webhook_copies(calls: &[Received]) -> Vec<Copy> {
+fn webhook_copies(calls: &[Received]) -> Vec<Copy> {
     calls
         .iter()
         .map(|call| {
