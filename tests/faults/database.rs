@@ -123,7 +123,7 @@ async fn cut_off_from_its_database_it_answers_unavailable_and_resumes() {
     assert!(unavailable > 0, "no command was told UNAVAILABLE");
 
     settle(&server, &db.pool, Duration::from_secs(180)).await;
-    let expected = checks::events_after(&db.pool, &head).await;
+    let expected = checks::events_after(&db.pool, head).await;
     let received = subscriber
         .finish(expected.len(), Duration::from_secs(60))
         .await;

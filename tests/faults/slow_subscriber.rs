@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use chronicle_projections::LogCursor;
 use rand::Rng;
 use serde_json::json;
 use sqlx::PgPool;
@@ -39,19 +40,14 @@ fn noise(length: usize) -> String {
 }
 
 /// Bytes of payload (as JSON text) of the events after `head` beyond the first `taken`.
-async fn unread_bytes(pool: &PgPool, head: &str, taken: usize) -> u64 {
-    let (transaction_id, position) = head
-        .trim_start_matches("c1.")
-        .split_once('.')
-        .expect("cursor");
-    let bytes: i64 = sqlx::query_scalar(
-        "SELECT coalesce(sum(octet_length(payload::text)), 0)::bigint FROM (
-            SELECT payload FROM events
-             WHERE (transaction_id, position) > ($1::text::xid8, $2::bigint)
-             ORDER BY transaction_id, position OFFSET $3) unread",
-    )
-    .bind(transaction_id)
-    .bind(position.parse::<i64>().expect("position"))
+async fn unread_bytes(pool: &PgPool, head: LogCursor, taken: usize) -> u64 {
+    let bytes: i64 = sqlx::query_scalar(&format!(
+        "SELECT coalesce(sum(octet_length(payload::text)), 0)::bigint
+           FROM ({} OFFSET $3) unread",
+        checks::EVENTS_AFTER
+    ))
+    .bind(head.transaction_id)
+    .bind(head.position)
     .bind(i64::try_from(taken).expect("count"))
     .fetch_one(pool)
     .await
@@ -119,7 +115,7 @@ async fn a_slow_subscriber_holds_the_server_back_and_misses_nothing() {
             tokio::time::sleep(Duration::from_millis(200)).await;
             peak = peak.max(server.rss_bytes());
             if checked.elapsed() > Duration::from_secs(2) {
-                unread = unread_bytes(&db.pool, &head, subscriber.count()).await;
+                unread = unread_bytes(&db.pool, head, subscriber.count()).await;
                 checked = Instant::now();
             }
         }
@@ -130,7 +126,7 @@ async fn a_slow_subscriber_holds_the_server_back_and_misses_nothing() {
         writer.await.expect("writer");
     }
     server.caught_up().await;
-    let expected = checks::events_after(&db.pool, &head).await;
+    let expected = checks::events_after(&db.pool, head).await;
     let taken = subscriber.count();
     let [(first_peak, first_unread), (second_peak, second_unread)] = stretches[..] else {
         unreachable!("two stretches");

@@ -7,6 +7,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use chronicle::provider::{Emulator, BATCH_METADATA_KEY};
+use chronicle_projections::LogCursor;
 use lapin::options::{BasicGetOptions, QueueDeleteOptions};
 use lapin::{Connection, ConnectionProperties};
 use serde_json::Value;
@@ -415,29 +416,32 @@ async fn chronicle(db: &TestDb, arguments: &[&str]) -> Output {
 type EventKey = (String, String, i64);
 
 /// The cursor of the log's last event.
-pub async fn log_head(pool: &PgPool) -> String {
-    sqlx::query_scalar(
-        "SELECT 'c1.' || transaction_id::text || '.' || position FROM events
+pub async fn log_head(pool: &PgPool) -> LogCursor {
+    let (transaction_id, position) = sqlx::query_as(
+        "SELECT transaction_id::text::bigint, position FROM events
           ORDER BY transaction_id DESC, position DESC LIMIT 1",
     )
     .fetch_one(pool)
     .await
-    .expect("log head")
+    .expect("log head");
+    LogCursor {
+        transaction_id,
+        position,
+    }
 }
 
+/// Events after `cursor` in log order, as SQL to wrap: `$1` and `$2` take the cursor.
+pub const EVENTS_AFTER: &str = "SELECT * FROM events
+    WHERE (transaction_id, position) > ($1::bigint::text::xid8, $2::bigint)
+    ORDER BY transaction_id, position";
+
 /// Every event after `cursor` (taken from [`log_head`]), in log order.
-pub async fn events_after(pool: &PgPool, cursor: &str) -> Vec<EventKey> {
-    let (transaction_id, position) = cursor
-        .trim_start_matches("c1.")
-        .split_once('.')
-        .expect("cursor");
-    sqlx::query_as(
-        "SELECT aggregate_type, aggregate_id, sequence FROM events
-          WHERE (transaction_id, position) > ($1::text::xid8, $2::bigint)
-          ORDER BY transaction_id, position",
-    )
-    .bind(transaction_id)
-    .bind(position.parse::<i64>().expect("position"))
+pub async fn events_after(pool: &PgPool, cursor: LogCursor) -> Vec<EventKey> {
+    sqlx::query_as(&format!(
+        "SELECT aggregate_type, aggregate_id, sequence FROM ({EVENTS_AFTER}) after"
+    ))
+    .bind(cursor.transaction_id)
+    .bind(cursor.position)
     .fetch_all(pool)
     .await
     .expect("events after the cursor")
