@@ -25,8 +25,9 @@ pub use openai::{OpenAi, OpenAiConfig};
 /// The metadata key that ties a provider batch to its Chronicle batch.
 pub const BATCH_METADATA_KEY: &str = "chronicle_batch_id";
 
-/// A provider batch's status, as the provider names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// A provider batch's status, as the provider names it (read in any case, with or without
+/// underscores: OpenAI writes `in_progress`, Azure's REST examples `InProgress`, `Completed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProviderStatus {
     /// Checking the input file.
@@ -45,6 +46,57 @@ pub enum ProviderStatus {
     Cancelling,
     /// Cancelled.
     Cancelled,
+}
+
+impl ProviderStatus {
+    const ALL: [Self; 8] = [
+        Self::Validating,
+        Self::InProgress,
+        Self::Finalizing,
+        Self::Completed,
+        Self::Failed,
+        Self::Expired,
+        Self::Cancelling,
+        Self::Cancelled,
+    ];
+
+    /// The status named `name`, ignoring case and underscores.
+    fn parse(name: &str) -> Option<Self> {
+        let folded = |text: &str| -> String {
+            text.chars()
+                .filter(|c| *c != '_')
+                .map(|c| c.to_ascii_lowercase())
+                .collect()
+        };
+        let wanted = folded(name);
+        Self::ALL.into_iter().find(|status| {
+            serde_json::to_value(status)
+                .ok()
+                .and_then(|value| value.as_str().map(folded))
+                .is_some_and(|candidate| candidate == wanted)
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for ProviderStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        Self::parse(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown batch status `{name}`")))
+    }
+}
+
+/// A batch's metadata: `null` (as Azure lists other clients' batches) reads as none, and
+/// values that are not strings are skipped.
+fn metadata_or_none<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<HashMap<String, String>, D::Error> {
+    let value = Option::<HashMap<String, Value>>::deserialize(deserializer)?;
+    Ok(value
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(key, value)| Some((key, value.as_str()?.to_owned())))
+        .collect())
 }
 
 /// How many requests a provider batch holds and how they fared.
@@ -77,7 +129,7 @@ pub struct ProviderBatch {
     /// Why it failed, when it did.
     pub errors: Option<Value>,
     /// What we attached on creation.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "metadata_or_none")]
     pub metadata: HashMap<String, String>,
 }
 
@@ -163,4 +215,35 @@ pub trait Provider: Send + Sync {
         &self,
         file_id: &str,
     ) -> Result<BoxStream<'static, Result<ResultLine, ProviderError>>, ProviderError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_read_in_openais_and_azures_spellings() {
+        for (name, status) in [
+            ("in_progress", ProviderStatus::InProgress),
+            ("InProgress", ProviderStatus::InProgress),
+            ("Completed", ProviderStatus::Completed),
+            ("Validating", ProviderStatus::Validating),
+            ("cancelling", ProviderStatus::Cancelling),
+        ] {
+            let read: ProviderStatus =
+                serde_json::from_value(Value::from(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(read, status, "{name}");
+        }
+        assert!(serde_json::from_value::<ProviderStatus>(Value::from("paused")).is_err());
+    }
+
+    #[test]
+    fn null_metadata_reads_as_none() {
+        let batch = serde_json::json!({
+            "id": "b", "status": "completed", "input_file_id": "f",
+            "output_file_id": null, "error_file_id": null, "errors": null, "metadata": null,
+        });
+        let read: ProviderBatch = serde_json::from_value(batch).unwrap_or_else(|e| panic!("{e}"));
+        assert!(read.metadata.is_empty());
+    }
 }

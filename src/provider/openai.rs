@@ -52,9 +52,11 @@ struct FileObject {
     id: String,
 }
 
+/// A page of the batch list. Entries stay JSON until one is ours: the list holds every
+/// client's batches, and one we cannot read must not hide ours.
 #[derive(Deserialize)]
 struct BatchList {
-    data: Vec<ProviderBatch>,
+    data: Vec<serde_json::Value>,
     has_more: bool,
     last_id: Option<String>,
 }
@@ -192,8 +194,10 @@ impl Provider for OpenAi {
             if let Some(found) = page
                 .data
                 .into_iter()
-                .find(|b| b.metadata.get(BATCH_METADATA_KEY) == Some(&wanted))
+                .find(|b| b["metadata"][BATCH_METADATA_KEY].as_str() == Some(wanted.as_str()))
             {
+                let found = serde_json::from_value(found)
+                    .map_err(|e| ProviderError::Malformed(format!("batch {wanted}: {e}")))?;
                 return Ok(Some(found));
             }
             if !page.has_more {

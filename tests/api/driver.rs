@@ -368,6 +368,8 @@ async fn messages_requests_go_to_anthropic_message_batches() {
 async fn azure_openai_gets_its_own_paths_header_and_endpoint_names() {
     let db = TestDb::new().await;
     let (emulator, url) = spawn_emulator(Faults::default()).await;
+    // Azure lists every client's batches; one without metadata must not stop ours.
+    foreign_batch_without_metadata(&url).await;
     let app = TestApp::spawn_configured(&db, "driver", |c| {
         c.provider_url = Some(url);
         c.provider_azure_api_version = Some("2024-10-21".into());
@@ -382,11 +384,15 @@ async fn azure_openai_gets_its_own_paths_header_and_endpoint_names() {
         ]
     );
     assert!(
-        emulator.azure_calls() >= 4,
-        "upload, create, poll and download go to /openai"
+        emulator.azure_calls() >= 2 + 4,
+        "after the foreign batch's two calls, upload, create, poll and download go to /openai"
     );
-    let uploads = emulator.uploads();
-    assert_eq!(uploads.len(), 1);
+    let uploads: Vec<String> = emulator
+        .uploads()
+        .into_iter()
+        .filter(|upload| !upload.contains("other-client-1"))
+        .collect();
+    assert_eq!(uploads.len(), 1, "ours, besides the foreign batch's");
     assert!(
         uploads[0]
             .lines()
@@ -589,4 +595,41 @@ async fn a_withdrawn_request_is_left_out_of_the_upload() {
         ]
     );
     app.stop().await;
+}
+
+/// The one request of another client's batch.
+const FOREIGN_LINE: &str = r#"{"custom_id":"other-client-1","method":"POST","url":"/chat/completions","body":{"model":"m","messages":[]}}"#;
+
+/// Puts another client's batch in the emulator at `url` (through its Azure paths), listed
+/// with `"metadata": null` as Azure lists batches made without metadata.
+pub async fn foreign_batch_without_metadata(url: &str) {
+    let http = reqwest::Client::new();
+    let form = reqwest::multipart::Form::new()
+        .text("purpose", "batch")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(FOREIGN_LINE.as_bytes().to_vec())
+                .file_name("other.jsonl"),
+        );
+    let file: serde_json::Value = http
+        .post(format!("{url}/openai/files?api-version=2024-10-21"))
+        .header("api-key", "another-client")
+        .multipart(form)
+        .send()
+        .await
+        .expect("upload")
+        .json()
+        .await
+        .expect("file");
+    let created = http
+        .post(format!("{url}/openai/batches?api-version=2024-10-21"))
+        .header("api-key", "another-client")
+        .json(&serde_json::json!({
+            "input_file_id": file["id"], "endpoint": "/chat/completions",
+            "completion_window": "24h", "metadata": null,
+        }))
+        .send()
+        .await
+        .expect("create");
+    assert!(created.status().is_success(), "{created:?}");
 }
