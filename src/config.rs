@@ -295,6 +295,16 @@ pub struct SecurityConfig {
     )]
     pub request_timeout_secs: u64,
 
+    /// Operations (subscriptions, queries, mutations) one websocket may run at once; one
+    /// more is refused with `LIMIT_EXCEEDED` and the socket goes on.
+    #[arg(
+        long,
+        env = "CHRONICLE_WS_MAX_OPERATIONS",
+        default_value_t = 100,
+        global = true
+    )]
+    pub ws_max_operations: usize,
+
     /// Private, loopback or link-local networks webhook and DICOMweb targets may still reach,
     /// e.g. `10.20.0.0/16,127.0.0.1/32` (by default only public addresses are allowed).
     #[arg(

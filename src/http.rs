@@ -5,11 +5,12 @@
 
 use std::time::Duration;
 
-use async_graphql::http::{GraphiQLSource, ALL_WEBSOCKET_PROTOCOLS};
-use async_graphql::Data;
-use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
+mod socket;
+
+use async_graphql::http::{GraphiQLSource, WebSocketProtocols, ALL_WEBSOCKET_PROTOCOLS};
+use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
 use axum::extract::{FromRequestParts, Request, State, WebSocketUpgrade};
-use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use axum::http::header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -24,7 +25,7 @@ use chronicle_aggregates::ErrorCode;
 
 use crate::api::{Caller, ChronicleSchema};
 use crate::db;
-use crate::security::Authenticator;
+use crate::security::{Authenticator, Revocations};
 
 const CORRELATION_HEADER: &str = "x-correlation-id";
 
@@ -37,6 +38,8 @@ pub struct AppState {
     pub pool: PgPool,
     /// Checks API keys; `None` serves without authentication (`--insecure-dev`).
     pub authenticator: Option<Authenticator>,
+    /// Key revocations, to close the sockets of revoked keys (`None` without authentication).
+    pub revocations: Option<Revocations>,
     /// Bounds on one HTTP request.
     pub limits: HttpLimits,
 }
@@ -48,6 +51,8 @@ pub struct HttpLimits {
     pub max_body_bytes: usize,
     /// Longest a GraphQL request (not a subscription) may take.
     pub request_timeout: Duration,
+    /// Operations one websocket may run at once.
+    pub max_socket_operations: usize,
 }
 
 /// The service's routes.
@@ -80,7 +85,7 @@ async fn graphql_post(
     request: GraphQLRequest,
 ) -> Response {
     let caller = match authenticate(&state, &headers).await {
-        Ok(caller) => caller,
+        Ok((caller, _)) => caller,
         Err(refusal) => return refusal.into_response(),
     };
     let span = tracing::info_span!("graphql", correlation_id = %caller.correlation_id, actor = %caller.actor);
@@ -108,18 +113,20 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
         )
         .into_response();
     }
-    let protocol = match GraphQLProtocol::from_request_parts(&mut parts, &()).await {
-        Ok(protocol) => protocol,
-        Err(rejection) => return rejection.into_response(),
+    let Some(protocol) = websocket_protocol(&parts.headers) else {
+        return StatusCode::BAD_REQUEST.into_response();
     };
     let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
+    // Watch revocations before the key is checked, so none committed after the check is
+    // missed.
+    let revocations = state.revocations.as_ref().map(Revocations::watch);
     let from_header = if parts.headers.contains_key(AUTHORIZATION) || state.authenticator.is_none()
     {
         match authenticate(&state, &parts.headers).await {
-            Ok(caller) => Some(caller),
+            Ok(proved) => Some(proved),
             Err(refusal) => return refusal.into_response(),
         }
     } else {
@@ -127,36 +134,45 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
     };
     let correlation_id = correlation_id(&parts.headers);
     let span = tracing::info_span!("subscription", correlation_id = %correlation_id);
-    let authenticator = state.authenticator.clone();
+    let session = socket::Session {
+        schema: state.schema,
+        protocol,
+        authenticator: state.authenticator.clone(),
+        revocations,
+        max_operations: state.limits.max_socket_operations,
+    };
+    let authenticator = state.authenticator;
+    let authorize: socket::Authorize = Box::new(move |payload| {
+        Box::pin(async move {
+            match (from_header, authenticator) {
+                (Some(proved), _) => Ok(proved),
+                (None, Some(authenticator)) => {
+                    let token = payload_token(&payload).unwrap_or_default();
+                    identify(&authenticator, token, correlation_id)
+                        .await
+                        .map_err(|refusal| {
+                            let code = refusal.code();
+                            async_graphql::Error::new(format!("{code}: {}", refusal.message()))
+                        })
+                }
+                (None, None) => Ok((anonymous(correlation_id), None)),
+            }
+        })
+    });
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |socket| {
-            GraphQLWebSocket::new(socket, state.schema, protocol)
-                .on_connection_init(move |payload| async move {
-                    let caller = match (from_header, authenticator) {
-                        (Some(caller), _) => caller,
-                        (None, Some(authenticator)) => {
-                            let token = payload_token(&payload).unwrap_or_default();
-                            identify(&authenticator, token, correlation_id)
-                                .await
-                                .map_err(|refusal| {
-                                    let code = refusal.code();
-                                    async_graphql::Error::new(format!(
-                                        "{code}: {}",
-                                        refusal.message()
-                                    ))
-                                })?
-                        }
-                        (None, None) => anonymous(correlation_id),
-                    };
-                    let mut data = Data::default();
-                    data.insert(caller);
-                    Ok(data)
-                })
-                .serve()
-                .instrument(span)
-        })
+        .on_upgrade(move |socket| socket::serve(socket, session, authorize).instrument(span))
         .into_response()
+}
+
+/// The GraphQL websocket protocol the client offers first among those served.
+fn websocket_protocol(headers: &HeaderMap) -> Option<WebSocketProtocols> {
+    headers
+        .get(SEC_WEBSOCKET_PROTOCOL)?
+        .to_str()
+        .ok()?
+        .split(',')
+        .find_map(|offered| offered.trim().parse().ok())
 }
 
 /// How long `/ready` waits for the database before it answers 503: a probe wants an answer,
@@ -225,10 +241,13 @@ impl IntoResponse for Refusal {
 
 /// The caller a request's `Authorization: Bearer` key proves (anyone, as an admin named
 /// `anonymous`, under `--insecure-dev`).
-async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, Refusal> {
+async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<(Caller, Option<socket::Grant>), Refusal> {
     let correlation_id = correlation_id(headers);
     let Some(authenticator) = &state.authenticator else {
-        return Ok(anonymous(correlation_id));
+        return Ok((anonymous(correlation_id), None));
     };
     let token = headers
         .get(AUTHORIZATION)
@@ -238,22 +257,30 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, R
     identify(authenticator, token, correlation_id).await
 }
 
+/// The caller `token` proves, and the key as a socket keeps it.
 async fn identify(
     authenticator: &Authenticator,
     token: &str,
     correlation_id: String,
-) -> Result<Caller, Refusal> {
+) -> Result<(Caller, Option<socket::Grant>), Refusal> {
     if token.is_empty() {
         return Err(Refusal::Unauthenticated(
             "send an API key: `Authorization: Bearer <key>`",
         ));
     }
     match authenticator.authenticate(token.trim()).await {
-        Ok(Some(identity)) => Ok(Caller {
-            actor: identity.client_id,
-            correlation_id,
-            authority: identity.role,
-        }),
+        Ok(Some(identity)) => {
+            let caller = Caller {
+                actor: identity.client_id,
+                correlation_id,
+                authority: identity.role,
+            };
+            let grant = socket::Grant {
+                key_id: identity.key_id,
+                token: token.trim().to_owned().into(),
+            };
+            Ok((caller, Some(grant)))
+        }
         Ok(None) => Err(Refusal::Unauthenticated(
             "the API key is malformed, unknown or revoked",
         )),

@@ -40,7 +40,7 @@ use crate::provider::{
     Anthropic, AnthropicConfig, ChatClient, ChatConfig, OpenAi, OpenAiConfig, Provider,
 };
 use crate::security::{
-    bootstrap_admin, Authenticator, EgressPolicy, KeyHasher, Pepper, RateLimiter,
+    bootstrap_admin, Authenticator, EgressPolicy, KeyHasher, Pepper, RateLimiter, Revocations,
 };
 use crate::simulation::{Responder, SimulationActions};
 use crate::store::EventStores;
@@ -315,6 +315,7 @@ impl Application {
             commands.clone(),
             pool.clone(),
             options.clone(),
+            vault.clone(),
             crate::transfer::RunnerSettings {
                 concurrency: transfer.transfer_concurrency.max(1),
                 poll_every: Duration::from_millis(transfer.transfer_poll_ms.max(10)),
@@ -328,8 +329,8 @@ impl Application {
         workers.spawn(runner.run(shutdown.clone()));
         let schema = build_schema(ApiServices {
             pool: pool.clone(),
-            reader,
-            waker,
+            reader: reader.clone(),
+            waker: waker.clone(),
             submitter: Submitter::new(
                 commands.clone(),
                 pool.clone(),
@@ -363,15 +364,25 @@ impl Application {
             .await?;
             Some(Authenticator::new(pool.clone(), hasher))
         };
+        let revocations = match authenticator {
+            Some(_) => Some(
+                Revocations::start(reader, &waker, shutdown.clone())
+                    .await
+                    .context("reading the log's head")?,
+            ),
+            None => None,
+        };
         Ok(Self {
             listener,
             state: AppState {
                 schema,
                 pool,
                 authenticator,
+                revocations,
                 limits: HttpLimits {
                     max_body_bytes: security.max_body_bytes,
                     request_timeout: Duration::from_secs(security.request_timeout_secs.max(1)),
+                    max_socket_operations: security.ws_max_operations.max(1),
                 },
             },
             commands,

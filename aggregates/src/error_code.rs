@@ -19,6 +19,9 @@ pub enum ErrorCode {
     Forbidden,
     /// The caller sent more mutations than its rate limit allows; retry after a while.
     RateLimited,
+    /// The request exceeds a fixed budget (a socket's operations, a document's size); a
+    /// smaller request may pass.
+    LimitExceeded,
     /// A dependency (the database) is unreachable for now; retrying later may succeed.
     Unavailable,
     /// Something failed on our side; details are in the server log under the correlation id.
@@ -27,7 +30,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for exhaustive tests and parsing.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::NotFound,
         Self::InvalidTransition,
         Self::Validation,
@@ -35,6 +38,7 @@ impl ErrorCode {
         Self::Unauthenticated,
         Self::Forbidden,
         Self::RateLimited,
+        Self::LimitExceeded,
         Self::Unavailable,
         Self::Internal,
     ];
@@ -49,6 +53,7 @@ impl ErrorCode {
             Self::Unauthenticated => "UNAUTHENTICATED",
             Self::Forbidden => "FORBIDDEN",
             Self::RateLimited => "RATE_LIMITED",
+            Self::LimitExceeded => "LIMIT_EXCEEDED",
             Self::Unavailable => "UNAVAILABLE",
             Self::Internal => "INTERNAL",
         }

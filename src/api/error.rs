@@ -70,7 +70,8 @@ impl ApiError {
             | ErrorCode::Conflict
             | ErrorCode::Unauthenticated
             | ErrorCode::Forbidden
-            | ErrorCode::RateLimited => match self {
+            | ErrorCode::RateLimited
+            | ErrorCode::LimitExceeded => match self {
                 Self::Command(error) => error.to_string(),
                 Self::Validation(message) => message.clone(),
                 Self::Database(_) => "an argument holds text or a date the store cannot keep".into(),

@@ -103,6 +103,8 @@ impl KeyHasher {
 /// Who a valid key belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
+    /// The key's public id: what a revocation names.
+    pub key_id: String,
     /// The client's id: the actor on its events and the owner of what it creates.
     pub client_id: String,
     /// What the key may do.
@@ -140,6 +142,7 @@ impl Authenticator {
             return Ok(None);
         };
         Ok(self.hasher.verify(secret, &hash).then(|| Identity {
+            key_id: key_id.to_owned(),
             client_id,
             role: Role::parse(&role),
         }))

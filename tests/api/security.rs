@@ -1,7 +1,9 @@
 //! Security over the real HTTP API: keys, ownership on every root field, limits, egress.
 
+mod drift;
 mod egress;
 mod erasure;
 mod fuzz;
 mod keys;
 mod ownership;
+mod sockets;

@@ -36,6 +36,7 @@ fn security_config() -> SecurityConfig {
         rate_limit_burst: 0,
         max_body_bytes: 64 * 1024 * 1024,
         request_timeout_secs: 60,
+        ws_max_operations: 100,
         egress_allow: vec!["127.0.0.1/32".parse().expect("network")],
     }
 }
@@ -67,6 +68,18 @@ impl TestApp {
         name: &str,
         change: impl FnOnce(&mut Config),
     ) -> Self {
+        Self::try_spawn_configured(db, name, change)
+            .await
+            .unwrap_or_else(|error| panic!("build app: {error:#}"))
+    }
+
+    /// Like [`TestApp::spawn_configured`], answering the error an instance refuses to start
+    /// with.
+    pub async fn try_spawn_configured(
+        db: &TestDb,
+        name: &str,
+        change: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<Self> {
         // Logs only: no exporter to flush.
         drop(chronicle::telemetry::init(LogFormat::Text, None));
         let options: PgConnectOptions = db.options.clone().application_name(name);
@@ -129,23 +142,21 @@ impl TestApp {
             .expect("pool");
         let mut wiring = Wiring::standard();
         wiring.upcasters = wiring.upcasters.register::<Ledger>();
-        let app = Application::build(&config, pool.clone(), options, wiring)
-            .await
-            .expect("build app");
+        let app = Application::build(&config, pool.clone(), options, wiring).await?;
         let address = format!("127.0.0.1:{}", app.local_addr().expect("address").port());
         let commands = app.commands();
         let shutdown = app.shutdown_token();
         let server = tokio::spawn(async move {
             app.run_until_stopped().await.expect("app stopped cleanly");
         });
-        Self {
+        Ok(Self {
             address,
             pool,
             commands,
             shutdown,
             server,
             http: reqwest::Client::new(),
-        }
+        })
     }
 
     /// Stops the instance: server, projectors, and its connections.

@@ -68,6 +68,35 @@ impl Subscription {
             .ok()?
     }
 
+    /// Sends a `subscribe` for another operation on this socket.
+    pub async fn subscribe(&mut self, id: &str, query: &str) {
+        send(
+            &mut self.socket,
+            json!({ "id": id, "type": "subscribe", "payload": { "query": query } }),
+        )
+        .await;
+    }
+
+    /// Sends a `complete` for operation `id`.
+    pub async fn complete(&mut self, id: &str) {
+        send(&mut self.socket, json!({ "id": id, "type": "complete" })).await;
+    }
+
+    /// The close code the server ends the socket with within `wait`, skipping any other
+    /// message; `None` if it stays open (or ends without a close frame).
+    pub async fn close_code(&mut self, wait: Duration) -> Option<u16> {
+        tokio::time::timeout(wait, async {
+            while let Some(frame) = self.socket.next().await {
+                if let Message::Close(close) = frame.ok()? {
+                    return close.map(|frame| u16::from(frame.code));
+                }
+            }
+            None
+        })
+        .await
+        .ok()?
+    }
+
     pub async fn close(mut self) {
         let _ = self.socket.close(None).await;
     }

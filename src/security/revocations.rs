@@ -1,0 +1,107 @@
+//! Key revocations as they are committed, pushed to every open websocket of this instance.
+//!
+//! A websocket authenticates once, at its start; a key revoked afterwards must stop it. Each
+//! instance follows the log's `ClientKeyRevoked` events (so a revocation made through any
+//! instance reaches all of them) and broadcasts the key ids; each socket closes when its own
+//! key is named.
+
+use chronicle_projections::LogCursor;
+use futures::StreamExt;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::log::{tail, LogFilter, LogReader, LogWaker};
+
+/// Revocations a socket may miss before it must re-check its key with the database.
+const BACKLOG: usize = 256;
+
+/// The revocations committed since this instance started; cheap to clone.
+#[derive(Clone)]
+pub struct Revocations {
+    sender: broadcast::Sender<String>,
+}
+
+/// One socket's view of the revocations, from the moment it was made.
+pub struct RevocationWatch {
+    receiver: broadcast::Receiver<String>,
+}
+
+/// What a watch learned about one key.
+#[derive(Debug, PartialEq, Eq)]
+pub enum KeyNews {
+    /// The key was revoked.
+    Revoked,
+    /// Revocations were missed (too many at once): check the key with the database.
+    Unknown,
+}
+
+impl Revocations {
+    /// Follows the log from its head until `shutdown`.
+    ///
+    /// # Errors
+    /// The log's head cannot be read.
+    pub async fn start(
+        reader: LogReader,
+        waker: &LogWaker,
+        shutdown: CancellationToken,
+    ) -> Result<Self, sqlx::Error> {
+        let head = reader.head().await?;
+        let (sender, _) = broadcast::channel(BACKLOG);
+        let revocations = Self { sender };
+        tokio::spawn(
+            revocations
+                .clone()
+                .follow(reader, waker.clone(), head, shutdown),
+        );
+        Ok(revocations)
+    }
+
+    /// A watch that sees every revocation committed from now on.
+    pub fn watch(&self) -> RevocationWatch {
+        RevocationWatch {
+            receiver: self.sender.subscribe(),
+        }
+    }
+
+    async fn follow(
+        self,
+        reader: LogReader,
+        waker: LogWaker,
+        from: LogCursor,
+        shutdown: CancellationToken,
+    ) {
+        let filter = LogFilter {
+            aggregate_types: Some(vec!["Client".to_owned()]),
+            event_types: Some(vec!["ClientKeyRevoked".to_owned()]),
+            ..LogFilter::default()
+        };
+        let mut revoked = std::pin::pin!(tail(reader, &waker, from, filter));
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                event = revoked.next() => {
+                    let Some(event) = event else { return };
+                    if let Some(key_id) = event.payload.pointer("/KeyRevoked/key_id").and_then(|id| id.as_str()) {
+                        // No socket open is not an error.
+                        let _ = self.sender.send(key_id.to_owned());
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl RevocationWatch {
+    /// Waits until `key_id` is revoked, or until revocations were missed.
+    pub async fn next_about(&mut self, key_id: &str) -> KeyNews {
+        loop {
+            match self.receiver.recv().await {
+                Ok(revoked) if revoked == key_id => return KeyNews::Revoked,
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => return KeyNews::Unknown,
+                // The follower stopped (shutdown): nothing more will come.
+                Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+            }
+        }
+    }
+}
