@@ -5,4 +5,4 @@ mod personal;
 mod vault;
 
 pub use personal::holds_personal_data;
-pub use vault::{Vault, ERASED};
+pub use vault::{PseudonymKey, Undecryptable, Vault, ERASED};

@@ -16,6 +16,10 @@ use serde_json::Value;
 use sha2::Sha256;
 use sqlx::{PgConnection, PgExecutor, PgPool};
 
+mod pseudonyms;
+
+pub use pseudonyms::PseudonymKey;
+
 use super::personal::{elements_at, for_each_leaf, holds_personal_data, rules, Elements, Rules};
 
 /// What an erased string reads as.
@@ -23,6 +27,25 @@ pub const ERASED: &str = "[erased]";
 /// Sealed leaves start so; the control character keeps them apart from typed text.
 const SEALED: &str = "\u{1}sealed:v1:";
 const NONCE_BYTES: usize = 12;
+
+/// A sealed value whose key exists but does not open it: the data is intact, but this
+/// instance's pepper is not the one it was sealed under (or the store was tampered with). It
+/// is never read as erased: only a destroyed key (`forgetSubject`) erases.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "personal data of subject {subject} cannot be opened with this instance's CHRONICLE_KEY_PEPPER"
+)]
+pub struct Undecryptable {
+    /// The subject's reference.
+    pub subject: String,
+}
+
+/// An [`Undecryptable`] as the store error every reader already handles.
+fn undecryptable(subject: &str) -> sqlx::Error {
+    sqlx::Error::Decode(Box::new(Undecryptable {
+        subject: subject.to_owned(),
+    }))
+}
 
 /// Seals and opens personal data.
 #[derive(Clone)]
@@ -242,13 +265,28 @@ impl Vault {
         .bind(subjects)
         .fetch_all(db)
         .await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(subject, wrapped)| {
-                let key = self.unwrap(&subject, &wrapped)?;
-                Some((subject, key))
+        rows.into_iter()
+            .map(|(subject, wrapped)| match self.unwrap(&subject, &wrapped) {
+                Some(key) => Ok((subject, key)),
+                None => Err(undecryptable(&subject)),
             })
-            .collect())
+            .collect()
+    }
+
+    /// Checks that this vault opens the data keys already in the store (one is enough: they
+    /// are all wrapped under the same pepper).
+    ///
+    /// # Errors
+    /// [`Undecryptable`] (as `sqlx::Error::Decode`) when it does not; any database error.
+    pub async fn check_opens_stored_keys(&self) -> sqlx::Result<()> {
+        let one: Option<String> =
+            sqlx::query_scalar("SELECT subject_ref FROM subject_keys LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await?;
+        if let Some(subject) = one {
+            self.keys(&self.pool, &[subject]).await?;
+        }
+        Ok(())
     }
 
     fn wrap(&self, subject: &str, key: &[u8; 32]) -> Vec<u8> {
@@ -289,7 +327,7 @@ impl Vault {
         let subjects: Vec<String> = subjects.into_iter().collect();
         let keys = self.keys(&self.pool, &subjects).await?;
         for payload in sealed {
-            open_all(payload, &keys);
+            open_all(payload, &keys)?;
         }
         Ok(())
     }
@@ -337,17 +375,23 @@ fn erased(kind: char) -> Value {
     }
 }
 
-fn opened(sealed: &Sealed<'_>, key: Option<&Aes256Gcm>) -> Value {
-    let plain = key
-        .zip(STANDARD_NO_PAD.decode(sealed.blob).ok())
-        .and_then(|(key, blob)| decrypt(key, sealed.subject, &blob))
-        .and_then(|bytes| String::from_utf8(bytes).ok());
-    let Some(plain) = plain else {
-        return erased(sealed.kind);
+/// The leaf's value; erased when its subject's key was destroyed.
+///
+/// # Errors
+/// [`Undecryptable`] when the key exists but does not open the leaf.
+fn opened(sealed: &Sealed<'_>, key: Option<&Aes256Gcm>) -> sqlx::Result<Value> {
+    let Some(key) = key else {
+        return Ok(erased(sealed.kind));
     };
+    let plain = STANDARD_NO_PAD
+        .decode(sealed.blob)
+        .ok()
+        .and_then(|blob| decrypt(key, sealed.subject, &blob))
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(|| undecryptable(sealed.subject))?;
     match sealed.kind {
-        's' => Value::String(plain),
-        _ => serde_json::from_str(&plain).unwrap_or_else(|_| erased(sealed.kind)),
+        's' => Ok(Value::String(plain)),
+        _ => serde_json::from_str(&plain).map_err(|_| undecryptable(sealed.subject)),
     }
 }
 
@@ -360,19 +404,27 @@ fn visit_sealed(value: &mut Value, visit: &mut impl FnMut(&str)) {
     }
 }
 
-fn open_all(value: &mut Value, keys: &HashMap<String, Aes256Gcm>) {
+fn open_all(value: &mut Value, keys: &HashMap<String, Aes256Gcm>) -> sqlx::Result<()> {
     match value {
         Value::String(text) if text.starts_with(SEALED) => {
-            if let Some(sealed) = parse(text) {
-                *value = opened(&sealed, keys.get(sealed.subject));
-            } else {
-                *value = erased('s');
+            let Some(sealed) = parse(text) else {
+                return Err(undecryptable("(malformed)"));
+            };
+            *value = opened(&sealed, keys.get(sealed.subject))?;
+        }
+        Value::Array(items) => {
+            for item in items {
+                open_all(item, keys)?;
             }
         }
-        Value::Array(items) => items.iter_mut().for_each(|item| open_all(item, keys)),
-        Value::Object(fields) => fields.values_mut().for_each(|f| open_all(f, keys)),
+        Value::Object(fields) => {
+            for field in fields.values_mut() {
+                open_all(field, keys)?;
+            }
+        }
         Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) => {}
     }
+    Ok(())
 }
 
 /// Nonce, then AES-256-GCM ciphertext bound to the subject.
@@ -431,8 +483,8 @@ mod tests {
                 "{text}"
             );
             let parsed = parse(text).unwrap_or_else(|| panic!("{text}"));
-            assert_eq!(opened(&parsed, Some(&key)), leaf);
-            let gone = opened(&parsed, None);
+            assert_eq!(opened(&parsed, Some(&key)).ok(), Some(leaf.clone()));
+            let gone = opened(&parsed, None).unwrap_or_else(|e| panic!("{e}"));
             assert!(
                 matches!(
                     (&leaf, &gone),
@@ -446,20 +498,23 @@ mod tests {
     }
 
     #[test]
-    fn a_ciphertext_moved_to_another_subject_or_altered_does_not_open() {
+    fn a_ciphertext_moved_to_another_subject_altered_or_under_another_key_is_an_error_not_erased() {
         let key = key();
         let sealed_leaf = sealed(Some(&key), "subject-1", &json!("secret"));
         let text = sealed_leaf.as_str().unwrap_or_default();
         let moved = text.replace("subject-1", "subject-2");
         let parsed = parse(&moved).unwrap_or_else(|| panic!("{moved}"));
-        assert_eq!(opened(&parsed, Some(&key)), json!(ERASED));
+        assert!(opened(&parsed, Some(&key)).is_err());
+        let other = Aes256Gcm::new_from_slice(&[8_u8; 32]).unwrap_or_else(|_| unreachable!());
+        let parsed = parse(text).unwrap_or_else(|| panic!("{text}"));
+        assert!(opened(&parsed, Some(&other)).is_err());
         // A character well inside the ciphertext (the last one may carry only padding bits).
         let mut altered: Vec<char> = text.chars().collect();
         let at = altered.len() - 10;
         altered[at] = if altered[at] == 'A' { 'B' } else { 'A' };
         let altered: String = altered.into_iter().collect();
         let parsed = parse(&altered).unwrap_or_else(|| panic!("{altered}"));
-        assert_eq!(opened(&parsed, Some(&key)), json!(ERASED));
+        assert!(opened(&parsed, Some(&key)).is_err());
     }
 
     #[test]

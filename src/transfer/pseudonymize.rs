@@ -7,10 +7,15 @@
 //! attributes sequences too) and private attributes are removed, or emptied where the IODs
 //! require them; the file meta loses its AE titles and private information; an instance
 //! with burned-in annotation is refused. Every UID that is not a DICOM standard UID
-//! (`1.2.840.10008.…`, e.g. transfer syntaxes) nor a SOP class is replaced by
-//! `2.25.<uuid v5 of the job and the original UID>`, so the same original UID maps to the
-//! same new UID within a job (a study stays coherent, across retries and restarts) and to
-//! different UIDs in different jobs. The trial protocol, when given, is stamped.
+//! (`1.2.840.10008.…`, e.g. transfer syntaxes) nor a SOP class is replaced by `2.25.<a UUID>`.
+//!
+//! Derived pseudonyms and new UIDs are keyed (HMAC-SHA256) under the patient's own secret,
+//! which the vault derives from the patient's data key, with the job id in the input: the same
+//! original maps to the same value within a job (a study stays coherent across retries and
+//! restarts) and to unrelated values in other jobs. Without the secret nobody can compute
+//! them from a job id and a guessed PatientID, and once the patient is forgotten (the data
+//! key destroyed) nobody can, the service included. The trial protocol, when given, is
+//! stamped.
 
 use std::io::Cursor;
 
@@ -22,7 +27,11 @@ use dicom_core::{DataElement, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::file::ReadPreamble;
 use dicom_object::{InMemDicomObject, OpenFileOptions};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use uuid::Uuid;
+
+use crate::privacy::PseudonymKey;
 
 /// The root of DICOM's own UIDs, which identify no patient and are kept.
 const STANDARD_ROOT: &str = "1.2.840.10008.";
@@ -105,12 +114,12 @@ const EMPTIED: &[Tag] = &[
     tags::STUDY_ID,
 ];
 
-/// Edits the instances of one job: pseudonymizes them when the job asks, and stamps its
-/// trial protocol when it has one.
-#[derive(Debug, Clone)]
+/// Edits the instances of one task: pseudonymizes them when the job asks (with the
+/// patient's key), and stamps its trial protocol when it has one.
+#[derive(Clone)]
 pub struct Pseudonymizer {
-    namespace: Uuid,
-    pseudonymize: bool,
+    job: Uuid,
+    key: Option<PseudonymKey>,
     protocol: Option<TrialProtocol>,
 }
 
@@ -120,39 +129,56 @@ pub struct Pseudonymizer {
 pub struct PseudonymizeError(String);
 
 impl Pseudonymizer {
-    /// For job `job_id`, stamping `protocol` when given.
-    pub fn new(job_id: Uuid, pseudonymize: bool, protocol: Option<TrialProtocol>) -> Self {
+    /// For a task of job `job_id`: pseudonymized under the patient's `key` when given,
+    /// stamped with `protocol` when given.
+    pub fn new(job_id: Uuid, key: Option<PseudonymKey>, protocol: Option<TrialProtocol>) -> Self {
         Self {
-            namespace: job_id,
-            pseudonymize,
+            job: job_id,
+            key,
             protocol,
         }
     }
 
     /// True when instances are changed at all (else they pass through as they are).
     pub fn edits(&self) -> bool {
-        self.pseudonymize || self.protocol.is_some()
+        self.key.is_some() || self.protocol.is_some()
+    }
+
+    /// HMAC-SHA256 under the patient's key of (job, purpose, value); `None` when this task
+    /// does not pseudonymize.
+    fn keyed(&self, purpose: &str, value: &str) -> Option<[u8; 32]> {
+        let key = self.key.as_ref()?;
+        let mac = <Hmac<Sha256> as Mac>::new_from_slice(key.as_bytes())
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"))
+            .chain_update(self.job.as_bytes())
+            .chain_update(purpose.as_bytes())
+            .chain_update(b"\0")
+            .chain_update(value.as_bytes());
+        Some(mac.finalize().into_bytes().into())
     }
 
     /// The pseudonym a patient gets when neither the task nor the job names one: stable
-    /// within the job.
-    pub fn derived_pseudonym(&self, patient_id: &str) -> String {
-        let id = Uuid::new_v5(&self.namespace, patient_id.as_bytes())
-            .simple()
-            .to_string();
-        format!("PSN-{}", &id[..16])
+    /// within the job; `None` when this task does not pseudonymize.
+    pub fn derived_pseudonym(&self, patient_id: &str) -> Option<String> {
+        let digest = self.keyed("pseudonym", patient_id)?;
+        Some(format!("PSN-{}", hex::encode(&digest[..8])))
     }
 
-    /// The replacement of `uid` within this job.
+    /// The replacement of `uid` within this job: a UUID (version 8, from the keyed digest)
+    /// under the `2.25` root; standard and empty UIDs, and every UID when this task does
+    /// not pseudonymize, stay.
     pub fn uid(&self, uid: &str) -> String {
         let uid = uid.trim_end_matches(['\0', ' ']);
         if uid.starts_with(STANDARD_ROOT) || uid.is_empty() {
             return uid.to_owned();
         }
-        format!(
-            "2.25.{}",
-            Uuid::new_v5(&self.namespace, uid.as_bytes()).as_u128()
-        )
+        let Some(digest) = self.keyed("uid", uid) else {
+            return uid.to_owned();
+        };
+        let mut bytes = [0_u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        let new = uuid::Builder::from_custom_bytes(bytes).into_uuid();
+        format!("2.25.{}", new.as_u128())
     }
 
     /// The DICOM file `file` (with preamble) edited: pseudonymized as `pseudonym` when the
@@ -166,7 +192,7 @@ impl Pseudonymizer {
             .read_preamble(ReadPreamble::Auto)
             .from_reader(Cursor::new(file))
             .map_err(|e| PseudonymizeError(e.to_string()))?;
-        if self.pseudonymize {
+        if self.key.is_some() {
             let burned_in = object
                 .element(tags::BURNED_IN_ANNOTATION)
                 .ok()
@@ -183,7 +209,7 @@ impl Pseudonymizer {
                 (
                     tags::DEIDENTIFICATION_METHOD,
                     VR::LO,
-                    "Chronicle PS3.15 basic profile, dates kept",
+                    "Chronicle PS3.15 basic profile, dates kept, keyed pseudonyms",
                 ),
             ] {
                 object.put(DataElement::new(tag, vr, PrimitiveValue::from(value)));

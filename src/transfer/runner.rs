@@ -38,6 +38,7 @@ use uuid::Uuid;
 
 use super::dicomweb::{DicomWeb, DicomWebError};
 use crate::command::{CommandContext, CommandError, Commands};
+use crate::privacy::Vault;
 use crate::projection::Leadership;
 use crate::security::EgressPolicy;
 
@@ -71,6 +72,8 @@ pub struct TransferRunner {
     commands: Commands,
     pool: PgPool,
     options: PgConnectOptions,
+    /// Opens patients' pseudonym keys.
+    vault: Vault,
     http: reqwest::Client,
     settings: RunnerSettings,
 }
@@ -123,6 +126,7 @@ impl TransferRunner {
         commands: Commands,
         pool: PgPool,
         options: PgConnectOptions,
+        vault: Vault,
         settings: RunnerSettings,
         egress: &EgressPolicy,
     ) -> anyhow::Result<Self> {
@@ -136,6 +140,7 @@ impl TransferRunner {
             commands,
             pool,
             options,
+            vault,
             http,
             settings,
         })

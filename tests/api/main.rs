@@ -20,6 +20,7 @@ mod idempotency;
 mod log_order;
 mod projections;
 mod provider;
+mod pseudonyms;
 mod query_jobs;
 mod rabbitmq;
 mod schema_file;

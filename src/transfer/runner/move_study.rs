@@ -2,7 +2,9 @@
 
 use std::time::Instant;
 
-use chronicle_aggregates::transfer::{TaskOutcome, Transfer, TransferCommand, TransferJob};
+use chronicle_aggregates::transfer::{
+    TaskOutcome, TaskSpec, Transfer, TransferCommand, TransferJob, TransferSpec,
+};
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
@@ -10,6 +12,10 @@ use super::{failed, Ended, Runs, Started, TaskRef, TransferRunner, PROGRESS_EVER
 use crate::transfer::pseudonymize::Pseudonymizer;
 
 type Run = Ended<()>;
+
+/// Why a task of a forgotten patient cannot be pseudonymized.
+const FORGOTTEN: &str =
+    "the patient's key is gone (the patient was forgotten): no pseudonym can be derived";
 
 impl Runs<Transfer> for TransferRunner {
     async fn run_task(&self, started: Started, job: &TransferJob, stop: &CancellationToken) -> Run {
@@ -20,6 +26,41 @@ impl Runs<Transfer> for TransferRunner {
 }
 
 impl TransferRunner {
+    /// The task's editor and the pseudonym it writes: the task's, else the job's, else one
+    /// derived under the patient's key. A forgotten patient's task fails: its key is gone.
+    async fn editor(
+        &self,
+        task: TaskRef,
+        setup: &TransferSpec,
+        spec: &TaskSpec,
+    ) -> Result<(Pseudonymizer, String), Run> {
+        let key = if setup.pseudonymize {
+            let subject = format!("patient:{}", spec.patient_id);
+            match self.vault.pseudonym_key(&subject).await {
+                Ok(Some(key)) => Some(key),
+                Ok(None) => {
+                    return Err(Ended::Finished(
+                        TaskOutcome::Failure,
+                        Some(FORGOTTEN.into()),
+                        0,
+                        (),
+                    ))
+                }
+                Err(error) => return Err(Ended::Transient(format!("the patient's key: {error}"))),
+            }
+        } else {
+            None
+        };
+        let editor = Pseudonymizer::new(task.job, key, setup.protocol.clone());
+        let pseudonym = spec
+            .pseudonym
+            .clone()
+            .or_else(|| setup.pseudonym.clone())
+            .or_else(|| editor.derived_pseudonym(&spec.patient_id))
+            .unwrap_or_default();
+        Ok((editor, pseudonym))
+    }
+
     async fn move_study(
         &self,
         started: Started,
@@ -35,6 +76,7 @@ impl TransferRunner {
             .and_then(|n| n.checked_sub(1))
             .and_then(|i| setup.tasks.get(i))
             .ok_or_else(|| Ended::Transient(format!("the job has no task {}", task.task)))?;
+        let (editor, pseudonym) = self.editor(task, setup, spec).await?;
         let source = self.server(&setup.source).await?;
         let destination = self.server(&setup.destination).await?;
         let study = &spec.study_instance_uid;
@@ -78,12 +120,6 @@ impl TransferRunner {
                 (),
             ));
         }
-        let editor = Pseudonymizer::new(task.job, setup.pseudonymize, setup.protocol.clone());
-        let pseudonym = spec
-            .pseudonym
-            .clone()
-            .or_else(|| setup.pseudonym.clone())
-            .unwrap_or_else(|| editor.derived_pseudonym(&spec.patient_id));
         let mut moved = 0_u32;
         let mut reported = Instant::now();
         for series_uid in &series {
