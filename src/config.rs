@@ -275,6 +275,16 @@ pub struct SecurityConfig {
     )]
     pub rate_limit_burst: u32,
 
+    /// Items of bulk mutations (a `submitRequests` list) per second each client may send on
+    /// average; one whole bulk of 50,000 always passes a rested client.
+    #[arg(
+        long,
+        env = "CHRONICLE_RATE_LIMIT_ITEMS_PER_SEC",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub rate_limit_items_per_sec: u32,
+
     /// Largest GraphQL request body, in bytes (a bulk submission of 50,000 small requests
     /// needs about 40 MB).
     #[arg(

@@ -9,7 +9,7 @@ mod socket;
 
 use async_graphql::http::{GraphiQLSource, WebSocketProtocols, ALL_WEBSOCKET_PROTOCOLS};
 use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
-use axum::extract::{FromRequestParts, Request, State, WebSocketUpgrade};
+use axum::extract::{FromRequest, FromRequestParts, Request, State, WebSocketUpgrade};
 use axum::http::header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -79,15 +79,23 @@ async fn prometheus(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn graphql_post(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    request: GraphQLRequest,
-) -> Response {
-    let caller = match authenticate(&state, &headers).await {
+/// A GraphQL request over HTTP. The key is checked before the body is read: a caller without
+/// one costs a header parse, whatever body it sends.
+async fn graphql_post(State(state): State<AppState>, request: Request) -> Response {
+    let caller = match authenticate(&state, request.headers()).await {
         Ok((caller, _)) => caller,
         Err(refusal) => return refusal.into_response(),
     };
+    let request =
+        match GraphQLRequest::<async_graphql_axum::rejection::GraphQLRejection>::from_request(
+            request,
+            &(),
+        )
+        .await
+        {
+            Ok(request) => request,
+            Err(rejection) => return rejection.into_response(),
+        };
     let span = tracing::info_span!("graphql", correlation_id = %caller.correlation_id, actor = %caller.actor);
     let execution = state
         .schema

@@ -13,5 +13,5 @@ pub use bootstrap::{bootstrap_admin, ADMIN_CLIENT};
 pub use egress::{EgressPolicy, Refused};
 pub use keys::{Authenticator, Identity, KeyHasher, NewKey};
 pub use pepper::Pepper;
-pub use rate_limit::RateLimiter;
+pub use rate_limit::{MutationCost, RateLimiter, RateLimits};
 pub use revocations::{KeyNews, RevocationWatch, Revocations};

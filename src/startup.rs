@@ -40,7 +40,8 @@ use crate::provider::{
     Anthropic, AnthropicConfig, ChatClient, ChatConfig, OpenAi, OpenAiConfig, Provider,
 };
 use crate::security::{
-    bootstrap_admin, Authenticator, EgressPolicy, KeyHasher, Pepper, RateLimiter, Revocations,
+    bootstrap_admin, Authenticator, EgressPolicy, KeyHasher, Pepper, RateLimiter, RateLimits,
+    Revocations,
 };
 use crate::simulation::{Responder, SimulationActions};
 use crate::store::EventStores;
@@ -346,7 +347,11 @@ impl Application {
                 egress.clone(),
             ),
             egress,
-            rate_limiter: RateLimiter::new(security.rate_limit_per_sec, security.rate_limit_burst),
+            rate_limiter: RateLimiter::new(RateLimits {
+                per_second: security.rate_limit_per_sec,
+                burst: security.rate_limit_burst,
+                items_per_second: security.rate_limit_items_per_sec,
+            }),
             hasher: hasher.clone(),
             vault,
             commands: commands.clone(),

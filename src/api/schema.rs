@@ -14,7 +14,7 @@ use super::dicom_servers::{DicomServerMutation, DicomServerQuery};
 use super::error_codes::DefaultErrorCodes;
 use super::event_log::{EventLogQuery, EventLogSubscription};
 use super::history::HistoryQuery;
-use super::limits::MutationRateLimit;
+use super::limits::DocumentBudget;
 use super::projections::ProjectionQuery;
 use super::query_jobs::{QueryJobMutation, QueryJobQuery};
 use super::requests::{RequestMutation, RequestQuery};
@@ -121,7 +121,7 @@ fn builder() -> SchemaBuilder<Query, Mutation, Subscription> {
         Subscription::default(),
     )
     .extension(DefaultErrorCodes)
-    .extension(MutationRateLimit)
+    .extension(DocumentBudget)
     .limit_depth(MAX_DEPTH)
     .limit_complexity(MAX_COMPLEXITY)
 }

@@ -1,4 +1,5 @@
-//! Per-client rate limits on mutations: a token bucket per client (governor's GCRA).
+//! Per-client rate limits on mutations: token buckets per client (governor's GCRA), one for
+//! mutation fields and one for the items of bulk mutations.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -7,38 +8,104 @@ use std::time::Duration;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 
-/// Mutations each client may send; off when built with a rate of 0.
+/// The largest bulk submission: a bucket of items always holds at least this many, so one
+/// whole bulk passes a rested client.
+const LARGEST_BULK: u32 = 50_000;
+
+/// What one document charges: each root mutation field, and each item of their list
+/// arguments (a bulk submission's requests).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MutationCost {
+    /// Root mutation fields.
+    pub mutations: u64,
+    /// Items of their list arguments.
+    pub items: u64,
+}
+
+impl MutationCost {
+    /// Both costs together.
+    #[must_use]
+    pub fn plus(self, other: Self) -> Self {
+        Self {
+            mutations: self.mutations.saturating_add(other.mutations),
+            items: self.items.saturating_add(other.items),
+        }
+    }
+}
+
+/// Mutations and bulk items each client may send; off when built with a rate of 0.
 #[derive(Clone, Default)]
 pub struct RateLimiter {
-    buckets: Option<Arc<DefaultKeyedRateLimiter<String>>>,
+    buckets: Option<Arc<Buckets>>,
+}
+
+struct Buckets {
+    mutations: DefaultKeyedRateLimiter<String>,
+    items: DefaultKeyedRateLimiter<String>,
+}
+
+/// The limits' settings.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimits {
+    /// Mutation fields per second on average (0: no limits at all).
+    pub per_second: u32,
+    /// Mutation fields at once after being idle.
+    pub burst: u32,
+    /// Bulk items per second on average; a burst holds the largest bulk or a second's worth.
+    pub items_per_second: u32,
 }
 
 impl RateLimiter {
-    /// `per_second` on average, `burst` at once (at least one second's worth).
-    pub fn new(per_second: u32, burst: u32) -> Self {
-        let buckets = NonZeroU32::new(per_second).map(|rate| {
-            let burst = NonZeroU32::new(burst.max(per_second)).unwrap_or(rate);
-            Arc::new(DefaultKeyedRateLimiter::keyed(
-                Quota::per_second(rate).allow_burst(burst),
-            ))
+    /// The limits `limits` describes.
+    pub fn new(limits: RateLimits) -> Self {
+        let buckets = NonZeroU32::new(limits.per_second).map(|rate| {
+            let burst = NonZeroU32::new(limits.burst.max(limits.per_second)).unwrap_or(rate);
+            let item_rate = NonZeroU32::new(limits.items_per_second).unwrap_or(NonZeroU32::MAX);
+            let item_burst = NonZeroU32::new(limits.items_per_second.max(LARGEST_BULK))
+                .unwrap_or(NonZeroU32::MAX);
+            Arc::new(Buckets {
+                mutations: DefaultKeyedRateLimiter::keyed(
+                    Quota::per_second(rate).allow_burst(burst),
+                ),
+                items: DefaultKeyedRateLimiter::keyed(
+                    Quota::per_second(item_rate).allow_burst(item_burst),
+                ),
+            })
         });
         Self { buckets }
     }
 
-    /// Takes `cost` mutations from `client`'s bucket.
+    /// Takes `cost` from `client`'s buckets.
     ///
     /// # Errors
-    /// The wait after which the bucket holds enough (a whole burst's refill when `cost` is more
-    /// than the burst).
-    pub fn check(&self, client: &str, cost: u32) -> Result<(), Duration> {
-        let (Some(buckets), Some(cost)) = (&self.buckets, NonZeroU32::new(cost)) else {
+    /// The wait after which the buckets hold enough (a whole burst's refill when `cost` is
+    /// more than a burst).
+    pub fn check(&self, client: &str, cost: MutationCost) -> Result<(), Duration> {
+        let Some(buckets) = &self.buckets else {
             return Ok(());
         };
-        match buckets.check_key_n(&client.to_owned(), cost) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(not_until)) => Err(not_until.wait_time_from(DefaultClock::default().now())),
-            Err(_) => Err(Duration::from_secs(1)),
-        }
+        let client = client.to_owned();
+        take(&buckets.items, &client, cost.items)?;
+        take(&buckets.mutations, &client, cost.mutations)
+    }
+}
+
+fn take(
+    bucket: &DefaultKeyedRateLimiter<String>,
+    client: &String,
+    cost: u64,
+) -> Result<(), Duration> {
+    let Some(cost) = u32::try_from(cost).ok().and_then(NonZeroU32::new) else {
+        return if cost == 0 {
+            Ok(())
+        } else {
+            Err(Duration::from_secs(1))
+        };
+    };
+    match bucket.check_key_n(client, cost) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(not_until)) => Err(not_until.wait_time_from(DefaultClock::default().now())),
+        Err(_) => Err(Duration::from_secs(1)),
     }
 }
 
@@ -46,21 +113,64 @@ impl RateLimiter {
 mod tests {
     use super::*;
 
+    fn limiter(per_second: u32, burst: u32, items_per_second: u32) -> RateLimiter {
+        RateLimiter::new(RateLimits {
+            per_second,
+            burst,
+            items_per_second,
+        })
+    }
+
+    fn mutations(count: u64) -> MutationCost {
+        MutationCost {
+            mutations: count,
+            items: 0,
+        }
+    }
+
     #[test]
     fn a_client_gets_its_burst_then_waits_and_others_are_unaffected() {
-        let limiter = RateLimiter::new(1, 3);
+        let limiter = limiter(1, 3, 1_000);
         for _ in 0..3 {
-            assert_eq!(limiter.check("a", 1), Ok(()));
+            assert_eq!(limiter.check("a", mutations(1)), Ok(()));
         }
-        let wait = limiter.check("a", 1).expect_err("over the burst");
+        let wait = limiter
+            .check("a", mutations(1))
+            .expect_err("over the burst");
         assert!(wait <= Duration::from_secs(1), "{wait:?}");
-        assert_eq!(limiter.check("b", 3), Ok(()));
-        assert!(limiter.check("b", 4).is_err(), "more than a burst at once");
+        assert_eq!(limiter.check("b", mutations(3)), Ok(()));
+        assert!(
+            limiter.check("b", mutations(4)).is_err(),
+            "more than a burst at once"
+        );
+    }
+
+    #[test]
+    fn bulk_items_are_charged_per_item_and_one_largest_bulk_passes_a_rested_client() {
+        let limiter = limiter(10, 10, 1_000);
+        let bulk = MutationCost {
+            mutations: 1,
+            items: u64::from(LARGEST_BULK),
+        };
+        assert_eq!(limiter.check("a", bulk), Ok(()));
+        assert!(
+            limiter.check("a", bulk).is_err(),
+            "the item bucket is empty"
+        );
+        assert_eq!(
+            limiter.check("a", mutations(1)),
+            Ok(()),
+            "single mutations go on"
+        );
     }
 
     #[test]
     fn a_rate_of_zero_is_no_limit() {
-        let limiter = RateLimiter::new(0, 0);
-        assert_eq!(limiter.check("a", 1_000_000), Ok(()));
+        let limiter = limiter(0, 0, 0);
+        let huge = MutationCost {
+            mutations: 1_000_000,
+            items: 1_000_000,
+        };
+        assert_eq!(limiter.check("a", huge), Ok(()));
     }
 }

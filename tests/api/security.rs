@@ -1,5 +1,6 @@
 //! Security over the real HTTP API: keys, ownership on every root field, limits, egress.
 
+mod budgets;
 mod drift;
 mod egress;
 mod erasure;

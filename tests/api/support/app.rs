@@ -34,6 +34,7 @@ fn security_config() -> SecurityConfig {
         bootstrap_admin_key: Some(ADMIN_KEY.into()),
         rate_limit_per_sec: 0,
         rate_limit_burst: 0,
+        rate_limit_items_per_sec: 0,
         max_body_bytes: 64 * 1024 * 1024,
         request_timeout_secs: 60,
         ws_max_operations: 100,
