@@ -17,7 +17,7 @@ const CHUNK: i64 = 1000;
 /// One exported event: exactly as stored (before upcasting), so its hash still verifies.
 #[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
 pub struct ArchivedEvent {
-    /// Its place in the source log (informational; an import gets new positions).
+    /// Its log position in the source (informational; an import gets new positions).
     pub position: i64,
     /// The writing transaction in the source log (informational).
     pub transaction_id: i64,
@@ -41,7 +41,7 @@ pub struct ArchivedEvent {
     pub hash: String,
 }
 
-/// Writes the settled events after `after` (of `types`, if given) to `out`, one JSON object
+/// Writes the committed events after `after` (of `types`, if given) to `out`, one JSON object
 /// per line; returns how many.
 ///
 /// # Errors
@@ -56,16 +56,14 @@ pub async fn export(
     let mut written = 0;
     loop {
         let chunk: Vec<ArchivedEvent> = sqlx::query_as(
-            "SELECT position, transaction_id::text::bigint AS transaction_id, aggregate_type,
-                    aggregate_id, sequence, event_type, event_version, payload, metadata,
-                    recorded_at, encode(hash, 'hex') AS hash
+            "SELECT log_position AS position, transaction_id::text::bigint AS transaction_id,
+                    aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
+                    metadata, recorded_at, encode(hash, 'hex') AS hash
                FROM events
-              WHERE (transaction_id, position) > ($1::bigint::text::xid8, $2)
-                AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-                AND ($3::text[] IS NULL OR aggregate_type = ANY($3))
-              ORDER BY transaction_id, position LIMIT $4",
+              WHERE log_position > $1
+                AND ($2::text[] IS NULL OR aggregate_type = ANY($2))
+              ORDER BY log_position LIMIT $3",
         )
-        .bind(cursor.transaction_id)
         .bind(cursor.position)
         .bind(types)
         .bind(CHUNK)
@@ -74,10 +72,7 @@ pub async fn export(
         let Some(last) = chunk.last() else {
             return Ok(written);
         };
-        cursor = LogCursor {
-            transaction_id: last.transaction_id,
-            position: last.position,
-        };
+        cursor = LogCursor::at(last.position);
         for event in &chunk {
             serde_json::to_writer(&mut *out, event)?;
             out.write_all(b"\n")?;

@@ -135,13 +135,10 @@ async fn digest(
 ) -> Result<(Vec<u8>, i64), sqlx::Error> {
     let mut rows = sqlx::query_as::<_, (i64, Vec<u8>)>(
         "SELECT position, hash FROM events
-          WHERE (transaction_id, position) > ($1::bigint::text::xid8, $2)
-            AND (transaction_id, position) <= ($3::bigint::text::xid8, $4)
-          ORDER BY transaction_id, position",
+          WHERE log_position > $1 AND log_position <= $2
+          ORDER BY log_position",
     )
-    .bind(after.transaction_id)
     .bind(after.position)
-    .bind(through.transaction_id)
     .bind(through.position)
     .fetch(pool);
     let mut hasher = Sha256::new().chain_update(previous);
@@ -154,26 +151,56 @@ async fn digest(
     Ok((hasher.finalize().to_vec(), events))
 }
 
-fn sign(key: &[u8], digest: &[u8], through: LogCursor) -> Option<Vec<u8>> {
+/// The signature of a checkpoint through `through`, the cursor text it was signed with.
+fn sign(key: &[u8], digest: &[u8], through: &str) -> Option<Vec<u8>> {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).ok()?;
     mac.update(digest);
-    mac.update(through.to_string().as_bytes());
+    mac.update(through.as_bytes());
     Some(mac.finalize().into_bytes().to_vec())
 }
 
-type CheckpointRow = (i64, i64, i64, i64, i64, i64, Vec<u8>, Option<Vec<u8>>);
+/// A recorded checkpoint.
+#[derive(sqlx::FromRow)]
+struct CheckpointRow {
+    id: i64,
+    after_log_position: i64,
+    through_log_position: i64,
+    /// The cursor text of a checkpoint recorded before log positions followed commit order
+    /// (`c1.<transaction id>.<position>`): what its signature covers.
+    legacy_through: Option<String>,
+    events: i64,
+    digest: Vec<u8>,
+    signature: Option<Vec<u8>>,
+}
+
+impl CheckpointRow {
+    fn after(&self) -> LogCursor {
+        LogCursor::at(self.after_log_position)
+    }
+
+    fn through(&self) -> LogCursor {
+        LogCursor::at(self.through_log_position)
+    }
+
+    fn signed_text(&self) -> String {
+        self.legacy_through
+            .clone()
+            .unwrap_or_else(|| self.through().to_string())
+    }
+}
 
 async fn checkpoints(pool: &PgPool) -> Result<Vec<CheckpointRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, after_transaction_id, after_position, through_transaction_id,
-                through_position, events, digest, signature
+        "SELECT id, after_log_position, through_log_position,
+                'c1.' || through_transaction_id || '.' || through_position AS legacy_through,
+                events, digest, signature
            FROM audit_checkpoints ORDER BY id",
     )
     .fetch_all(pool)
     .await
 }
 
-/// Records a checkpoint over every settled event since the last one, signed with `key` when
+/// Records a checkpoint over every committed event since the last one, signed with `key` when
 /// given; returns how many events it covers (none: no checkpoint is written).
 ///
 /// # Errors
@@ -181,41 +208,23 @@ async fn checkpoints(pool: &PgPool) -> Result<Vec<CheckpointRow>, sqlx::Error> {
 pub async fn checkpoint(pool: &PgPool, key: Option<&[u8]>) -> Result<i64, sqlx::Error> {
     let last = checkpoints(pool).await?.pop();
     let (after, previous) = last.map_or((LogCursor::START, Vec::new()), |row| {
-        (
-            LogCursor {
-                transaction_id: row.3,
-                position: row.4,
-            },
-            row.6,
-        )
+        (row.through(), row.digest)
     });
-    let head: Option<(i64, i64)> = sqlx::query_as(
-        "SELECT transaction_id::text::bigint, position FROM events
-          WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-          ORDER BY transaction_id DESC, position DESC LIMIT 1",
-    )
-    .fetch_optional(pool)
-    .await?;
-    let Some((transaction_id, position)) = head else {
-        return Ok(0);
-    };
-    let through = LogCursor {
-        transaction_id,
-        position,
-    };
+    let head: i64 = sqlx::query_scalar("SELECT coalesce(max(log_position), 0) FROM events")
+        .fetch_one(pool)
+        .await?;
+    let through = LogCursor::at(head);
     if through <= after {
         return Ok(0);
     }
     let (digest, events) = digest(pool, &previous, after, through).await?;
-    let signature = key.and_then(|key| sign(key, &digest, through));
+    let signature = key.and_then(|key| sign(key, &digest, &through.to_string()));
     sqlx::query(
-        "INSERT INTO audit_checkpoints (after_transaction_id, after_position,
-             through_transaction_id, through_position, events, digest, signature)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO audit_checkpoints (after_log_position, through_log_position, events,
+                                        digest, signature)
+         VALUES ($1, $2, $3, $4, $5)",
     )
-    .bind(after.transaction_id)
     .bind(after.position)
-    .bind(through.transaction_id)
     .bind(through.position)
     .bind(events)
     .bind(digest)
@@ -236,32 +245,22 @@ pub async fn verify_checkpoints(
 ) -> Result<(u64, Option<CheckpointBreak>), sqlx::Error> {
     let mut previous = Vec::new();
     let mut checked = 0;
-    for (id, after_xid, after_pos, through_xid, through_pos, events, stored, signature) in
-        checkpoints(pool).await?
-    {
+    for row in checkpoints(pool).await? {
         checked += 1;
-        let after = LogCursor {
-            transaction_id: after_xid,
-            position: after_pos,
-        };
-        let through = LogCursor {
-            transaction_id: through_xid,
-            position: through_pos,
-        };
-        let (digest, counted) = digest(pool, &previous, after, through).await?;
-        let reason = if counted != events || digest != stored {
+        let (digest, counted) = digest(pool, &previous, row.after(), row.through()).await?;
+        let reason = if counted != row.events || digest != row.digest {
             Some("the events it covers changed since it was recorded".to_owned())
         } else if let Some(key) = key {
-            let expected = sign(key, &digest, through);
-            (signature.is_none() || expected != signature)
+            let expected = sign(key, &digest, &row.signed_text());
+            (row.signature.is_none() || expected != row.signature)
                 .then(|| "its signature does not verify".to_owned())
         } else {
             None
         };
         if let Some(reason) = reason {
-            return Ok((checked, Some(CheckpointBreak { id, reason })));
+            return Ok((checked, Some(CheckpointBreak { id: row.id, reason })));
         }
-        previous = stored;
+        previous = row.digest;
     }
     Ok((checked, None))
 }

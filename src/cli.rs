@@ -88,8 +88,8 @@ enum Command {
 enum EventsAction {
     /// Write the log as NDJSON (stored events with their hashes) to stdout.
     Export {
-        /// Start after this log cursor: `c1.<transaction_id>.<position>` of the last line of
-        /// a previous export, or an API cursor; from the beginning when omitted.
+        /// Start after this log cursor: `c2.<position>` of the last line of a previous export,
+        /// or an API cursor; from the beginning when omitted.
         #[arg(long)]
         after: Option<String>,
         /// Only events of this aggregate type (repeatable).
@@ -108,7 +108,7 @@ enum KeysAction {
 
 #[derive(Debug, Subcommand)]
 enum AuditAction {
-    /// Record a signed checkpoint of every settled event since the last one.
+    /// Record a signed checkpoint of every committed event since the last one.
     Checkpoint,
     /// Recompute every event's hash chain and report the first broken link (exit code 2).
     Verify {

@@ -469,8 +469,8 @@ async fn cursor_of(
     aggregate_id: &str,
     sequence: i64,
 ) -> Result<LogCursor, sqlx::Error> {
-    let (transaction_id, position): (i64, i64) = sqlx::query_as(
-        "SELECT transaction_id::text::bigint, position FROM events
+    let position: i64 = sqlx::query_scalar(
+        "SELECT log_position FROM events
           WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
     )
     .bind(aggregate_type)
@@ -478,10 +478,7 @@ async fn cursor_of(
     .bind(sequence)
     .fetch_one(pool)
     .await?;
-    Ok(LogCursor {
-        transaction_id,
-        position,
-    })
+    Ok(LogCursor::at(position))
 }
 
 #[cfg(test)]

@@ -14,16 +14,12 @@ pub async fn load(conn: &mut PgConnection, name: &str) -> Result<LogCursor, sqlx
         .bind(name)
         .execute(&mut *conn)
         .await?;
-    let (transaction_id, position): (i64, i64) = sqlx::query_as(
-        "SELECT transaction_id::text::bigint, position FROM projection_checkpoints WHERE name = $1",
-    )
-    .bind(name)
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(LogCursor {
-        transaction_id,
-        position,
-    })
+    let position: i64 =
+        sqlx::query_scalar("SELECT log_position FROM projection_checkpoints WHERE name = $1")
+            .bind(name)
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok(LogCursor::at(position))
 }
 
 /// Locks the checkpoint row for the rest of the transaction and returns where it stands.
@@ -36,18 +32,14 @@ pub async fn load(conn: &mut PgConnection, name: &str) -> Result<LogCursor, sqlx
 pub async fn lock(conn: &mut PgConnection, name: &str) -> Result<LogCursor, sqlx::Error> {
     // The row exists but for a projector's very first page: one statement in the common case.
     for _ in 0..2 {
-        let row: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT transaction_id::text::bigint, position FROM projection_checkpoints
-              WHERE name = $1 FOR UPDATE",
+        let row: Option<i64> = sqlx::query_scalar(
+            "SELECT log_position FROM projection_checkpoints WHERE name = $1 FOR UPDATE",
         )
         .bind(name)
         .fetch_optional(&mut *conn)
         .await?;
-        if let Some((transaction_id, position)) = row {
-            return Ok(LogCursor {
-                transaction_id,
-                position,
-            });
+        if let Some(position) = row {
+            return Ok(LogCursor::at(position));
         }
         load(&mut *conn, name).await?;
     }
@@ -66,12 +58,10 @@ pub async fn advance(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE projection_checkpoints
-            SET transaction_id = $2::bigint::text::xid8, position = $3,
-                events_applied = events_applied + $4, updated_at = now()
+            SET log_position = $2, events_applied = events_applied + $3, updated_at = now()
           WHERE name = $1",
     )
     .bind(name)
-    .bind(to.transaction_id)
     .bind(to.position)
     .bind(i64::try_from(applied).unwrap_or(i64::MAX))
     .execute(conn)
@@ -86,7 +76,7 @@ pub async fn advance(
 pub async fn reset(conn: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE projection_checkpoints
-            SET transaction_id = '0', position = 0, events_applied = 0, updated_at = now()
+            SET log_position = 0, events_applied = 0, updated_at = now()
           WHERE name = $1",
     )
     .bind(name)
@@ -115,10 +105,9 @@ pub struct Status {
 /// # Errors
 /// Any database error.
 pub async fn status(db: impl PgExecutor<'_>) -> Result<Vec<Status>, sqlx::Error> {
-    let rows: Vec<(String, i64, i64, i64, i64, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT c.name, c.transaction_id::text::bigint, c.position, c.events_applied,
-                (SELECT count(*) FROM events e
-                  WHERE (e.transaction_id, e.position) > (c.transaction_id, c.position)),
+    let rows: Vec<(String, i64, i64, i64, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT c.name, c.log_position, c.events_applied,
+                (SELECT count(*) FROM events e WHERE e.log_position > c.log_position),
                 c.updated_at
            FROM projection_checkpoints c
           ORDER BY c.name",
@@ -127,17 +116,12 @@ pub async fn status(db: impl PgExecutor<'_>) -> Result<Vec<Status>, sqlx::Error>
     .await?;
     Ok(rows
         .into_iter()
-        .map(
-            |(name, transaction_id, position, events_applied, lag, updated_at)| Status {
-                name,
-                cursor: LogCursor {
-                    transaction_id,
-                    position,
-                },
-                events_applied,
-                lag,
-                updated_at,
-            },
-        )
+        .map(|(name, position, events_applied, lag, updated_at)| Status {
+            name,
+            cursor: LogCursor::at(position),
+            events_applied,
+            lag,
+            updated_at,
+        })
         .collect())
 }

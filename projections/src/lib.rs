@@ -23,6 +23,6 @@ pub mod simulations;
 pub mod transfers;
 pub mod transitions;
 
-pub use cursor::{CursorError, LogCursor};
+pub use cursor::{ClientCursor, CursorError, LogCursor};
 pub use event::{EventMetadata, RecordedEvent};
 pub use projector::{ProjectionError, Projector};

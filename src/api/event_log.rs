@@ -2,7 +2,7 @@
 
 use async_graphql::connection::{Connection, CursorType};
 use async_graphql::{Context, InputObject, Json, Object, SimpleObject, Subscription};
-use chronicle_projections::{CursorError, LogCursor, RecordedEvent};
+use chronicle_projections::{ClientCursor, CursorError, LogCursor, RecordedEvent};
 use chrono::{DateTime, Utc};
 use futures::Stream;
 use serde_json::Value;
@@ -92,13 +92,13 @@ impl CursorType for EdgeCursor {
 ///
 /// # Errors
 /// `VALIDATION` for a malformed cursor.
-pub(crate) fn aggregate_tail(
+pub(crate) async fn aggregate_tail(
     ctx: &Context<'_>,
     aggregate_type: &str,
     id: Uuid,
     after: Option<&str>,
 ) -> Result<impl Stream<Item = RecordedEvent> + Send + 'static, ApiError> {
-    let start = parse_after(after)?.unwrap_or(LogCursor::START);
+    let start = resolve_after(ctx, after).await?.unwrap_or(LogCursor::START);
     let filter = filter(Some(vec![aggregate_type.to_owned()]), Some(id.to_string()));
     let reader = ctx.data_unchecked::<LogReader>().clone();
     Ok(tail(
@@ -109,8 +109,22 @@ pub(crate) fn aggregate_tail(
     ))
 }
 
-fn parse_after(after: Option<&str>) -> Result<Option<LogCursor>, ApiError> {
-    Ok(after.map(str::parse).transpose()?)
+/// The cursor a client's `after` names; one of the log's old order is resolved to the
+/// current one.
+///
+/// # Errors
+/// `VALIDATION` for a malformed cursor; a database error resolving an old one.
+pub(crate) async fn resolve_after(
+    ctx: &Context<'_>,
+    after: Option<&str>,
+) -> Result<Option<LogCursor>, ApiError> {
+    let Some(after) = after else {
+        return Ok(None);
+    };
+    let cursor: ClientCursor = after.parse()?;
+    Ok(Some(
+        ctx.data_unchecked::<LogReader>().resolve(cursor).await?,
+    ))
 }
 
 fn filter(aggregate_types: Option<Vec<String>>, aggregate_id: Option<String>) -> LogFilter {
@@ -163,7 +177,7 @@ impl EventLogQuery {
     ) -> Result<Connection<EdgeCursor, LogEvent>, ApiError> {
         let caller = Caller::from_ctx(ctx)?;
         let size = page_size(first)?;
-        let after = parse_after(after.as_deref())?;
+        let after = resolve_after(ctx, after.as_deref()).await?;
         let limit = u32::try_from(size + 1).unwrap_or(u32::MAX);
         let narrowed = filter.unwrap_or_default();
         let log_filter = LogFilter {
@@ -213,7 +227,7 @@ impl EventLogSubscription {
     ) -> Result<impl Stream<Item = LogEvent>, ApiError> {
         let caller = Caller::from_ctx(ctx)?;
         let reader = ctx.data_unchecked::<LogReader>().clone();
-        let start = match parse_after(after.as_deref())? {
+        let start = match resolve_after(ctx, after.as_deref()).await? {
             Some(cursor) => cursor,
             None => reader.head().await?,
         };

@@ -471,7 +471,7 @@ impl SimulationSubscription {
         ctx.data_unchecked::<SimulationActions>()
             .owned(caller.scope(), id)
             .await?;
-        let stream = aggregate_tail(ctx, "Simulation", id, after.as_deref())?;
+        let stream = aggregate_tail(ctx, "Simulation", id, after.as_deref()).await?;
         Ok(stream.filter_map(|event| async move {
             let cursor = event.cursor.to_string();
             match event.decode::<SimulationEvent>().ok()? {

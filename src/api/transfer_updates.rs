@@ -104,7 +104,7 @@ impl TransferSubscription {
         ctx.data_unchecked::<TransferActions>()
             .visible::<Transfer>(&caller.command_context(), caller.authority, id)
             .await?;
-        let stream = aggregate_tail(ctx, "TransferJob", id, after.as_deref())?;
+        let stream = aggregate_tail(ctx, "TransferJob", id, after.as_deref()).await?;
         Ok(stream.filter_map(|event| async move {
             let cursor = event.cursor.to_string();
             let event_type = event.event_type.clone();

@@ -62,7 +62,9 @@ async fn updates(
     ctx.data_unchecked::<LlmActions>()
         .check_owner(caller.scope(), aggregate_type, id)
         .await?;
-    Ok(aggregate_tail(ctx, aggregate_type, id, after.as_deref())?.map(update))
+    Ok(aggregate_tail(ctx, aggregate_type, id, after.as_deref())
+        .await?
+        .map(update))
 }
 
 /// Changes of all the caller's batches or requests, after `after` or from now.
@@ -73,8 +75,8 @@ async fn owned_updates(
 ) -> Result<impl Stream<Item = AggregateUpdate>, ApiError> {
     let caller = Caller::from_ctx(ctx)?;
     let reader = ctx.data_unchecked::<LogReader>();
-    let start: LogCursor = match after {
-        Some(after) => after.parse()?,
+    let start: LogCursor = match super::event_log::resolve_after(ctx, after.as_deref()).await? {
+        Some(cursor) => cursor,
         None => reader.head().await?,
     };
     let filter = LogFilter {

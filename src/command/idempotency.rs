@@ -173,9 +173,8 @@ pub(super) async fn recovered(
     pool: &PgPool,
     command_id: &str,
 ) -> Result<Option<CommandReceipt>, CommandError> {
-    let row: Option<(String, String, i64, i64, i64, i64)> = sqlx::query_as(
-        "SELECT aggregate_type, aggregate_id, sequence, transaction_id::text::bigint, position,
-                count(*) OVER ()
+    let row: Option<(String, String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT aggregate_type, aggregate_id, sequence, log_position, count(*) OVER ()
            FROM events WHERE metadata ->> 'command_id' = $1
           ORDER BY sequence DESC LIMIT 1",
     )
@@ -183,17 +182,12 @@ pub(super) async fn recovered(
     .fetch_optional(pool)
     .await?;
     Ok(row.map(
-        |(aggregate_type, aggregate_id, version, transaction_id, position, events)| {
-            CommandReceipt {
-                aggregate_type,
-                aggregate_id,
-                version,
-                events: usize::try_from(events).unwrap_or_default(),
-                cursor: Some(LogCursor {
-                    transaction_id,
-                    position,
-                }),
-            }
+        |(aggregate_type, aggregate_id, version, position, events)| CommandReceipt {
+            aggregate_type,
+            aggregate_id,
+            version,
+            events: usize::try_from(events).unwrap_or_default(),
+            cursor: Some(LogCursor::at(position)),
         },
     ))
 }

@@ -1,15 +1,15 @@
-//! Pages of committed events in an order no concurrent commit can invalidate.
+//! Pages of committed events in log order, which no concurrent commit can invalidate.
 //!
-//! Positions come from a sequence and are allocated before commit, so a transaction that
-//! allocated position 10 may commit after one that allocated 11: a reader that remembered
-//! "11" would never see 10. Instead we read only rows written by transactions older than the
-//! oldest one still running (`pg_snapshot_xmin`), which are all settled, and order by
-//! (transaction id, position). Every later commit then sorts after the cursor.
+//! Log positions are handed out in commit order (every appending transaction draws them under
+//! one advisory lock that PostgreSQL releases only once the commit is visible), so a reader
+//! that has seen position n has seen every committed event below it: it reads `position > n`.
+//! Nothing outside Chronicle's own appends (an analyst's open transaction, another
+//! database's) can hold a reader back.
 
 use std::sync::Arc;
 
 use chronicle_aggregates::Upcasters;
-use chronicle_projections::{EventMetadata, LogCursor, RecordedEvent};
+use chronicle_projections::{ClientCursor, EventMetadata, LogCursor, RecordedEvent};
 use chrono::{DateTime, Utc};
 use cqrs_es::persist::SerializedEvent;
 use serde_json::Value;
@@ -47,24 +47,21 @@ pub const MAX_PAGE_BYTES: i64 = 16 * 1024 * 1024;
 pub struct Page {
     /// The events, in log order.
     pub events: Vec<RecordedEvent>,
-    /// The oldest transaction still running when the page was read (`pg_snapshot_xmin`):
-    /// every event committed later has a transaction id at or above it.
-    pub horizon: i64,
+    /// The log's last position when the page was read: every event committed later has a
+    /// higher one.
+    pub head: i64,
     /// The page stopped early at [`MAX_PAGE_BYTES`]: more events follow at once.
     pub truncated: bool,
 }
 
 impl Page {
     /// Where a reader that got this page may continue: after its last event, or, when it
-    /// was empty, past every settled transaction, so that a filtered reader does not rescan
-    /// the events it skipped.
+    /// was empty, at the log's head, so that a filtered reader does not rescan the events it
+    /// skipped.
     pub fn next_cursor(&self, after: LogCursor) -> LogCursor {
         match self.events.last() {
             Some(last) => last.cursor,
-            None => after.max(LogCursor {
-                transaction_id: self.horizon.saturating_sub(1),
-                position: i64::MAX,
-            }),
+            None => after.max(LogCursor::at(self.head)),
         }
     }
 }
@@ -77,12 +74,11 @@ pub struct LogReader {
     vault: Vault,
 }
 
-/// A row of a page: the horizon, and an event unless the page is empty.
+/// A row of a page: the head, and an event unless the page is empty.
 #[derive(sqlx::FromRow)]
 struct PageRow {
-    horizon: i64,
+    head: i64,
     fetched: i64,
-    transaction_id: Option<i64>,
     position: Option<i64>,
     aggregate_type: Option<String>,
     aggregate_id: Option<String>,
@@ -120,7 +116,7 @@ impl LogReader {
             .collect())
     }
 
-    /// Up to `limit` settled events after `after`, in log order, and never much more than
+    /// Up to `limit` committed events after `after`, in log order, and never much more than
     /// [`MAX_PAGE_BYTES`] of payload (the first event always comes, whatever its size).
     ///
     /// # Errors
@@ -132,37 +128,34 @@ impl LogReader {
         limit: u32,
     ) -> Result<Page, sqlx::Error> {
         let rows: Vec<PageRow> = sqlx::query_as(
-            "WITH horizon AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin),
+            "WITH head AS (SELECT coalesce(max(log_position), 0) AS head FROM events),
              limited AS (
-                SELECT e.* FROM events e, horizon h
-                 WHERE (e.transaction_id, e.position) > ($1::bigint::text::xid8, $2)
-                   AND e.transaction_id < h.xmin
-                   AND ($3::text[] IS NULL OR e.aggregate_type = ANY($3))
-                   AND ($4::text IS NULL OR e.aggregate_id = $4)
-                   AND ($7::text IS NULL OR EXISTS (
+                SELECT e.* FROM events e
+                 WHERE e.log_position > $1
+                   AND ($2::text[] IS NULL OR e.aggregate_type = ANY($2))
+                   AND ($3::text IS NULL OR e.aggregate_id = $3)
+                   AND ($6::text IS NULL OR EXISTS (
                         SELECT 1 FROM aggregate_owners o
                          WHERE o.aggregate_type = e.aggregate_type
-                           AND o.aggregate_id = e.aggregate_id AND o.owner = $7))
-                   AND ($8::text[] IS NULL OR e.event_type = ANY($8))
-                   AND ($9::text IS NULL OR e.metadata ->> 'actor' = $9)
-                   AND ($10::text IS NULL OR e.metadata ->> 'correlation_id' = $10)
-                   AND ($11::timestamptz IS NULL OR e.recorded_at >= $11)
-                   AND ($12::timestamptz IS NULL OR e.recorded_at < $12)
-                 ORDER BY e.transaction_id, e.position
-                 LIMIT $5),
+                           AND o.aggregate_id = e.aggregate_id AND o.owner = $6))
+                   AND ($7::text[] IS NULL OR e.event_type = ANY($7))
+                   AND ($8::text IS NULL OR e.metadata ->> 'actor' = $8)
+                   AND ($9::text IS NULL OR e.metadata ->> 'correlation_id' = $9)
+                   AND ($10::timestamptz IS NULL OR e.recorded_at >= $10)
+                   AND ($11::timestamptz IS NULL OR e.recorded_at < $11)
+                 ORDER BY e.log_position
+                 LIMIT $4),
              page AS (
                 SELECT *, sum(pg_column_size(payload)) OVER w AS running,
                        row_number() OVER w AS n
-                  FROM limited WINDOW w AS (ORDER BY transaction_id, position))
-             SELECT h.xmin::text::bigint AS horizon, (SELECT count(*) FROM limited) AS fetched,
-                    p.transaction_id::text::bigint AS transaction_id, p.position,
-                    p.aggregate_type, p.aggregate_id, p.sequence, p.event_type,
-                    p.event_version, p.payload, p.metadata, p.recorded_at
-               FROM horizon h
-               LEFT JOIN page p ON p.n = 1 OR p.running <= $6
-              ORDER BY p.transaction_id, p.position",
+                  FROM limited WINDOW w AS (ORDER BY log_position))
+             SELECT h.head, (SELECT count(*) FROM limited) AS fetched,
+                    p.log_position AS position, p.aggregate_type, p.aggregate_id, p.sequence,
+                    p.event_type, p.event_version, p.payload, p.metadata, p.recorded_at
+               FROM head h
+               LEFT JOIN page p ON p.n = 1 OR p.running <= $5
+              ORDER BY p.log_position",
         )
-        .bind(after.transaction_id)
         .bind(after.position)
         .bind(filter.aggregate_types.as_deref())
         .bind(filter.aggregate_id.as_deref())
@@ -176,39 +169,54 @@ impl LogReader {
         .bind(filter.recorded_until)
         .fetch_all(&self.pool)
         .await?;
-        let horizon = rows.first().map_or(0, |row| row.horizon);
+        let head = rows.first().map_or(0, |row| row.head);
         let fetched = rows.first().map_or(0, |row| row.fetched);
         let events = self.recorded_all(rows).await?;
         let truncated = usize::try_from(fetched).unwrap_or_default() > events.len();
         Ok(Page {
             events,
-            horizon,
+            head,
             truncated,
         })
     }
 
-    /// The cursor of the newest settled event: everything committed later sorts after it.
+    /// The cursor of the newest committed event: everything committed later sorts after it.
     ///
     /// # Errors
     /// Any database error.
     pub async fn head(&self) -> Result<LogCursor, sqlx::Error> {
-        let head: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT transaction_id::text::bigint, position FROM events
-              WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-              ORDER BY transaction_id DESC, position DESC LIMIT 1",
-        )
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(
-            head.map_or(LogCursor::START, |(transaction_id, position)| LogCursor {
-                transaction_id,
-                position,
-            }),
-        )
+        let head: i64 = sqlx::query_scalar("SELECT coalesce(max(log_position), 0) FROM events")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(LogCursor::at(head))
     }
 
-    /// The events of one aggregate from `from_sequence` on, in sequence order, committed or
-    /// not yet settled in the global log (an aggregate's own history has no gaps), up to
+    /// The cursor a client's cursor stands for: a current one as it is; one of the old
+    /// (transaction id, position) order as the last event at or before it in that order.
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn resolve(&self, cursor: ClientCursor) -> Result<LogCursor, sqlx::Error> {
+        let (transaction_id, position) = match cursor {
+            ClientCursor::Current(current) => return Ok(current),
+            ClientCursor::Legacy {
+                transaction_id,
+                position,
+            } => (transaction_id, position),
+        };
+        let resolved: Option<i64> = sqlx::query_scalar(
+            "SELECT log_position FROM events
+              WHERE (transaction_id::text::bigint, position) <= ($1, $2)
+              ORDER BY transaction_id DESC, position DESC LIMIT 1",
+        )
+        .bind(transaction_id)
+        .bind(position)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(LogCursor::at(resolved.unwrap_or(0)))
+    }
+
+    /// The events of one aggregate from `from_sequence` on, in sequence order, up to
     /// `until_sequence` and recorded before `until`, at most `limit`.
     ///
     /// # Errors
@@ -221,10 +229,9 @@ impl LogReader {
         limit: i64,
     ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
         let rows: Vec<PageRow> = sqlx::query_as(
-            "SELECT 0::bigint AS horizon, 0::bigint AS fetched,
-                    transaction_id::text::bigint AS transaction_id, position, aggregate_type,
-                    aggregate_id, sequence, event_type, event_version, payload, metadata,
-                    recorded_at
+            "SELECT 0::bigint AS head, 0::bigint AS fetched, log_position AS position,
+                    aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
+                    metadata, recorded_at
                FROM events
               WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence >= $3
                 AND ($4::bigint IS NULL OR sequence <= $4)
@@ -254,10 +261,7 @@ impl LogReader {
         );
         let current = self.upcasters.upcast(stored);
         Some(RecordedEvent {
-            cursor: LogCursor {
-                transaction_id: row.transaction_id?,
-                position: row.position?,
-            },
+            cursor: LogCursor::at(row.position?),
             metadata: EventMetadata::from_value(&current.metadata),
             sequence: i64::try_from(current.sequence).unwrap_or_default(),
             aggregate_type: current.aggregate_type,

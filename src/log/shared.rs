@@ -45,7 +45,7 @@ impl SharedPages {
         }
     }
 
-    /// Up to `limit` settled events after `after`, of every aggregate type (see
+    /// Up to `limit` committed events after `after`, of every aggregate type (see
     /// [`LogReader::read`]); a concurrent or recent read of the same place is reused.
     ///
     /// # Errors

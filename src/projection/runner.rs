@@ -81,7 +81,7 @@ enum Step {
     Applied(usize),
     /// Moved on without applying (skipped events, or followed a reset checkpoint).
     Moved,
-    /// Nothing new is settled.
+    /// Nothing new is committed.
     Idle,
 }
 
@@ -211,9 +211,8 @@ impl ProjectionRunner {
             .iter()
             .filter(|e| types.is_none_or(|types| types.contains(&e.aggregate_type.as_str())))
             .collect();
-        // An empty page means nothing new is settled, even when its cursor moved with the
-        // horizon (any transaction in the cluster moves it): waiting is right. A page of
-        // events this projector does not need is progress: more may follow at once.
+        // An empty page means nothing new is committed: waiting is right. A page of events
+        // this projector does not need is progress: more may follow at once.
         let quiet = if page.events.is_empty() {
             Step::Idle
         } else {

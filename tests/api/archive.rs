@@ -49,8 +49,7 @@ pub async fn caught_up(pool: &PgPool) {
     .await;
 }
 
-/// The whole log exported, once every event is settled (older transactions anywhere on the
-/// server hold the log's horizon back for a moment).
+/// The whole log exported, once every event the test expects is committed.
 async fn exported(pool: &PgPool) -> Vec<u8> {
     let events: u64 = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events")
         .fetch_one(pool)

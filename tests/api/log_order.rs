@@ -133,3 +133,55 @@ async fn slow_transactions(pool: sqlx::PgPool) {
         tx.commit().await.expect("commit");
     }
 }
+
+/// Transactions left open elsewhere on the server (another database's, and one in this
+/// database that never appends) hold their transaction ids while a writer appends: readers
+/// follow the writer regardless, since log positions are given in commit order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_left_open_elsewhere_do_not_hold_readers_back() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db, "log-open").await;
+    let mut elsewhere = Vec::new();
+    for options in [db.options.clone().database("postgres"), db.options.clone()] {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .expect("connect");
+        let mut open = pool.begin().await.expect("begin");
+        sqlx::query("SELECT pg_current_xact_id()")
+            .execute(&mut *open)
+            .await
+            .expect("take a transaction id");
+        elsewhere.push((pool, open));
+    }
+
+    let shutdown = CancellationToken::new();
+    let waker = LogWaker::start(&db.pool, Duration::from_millis(100), shutdown.clone());
+    let reader = LogReader::new(
+        db.pool.clone(),
+        Arc::new(Upcasters::default()),
+        crate::support::vault(&db.pool),
+    );
+    let head = reader.head().await.expect("head");
+    let mut events = Box::pin(tail(reader, &waker, head, LogFilter::default()));
+    app.ledger("open-elsewhere", LedgerCommand::Open)
+        .await
+        .expect("open");
+    app.ledger("open-elsewhere", LedgerCommand::Deposit(vec![1, 2, 3]))
+        .await
+        .expect("deposit");
+    for expected in 1..=4 {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("the reader follows the writer while transactions stay open elsewhere")
+            .expect("an event");
+        assert_eq!(event.sequence, expected);
+    }
+    for (pool, open) in elsewhere {
+        open.rollback().await.expect("rollback");
+        pool.close().await;
+    }
+    shutdown.cancel();
+    app.stop().await;
+}

@@ -43,10 +43,9 @@ fn noise(length: usize) -> String {
 async fn unread_bytes(pool: &PgPool, head: LogCursor, taken: usize) -> u64 {
     let bytes: i64 = sqlx::query_scalar(&format!(
         "SELECT coalesce(sum(octet_length(payload::text)), 0)::bigint
-           FROM ({} OFFSET $3) unread",
+           FROM ({} OFFSET $2) unread",
         checks::EVENTS_AFTER
     ))
-    .bind(head.transaction_id)
     .bind(head.position)
     .bind(i64::try_from(taken).expect("count"))
     .fetch_one(pool)

@@ -127,9 +127,9 @@ impl Limits {
         let quoted: Vec<String> = types.iter().map(|t| format!("'{t}'")).collect();
         let statement = format!(
             "COPY (SELECT aggregate_type, aggregate_id, sequence, event_type, event_version,
-                          payload, metadata, position, transaction_id
+                          payload, metadata, log_position
                      FROM events WHERE aggregate_type IN ({})
-                    ORDER BY transaction_id, position) TO STDOUT",
+                    ORDER BY log_position) TO STDOUT",
             quoted.join(", ")
         );
         let mut conn = self.pool.acquire().await?;

@@ -243,8 +243,8 @@ impl TestApp {
 
     /// The `eventLog` edges of `query` once the log shows `count` of them.
     ///
-    /// Events become readable when every older transaction in the cluster has ended, which
-    /// under parallel tests can be a moment after the write returned.
+    /// Events derived asynchronously (by projectors and workers) appear a moment after the
+    /// write returned.
     pub async fn log_edges(&self, query: &str, count: usize) -> Vec<Value> {
         super::eventually(Duration::from_secs(10), "events in the log", || async {
             let response = self.graphql(query, json!({})).await;

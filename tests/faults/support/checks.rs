@@ -417,30 +417,22 @@ type EventKey = (String, String, i64);
 
 /// The cursor of the log's last event.
 pub async fn log_head(pool: &PgPool) -> LogCursor {
-    let (transaction_id, position) = sqlx::query_as(
-        "SELECT transaction_id::text::bigint, position FROM events
-          ORDER BY transaction_id DESC, position DESC LIMIT 1",
-    )
-    .fetch_one(pool)
-    .await
-    .expect("log head");
-    LogCursor {
-        transaction_id,
-        position,
-    }
+    let position = sqlx::query_scalar("SELECT max(log_position) FROM events")
+        .fetch_one(pool)
+        .await
+        .expect("log head");
+    LogCursor::at(position)
 }
 
-/// Events after `cursor` in log order, as SQL to wrap: `$1` and `$2` take the cursor.
+/// Events after `cursor` in log order, as SQL to wrap: `$1` takes the cursor.
 pub const EVENTS_AFTER: &str = "SELECT * FROM events
-    WHERE (transaction_id, position) > ($1::bigint::text::xid8, $2::bigint)
-    ORDER BY transaction_id, position";
+    WHERE log_position > $1 ORDER BY log_position";
 
 /// Every event after `cursor` (taken from [`log_head`]), in log order.
 pub async fn events_after(pool: &PgPool, cursor: LogCursor) -> Vec<EventKey> {
     sqlx::query_as(&format!(
         "SELECT aggregate_type, aggregate_id, sequence FROM ({EVENTS_AFTER}) after"
     ))
-    .bind(cursor.transaction_id)
     .bind(cursor.position)
     .fetch_all(pool)
     .await
