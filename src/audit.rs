@@ -268,46 +268,38 @@ pub async fn verify_checkpoints(
 /// Records a checkpoint periodically, on one instance at a time.
 pub struct Checkpointer {
     pool: PgPool,
-    options: sqlx::postgres::PgConnectOptions,
     every: std::time::Duration,
     key: Option<Vec<u8>>,
 }
 
 impl Checkpointer {
     /// A checkpointer recording every `every`, signing with `key` when given.
-    pub fn new(
-        pool: PgPool,
-        options: sqlx::postgres::PgConnectOptions,
-        every: std::time::Duration,
-        key: Option<Vec<u8>>,
-    ) -> Self {
+    pub fn new(pool: PgPool, every: std::time::Duration, key: Option<Vec<u8>>) -> Self {
         if key.is_none() {
             tracing::warn!("no audit signing key: checkpoints are recorded unsigned");
         }
-        Self {
-            pool,
-            options,
-            every,
-            key,
-        }
+        Self { pool, every, key }
     }
 
-    /// Runs until `shutdown`.
-    pub async fn run(self, shutdown: tokio_util::sync::CancellationToken) {
+    /// The role that lets an instance record checkpoints.
+    pub const ROLE: &'static str = "audit_checkpoint";
+
+    /// Runs until `shutdown`, recording while this instance holds `role`.
+    pub async fn run(
+        self,
+        role: crate::projection::Role,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
         while !shutdown.is_cancelled() {
             tokio::select! {
                 () = tokio::time::sleep(self.every) => {}
                 () = shutdown.cancelled() => return,
             }
-            match crate::projection::Leadership::try_claim(&self.options, "audit_checkpoint").await
-            {
-                Ok(Some(_leadership)) => {
-                    if let Err(error) = checkpoint(&self.pool, self.key.as_deref()).await {
-                        tracing::warn!(%error, "recording an audit checkpoint failed");
-                    }
-                }
-                Ok(None) => {}
-                Err(error) => tracing::warn!(%error, "cannot claim the audit checkpoint role"),
+            if !role.is_held() {
+                continue;
+            }
+            if let Err(error) = checkpoint(&self.pool, self.key.as_deref()).await {
+                tracing::warn!(%error, "recording an audit checkpoint failed");
             }
         }
     }

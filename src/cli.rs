@@ -2,22 +2,26 @@
 //! `events export|import`, `audit verify`, `keys new`, `emulate-provider`.
 
 use std::io::Write;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chronicle_projections::{checkpoint, LogCursor};
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Config;
 use crate::log::LogReader;
 use crate::privacy::Vault;
-use crate::projection::{ProjectionRunner, Rebuild, RunnerSettings};
+use crate::projection::{ProjectionRunner, Rebuild, Roles, RunnerSettings};
 use crate::provider::{Emulator, Faults};
 use crate::security::Pepper;
 use crate::startup::{Application, Wiring};
 use crate::{api, archive, audit, db, telemetry};
+
+/// How long `projections rebuild` tries for the projector's role: a free one is won at once.
+const CLAIM_WAIT: Duration = Duration::from_secs(2);
 
 /// Chronicle: an event-sourced service for LLM batches, simulations and DICOM transfers.
 #[derive(Debug, Parser)]
@@ -301,9 +305,18 @@ impl Cli {
                     page_size: 2000,
                     standby_retry: config.standby_retry(),
                 };
-                let runner = ProjectionRunner::new(projector, pool, options, reader, settings);
+                let runner = ProjectionRunner::new(projector, pool, reader, settings);
+                let stop = CancellationToken::new();
+                let (roles, holding) = Roles::new(options, config.standby_retry(), stop.clone());
+                let holding = tokio::spawn(holding);
+                let mut role = roles.role(&runner.role_name());
+                // Free unless an instance runs it: then that instance rebuilds.
+                role.acquired_within(CLAIM_WAIT).await;
                 let started = Instant::now();
-                match runner.rebuild().await? {
+                let rebuilt = runner.rebuild(&role).await;
+                stop.cancel();
+                holding.await.context("the roles task")?;
+                match rebuilt? {
                     Rebuild::Completed(applied) => {
                         let seconds = started.elapsed().as_secs_f64();
                         write_stdout(&format!(

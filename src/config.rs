@@ -51,11 +51,12 @@ pub struct Config {
     #[arg(long, env = "CHRONICLE_OTLP_ENDPOINT", global = true)]
     pub otlp_endpoint: Option<String>,
 
-    /// How often log consumers poll when no notification woke them, in milliseconds.
+    /// How long log consumers and workers with nothing to do wait for a notification before
+    /// they look anyway, in milliseconds (a guard only: notifications wake them).
     #[arg(
         long,
         env = "CHRONICLE_LOG_POLL_MS",
-        default_value_t = 1000,
+        default_value_t = 30_000,
         global = true
     )]
     pub log_poll_ms: u64,

@@ -33,7 +33,8 @@ pub fn connect_options(database_url: &str) -> anyhow::Result<PgConnectOptions> {
     } else {
         options
     };
-    // An idle transaction holds back the gap-free log reader for the whole cluster.
+    // A transaction left open after appending would hold the log's append lock (see the
+    // `log_positions_in_commit_order` migration) and stop every writer.
     Ok(options
         .options([("idle_in_transaction_session_timeout", "30s")])
         .log_statements(tracing::log::LevelFilter::Trace))
@@ -51,6 +52,10 @@ fn loopback(options: &PgConnectOptions) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// How long a pooled connection may stay unused before it is closed: an idle instance holds
+/// only its roles and notification connections.
+pub const IDLE_CONNECTION: Duration = Duration::from_secs(10);
+
 /// Connects a pool to the configured database, creating the database first if it is missing.
 ///
 /// # Errors
@@ -65,6 +70,7 @@ pub async fn connect(options: &PgConnectOptions, max_connections: u32) -> anyhow
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
+        .idle_timeout(IDLE_CONNECTION)
         .connect_with(options.clone())
         .await
         .map_err(|error| unreachable(options, &error))

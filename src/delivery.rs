@@ -28,7 +28,6 @@ use chronicle_aggregates::request::{
 };
 use chronicle_aggregates::Delivery;
 use chrono::Utc;
-use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
 use tokio::task::{self, JoinSet};
@@ -43,7 +42,8 @@ pub use signature::{sign, SIGNATURE_HEADER};
 pub use webhook::{WebhookCall, WebhookSender};
 
 use crate::command::{CommandContext, CommandError, Commands};
-use crate::projection::Leadership;
+use crate::log::{next_due, LogWaker, Waiter};
+use crate::projection::Role;
 pub use batches::batch_step;
 use batches::BatchDelivery;
 
@@ -54,8 +54,6 @@ const SETTLING: Duration = Duration::from_secs(5);
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// The shortest pause between looks for due work.
 const MIN_POLL: Duration = Duration::from_millis(10);
-/// How often leadership is confirmed while delivering.
-const CONFIRM_EVERY: Duration = Duration::from_secs(1);
 
 /// How much the worker does at once and how often it looks.
 #[derive(Debug, Clone, Copy)]
@@ -85,7 +83,6 @@ pub struct DeliveryWorker {
     attempts: Arc<Attempts>,
     batches: BatchDelivery,
     pool: PgPool,
-    options: PgConnectOptions,
     settings: DeliverySettings,
 }
 
@@ -118,7 +115,6 @@ impl DeliveryWorker {
     pub fn new(
         commands: Commands,
         pool: PgPool,
-        options: PgConnectOptions,
         services: BatchServices,
         transports: Transports,
         settings: DeliverySettings,
@@ -137,28 +133,28 @@ impl DeliveryWorker {
                 policy: settings.policy,
             }),
             pool,
-            options,
             settings,
         }
     }
 
-    /// Runs until `shutdown`, delivering while this instance holds the delivery role.
-    pub async fn run(self, shutdown: CancellationToken) {
-        while !shutdown.is_cancelled() {
-            match Leadership::try_claim(&self.options, "delivery").await {
-                Ok(Some(leadership)) => self.deliver(leadership, &shutdown).await,
-                Ok(None) => {}
-                Err(error) => tracing::warn!(%error, "cannot claim the delivery role"),
-            }
-            tokio::select! {
-                () = tokio::time::sleep(self.settings.poll_every) => {}
-                () = shutdown.cancelled() => {}
-            }
-        }
+    /// The role that lets an instance deliver.
+    pub const ROLE: &'static str = "delivery";
+
+    /// Runs until `shutdown`, delivering while this instance holds `role`; it looks for work
+    /// when read models change (`waker`) and when timed work falls due.
+    pub async fn run(self, role: Role, waker: LogWaker, shutdown: CancellationToken) {
+        let pause = self.settings.poll_every;
+        role.lead_while_held(pause, &shutdown, |role| {
+            self.deliver(role, waker.projections_waiter(), &shutdown)
+        })
+        .await;
     }
 
-    /// Delivers until shutdown or until the role is lost.
-    async fn deliver(&self, mut leadership: Leadership, shutdown: &CancellationToken) {
+    /// Delivers until shutdown or until the role is lost. Batches advance and due work is
+    /// read when a projector changed read models (at most every `poll_every`, however busy
+    /// the worker is), when a retry or a hold falls due, and after a finished attempt that
+    /// left work waiting; an idle worker reads nothing.
+    async fn deliver(&self, role: Role, mut wake: Waiter, shutdown: &CancellationToken) {
         let mut work = InFlight {
             tasks: JoinSet::new(),
             ids: HashMap::new(),
@@ -166,20 +162,13 @@ impl DeliveryWorker {
             targets: HashMap::new(),
             slots: Arc::new(Semaphore::new(self.settings.concurrency)),
         };
-        let mut confirmed = Instant::now();
-        // Batches advance and due work is read on every tick, however busy the worker is.
-        let mut ticks = tokio::time::interval(self.settings.poll_every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut look = true;
         let mut more_due = false;
-        while !shutdown.is_cancelled() {
-            if confirmed.elapsed() >= CONFIRM_EVERY {
-                if leadership.confirm().await.is_err() {
-                    break;
-                }
-                confirmed = Instant::now();
-            }
+        let mut due = None;
+        let mut looked = tokio::time::Instant::now();
+        while !shutdown.is_cancelled() && role.is_held() {
             if look {
+                looked = tokio::time::Instant::now();
                 if let Err(error) = self.batches.advance().await {
                     tracing::warn!(%error, "advancing batch deliveries failed; will retry");
                 }
@@ -191,14 +180,20 @@ impl DeliveryWorker {
                     false
                 });
             }
+            if look {
+                due = self.next_due(&work).await;
+            }
             look = tokio::select! {
                 Some(done) = work.tasks.join_next_with_id(), if !work.tasks.is_empty() => {
                     work.finished(&done);
                     false
                 }
-                _ = ticks.tick() => true,
+                () = wake.wait_until(due) => true,
                 () = shutdown.cancelled() => false,
             };
+            if look {
+                tokio::time::sleep_until(looked + self.settings.poll_every).await;
+            }
             while let Some(done) = work.tasks.try_join_next_with_id() {
                 work.finished(&done);
             }
@@ -210,6 +205,22 @@ impl DeliveryWorker {
         if drained.await.is_err() {
             work.tasks.abort_all();
         }
+    }
+
+    /// When the next retry or hold falls due.
+    async fn next_due(&self, work: &InFlight) -> Option<tokio::time::Instant> {
+        let retry = next_due(
+            &self.pool,
+            "SELECT min(next_attempt_at) FROM requests
+              WHERE status = 'delivering' AND next_attempt_at > now()",
+        )
+        .await;
+        let held = work
+            .held
+            .values()
+            .map(|hold| tokio::time::Instant::from_std(hold.until))
+            .min();
+        retry.into_iter().chain(held).min()
     }
 
     /// Starts an attempt for each due delivery that has a free slot, round-robin by target;

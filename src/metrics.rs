@@ -102,7 +102,7 @@ async fn refresh(pool: &PgPool) -> Result<(), sqlx::Error> {
     for (queue, depth) in depths {
         metrics::gauge!("chronicle_queue_depth", "queue" => queue).set(depth as f64);
     }
-    let head: Option<i64> = sqlx::query_scalar("SELECT max(position) FROM events")
+    let head: Option<i64> = sqlx::query_scalar("SELECT max(log_position) FROM events")
         .fetch_one(pool)
         .await?;
     metrics::gauge!("chronicle_log_head_position").set(head.unwrap_or_default() as f64);

@@ -1,5 +1,6 @@
 //! Running projectors: one active runner per projector across all instances, exactly-once
-//! page application, rebuilds from zero and status for operators.
+//! page application, rebuilds from zero and status for operators; and the roles (projectors,
+//! workers) one instance at a time holds.
 
 mod leader;
 mod runner;
@@ -18,7 +19,7 @@ use chronicle_projections::transfers::Transfers;
 use chronicle_projections::transitions::Transitions;
 use chronicle_projections::Projector;
 
-pub use leader::Leadership;
+pub use leader::{Role, Roles};
 pub use runner::{ProjectionRunner, Rebuild, RunnerError, RunnerSettings};
 
 /// The projectors every instance runs.

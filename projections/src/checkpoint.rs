@@ -46,7 +46,8 @@ pub async fn lock(conn: &mut PgConnection, name: &str) -> Result<LogCursor, sqlx
     Err(sqlx::Error::RowNotFound)
 }
 
-/// Moves the (locked) checkpoint to `to` after `applied` more events.
+/// Moves the (locked) checkpoint to `to` after `applied` more events; when some were
+/// applied, `chronicle_projected` is notified on commit.
 ///
 /// # Errors
 /// Any database error.
@@ -56,10 +57,13 @@ pub async fn advance(
     to: LogCursor,
     applied: usize,
 ) -> Result<(), sqlx::Error> {
+    // Applied events changed read models: workers that follow them are told at commit.
     sqlx::query(
-        "UPDATE projection_checkpoints
-            SET log_position = $2, events_applied = events_applied + $3, updated_at = now()
-          WHERE name = $1",
+        "WITH moved AS (
+            UPDATE projection_checkpoints
+               SET log_position = $2, events_applied = events_applied + $3, updated_at = now()
+             WHERE name = $1)
+         SELECT pg_notify('chronicle_projected', $1) WHERE $3 > 0",
     )
     .bind(name)
     .bind(to.position)
@@ -74,10 +78,13 @@ pub async fn advance(
 /// # Errors
 /// Any database error.
 pub async fn reset(conn: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
+    // The notification tells the instance running the projector, when it commits.
     sqlx::query(
-        "UPDATE projection_checkpoints
-            SET log_position = 0, events_applied = 0, updated_at = now()
-          WHERE name = $1",
+        "WITH reset AS (
+            UPDATE projection_checkpoints
+               SET log_position = 0, events_applied = 0, updated_at = now()
+             WHERE name = $1)
+         SELECT pg_notify('chronicle_resets', $1)",
     )
     .bind(name)
     .execute(conn)

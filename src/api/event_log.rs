@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::pagination::{connection, page_size};
 use super::{ApiError, Caller};
-use crate::log::{tail, LogFilter, LogReader, LogWaker};
+use crate::log::{LiveLog, LogFilter, LogReader};
 
 /// One committed event, as it stands in the global log.
 #[derive(SimpleObject)]
@@ -100,13 +100,7 @@ pub(crate) async fn aggregate_tail(
 ) -> Result<impl Stream<Item = RecordedEvent> + Send + 'static, ApiError> {
     let start = resolve_after(ctx, after).await?.unwrap_or(LogCursor::START);
     let filter = filter(Some(vec![aggregate_type.to_owned()]), Some(id.to_string()));
-    let reader = ctx.data_unchecked::<LogReader>().clone();
-    Ok(tail(
-        reader,
-        ctx.data_unchecked::<LogWaker>(),
-        start,
-        filter,
-    ))
+    Ok(ctx.data_unchecked::<LiveLog>().tail(start, filter))
 }
 
 /// The cursor a client's `after` names; one of the log's old order is resolved to the
@@ -226,17 +220,16 @@ impl EventLogSubscription {
         #[graphql(desc = "Only events of this aggregate.")] aggregate_id: Option<String>,
     ) -> Result<impl Stream<Item = LogEvent>, ApiError> {
         let caller = Caller::from_ctx(ctx)?;
-        let reader = ctx.data_unchecked::<LogReader>().clone();
+        let live = ctx.data_unchecked::<LiveLog>();
         let start = match resolve_after(ctx, after.as_deref()).await? {
             Some(cursor) => cursor,
-            None => reader.head().await?,
+            None => live.head(),
         };
-        let waker = ctx.data_unchecked::<LogWaker>();
         let scoped = LogFilter {
             owner: caller.scope().map(str::to_owned),
             ..filter(aggregate_types, aggregate_id)
         };
-        let events = tail(reader, waker, start, scoped);
+        let events = live.tail(start, scoped);
         Ok(futures::StreamExt::map(events, LogEvent::from))
     }
 }

@@ -27,7 +27,7 @@ use super::updates::LlmSubscription;
 use crate::command::Commands;
 use crate::delivery::WebhookSecrets;
 use crate::llm::{LlmActions, Submitter};
-use crate::log::{LogReader, LogWaker};
+use crate::log::{LiveLog, LogReader};
 use crate::privacy::Vault;
 use crate::security::{EgressPolicy, KeyHasher, RateLimiter};
 use crate::simulation::SimulationActions;
@@ -85,7 +85,7 @@ pub struct ApiServices {
     /// The global log.
     pub reader: LogReader,
     /// Wakes log tails.
-    pub waker: LogWaker,
+    pub live: LiveLog,
     /// Accepts requests into batches.
     pub submitter: Submitter,
     /// Owner actions on batches and requests.
@@ -131,7 +131,7 @@ pub fn build_schema(services: ApiServices) -> ChronicleSchema {
     builder()
         .data(services.pool)
         .data(services.reader)
-        .data(services.waker)
+        .data(services.live)
         .data(services.submitter)
         .data(services.actions)
         .data(services.secrets)

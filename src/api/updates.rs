@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::event_log::aggregate_tail;
 use super::{ApiError, Caller};
 use crate::llm::LlmActions;
-use crate::log::{tail, LogFilter, LogReader, LogWaker};
+use crate::log::{LiveLog, LogFilter};
 
 /// One change of a batch or request.
 #[derive(SimpleObject)]
@@ -74,18 +74,17 @@ async fn owned_updates(
     after: Option<String>,
 ) -> Result<impl Stream<Item = AggregateUpdate>, ApiError> {
     let caller = Caller::from_ctx(ctx)?;
-    let reader = ctx.data_unchecked::<LogReader>();
+    let live = ctx.data_unchecked::<LiveLog>();
     let start: LogCursor = match super::event_log::resolve_after(ctx, after.as_deref()).await? {
         Some(cursor) => cursor,
-        None => reader.head().await?,
+        None => live.head(),
     };
     let filter = LogFilter {
         aggregate_types: Some(vec![aggregate_type.to_owned()]),
         owner: caller.scope().map(str::to_owned),
         ..LogFilter::default()
     };
-    let reader = reader.clone();
-    Ok(tail(reader, ctx.data_unchecked::<LogWaker>(), start, filter).map(update))
+    Ok(live.tail(start, filter).map(update))
 }
 
 /// Batch and request subscriptions.

@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use super::submit::next_batch_id;
 use crate::command::{CommandContext, Commands, Refusal};
+use crate::log::{next_due, LogWaker};
 
 /// A batch is closed after this long, whatever the configured wait.
 const MAX_AGE: Duration = Duration::from_secs(3600);
@@ -28,7 +29,7 @@ pub struct BatchCloser {
 }
 
 impl BatchCloser {
-    /// Closes batches older than `max_wait`, checking `every` so often.
+    /// Closes batches older than `max_wait`, looking at most every `every`.
     pub fn new(
         commands: Commands,
         pool: PgPool,
@@ -45,14 +46,25 @@ impl BatchCloser {
         }
     }
 
-    /// Runs until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Runs until `shutdown`, looking when the oldest building batch falls due and when
+    /// read models change (a batch opened or closed), at most every `every`.
+    pub async fn run(self, waker: LogWaker, shutdown: CancellationToken) {
+        let mut wake = waker.projections_waiter();
+        let next = format!(
+            "SELECT min(created_at) + interval '{} milliseconds' FROM batches
+              WHERE status = 'building'",
+            self.max_wait.min(MAX_AGE).as_millis()
+        );
         while !shutdown.is_cancelled() {
+            let looked = tokio::time::Instant::now();
             if let Err(error) = self.close_due().await {
                 tracing::warn!(%error, "closing waiting batches failed; will retry");
             }
+            let due = next_due(&self.pool, &next).await;
             tokio::select! {
-                () = tokio::time::sleep(self.every) => {}
+                () = wake.wait_until(due) => {
+                    tokio::time::sleep_until(looked + self.every).await;
+                }
                 () = shutdown.cancelled() => {}
             }
         }

@@ -16,7 +16,6 @@ use chronicle_projections::request_moves;
 use chrono::Utc;
 use futures::StreamExt;
 use serde_json::{json, Value};
-use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +24,7 @@ use uuid::Uuid;
 mod files;
 
 use crate::command::{CommandContext, CommandError, Commands};
-use crate::projection::Leadership;
+use crate::projection::Role;
 use crate::provider::{BatchInput, Provider, ProviderBatch, ProviderError, ProviderStatus};
 
 /// Why a driver step stopped; the step is tried again on the next round.
@@ -94,7 +93,6 @@ pub struct DriverSettings {
 pub struct ProviderDriver {
     commands: Commands,
     pool: PgPool,
-    options: PgConnectOptions,
     providers: Providers,
     services: BatchServices,
     poll_every: Duration,
@@ -152,7 +150,6 @@ impl ProviderDriver {
     pub fn new(
         commands: Commands,
         pool: PgPool,
-        options: PgConnectOptions,
         providers: Providers,
         services: BatchServices,
         settings: DriverSettings,
@@ -161,7 +158,6 @@ impl ProviderDriver {
         Self {
             commands,
             pool,
-            options,
             providers,
             services,
             poll_every: settings.poll_every,
@@ -172,31 +168,24 @@ impl ProviderDriver {
         }
     }
 
-    /// Runs until `shutdown`, driving batches while this instance holds the driver role.
-    pub async fn run(self, shutdown: CancellationToken) {
-        while !shutdown.is_cancelled() {
-            match Leadership::try_claim(&self.options, "provider_driver").await {
-                Ok(Some(leadership)) => self.lead(leadership, &shutdown).await,
-                Ok(None) => {}
-                Err(error) => tracing::warn!(%error, "cannot claim the provider driver role"),
-            }
-            tokio::select! {
-                () = tokio::time::sleep(self.poll_every) => {}
-                () = shutdown.cancelled() => {}
-            }
-        }
+    /// The role that lets an instance drive batches.
+    pub const ROLE: &'static str = "provider_driver";
+
+    /// Runs until `shutdown`, driving batches while this instance holds `role`.
+    pub async fn run(self, role: Role, shutdown: CancellationToken) {
+        let pause = self.poll_every;
+        role.lead_while_held(pause, &shutdown, |role| self.lead(role, &shutdown))
+            .await;
     }
 
-    /// Drives both lanes until `shutdown` or until the claim may be lost (checked every
-    /// poll period); each lane finishes its pass first.
-    async fn lead(&self, mut leadership: Leadership, shutdown: &CancellationToken) {
+    /// Drives both lanes until `shutdown` or until the role is lost; each lane finishes its
+    /// pass first.
+    async fn lead(&self, mut role: Role, shutdown: &CancellationToken) {
         let stop = shutdown.child_token();
         let watch = async {
-            while !stop.is_cancelled() && leadership.confirm().await.is_ok() {
-                tokio::select! {
-                    () = tokio::time::sleep(self.poll_every) => {}
-                    () = stop.cancelled() => {}
-                }
+            tokio::select! {
+                () = role.lost() => {}
+                () = stop.cancelled() => {}
             }
             stop.cancel();
         };

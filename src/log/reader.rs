@@ -38,6 +38,35 @@ pub struct LogFilter {
     pub recorded_until: Option<DateTime<Utc>>,
 }
 
+impl LogFilter {
+    /// Whether `event`, of an aggregate owned by `owner`, passes this filter: in memory what
+    /// [`LogReader::read`] asks the database.
+    pub fn matches(&self, event: &RecordedEvent, owner: Option<&str>) -> bool {
+        let listed = |list: &Option<Vec<String>>, value: &str| {
+            list.as_ref()
+                .is_none_or(|list| list.iter().any(|v| v == value))
+        };
+        let equal = |wanted: &Option<String>, value: &str| {
+            wanted.as_deref().is_none_or(|wanted| wanted == value)
+        };
+        listed(&self.aggregate_types, &event.aggregate_type)
+            && equal(&self.aggregate_id, &event.aggregate_id)
+            && self
+                .owner
+                .as_deref()
+                .is_none_or(|wanted| owner == Some(wanted))
+            && listed(&self.event_types, &event.event_type)
+            && equal(&self.actor, &event.metadata.actor)
+            && equal(&self.correlation_id, &event.metadata.correlation_id)
+            && self
+                .recorded_from
+                .is_none_or(|from| event.recorded_at >= from)
+            && self
+                .recorded_until
+                .is_none_or(|until| event.recorded_at < until)
+    }
+}
+
 /// Payload bytes a page aims to stay under, so that pages of large events (a bulk batch
 /// append carries up to 8 MB) do not multiply into gigabytes.
 pub const MAX_PAGE_BYTES: i64 = 16 * 1024 * 1024;

@@ -1,44 +1,115 @@
-//! Wakes this instance's log consumers when events are committed anywhere.
+//! Wakes this instance's consumers when something is committed anywhere: events appended, a
+//! projection's page applied, a projection's checkpoint reset.
 //!
 //! One LISTEN connection per instance; each notification bumps a counter that any number of
-//! consumers watch. A notification carries no data and may be lost (e.g. while reconnecting),
-//! so consumers also poll on a timer: the notification only shortens latency.
+//! consumers watch. A notification carries no data. PostgreSQL delivers every notification
+//! of a committed transaction to a connected listener, and after a reconnection every
+//! counter is bumped (something may have been missed), so the consumers' fallback poll only
+//! guards against the unforeseen: it can be long, and an idle instance stays quiet.
 
 use std::time::Duration;
 
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-const CHANNEL: &str = "chronicle_events";
+/// Events were appended (a statement trigger on `events`).
+const EVENTS: &str = "chronicle_events";
+/// A projection rebuild reset a checkpoint (`checkpoint::reset`).
+const RESETS: &str = "chronicle_resets";
+/// A projector applied a page: read models changed (`ProjectionRunner`).
+const PROJECTED: &str = "chronicle_projected";
 
-/// A handle consumers use to wait for new events.
+/// A handle consumers use to wait for what they follow.
 #[derive(Clone)]
 pub struct LogWaker {
-    ticks: watch::Receiver<u64>,
+    events: watch::Receiver<u64>,
+    resets: watch::Receiver<u64>,
+    projected: watch::Receiver<u64>,
     poll: Duration,
 }
 
+/// The counters the listener bumps.
+struct Senders {
+    events: watch::Sender<u64>,
+    resets: watch::Sender<u64>,
+    projected: watch::Sender<u64>,
+}
+
+fn bump(sender: &watch::Sender<u64>) {
+    sender.send_modify(|tick| *tick = tick.wrapping_add(1));
+}
+
+impl Senders {
+    fn notified(&self, channel: &str) {
+        match channel {
+            RESETS => bump(&self.resets),
+            PROJECTED => bump(&self.projected),
+            _ => bump(&self.events),
+        }
+    }
+
+    fn all(&self) {
+        bump(&self.events);
+        bump(&self.resets);
+        bump(&self.projected);
+    }
+}
+
+fn unchanged(receiver: &watch::Receiver<u64>) -> watch::Receiver<u64> {
+    let mut receiver = receiver.clone();
+    receiver.mark_unchanged();
+    receiver
+}
+
 impl LogWaker {
-    /// Starts listening on `pool`'s database until `shutdown`.
+    /// Starts listening on `pool`'s database until `shutdown`; consumers with nothing to do
+    /// look again after `poll` at the latest.
     pub fn start(pool: &PgPool, poll: Duration, shutdown: CancellationToken) -> Self {
-        let (sender, ticks) = watch::channel(0);
-        tokio::spawn(listen(pool.clone(), sender, shutdown));
-        Self { ticks, poll }
+        let (events_sender, events) = watch::channel(0);
+        let (resets_sender, resets) = watch::channel(0);
+        let (projected_sender, projected) = watch::channel(0);
+        let senders = Senders {
+            events: events_sender,
+            resets: resets_sender,
+            projected: projected_sender,
+        };
+        tokio::spawn(listen(pool.clone(), senders, shutdown));
+        Self {
+            events,
+            resets,
+            projected,
+            poll,
+        }
+    }
+
+    /// Changes each time a projection's checkpoint is reset (by a rebuild) anywhere, and
+    /// after every reconnection of the listener (a reset may have been missed).
+    pub fn resets(&self) -> watch::Receiver<u64> {
+        unchanged(&self.resets)
     }
 
     /// How many wake-ups there were so far (wrapping): it changes with every notification.
     pub fn generation(&self) -> u64 {
-        *self.ticks.borrow()
+        *self.events.borrow()
     }
 
-    /// A waiter for one consumer; call [`Waiter::wait`] when the log had nothing new.
+    /// A waiter for one consumer of the log; call [`Waiter::wait`] when the log had nothing
+    /// new.
     pub fn waiter(&self) -> Waiter {
-        let mut ticks = self.ticks.clone();
-        ticks.mark_unchanged();
         Waiter {
-            ticks,
+            ticks: unchanged(&self.events),
+            poll: self.poll,
+        }
+    }
+
+    /// A waiter for one consumer of read models (a worker): it wakes when a projector
+    /// applied a page anywhere.
+    pub fn projections_waiter(&self) -> Waiter {
+        Waiter {
+            ticks: unchanged(&self.projected),
             poll: self.poll,
         }
     }
@@ -53,18 +124,22 @@ pub struct Waiter {
 impl Waiter {
     /// Returns after the next notification or the poll interval, whichever is first.
     pub async fn wait(&mut self) {
-        // An error means the listener stopped (shutdown): fall back to polling.
-        if tokio::time::timeout(self.poll, self.ticks.changed())
-            .await
-            .is_ok_and(|changed| changed.is_err())
-        {
-            tokio::time::sleep(self.poll).await;
+        self.wait_until(None).await;
+    }
+
+    /// Returns after the next notification, at `deadline` (a consumer's next known piece of
+    /// timed work), or after the poll interval, whichever is first.
+    pub async fn wait_until(&mut self, deadline: Option<Instant>) {
+        let poll = Instant::now() + self.poll;
+        let until = deadline.map_or(poll, |deadline| deadline.min(poll));
+        // An error means the listener stopped (shutdown): fall back to the timer.
+        if let Ok(Err(_)) = tokio::time::timeout_at(until, self.ticks.changed()).await {
+            tokio::time::sleep_until(until).await;
         }
     }
 }
 
-async fn listen(pool: PgPool, sender: watch::Sender<u64>, shutdown: CancellationToken) {
-    let wake = || sender.send_modify(|tick| *tick = tick.wrapping_add(1));
+async fn listen(pool: PgPool, senders: Senders, shutdown: CancellationToken) {
     while !shutdown.is_cancelled() {
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(listener) => listener,
@@ -76,23 +151,23 @@ async fn listen(pool: PgPool, sender: watch::Sender<u64>, shutdown: Cancellation
                 }
             }
         };
-        if let Err(error) = listener.listen(CHANNEL).await {
+        if let Err(error) = listener.listen_all([EVENTS, RESETS, PROJECTED]).await {
             tracing::warn!(%error, "LISTEN failed; retrying");
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_secs(1)) => continue,
                 () = shutdown.cancelled() => return,
             }
         }
-        // Events may have been committed while we were not listening.
-        wake();
+        // Anything may have been committed while we were not listening.
+        senders.all();
         loop {
             tokio::select! {
                 received = listener.try_recv() => match received {
-                    Ok(Some(_)) => wake(),
+                    Ok(Some(notification)) => senders.notified(notification.channel()),
                     // The connection dropped; try_recv reconnects on the next call.
-                    Ok(None) => wake(),
+                    Ok(None) => senders.all(),
                     Err(error) => {
-                        tracing::warn!(%error, "event notifications interrupted; reconnecting");
+                        tracing::warn!(%error, "notifications interrupted; reconnecting");
                         break;
                     }
                 },
@@ -100,4 +175,19 @@ async fn listen(pool: PgPool, sender: watch::Sender<u64>, shutdown: Cancellation
             }
         }
     }
+}
+
+/// When a worker's next timed piece of work falls due: the earliest time `sql` (a
+/// `SELECT min(<timestamptz>) ...` over read models) answers, as an instant; `None` when
+/// there is none (or it cannot be read: the fallback poll looks again).
+pub async fn next_due(pool: &PgPool, sql: &str) -> Option<Instant> {
+    let at: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(sql)
+        .fetch_one(pool)
+        .await
+        .unwrap_or_else(|error| {
+            tracing::debug!(%error, "cannot read when work is next due");
+            None
+        });
+    let wait = (at? - chrono::Utc::now()).to_std().unwrap_or_default();
+    Some(Instant::now() + wait)
 }

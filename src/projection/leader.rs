@@ -1,46 +1,207 @@
-//! Leadership of a projector or worker: a session-level advisory lock on a dedicated
-//! connection.
+//! Roles (a projector, a worker) that one instance at a time may hold: session-level advisory
+//! locks, all of one instance's on one dedicated connection.
 //!
-//! The lock lives as long as the connection: if this instance dies or loses its database
-//! connection, PostgreSQL releases it and a standby takes over. The checkpoint's optimistic
-//! update (see `chronicle_projections::checkpoint::advance`) guards the short window in which
-//! a leader has not yet noticed that it lost its connection.
+//! A lock lives as long as the connection: if this instance dies or loses its connection,
+//! PostgreSQL releases every lock it held and standbys take over. One task owns the
+//! connection. While every wanted role is held it only checks that the connection is alive
+//! (a protocol sync, no statement); while some role is held elsewhere it asks for all the
+//! missing ones in one statement, at most once per retry interval. Standbys therefore open no
+//! new sessions while they wait. The checkpoint's optimistic update (see
+//! `chronicle_projections::checkpoint`) guards the short window in which a leader has not
+//! yet noticed that it lost its connection.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
 
-/// This instance's claim to run one projector.
-pub struct Leadership {
-    conn: PgConnection,
+/// The roles this instance wants, and who is told when one is won or lost.
+#[derive(Clone)]
+pub struct Roles {
+    wanted: Arc<Mutex<HashMap<String, watch::Sender<bool>>>>,
+    /// Wakes the owner task when a role is asked for.
+    asked: Arc<Notify>,
 }
 
-impl Leadership {
-    /// Claims `role` if no other session holds it; `None` if another does.
-    pub async fn try_claim(
-        options: &PgConnectOptions,
-        role: &str,
-    ) -> Result<Option<Self>, sqlx::Error> {
-        let mut conn = options.connect().await?;
-        let claimed: bool =
-            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-                .bind(lock_key(role))
-                .fetch_one(&mut conn)
-                .await?;
-        if claimed {
-            Ok(Some(Self { conn }))
-        } else {
-            conn.close().await?;
-            Ok(None)
+/// One role: whether this instance holds it, as it changes.
+#[derive(Clone)]
+pub struct Role {
+    held: watch::Receiver<bool>,
+}
+
+impl Roles {
+    /// The roles of an instance, and the task to run (spawn it) that claims them on one
+    /// connection opened with `options`, asking for missing roles every `retry`, until
+    /// `shutdown` (which releases them all, as does dropping the task).
+    pub fn new(
+        options: PgConnectOptions,
+        retry: Duration,
+        shutdown: CancellationToken,
+    ) -> (Self, impl std::future::Future<Output = ()> + Send + 'static) {
+        let roles = Self {
+            wanted: Arc::default(),
+            asked: Arc::default(),
+        };
+        let task = roles.clone().hold(options, retry, shutdown);
+        (roles, task)
+    }
+
+    /// The role `name` (`projection.<name>` for projectors, a worker's name otherwise); it is
+    /// claimed from now on.
+    pub fn role(&self, name: &str) -> Role {
+        let mut wanted = self.lock();
+        let sender = wanted
+            .entry(name.to_owned())
+            .or_insert_with(|| watch::channel(false).0);
+        let held = sender.subscribe();
+        drop(wanted);
+        self.asked.notify_one();
+        Role { held }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<bool>>> {
+        self.wanted.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Owns the connection: claim, keep, and on its loss tell every role and start over.
+    async fn hold(self, options: PgConnectOptions, retry: Duration, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            match options.connect().await {
+                Ok(conn) => {
+                    if let Err(error) = self.keep(conn, retry, &shutdown).await {
+                        tracing::warn!(%error, "the roles connection failed; every role is released");
+                    }
+                    self.set_all(false);
+                }
+                Err(error) => tracing::warn!(%error, "cannot open the roles connection"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(retry) => {}
+                () = shutdown.cancelled() => {}
+            }
         }
     }
 
-    /// Fails when the connection holding the lock is gone, i.e. the claim may be lost.
-    pub async fn confirm(&mut self) -> Result<(), sqlx::Error> {
-        self.conn.ping().await
+    async fn keep(
+        &self,
+        mut conn: PgConnection,
+        retry: Duration,
+        shutdown: &CancellationToken,
+    ) -> Result<(), sqlx::Error> {
+        loop {
+            let missing = self.missing();
+            if !missing.is_empty() {
+                for won in claim(&mut conn, &missing).await? {
+                    if let Some(sender) = self.lock().get(&won) {
+                        sender.send_replace(true);
+                    }
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(retry) => {}
+                () = self.asked.notified() => {}
+                () = shutdown.cancelled() => {
+                    // Closing releases every lock at once, for the standbys.
+                    return conn.close().await;
+                }
+            }
+            conn.ping().await?;
+        }
+    }
+
+    fn missing(&self) -> Vec<String> {
+        self.lock()
+            .iter()
+            .filter(|(_, sender)| !*sender.borrow())
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    fn set_all(&self, held: bool) {
+        for sender in self.lock().values() {
+            sender.send_replace(held);
+        }
     }
 }
 
-/// The advisory lock of a role: `projection.<name>` for projectors, or a worker's name.
+/// Tries every role in `names` in one statement; returns those won.
+async fn claim(conn: &mut PgConnection, names: &[String]) -> Result<Vec<String>, sqlx::Error> {
+    let keys: Vec<String> = names.iter().map(|name| lock_key(name)).collect();
+    let won: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_try_advisory_lock(hashtextextended(key, 0))
+           FROM unnest($1::text[]) WITH ORDINALITY AS k(key, n) ORDER BY n",
+    )
+    .bind(&keys)
+    .fetch_all(conn)
+    .await?;
+    Ok(names
+        .iter()
+        .zip(won)
+        .filter(|(_, won)| *won)
+        .map(|(name, _)| name.clone())
+        .collect())
+}
+
+impl Role {
+    /// Whether this instance holds the role now.
+    pub fn is_held(&self) -> bool {
+        *self.held.borrow()
+    }
+
+    /// Whether this instance holds the role within `wait` (for one-off tools that must not
+    /// wait for a running instance to let go).
+    pub async fn acquired_within(&mut self, wait: Duration) -> bool {
+        tokio::time::timeout(wait, self.acquired()).await.is_ok()
+    }
+
+    /// Waits until this instance holds the role.
+    pub async fn acquired(&mut self) {
+        // An error means the roles task stopped (shutdown): the role never comes.
+        if self.held.wait_for(|held| *held).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Waits until this instance no longer holds the role (its connection was lost, or the
+    /// instance is stopping).
+    pub async fn lost(&mut self) {
+        let _ = self.held.wait_for(|held| !*held).await;
+    }
+
+    /// Runs `lead` each time this instance wins the role, until `shutdown`. `lead` returns
+    /// when it sees the role lost ([`Role::is_held`]) or the shutdown, finishing what it is
+    /// doing first; when it returns on its own (a failure) while the role is still held, it
+    /// runs again after `pause`.
+    pub async fn lead_while_held<F, Fut>(
+        mut self,
+        pause: Duration,
+        shutdown: &CancellationToken,
+        mut lead: F,
+    ) where
+        F: FnMut(Role) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        while !shutdown.is_cancelled() {
+            tokio::select! {
+                () = self.acquired() => {}
+                () = shutdown.cancelled() => return,
+            }
+            lead(self.clone()).await;
+            if self.is_held() {
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+/// The advisory lock of a role: `chronicle.<role>`.
 fn lock_key(role: &str) -> String {
     format!("chronicle.{role}")
 }

@@ -4,11 +4,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chronicle_projections::{checkpoint, LogCursor, ProjectionError, Projector, RecordedEvent};
-use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use super::leader::Leadership;
+use super::leader::Role;
 use crate::log::{LogFilter, LogReader, LogWaker, Page, SharedPages};
 
 /// Timing of a runner.
@@ -24,7 +23,6 @@ pub struct RunnerSettings {
 pub struct ProjectionRunner {
     projector: Arc<dyn Projector>,
     pool: PgPool,
-    options: PgConnectOptions,
     reader: LogReader,
     /// Pages shared with the instance's other projectors, when running with them.
     shared: Option<SharedPages>,
@@ -36,11 +34,6 @@ pub struct ProjectionRunner {
 /// How long a woken runner lets commits gather before it reads: under load, one page (one
 /// transaction) then carries several commits' events instead of one each.
 const GATHER: Duration = Duration::from_millis(5);
-
-/// How often a leading runner confirms its leadership and looks for a reset checkpoint.
-/// Leadership only saves work: two instances applying at once cannot both apply a page,
-/// since each compares the checkpoint it locks with the one it read from.
-const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// How often a filtered projector records moving past events it does not need: each record
 /// is a write, and until it is made the skipped events are only re-read after a restart.
@@ -55,6 +48,9 @@ pub enum RunnerError {
     /// The database failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    /// This instance lost the projector's role.
+    #[error("the projector's role was lost")]
+    RoleLost,
 }
 
 /// Where a runner stands: its stored checkpoint, and how far it has read (past events it does
@@ -96,18 +92,16 @@ pub enum Rebuild {
 }
 
 impl ProjectionRunner {
-    /// A runner for `projector`; `options` opens its leadership connection.
+    /// A runner for `projector`.
     pub fn new(
         projector: Arc<dyn Projector>,
         pool: PgPool,
-        options: PgConnectOptions,
         reader: LogReader,
         settings: RunnerSettings,
     ) -> Self {
         Self {
             projector,
             pool,
-            options,
             reader,
             shared: None,
             settings,
@@ -122,30 +116,27 @@ impl ProjectionRunner {
         self
     }
 
-    /// Runs until `shutdown`: standby until leadership is won, then apply the log as it grows.
-    pub async fn run(self, waker: LogWaker, shutdown: CancellationToken) {
+    /// The role that lets an instance run `projector`.
+    pub fn role_name(&self) -> String {
+        format!("projection.{}", self.projector.name())
+    }
+
+    /// Runs until `shutdown`: standby until `role` is won, then apply the log as it grows.
+    pub async fn run(self, role: Role, waker: LogWaker, shutdown: CancellationToken) {
         let name = self.projector.name();
-        while !shutdown.is_cancelled() {
-            match Leadership::try_claim(&self.options, &format!("projection.{name}")).await {
-                Ok(Some(leadership)) => {
-                    tracing::info!(projection = name, "projector active on this instance");
-                    if let Err(error) = self.lead(leadership, &waker, &shutdown).await {
-                        tracing::warn!(projection = name, %error, "projector stopped; will retry");
-                    }
-                }
-                Ok(None) => tracing::debug!(projection = name, "projector runs elsewhere"),
-                Err(error) => tracing::warn!(projection = name, %error, "cannot claim projector"),
+        let pause = self.settings.standby_retry;
+        role.lead_while_held(pause, &shutdown, |role| async {
+            tracing::info!(projection = name, "projector active on this instance");
+            if let Err(error) = self.lead(role, &waker, &shutdown).await {
+                tracing::warn!(projection = name, %error, "projector stopped; will retry");
             }
-            tokio::select! {
-                () = tokio::time::sleep(self.settings.standby_retry) => {}
-                () = shutdown.cancelled() => {}
-            }
-        }
+        })
+        .await;
     }
 
     async fn lead(
         &self,
-        mut leadership: Leadership,
+        mut role: Role,
         waker: &LogWaker,
         shutdown: &CancellationToken,
     ) -> Result<(), RunnerError> {
@@ -153,24 +144,28 @@ impl ProjectionRunner {
         let name = self.projector.name();
         let mut position =
             Position::at(checkpoint::load(&mut *self.pool.acquire().await?, name).await?);
-        let mut checked = Instant::now();
-        while !shutdown.is_cancelled() {
-            // Once a second: the leadership connection is alive, and no rebuild reset the
-            // checkpoint while the log was quiet (a page applied notices a reset by itself:
-            // it compares the locked checkpoint).
-            if checked.elapsed() >= CHECK_EVERY {
-                leadership.confirm().await?;
+        let mut resets = waker.resets();
+        let mut reset = false;
+        while !shutdown.is_cancelled() && role.is_held() {
+            // A rebuild reset the checkpoint while the log was quiet (a page applied notices
+            // a reset by itself: it compares the locked checkpoint).
+            if std::mem::take(&mut reset) {
                 let stored = checkpoint::load(&mut *self.pool.acquire().await?, name).await?;
                 if stored != position.stored {
                     position = Position::at(stored);
                 }
-                checked = Instant::now();
             }
             if self.step(&mut position).await? != Step::Idle {
                 continue;
             }
+            // Events read past but not recorded as skipped are recorded within SKIP_EVERY,
+            // so that a quiet log leaves every checkpoint at its head.
+            let skip = (position.read != position.stored)
+                .then(|| tokio::time::Instant::now() + SKIP_EVERY);
             tokio::select! {
-                () = waiter.wait() => tokio::time::sleep(GATHER).await,
+                () = waiter.wait_until(skip) => tokio::time::sleep(GATHER).await,
+                Ok(()) = resets.changed() => reset = true,
+                () = role.lost() => {}
                 () = shutdown.cancelled() => {}
             }
         }
@@ -260,28 +255,29 @@ impl ProjectionRunner {
 
     /// Rebuilds the projector from the start of the log.
     ///
-    /// Resets its tables and checkpoint in one transaction. If no instance runs the projector,
-    /// this process claims it and applies the whole log before returning; otherwise the
-    /// instance that runs it notices the reset and rebuilds while serving.
+    /// Resets its tables and checkpoint in one transaction. If this process holds `role` (no
+    /// instance runs the projector), it applies the whole log before returning; otherwise
+    /// the instance that runs it notices the reset and rebuilds while serving.
     ///
     /// # Errors
-    /// A database or projection error.
-    pub async fn rebuild(&self) -> Result<Rebuild, RunnerError> {
+    /// A database or projection error; [`RunnerError::RoleLost`] when the role is lost
+    /// half-way (the instance that takes it over finishes the rebuild).
+    pub async fn rebuild(&self, role: &Role) -> Result<Rebuild, RunnerError> {
         let name = self.projector.name();
-        let leadership =
-            Leadership::try_claim(&self.options, &format!("projection.{name}")).await?;
         let mut tx = self.pool.begin().await?;
         checkpoint::lock(&mut tx, name).await?;
         self.projector.reset(&mut tx).await?;
         checkpoint::reset(&mut tx, name).await?;
         tx.commit().await?;
-        let Some(mut leadership) = leadership else {
+        if !role.is_held() {
             return Ok(Rebuild::HandedOver);
-        };
+        }
         let mut position = Position::at(LogCursor::START);
         let mut total = 0;
         loop {
-            leadership.confirm().await?;
+            if !role.is_held() {
+                return Err(RunnerError::RoleLost);
+            }
             match self.step(&mut position).await? {
                 Step::Applied(applied) => total += applied,
                 Step::Moved => {}

@@ -5,12 +5,11 @@
 //! instance reaches all of them) and broadcasts the key ids; each socket closes when its own
 //! key is named.
 
-use chronicle_projections::LogCursor;
 use futures::StreamExt;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::log::{tail, LogFilter, LogReader, LogWaker};
+use crate::log::{LiveLog, LogFilter};
 
 /// Revocations a socket may miss before it must re-check its key with the database.
 const BACKLOG: usize = 256;
@@ -36,24 +35,12 @@ pub enum KeyNews {
 }
 
 impl Revocations {
-    /// Follows the log from its head until `shutdown`.
-    ///
-    /// # Errors
-    /// The log's head cannot be read.
-    pub async fn start(
-        reader: LogReader,
-        waker: &LogWaker,
-        shutdown: CancellationToken,
-    ) -> Result<Self, sqlx::Error> {
-        let head = reader.head().await?;
+    /// Follows the live log from its head until `shutdown`.
+    pub fn start(live: &LiveLog, shutdown: CancellationToken) -> Self {
         let (sender, _) = broadcast::channel(BACKLOG);
         let revocations = Self { sender };
-        tokio::spawn(
-            revocations
-                .clone()
-                .follow(reader, waker.clone(), head, shutdown),
-        );
-        Ok(revocations)
+        tokio::spawn(revocations.clone().follow(live.clone(), shutdown));
+        revocations
     }
 
     /// A watch that sees every revocation committed from now on.
@@ -63,19 +50,13 @@ impl Revocations {
         }
     }
 
-    async fn follow(
-        self,
-        reader: LogReader,
-        waker: LogWaker,
-        from: LogCursor,
-        shutdown: CancellationToken,
-    ) {
+    async fn follow(self, live: LiveLog, shutdown: CancellationToken) {
         let filter = LogFilter {
             aggregate_types: Some(vec!["Client".to_owned()]),
             event_types: Some(vec!["ClientKeyRevoked".to_owned()]),
             ..LogFilter::default()
         };
-        let mut revoked = std::pin::pin!(tail(reader, &waker, from, filter));
+        let mut revoked = std::pin::pin!(live.tail(live.head(), filter));
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,

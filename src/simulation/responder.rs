@@ -18,7 +18,6 @@ use chronicle_aggregates::simulation::{
 use chronicle_aggregates::ErrorCode;
 use chrono::Utc;
 use serde_json::Value;
-use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +25,8 @@ use uuid::Uuid;
 
 use super::prompt;
 use crate::command::{CommandContext, CommandError, Commands};
-use crate::projection::Leadership;
+use crate::log::{next_due, LogWaker, Waiter};
+use crate::projection::Role;
 use crate::provider::ChatClient;
 
 /// AI calls in flight at once.
@@ -36,57 +36,55 @@ const PARALLEL: usize = 16;
 pub struct Responder {
     commands: Commands,
     pool: PgPool,
-    options: PgConnectOptions,
     chat: ChatClient,
     poll_every: Duration,
 }
 
+/// When the next running session reaches its time limit.
+const TIME_LIMIT_DUE: &str = "SELECT min(ends_at) FROM simulations
+      WHERE status IN ('created', 'in_progress', 'failed') AND ended_at IS NULL
+        AND ends_at > now()";
+
 impl Responder {
     /// A responder calling `chat`.
-    pub fn new(
-        commands: Commands,
-        pool: PgPool,
-        options: PgConnectOptions,
-        chat: ChatClient,
-        poll_every: Duration,
-    ) -> Self {
+    pub fn new(commands: Commands, pool: PgPool, chat: ChatClient, poll_every: Duration) -> Self {
         Self {
             commands,
             pool,
-            options,
             chat,
             poll_every,
         }
     }
 
-    /// Runs until `shutdown`, responding while this instance holds the role.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// The role that lets an instance answer simulations.
+    pub const ROLE: &'static str = "simulation_responder";
+
+    /// Runs until `shutdown`, responding while this instance holds `role`; `waker` tells
+    /// it when read models changed.
+    pub async fn run(self, role: Role, waker: LogWaker, shutdown: CancellationToken) {
         let responder = Arc::new(self);
-        while !shutdown.is_cancelled() {
-            match Leadership::try_claim(&responder.options, "simulation_responder").await {
-                Ok(Some(leadership)) => {
-                    responder.clone().respond_while(leadership, &shutdown).await
-                }
-                Ok(None) => {}
-                Err(error) => tracing::warn!(%error, "cannot claim the simulation responder role"),
-            }
-            tokio::select! {
-                () = tokio::time::sleep(responder.poll_every) => {}
-                () = shutdown.cancelled() => {}
-            }
-        }
+        let pause = responder.poll_every;
+        role.lead_while_held(pause, &shutdown, |role| {
+            let wake = waker.projections_waiter();
+            responder.clone().respond_while(role, wake, &shutdown)
+        })
+        .await;
     }
 
     /// Starts a task per simulation with a pending call (one at a time per simulation), so
-    /// a slow call holds up only its own session; stops when the role is lost.
+    /// a slow call holds up only its own session; stops when the role is lost. It looks for
+    /// work when read models change (at most every `poll_every`), when a call ends and when a
+    /// session's time limit falls due.
     async fn respond_while(
         self: Arc<Self>,
-        mut leadership: Leadership,
+        role: Role,
+        mut wake: Waiter,
         shutdown: &CancellationToken,
     ) {
         let mut tasks: JoinSet<Uuid> = JoinSet::new();
         let mut busy: HashSet<Uuid> = HashSet::new();
-        while !shutdown.is_cancelled() && leadership.confirm().await.is_ok() {
+        while !shutdown.is_cancelled() && role.is_held() {
+            let looked = tokio::time::Instant::now();
             while let Some(done) = tasks.try_join_next() {
                 if let Ok(id) = done {
                     busy.remove(&id);
@@ -105,8 +103,16 @@ impl Responder {
                 }
                 Err(error) => tracing::warn!(%error, "simulation responder cannot read its work"),
             }
+            let due = next_due(&self.pool, TIME_LIMIT_DUE).await;
             tokio::select! {
-                () = tokio::time::sleep(self.poll_every) => {}
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Ok(id) = done {
+                        busy.remove(&id);
+                    }
+                }
+                () = wake.wait_until(due) => {
+                    tokio::time::sleep_until(looked + self.poll_every).await;
+                }
                 () = shutdown.cancelled() => {}
             }
         }

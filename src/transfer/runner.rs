@@ -23,14 +23,13 @@ mod find_studies;
 mod move_study;
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chronicle_aggregates::dicom_server::DicomServer;
 use chronicle_aggregates::job::{Job, JobCommand, JobKind, TaskOutcome};
 use chronicle_aggregates::query::Query;
 use chronicle_aggregates::transfer::Transfer;
 use chrono::Utc;
-use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -38,12 +37,18 @@ use uuid::Uuid;
 
 use super::dicomweb::{DicomWeb, DicomWebError};
 use crate::command::{CommandContext, CommandError, Commands};
+use crate::log::{next_due, LogWaker, Waiter};
 use crate::privacy::Vault;
-use crate::projection::Leadership;
+use crate::projection::Role;
 use crate::security::EgressPolicy;
 
-/// How often leadership is confirmed.
-const CONFIRM_EVERY: Duration = Duration::from_secs(5);
+/// When the next task waiting for its retry falls due.
+const RETRY_DUE: &str = "SELECT min(retry_at) FROM (
+        SELECT t.retry_at FROM transfer_tasks t WHERE t.status = 'pending' AND t.retry_at > now()
+        UNION ALL
+        SELECT t.retry_at FROM query_tasks t WHERE t.status = 'pending' AND t.retry_at > now()
+    ) waiting";
+
 /// How often progress is recorded at most.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
@@ -71,7 +76,6 @@ const MAX_RETRY_WAIT: Duration = Duration::from_secs(600);
 pub struct TransferRunner {
     commands: Commands,
     pool: PgPool,
-    options: PgConnectOptions,
     /// Opens patients' pseudonym keys.
     vault: Vault,
     http: reqwest::Client,
@@ -125,7 +129,6 @@ impl TransferRunner {
     pub fn new(
         commands: Commands,
         pool: PgPool,
-        options: PgConnectOptions,
         vault: Vault,
         settings: RunnerSettings,
         egress: &EgressPolicy,
@@ -139,52 +142,46 @@ impl TransferRunner {
         Ok(Self {
             commands,
             pool,
-            options,
             vault,
             http,
             settings,
         })
     }
 
-    /// Runs until `shutdown`, moving studies while this instance holds the role.
-    pub async fn run(self, shutdown: CancellationToken) {
-        while !shutdown.is_cancelled() {
-            match Leadership::try_claim(&self.options, "transfers").await {
-                Ok(Some(leadership)) => self.lead(leadership, &shutdown).await,
-                Ok(None) => {}
-                Err(error) => tracing::warn!(%error, "cannot claim the transfers role"),
-            }
-            tokio::select! {
-                () = tokio::time::sleep(self.settings.poll_every) => {}
-                () = shutdown.cancelled() => {}
-            }
-        }
+    /// The role that lets an instance run jobs' tasks.
+    pub const ROLE: &'static str = "transfers";
+
+    /// Runs until `shutdown`, moving studies while this instance holds `role`; it looks for
+    /// work when read models change (`waker`), when a task's retry falls due and when a
+    /// task ends.
+    pub async fn run(self, role: Role, waker: LogWaker, shutdown: CancellationToken) {
+        let pause = self.settings.poll_every;
+        role.lead_while_held(pause, &shutdown, |role| {
+            self.lead(role, waker.projections_waiter(), &shutdown)
+        })
+        .await;
     }
 
-    async fn lead(&self, mut leadership: Leadership, shutdown: &CancellationToken) {
+    async fn lead(&self, role: Role, mut wake: Waiter, shutdown: &CancellationToken) {
         let mut running: JoinSet<TaskRef> = JoinSet::new();
         let mut mine: HashSet<TaskRef> = HashSet::new();
         let stop = shutdown.child_token();
-        let mut confirmed = Instant::now();
-        let mut ticks = tokio::time::interval(self.settings.poll_every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        while !shutdown.is_cancelled() {
-            if confirmed.elapsed() >= CONFIRM_EVERY {
-                if leadership.confirm().await.is_err() {
-                    break;
-                }
-                confirmed = Instant::now();
-            }
+        while !shutdown.is_cancelled() && role.is_held() {
+            let looked = tokio::time::Instant::now();
             if let Err(error) = self.dispatch(&mut running, &mut mine, &stop).await {
                 tracing::warn!(%error, "reading transfer work failed; will retry");
             }
+            let due = next_due(&self.pool, RETRY_DUE).await;
             tokio::select! {
                 Some(done) = running.join_next(), if !running.is_empty() => {
                     if let Ok(task) = done {
                         mine.remove(&task);
                     }
                 }
-                _ = ticks.tick() => {}
+                () = wake.wait_until(due) => {
+                    // However busy the log, look at most every `poll_every`.
+                    tokio::time::sleep_until(looked + self.settings.poll_every).await;
+                }
                 () = shutdown.cancelled() => {}
             }
         }

@@ -54,15 +54,9 @@ pub async fn rebuild(db: &TestDb, name: &str) {
         page_size: 13,
         standby_retry: Duration::from_millis(100),
     };
-    let runner = ProjectionRunner::new(
-        projector,
-        db.pool.clone(),
-        db.options.clone(),
-        reader,
-        settings,
-    );
+    let runner = ProjectionRunner::new(projector, db.pool.clone(), reader, settings);
     assert!(matches!(
-        runner.rebuild().await.expect("rebuild"),
+        crate::projections::rebuild_claiming(db, &runner).await,
         Rebuild::Completed(_)
     ));
 }

@@ -28,7 +28,7 @@ fn a_tiny_quick_run_reports_every_workload() {
         .iter()
         .map(|w| w["id"].as_str().expect("id"))
         .collect();
-    assert_eq!(ids, ["W1", "W2", "W3", "W4", "W5", "W6", "W7"]);
+    assert_eq!(ids, ["W0", "W1", "W2", "W3", "W4", "W5", "W6", "W7"]);
     for workload in report["workloads"].as_array().expect("workloads") {
         assert!(
             workload["peak_rss_bytes"].as_u64().expect("rss") > 0,

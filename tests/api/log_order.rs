@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chronicle::log::{tail, LogFilter, LogReader, LogWaker};
+use chronicle::log::{LiveLog, LogFilter, LogReader, LogWaker};
 use chronicle_aggregates::Upcasters;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -23,18 +23,8 @@ async fn a_tailing_reader_sees_every_event_of_sixteen_writers_exactly_once_and_i
     let expected = WRITERS * EVENTS_PER_WRITER + SLOW_TRANSACTIONS;
 
     let shutdown = CancellationToken::new();
-    let waker = LogWaker::start(&db.pool, Duration::from_millis(100), shutdown.clone());
-    let reader = LogReader::new(
-        db.pool.clone(),
-        Arc::new(Upcasters::default()),
-        crate::support::vault(&db.pool),
-    );
-    let mut events = Box::pin(tail(
-        reader,
-        &waker,
-        Default::default(),
-        LogFilter::default(),
-    ));
+    let live = live_log(&db, &shutdown).await;
+    let mut events = Box::pin(live.tail(Default::default(), LogFilter::default()));
     let tailing = tokio::spawn(async move {
         let mut seen = Vec::with_capacity(expected);
         while seen.len() < expected {
@@ -157,14 +147,8 @@ async fn transactions_left_open_elsewhere_do_not_hold_readers_back() {
     }
 
     let shutdown = CancellationToken::new();
-    let waker = LogWaker::start(&db.pool, Duration::from_millis(100), shutdown.clone());
-    let reader = LogReader::new(
-        db.pool.clone(),
-        Arc::new(Upcasters::default()),
-        crate::support::vault(&db.pool),
-    );
-    let head = reader.head().await.expect("head");
-    let mut events = Box::pin(tail(reader, &waker, head, LogFilter::default()));
+    let live = live_log(&db, &shutdown).await;
+    let mut events = Box::pin(live.tail(live.head(), LogFilter::default()));
     app.ledger("open-elsewhere", LedgerCommand::Open)
         .await
         .expect("open");
@@ -184,4 +168,88 @@ async fn transactions_left_open_elsewhere_do_not_hold_readers_back() {
     }
     shutdown.cancel();
     app.stop().await;
+}
+
+/// Many live consumers read from the instance's one live reader, each filtering in memory,
+/// and a consumer that starts behind the live window catches up from the database first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_consumers_share_one_reader_and_one_behind_catches_up() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db, "log-live").await;
+    app.ledger("early", LedgerCommand::Open)
+        .await
+        .expect("open");
+    app.ledger("early", LedgerCommand::Deposit(vec![1; 9]))
+        .await
+        .expect("deposit");
+
+    let shutdown = CancellationToken::new();
+    let live = live_log(&db, &shutdown).await;
+    let only = |id: &str| LogFilter {
+        aggregate_id: Some(id.to_owned()),
+        ..LogFilter::default()
+    };
+    let mut consumers = Vec::new();
+    for n in 0..200 {
+        let ledger = format!("live-{}", n % 10);
+        let events = live.tail(live.head(), only(&ledger));
+        consumers.push(tokio::spawn(take(events, 4, ledger)));
+    }
+    let behind = tokio::spawn(take(
+        live.tail(Default::default(), only("early")),
+        12,
+        "early".to_owned(),
+    ));
+    for n in 0..10 {
+        let ledger = format!("live-{n}");
+        app.ledger(&ledger, LedgerCommand::Open)
+            .await
+            .expect("open");
+        app.ledger(&ledger, LedgerCommand::Deposit(vec![1, 2, 3]))
+            .await
+            .expect("deposit");
+    }
+    app.ledger("early", LedgerCommand::Deposit(vec![1, 2]))
+        .await
+        .expect("deposit");
+    for consumer in consumers {
+        let (ledger, sequences) = consumer.await.expect("consumer");
+        assert_eq!(sequences, [1, 2, 3, 4], "{ledger}");
+    }
+    let (_, sequences) = behind.await.expect("behind");
+    assert_eq!(sequences, (1..=12).collect::<Vec<i64>>());
+    shutdown.cancel();
+    app.stop().await;
+}
+
+/// The sequences of the first `count` events of `events`, for `ledger`.
+async fn take(
+    events: impl futures::Stream<Item = chronicle_projections::RecordedEvent> + Send,
+    count: usize,
+    ledger: String,
+) -> (String, Vec<i64>) {
+    let mut events = Box::pin(events);
+    let mut sequences = Vec::new();
+    while sequences.len() < count {
+        let event = tokio::time::timeout(Duration::from_secs(20), events.next())
+            .await
+            .unwrap_or_else(|_| panic!("{ledger}: only {sequences:?}"))
+            .expect("an event");
+        assert_eq!(event.aggregate_id, ledger);
+        sequences.push(event.sequence);
+    }
+    (ledger, sequences)
+}
+
+/// A live log of the test database, until `shutdown`.
+async fn live_log(db: &TestDb, shutdown: &CancellationToken) -> LiveLog {
+    let waker = LogWaker::start(&db.pool, Duration::from_millis(100), shutdown.clone());
+    let reader = LogReader::new(
+        db.pool.clone(),
+        Arc::new(Upcasters::default()),
+        crate::support::vault(&db.pool),
+    );
+    LiveLog::start(reader, db.pool.clone(), &waker, shutdown.clone())
+        .await
+        .expect("live log")
 }

@@ -4,10 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chronicle::log::LogReader;
-use chronicle::projection::{ProjectionRunner, Rebuild, RunnerSettings};
+use chronicle::projection::{ProjectionRunner, Rebuild, Roles, RunnerSettings};
 use chronicle_aggregates::Upcasters;
 use chronicle_projections::aggregate_index::AggregateIndex;
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 use crate::support::{eventually, LedgerCommand, TestApp, TestDb};
 
@@ -44,13 +45,20 @@ fn runner(db: &TestDb) -> ProjectionRunner {
         page_size: 7,
         standby_retry: Duration::from_millis(100),
     };
-    ProjectionRunner::new(
-        Arc::new(AggregateIndex),
-        db.pool.clone(),
-        db.options.clone(),
-        reader,
-        settings,
-    )
+    ProjectionRunner::new(Arc::new(AggregateIndex), db.pool.clone(), reader, settings)
+}
+
+/// Rebuilds with `runner`, claiming its role first as `chronicle projections rebuild` does.
+pub(crate) async fn rebuild_claiming(db: &TestDb, runner: &ProjectionRunner) -> Rebuild {
+    let stop = CancellationToken::new();
+    let (roles, holding) = Roles::new(db.options.clone(), Duration::from_millis(100), stop.clone());
+    let holding = tokio::spawn(holding);
+    let mut role = roles.role(&runner.role_name());
+    role.acquired_within(Duration::from_secs(2)).await;
+    let rebuilt = runner.rebuild(&role).await.expect("rebuild");
+    stop.cancel();
+    holding.await.expect("roles task");
+    rebuilt
 }
 
 async fn seed(app: &TestApp) {
@@ -110,7 +118,7 @@ async fn a_rebuild_while_serving_hands_over_and_reproduces_the_read_model() {
         .expect("corrupt");
 
     assert_eq!(
-        runner(&db).rebuild().await.expect("rebuild"),
+        rebuild_claiming(&db, &runner(&db)).await,
         Rebuild::HandedOver
     );
     eventually(
@@ -134,7 +142,7 @@ async fn an_offline_rebuild_applies_the_whole_log_and_reproduces_the_read_model(
         .await
         .expect("corrupt");
 
-    let rebuilt = runner(&db).rebuild().await.expect("rebuild");
+    let rebuilt = rebuild_claiming(&db, &runner(&db)).await;
     // The seed's 24 events and the bootstrap admin's 2 (client created, key issued).
     assert_eq!(rebuilt, Rebuild::Completed(26));
     assert_eq!(index_rows(&db.pool).await, before);

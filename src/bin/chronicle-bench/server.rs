@@ -34,11 +34,14 @@ pub(crate) async fn run_child(arguments: Vec<OsString>) -> anyhow::Result<()> {
 }
 
 /// A database of the bench's own, created empty and dropped at the end.
+/// The `application_name` of the service's connections, to tell them from the bench's.
+pub(crate) const SERVICE_APPLICATION: &str = "chronicle-bench-service";
+
 pub(crate) struct BenchDatabase {
     server: PgConnectOptions,
     name: String,
     /// The database's URL, for the service.
-    pub(crate) url: String,
+    service_url: String,
     /// A pool on it, for the limits and for checks.
     pub(crate) pool: PgPool,
 }
@@ -60,6 +63,8 @@ impl BenchDatabase {
         admin.close().await?;
         let options = server.clone().database(&name);
         let url = options.to_url_lossy().to_string();
+        let separator = if url.contains('?') { '&' } else { '?' };
+        let service_url = format!("{url}{separator}application_name={SERVICE_APPLICATION}");
         let pool = PgPoolOptions::new()
             .max_connections(20)
             .connect_with(options)
@@ -67,7 +72,7 @@ impl BenchDatabase {
         Ok(Self {
             server,
             name,
-            url,
+            service_url,
             pool,
         })
     }
@@ -90,14 +95,15 @@ impl BenchDatabase {
         Ok(())
     }
 
-    /// A child process running `chronicle <arguments>` against this database.
+    /// A child process running `chronicle <arguments>` against this database, its
+    /// connections named [`SERVICE_APPLICATION`].
     fn command(&self, arguments: &[&str]) -> anyhow::Result<Command> {
         let exe = std::env::current_exe().context("locating the bench binary")?;
         let mut command = Command::new(exe);
         command
             .arg(CHILD)
             .args(arguments)
-            .env("DATABASE_URL", &self.url)
+            .env("DATABASE_URL", &self.service_url)
             .env("CHRONICLE_KEY_PEPPER", "chronicle bench pepper")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())

@@ -33,6 +33,8 @@ pub(crate) struct Sizes {
     pub(crate) query_clients: usize,
     /// W7: how long.
     pub(crate) query_duration: Duration,
+    /// W0: how long the idle service is watched.
+    pub(crate) idle_duration: Duration,
 }
 
 impl Sizes {
@@ -67,6 +69,7 @@ impl Sizes {
             live_duration: seconds(20, 5),
             query_clients: 16,
             query_duration: seconds(10, 3),
+            idle_duration: seconds(10, 10),
         })
     }
 }

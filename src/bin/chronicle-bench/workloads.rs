@@ -1,4 +1,5 @@
 //! The workloads, run in one go against one service and one database:
+//! - W0 the service idle ([`idle`]);
 //! - W1 sequential commands, W2 concurrent commands, W3 a long stream, W4 bulk ingest
 //!   ([`commands`]);
 //! - W5 a projection rebuild ([`rebuild`]), run last because it stops the service;
@@ -6,6 +7,7 @@
 //! - W7 list queries ([`queries`]).
 
 mod commands;
+mod idle;
 mod live;
 mod queries;
 mod rebuild;
@@ -23,6 +25,9 @@ use crate::sizes::Sizes;
 /// One workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 pub(crate) enum Workload {
+    /// The service idle.
+    #[value(name = "W0", alias = "w0")]
+    W0,
     /// Sequential commands.
     #[value(name = "W1", alias = "w1")]
     W1,
@@ -48,7 +53,8 @@ pub(crate) enum Workload {
 
 impl Workload {
     /// Every workload, in order.
-    pub(crate) const ALL: [Self; 7] = [
+    pub(crate) const ALL: [Self; 8] = [
+        Self::W0,
         Self::W1,
         Self::W2,
         Self::W3,
@@ -60,6 +66,7 @@ impl Workload {
 
     fn id(self) -> &'static str {
         match self {
+            Self::W0 => "W0",
             Self::W1 => "W1",
             Self::W2 => "W2",
             Self::W3 => "W3",
@@ -72,6 +79,10 @@ impl Workload {
 
     fn title(self, sizes: &Sizes) -> String {
         match self {
+            Self::W0 => format!(
+                "idle: the service after its warm-up, watched for {:?}",
+                sizes.idle_duration
+            ),
             Self::W1 => format!(
                 "sequential commands: {} submitRequest, one client",
                 sizes.sequential_commands
@@ -129,6 +140,7 @@ pub(crate) async fn run_all(
         server.memory.take_peak();
         let started = Instant::now();
         let mut figures = match workload {
+            Workload::W0 => idle::idle(&database.pool, sizes).await?,
             Workload::W1 => commands::sequential(&client, &limits, sizes).await?,
             Workload::W2 => commands::concurrent(&client, &limits, sizes).await?,
             Workload::W3 => commands::long_stream(&client, sizes).await?,
