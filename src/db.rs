@@ -105,22 +105,38 @@ fn is_missing_database(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("3D000"))
 }
 
+/// Creates the database. Instances starting at once take turns under an advisory lock of
+/// the maintenance database, and the later ones find it made.
 async fn create_database(options: &PgConnectOptions) -> anyhow::Result<()> {
     let name = options.get_database().unwrap_or("chronicle").to_owned();
     let maintenance = options.clone().database("postgres");
     let mut conn = PgConnection::connect_with(&maintenance)
         .await
         .map_err(|error| unreachable(&maintenance, &error))?;
-    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-    let created = sqlx::query(&format!("CREATE DATABASE {quoted}"))
+    let lock = format!("chronicle.create_database.{name}");
+    sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
+        .bind(&lock)
         .execute(&mut conn)
-        .await;
+        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut conn)
+            .await?;
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    let created = if exists {
+        Ok(())
+    } else {
+        sqlx::query(&format!("CREATE DATABASE {quoted}"))
+            .execute(&mut conn)
+            .await
+            .map(|_| tracing::info!(database = %name, "created database"))
+    };
+    // Closing the connection releases the lock.
+    conn.close().await?;
     match created {
-        Ok(_) => {
-            tracing::info!(database = %name, "created database");
-            Ok(())
-        }
-        // Another instance created it between our two attempts.
+        Ok(()) => Ok(()),
+        // Another client (not a Chronicle instance) created it meanwhile.
         Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P04") => Ok(()),
         Err(error) => Err(error).with_context(|| format!("creating database `{name}`")),
     }

@@ -5,7 +5,7 @@ use chronicle_aggregates::client::{Client, ClientCommand, Role};
 use chronicle_aggregates::ErrorCode;
 use chrono::Utc;
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 
 use super::{KeyHasher, NewKey};
 use crate::command::{CommandContext, CommandError, Commands};
@@ -14,11 +14,32 @@ use crate::command::{CommandContext, CommandError, Commands};
 pub const ADMIN_CLIENT: &str = "admin";
 
 /// Installs the bootstrap admin key (`configured`, or a new one printed once to stderr) when
-/// the client `admin` has never had a key. Instances starting together agree: one wins.
+/// the client `admin` has never had a key. Instances starting together take turns under an
+/// advisory lock: exactly one key is ever issued.
 ///
 /// # Errors
 /// A malformed configured key, or the database failed.
 pub async fn bootstrap_admin(
+    commands: &Commands,
+    pool: &PgPool,
+    hasher: &KeyHasher,
+    configured: Option<&SecretString>,
+) -> anyhow::Result<()> {
+    if admin_has_key(pool).await? {
+        return Ok(());
+    }
+    // A connection of its own holds the turn; closing it (or losing it) ends the turn.
+    let mut turn = pool.acquire().await?.detach();
+    sqlx::query("SELECT pg_advisory_lock(hashtextextended('chronicle.bootstrap', 0))")
+        .execute(&mut turn)
+        .await?;
+    let installed = install(commands, pool, hasher, configured).await;
+    turn.close().await?;
+    installed
+}
+
+/// Installs the key unless an instance that had the turn before did.
+async fn install(
     commands: &Commands,
     pool: &PgPool,
     hasher: &KeyHasher,

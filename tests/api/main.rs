@@ -23,6 +23,7 @@ mod provider;
 mod pseudonyms;
 mod query_jobs;
 mod rabbitmq;
+mod racing_starts;
 mod schema_file;
 mod security;
 mod simulations;
