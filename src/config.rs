@@ -56,7 +56,7 @@ pub struct Config {
     #[arg(
         long,
         env = "CHRONICLE_LOG_POLL_MS",
-        default_value_t = 30_000,
+        default_value_t = 300_000,
         global = true
     )]
     pub log_poll_ms: u64,

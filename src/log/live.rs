@@ -22,9 +22,9 @@ use super::{LogFilter, LogReader, LogWaker};
 use crate::metrics::SubscriptionGuard;
 
 /// Events the window keeps at most.
-const WINDOW_EVENTS: usize = 20_000;
-/// Payload bytes (as JSON text) the window keeps at most.
-const WINDOW_BYTES: usize = 64 * 1024 * 1024;
+const WINDOW_EVENTS: usize = 10_000;
+/// Payload bytes (as JSON text; parsed, they take a few times more) the window keeps at most.
+const WINDOW_BYTES: usize = 16 * 1024 * 1024;
 /// Events the follower reads per page.
 const FOLLOW_PAGE: u32 = 1_000;
 /// Events a consumer reads per catch-up page, and takes from the window at once.
