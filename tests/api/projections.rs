@@ -177,3 +177,63 @@ async fn projection_status_reports_progress_and_lag_over_graphql() {
     assert_eq!(status["lag"], 0);
     app.stop().await;
 }
+
+/// Notifications are only wake-up hints: anyone may send them, and forged ones (events that
+/// do not exist, resets that did not happen, pages never applied) change nothing.
+#[tokio::test]
+async fn forged_notifications_change_nothing() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db, "forged").await;
+    seed(&app).await;
+    // Every projector at the head, skips recorded: nothing moves on its own any more.
+    eventually(
+        Duration::from_secs(10),
+        "every checkpoint at the head",
+        || async {
+            let status = chronicle_projections::checkpoint::status(&db.pool)
+                .await
+                .expect("status");
+            status.iter().all(|s| s.lag == 0).then_some(())
+        },
+    )
+    .await;
+    let checkpoints = || async {
+        sqlx::query_as::<_, (String, i64, i64)>(
+            "SELECT name, log_position, events_applied FROM projection_checkpoints ORDER BY name",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .expect("checkpoints")
+    };
+    let (rows, positions) = (index_rows(&db.pool).await, checkpoints().await);
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
+    for channel in [
+        "chronicle_events",
+        "chronicle_resets",
+        "chronicle_projected",
+    ] {
+        for payload in ["", "aggregate_index", "c2.999999", "not a thing"] {
+            sqlx::query("SELECT pg_notify($1, $2) FROM generate_series(1, 50)")
+                .bind(channel)
+                .bind(payload)
+                .execute(&db.pool)
+                .await
+                .expect("notify");
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(index_rows(&db.pool).await, rows);
+    assert_eq!(checkpoints().await, positions);
+    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
+    assert_eq!(after, events);
+    // The instance still serves and projects.
+    app.ledger("d", LedgerCommand::Open).await.expect("open");
+    app.projected("d", 1).await;
+    app.stop().await;
+}

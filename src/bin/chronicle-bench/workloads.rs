@@ -141,7 +141,7 @@ pub(crate) async fn run_all(
         let started = Instant::now();
         let mut figures = match workload {
             Workload::W0 => idle::idle(&database.pool, sizes).await?,
-            Workload::W1 => commands::sequential(&client, &limits, sizes).await?,
+            Workload::W1 => commands::sequential(&client, &limits, &database.pool, sizes).await?,
             Workload::W2 => commands::concurrent(&client, &limits, sizes).await?,
             Workload::W3 => commands::long_stream(&client, sizes).await?,
             Workload::W4 => commands::bulk(&client, &limits, sizes).await?,

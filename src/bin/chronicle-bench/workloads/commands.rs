@@ -2,6 +2,8 @@
 
 use std::time::Instant;
 
+use sqlx::PgPool;
+
 use crate::client::Client;
 use crate::limits::Limits;
 use crate::report::{Figure, Goal};
@@ -15,14 +17,19 @@ const SUBMITTED: (&str, &str) = ("Request", "RequestSubmitted");
 
 /// W1: one client, `submitRequest` after `submitRequest`, each a new request (aggregate) in
 /// one batch; against single-row INSERT transactions of the same size on one connection.
+/// Also what one command costs the database, all work it causes included: transactions
+/// committed (`pg_stat_database`) from before the first command until the read models
+/// caught up, per command.
 pub(crate) async fn sequential(
     client: &Client,
     limits: &Limits,
+    pool: &PgPool,
     sizes: &Sizes,
 ) -> anyhow::Result<Vec<Figure>> {
     let count = sizes.sequential_commands;
     let bytes = limits.event_bytes(ADDED.0, ADDED.1).await?;
     let limit = limits.sequential_inserts(bytes, count).await?;
+    let before = super::idle::settled_commits(pool).await?;
     let mut latencies = Latencies::default();
     let started = Instant::now();
     for n in 0..count {
@@ -31,6 +38,8 @@ pub(crate) async fn sequential(
         latencies.push(sent.elapsed());
     }
     let commands = rate(count, started.elapsed());
+    client.caught_up().await?;
+    let after = super::idle::settled_commits(pool).await?;
     Ok(vec![
         Figure::plain(
             format!("submitRequest, {count} sequential"),
@@ -41,6 +50,12 @@ pub(crate) async fn sequential(
         .goal(Goal::RatioAtLeast(0.85)),
         Figure::plain("submitRequest p50", latencies.percentile_ms(0.5), "ms"),
         Figure::plain("submitRequest p99", latencies.percentile_ms(0.99), "ms"),
+        Figure::plain(
+            "commits per submitRequest, all work included",
+            (after - before) as f64 / count as f64,
+            "commits",
+        )
+        .goal(Goal::Below(2.01)),
         Figure::plain("event size (limit rows the same)", bytes as f64, "bytes"),
     ])
 }

@@ -14,6 +14,13 @@ use crate::sizes::Sizes;
 /// idle: the warm-up's reach the statistics before the window opens.
 const SETTLE: Duration = Duration::from_secs(11);
 
+/// The transactions committed in the bench database so far, once what ran before has reached
+/// the statistics.
+pub(super) async fn settled_commits(pool: &PgPool) -> anyhow::Result<i64> {
+    tokio::time::sleep(SETTLE).await;
+    commits(pool).await
+}
+
 /// The transactions committed in the bench database so far.
 async fn commits(pool: &PgPool) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar(
@@ -26,8 +33,7 @@ async fn commits(pool: &PgPool) -> anyhow::Result<i64> {
 /// W0: the service's connections at the end of the idle window, and its commits per second
 /// over it.
 pub(crate) async fn idle(pool: &PgPool, sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
-    tokio::time::sleep(SETTLE).await;
-    let before = commits(pool).await?;
+    let before = settled_commits(pool).await?;
     tokio::time::sleep(sizes.idle_duration).await;
     let after = commits(pool).await?;
     let connections: i64 = sqlx::query_scalar(
