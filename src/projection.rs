@@ -22,6 +22,12 @@ use chronicle_projections::Projector;
 pub use leader::{Role, Roles};
 pub use runner::{ProjectionRunner, Rebuild, RunnerError, RunnerSettings};
 
+/// The projectors applied in the append's transaction as well (see
+/// [`crate::store::InlineProjectors`]): the request streams a batch's events start.
+pub fn inline() -> Vec<Arc<dyn Projector>> {
+    vec![Arc::new(RequestStreams)]
+}
+
 /// The projectors every instance runs.
 pub fn standard() -> Vec<Arc<dyn Projector>> {
     vec![

@@ -38,7 +38,7 @@ use crate::security::{
     Revocations,
 };
 use crate::simulation::SimulationActions;
-use crate::store::EventStores;
+use crate::store::{EventStores, InlineProjectors};
 use crate::transfer::TransferActions;
 
 /// Connections for idempotency locks: at most this many keyed commands run at once.
@@ -96,7 +96,13 @@ impl Core {
     ) -> (Self, JoinSet<()>) {
         let shutdown = CancellationToken::new();
         let vault = Vault::new(pool.clone(), pepper.as_bytes());
-        let stores = EventStores::new(pool.clone(), &config.snapshots, upcasters, vault.clone());
+        let stores = EventStores::new(
+            pool.clone(),
+            &config.snapshots,
+            upcasters,
+            vault.clone(),
+            InlineProjectors::new(projection::inline()),
+        );
         let reader = LogReader::new(pool.clone(), stores.upcasters(), vault.clone());
         let waker = LogWaker::start(&pool, config.log_poll(), shutdown.clone());
         let (roles, holding) =

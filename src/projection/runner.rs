@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::leader::Role;
 use crate::log::{LogFilter, LogReader, LogWaker, Page, SharedPages};
+use crate::store::LOG_LOCK;
 
 /// Timing of a runner.
 #[derive(Debug, Clone, Copy)]
@@ -22,6 +23,9 @@ pub struct RunnerSettings {
 /// Drives one projector on this instance, while this instance holds its leadership.
 pub struct ProjectionRunner {
     projector: Arc<dyn Projector>,
+    /// The projector is also applied inline by appends: its transactions take the log lock
+    /// first, as appends do, so the two never wait on each other in opposite orders.
+    inline: bool,
     pool: PgPool,
     reader: LogReader,
     /// Pages shared with the instance's other projectors, when running with them.
@@ -99,8 +103,10 @@ impl ProjectionRunner {
         reader: LogReader,
         settings: RunnerSettings,
     ) -> Self {
+        let inline = super::inline().iter().any(|p| p.name() == projector.name());
         Self {
             projector,
+            inline,
             pool,
             reader,
             shared: None,
@@ -221,9 +227,15 @@ impl ProjectionRunner {
         }
         let name = self.projector.name();
         let mut tx = self.pool.begin().await?;
+        if self.inline {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(LOG_LOCK)
+                .execute(&mut *tx)
+                .await?;
+        }
         let stored = checkpoint::lock(&mut tx, name).await?;
         if stored != position.stored {
-            tracing::info!(projection = name, from = %stored, "checkpoint moved (rebuild); following it");
+            tracing::debug!(projection = name, from = %stored, "checkpoint moved (a rebuild, or appends applying it inline); following it");
             *position = Position::at(stored);
             return Ok(Step::Moved);
         }

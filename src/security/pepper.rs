@@ -99,18 +99,20 @@ impl Pepper {
     /// Records this pepper's fingerprint if none is, then compares: of instances started at
     /// once with different peppers, the first to record wins and the others refuse.
     async fn check_fingerprint(&self, pool: &PgPool) -> Result<(), PepperError> {
-        let recorded: Vec<u8> = sqlx::query_scalar(
-            "WITH fresh AS (
-                INSERT INTO server_secrets (name, value) VALUES ($1, $2)
-                ON CONFLICT DO NOTHING RETURNING value)
-             SELECT value FROM fresh
-             UNION ALL SELECT value FROM server_secrets WHERE name = $1
-             LIMIT 1",
+        // Two statements: the second's snapshot sees a row another instance committed while
+        // the first waited for it.
+        sqlx::query(
+            "INSERT INTO server_secrets (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         )
         .bind(FINGERPRINT_NAME)
         .bind(self.fingerprint())
-        .fetch_one(pool)
+        .execute(pool)
         .await?;
+        let recorded: Vec<u8> =
+            sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = $1")
+                .bind(FINGERPRINT_NAME)
+                .fetch_one(pool)
+                .await?;
         if recorded == self.fingerprint() {
             Ok(())
         } else {

@@ -27,7 +27,7 @@ fn serve(url: &str, port: u16) -> Child {
         .env("RUST_LOG", "error")
         .env_remove("CHRONICLE_BOOTSTRAP_ADMIN_KEY")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("start chronicle serve")
@@ -38,7 +38,12 @@ async fn ready(child: &mut Child, port: u16) {
     let started = Instant::now();
     loop {
         if let Some(status) = child.try_wait().expect("child status") {
-            panic!("an instance exited while starting: {status}");
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                use tokio::io::AsyncReadExt;
+                let _ = pipe.read_to_string(&mut stderr).await;
+            }
+            panic!("an instance exited while starting: {status}: {stderr}");
         }
         let answer = http
             .get(format!("http://127.0.0.1:{port}/ready"))
