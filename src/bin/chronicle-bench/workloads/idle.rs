@@ -30,9 +30,14 @@ async fn commits(pool: &PgPool) -> anyhow::Result<i64> {
     .await?)
 }
 
+/// After activity, workers look once or twice more (each at most once per its poll setting,
+/// five seconds for the batch closer) before they are quiet.
+const QUIET_AFTER: Duration = Duration::from_secs(10);
+
 /// W0: the service's connections at the end of the idle window, and its commits per second
 /// over it.
 pub(crate) async fn idle(pool: &PgPool, sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
+    tokio::time::sleep(QUIET_AFTER).await;
     let before = settled_commits(pool).await?;
     tokio::time::sleep(sizes.idle_duration).await;
     let after = commits(pool).await?;
