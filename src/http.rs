@@ -22,9 +22,11 @@ use uuid::Uuid;
 
 use chronicle_aggregates::client::Role;
 use chronicle_aggregates::ErrorCode;
+use chronicle_projections::LogCursor;
 
 use crate::api::{Caller, ChronicleSchema};
 use crate::db;
+use crate::projection::ReadModels;
 use crate::security::{Authenticator, Revocations};
 
 const CORRELATION_HEADER: &str = "x-correlation-id";
@@ -40,6 +42,8 @@ pub struct AppState {
     pub authenticator: Option<Authenticator>,
     /// Key revocations, to close the sockets of revoked keys (`None` without authentication).
     pub revocations: Option<Revocations>,
+    /// The read models, for requests that wait to read their writes.
+    pub read_models: ReadModels,
     /// Bounds on one HTTP request.
     pub limits: HttpLimits,
 }
@@ -86,6 +90,9 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
         Ok((caller, _)) => caller,
         Err(refusal) => return refusal.into_response(),
     };
+    if let Err(refusal) = wait_for_position(&state, request.headers()).await {
+        return refusal.into_response();
+    }
     let request =
         match GraphQLRequest::<async_graphql_axum::rejection::GraphQLRejection>::from_request(
             request,
@@ -196,6 +203,29 @@ async fn ready(State(state): State<AppState>) -> StatusCode {
     }
 }
 
+/// The header a request names a log position with (a cursor a mutation returned): it is
+/// served once the read models have applied the log up to there.
+const AFTER_HEADER: &str = "x-chronicle-after";
+/// The longest a request waits for the read models.
+const AFTER_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits, bounded, until the read models have passed the position the request names.
+async fn wait_for_position(state: &AppState, headers: &HeaderMap) -> Result<(), Refusal> {
+    let Some(value) = headers.get(AFTER_HEADER) else {
+        return Ok(());
+    };
+    let position: LogCursor = value
+        .to_str()
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .ok_or(Refusal::BadPosition)?;
+    state
+        .read_models
+        .wait_past(position, AFTER_WAIT)
+        .await
+        .map_err(|not_yet| Refusal::NotYet(not_yet.to_string()))
+}
+
 /// Why a request was not served.
 enum Refusal {
     /// No key, or not a valid one.
@@ -204,13 +234,18 @@ enum Refusal {
     Unavailable,
     /// The request ran past the timeout.
     TimedOut(Duration),
+    /// `x-chronicle-after` is not a log cursor.
+    BadPosition,
+    /// The read models did not reach the position in time.
+    NotYet(String),
 }
 
 impl Refusal {
     fn code(&self) -> ErrorCode {
         match self {
             Self::Unauthenticated(_) => ErrorCode::Unauthenticated,
-            Self::Unavailable | Self::TimedOut(_) => ErrorCode::Unavailable,
+            Self::Unavailable | Self::TimedOut(_) | Self::NotYet(_) => ErrorCode::Unavailable,
+            Self::BadPosition => ErrorCode::Validation,
         }
     }
 
@@ -218,6 +253,10 @@ impl Refusal {
         match self {
             Self::Unauthenticated(why) => (*why).to_owned(),
             Self::Unavailable => "the database is unavailable; retry later".into(),
+            Self::BadPosition => format!(
+                "`{AFTER_HEADER}` takes a log cursor (`c2.<position>`) a mutation returned"
+            ),
+            Self::NotYet(why) => why.clone(),
             Self::TimedOut(limit) => format!(
                 "the request took longer than {} s; a mutation may have taken effect, retry it with the same idempotency key",
                 limit.as_secs()
@@ -230,8 +269,9 @@ impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         let status = match &self {
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::NotYet(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::TimedOut(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::BadPosition => StatusCode::BAD_REQUEST,
         };
         let body = serde_json::json!({
             "data": null,

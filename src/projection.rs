@@ -2,6 +2,7 @@
 //! page application, rebuilds from zero and status for operators; and the roles (projectors,
 //! workers) one instance at a time holds.
 
+mod consistency;
 mod leader;
 mod runner;
 
@@ -19,6 +20,7 @@ use chronicle_projections::transfers::Transfers;
 use chronicle_projections::transitions::Transitions;
 use chronicle_projections::Projector;
 
+pub use consistency::{NotYet, ReadModels};
 pub use leader::{Role, Roles};
 pub use runner::{ProjectionRunner, Rebuild, RunnerError, RunnerSettings};
 

@@ -12,6 +12,6 @@ mod revocations;
 pub use bootstrap::{bootstrap_admin, ADMIN_CLIENT};
 pub use egress::{EgressPolicy, Refused};
 pub use keys::{Authenticator, Identity, KeyHasher, NewKey};
-pub use pepper::Pepper;
+pub use pepper::{Pepper, PepperError};
 pub use rate_limit::{MutationCost, RateLimiter, RateLimits};
 pub use revocations::{KeyNews, RevocationWatch, Revocations};

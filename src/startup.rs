@@ -32,7 +32,7 @@ use crate::http::{router, AppState, HttpLimits};
 use crate::llm::{LlmActions, PgCustomIds, Submitter};
 use crate::log::{LiveLog, LogReader, LogWaker};
 use crate::privacy::Vault;
-use crate::projection::{self, Roles};
+use crate::projection::{self, ReadModels, Roles};
 use crate::security::{
     bootstrap_admin, Authenticator, EgressPolicy, KeyHasher, Pepper, RateLimiter, RateLimits,
     Revocations,
@@ -193,11 +193,17 @@ async fn api_state(config: &Config, core: &Core, pepper: &Pepper) -> anyhow::Res
         let authenticator = Authenticator::new(core.pool.clone(), hasher);
         (Some(authenticator), Some(revocations))
     };
+    let read_models = ReadModels::new(
+        core.pool.clone(),
+        core.waker.clone(),
+        &projection::standard(),
+    );
     Ok(AppState {
         schema,
         pool: core.pool.clone(),
         authenticator,
         revocations,
+        read_models,
         limits: HttpLimits {
             max_body_bytes: security.max_body_bytes,
             request_timeout: Duration::from_secs(security.request_timeout_secs.max(1)),

@@ -24,6 +24,7 @@ mod pseudonyms;
 mod query_jobs;
 mod rabbitmq;
 mod racing_starts;
+mod read_your_writes;
 mod request_streams;
 mod schema_file;
 mod security;

@@ -35,7 +35,7 @@ async fn submit(app: &TestApp, prefix: &str, count: usize) -> Vec<String> {
 /// the transaction of the batch event that carries it.
 async fn streams(app: &TestApp, ids: &[String]) -> Vec<(i64, bool)> {
     sqlx::query_as(
-        "SELECT count(r.*), bool_and(r.transaction_id = b.transaction_id)
+        "SELECT count(r.*), coalesce(bool_and(r.transaction_id = b.transaction_id), false)
            FROM unnest($1::text[]) AS id
            LEFT JOIN events r ON r.aggregate_type = 'Request' AND r.aggregate_id = id
                               AND r.event_type = 'RequestSubmitted'
