@@ -3,29 +3,17 @@
 
 use serde_json::{json, Value};
 
-use crate::support::{TestApp, TestDb, ADMIN_KEY};
+use crate::support::{error_code as code, TestApp, TestDb, ADMIN_KEY};
 
 const CREATE: &str = "mutation($i: CreateSimulationInput!) {
     createSimulation(input: $i) { aggregateId cursor } }";
 const READ: &str = "query($id: UUID!) { simulation(id: $id) { id status } }";
 
 async fn post(app: &TestApp, after: Option<&str>, query: &str, variables: Value) -> (u16, Value) {
-    let mut request = reqwest::Client::new()
-        .post(format!("http://{}/graphql", app.address))
-        .bearer_auth(ADMIN_KEY)
-        .json(&json!({ "query": query, "variables": variables }));
-    if let Some(after) = after {
-        request = request.header("x-chronicle-after", after);
-    }
-    let response = request.send().await.expect("POST");
-    let status = response.status().as_u16();
-    (status, response.json().await.expect("JSON"))
-}
-
-fn code(response: &Value) -> &str {
-    response["errors"][0]["extensions"]["code"]
-        .as_str()
-        .unwrap_or_default()
+    let bearer = format!("Bearer {ADMIN_KEY}");
+    let mut headers = vec![("Authorization", bearer.as_str())];
+    headers.extend(after.map(|after| ("x-chronicle-after", after)));
+    app.post_with(&headers, query, variables).await
 }
 
 #[tokio::test]

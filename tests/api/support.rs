@@ -21,3 +21,10 @@ pub use orthanc::Orthanc;
 pub use proxy::Proxy;
 pub use receiver::{Behaviour, Receiver};
 pub use ws::Subscription;
+
+/// The `code` extension of a response's first error (empty without one).
+pub fn error_code(response: &serde_json::Value) -> &str {
+    response["errors"][0]["extensions"]["code"]
+        .as_str()
+        .unwrap_or_default()
+}

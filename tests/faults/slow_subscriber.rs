@@ -162,6 +162,11 @@ async fn a_slow_subscriber_holds_the_server_back_and_misses_nothing() {
     let received = subscriber
         .finish(expected.len(), Duration::from_secs(120))
         .await;
-    checks::subscription_saw(&received, &expected);
+    // Workers may still append (the batch closer closes the last batch when it has waited
+    // long enough): the subscription is held against the log as it is now, every event of it
+    // that the subscriber got.
+    let now = checks::events_after(&db.pool, head).await;
+    assert!(received.len() >= expected.len() && received.len() <= now.len());
+    checks::subscription_saw(&received, &now[..received.len()]);
     server.stop().await;
 }

@@ -7,13 +7,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{TestApp, TestDb};
-
-fn code(response: &Value) -> &str {
-    response["errors"][0]["extensions"]["code"]
-        .as_str()
-        .unwrap_or_default()
-}
+use crate::support::{error_code as code, TestApp, TestDb};
 
 /// Ten spreads per fragment, eight levels deep: under a kilobyte, 10^8 selections expanded.
 fn fragment_bomb(operation: &str, leaf: &str) -> String {

@@ -3,26 +3,16 @@
 
 use serde_json::{json, Value};
 
-use crate::support::{TestApp, TestDb, ADMIN_KEY};
+use crate::support::{error_code as code, TestApp, TestDb, ADMIN_KEY};
 
 const ME: &str = "{ me { clientId role } }";
 
 async fn post(app: &TestApp, authorization: Option<&str>) -> (u16, Value) {
-    let mut request = reqwest::Client::new()
-        .post(format!("http://{}/graphql", app.address))
-        .json(&json!({ "query": ME }));
-    if let Some(value) = authorization {
-        request = request.header("Authorization", value);
-    }
-    let response = request.send().await.expect("POST");
-    let status = response.status().as_u16();
-    (status, response.json().await.expect("JSON"))
-}
-
-fn code(response: &Value) -> &str {
-    response["errors"][0]["extensions"]["code"]
-        .as_str()
-        .unwrap_or_default()
+    let headers: Vec<(&str, &str)> = authorization
+        .map(|v| ("Authorization", v))
+        .into_iter()
+        .collect();
+    app.post_with(&headers, ME, json!({})).await
 }
 
 #[tokio::test]

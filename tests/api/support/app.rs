@@ -179,6 +179,26 @@ impl TestApp {
         self.graphql_as(ADMIN_KEY, query, variables).await
     }
 
+    /// Posts a GraphQL request with exactly `headers` (no key unless one is among them); the
+    /// HTTP status and the body.
+    pub async fn post_with(
+        &self,
+        headers: &[(&str, &str)],
+        query: &str,
+        variables: Value,
+    ) -> (u16, Value) {
+        let mut request = self
+            .http
+            .post(format!("http://{}/graphql", self.address))
+            .json(&json!({ "query": query, "variables": variables }));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("POST");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("JSON"))
+    }
+
     /// Posts a GraphQL request with API key `key` and returns the whole response body.
     pub async fn graphql_as(&self, key: &str, query: &str, variables: Value) -> Value {
         self.post_graphql(key, None, query, variables).await
