@@ -73,7 +73,8 @@ impl HistoryQuery {
     }
 
     /// One of your aggregates as it was after event `version`, or as it was at time `at`
-    /// (give one), by replaying its events. Errors: `NOT_FOUND`, `VALIDATION`.
+    /// (give one), by replaying its events. A version past its last one, or a time still to
+    /// come, is an error, not its latest state. Errors: `NOT_FOUND`, `VALIDATION`.
     async fn aggregate_at(
         &self,
         ctx: &Context<'_>,
@@ -91,6 +92,9 @@ impl HistoryQuery {
         if version.is_some_and(|v| v < 0) {
             return Err(ApiError::Validation("version must be 0 or more".into()));
         }
+        if at.is_some_and(|at| at > Utc::now()) {
+            return Err(ApiError::Validation("`at` is still to come".into()));
+        }
         let events = ctx
             .data_unchecked::<LogReader>()
             .aggregate_events(
@@ -103,6 +107,12 @@ impl HistoryQuery {
         let (last_version, recorded_at) = events
             .last()
             .map_or((0, None), |e| (e.sequence, Some(e.recorded_at)));
+        let replayed_all = i64::try_from(events.len()).unwrap_or(i64::MAX) < MAX_REPLAY;
+        if let Some(wanted) = version.filter(|wanted| *wanted > last_version && replayed_all) {
+            return Err(ApiError::Validation(format!(
+                "version {wanted} is past the aggregate's last version, {last_version}"
+            )));
+        }
         let state = match aggregate_type.as_str() {
             "Request" => replay::<Request>(&events),
             "Batch" => replay::<Batch>(&events),

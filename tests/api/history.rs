@@ -91,6 +91,18 @@ async fn an_aggregate_is_shown_as_it_was_at_a_version_or_a_time() {
         before["data"]["aggregateAt"]["state"]["status"],
         Value::Null
     );
+    // Past the end, in version or in time, is an error, not the latest state.
+    let future = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    for past_the_end in [
+        json!({ "t": "Batch", "i": batch, "v": 99 }),
+        json!({ "t": "Batch", "i": batch, "at": future }),
+    ] {
+        let refused = app.graphql(AT, past_the_end.clone()).await;
+        assert_eq!(
+            refused["errors"][0]["extensions"]["code"], "VALIDATION",
+            "{past_the_end}: {refused}"
+        );
+    }
 
     let pending = eventually(Duration::from_secs(15), "the request's stream", || async {
         let response = app
