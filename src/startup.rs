@@ -135,7 +135,12 @@ impl Core {
 
 /// The GraphQL schema and what the HTTP layer needs: keys (with the bootstrap admin's
 /// installed) and the revocations that close sockets.
-async fn api_state(config: &Config, core: &Core, pepper: &Pepper) -> anyhow::Result<AppState> {
+async fn api_state(
+    config: &Config,
+    core: &Core,
+    pepper: &Pepper,
+    projectors: &[Arc<dyn Projector>],
+) -> anyhow::Result<AppState> {
     let security = &config.security;
     let live = LiveLog::start(
         core.reader.clone(),
@@ -193,11 +198,7 @@ async fn api_state(config: &Config, core: &Core, pepper: &Pepper) -> anyhow::Res
         let authenticator = Authenticator::new(core.pool.clone(), hasher);
         (Some(authenticator), Some(revocations))
     };
-    let read_models = ReadModels::new(
-        core.pool.clone(),
-        core.waker.clone(),
-        &projection::standard(),
-    );
+    let read_models = ReadModels::new(core.pool.clone(), core.waker.clone(), projectors);
     Ok(AppState {
         schema,
         pool: core.pool.clone(),
@@ -244,9 +245,10 @@ impl Application {
             .await
             .context("loading the pepper")?;
         let (core, mut workers) = Core::new(config, pool, &options, &pepper, wiring.upcasters);
+        let read_models = wiring.projectors.clone();
         workers::spawn_projectors(&core, config, wiring.projectors, &mut workers);
         workers::spawn_workers(&core, config, &mut workers)?;
-        let state = api_state(config, &core, &pepper).await?;
+        let state = api_state(config, &core, &pepper, &read_models).await?;
         Ok(Self {
             listener,
             state,

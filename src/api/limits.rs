@@ -223,29 +223,15 @@ impl<'d> Counter<'d> {
     }
 
     fn list_len(&self, value: &Value) -> u64 {
-        let len = match value {
-            Value::List(items) => items.len(),
-            Value::Variable(name) => self
-                .variables
-                .get(name)
-                .and_then(|value| match value {
-                    ConstValue::List(items) => Some(items.len()),
-                    ConstValue::Null
-                    | ConstValue::Number(_)
-                    | ConstValue::String(_)
-                    | ConstValue::Boolean(_)
-                    | ConstValue::Binary(_)
-                    | ConstValue::Enum(_)
-                    | ConstValue::Object(_) => None,
-                })
-                .unwrap_or(0),
-            Value::Null
-            | Value::Number(_)
-            | Value::String(_)
-            | Value::Boolean(_)
-            | Value::Binary(_)
-            | Value::Enum(_)
-            | Value::Object(_) => 0,
+        let len = if let Value::List(items) = value {
+            items.len()
+        } else if let Value::Variable(name) = value {
+            match self.variables.get(name) {
+                Some(ConstValue::List(items)) => items.len(),
+                Some(_) | None => 0,
+            }
+        } else {
+            0
         };
         u64::try_from(len).unwrap_or(u64::MAX)
     }
