@@ -242,7 +242,7 @@ impl Commands {
         idempotency: Option<IdempotencyKey>,
     ) -> Result<CommandReceipt, CommandError>
     where
-        A: Upcast + Clone,
+        A: Upcast,
         A::Error: DomainError,
         A::Command: Clone,
     {
@@ -278,7 +278,7 @@ impl Commands {
         idempotency: Option<IdempotencyKey>,
     ) -> Result<CommandReceipt, CommandError>
     where
-        A: Upcast + Clone,
+        A: Upcast,
         A::Error: DomainError,
         A::Command: Clone,
     {
@@ -349,7 +349,7 @@ impl Commands {
         services: &A::Services,
     ) -> Result<CommandReceipt, Refusal<A::Error>>
     where
-        A: Upcast + Clone,
+        A: Upcast,
         A::Error: DomainError,
         A::Command: Clone,
     {
@@ -387,7 +387,7 @@ impl Commands {
         command_id: String,
     ) -> Result<CommandReceipt, Refusal<A::Error>>
     where
-        A: Upcast + Clone,
+        A: Upcast,
         A::Error: DomainError,
         A::Command: Clone,
     {
@@ -422,38 +422,37 @@ impl Commands {
         command_id: String,
     ) -> Result<CommandReceipt, Refusal<A::Error>>
     where
-        A: Upcast + Clone,
+        A: Upcast,
         A::Error: DomainError,
     {
-        let store = self.stores.store::<A>();
-        let loaded = store.load_aggregate(aggregate_id).await?;
-        let previous_version = loaded.current_sequence;
-        // Decide on a copy: postgres-es 0.5 re-applies the new events to the loaded state
-        // when it writes a snapshot, so that state must stay as it was loaded.
-        let mut decided = loaded.aggregate.clone();
+        let mut decided = self
+            .stores
+            .store::<A>()
+            .load_aggregate(aggregate_id)
+            .await?;
+        let previous_version = decided.current_sequence;
         let sink = EventSink::default();
         decided
+            .aggregate
             .handle(command, services, &sink)
             .await
             .map_err(Refusal::Rejected)?;
         let events = sink.collect().await;
         let metadata = context.metadata(command_id);
-        let committed = store.commit(events, loaded, metadata.to_map()).await?;
-        let version = committed
-            .last()
-            .map_or(previous_version, |event| event.sequence);
-        let version = i64::try_from(version)
-            .map_err(|e| Refusal::Failed(CommandError::Internal(e.to_string())))?;
-        let cursor = if committed.is_empty() {
-            None
-        } else {
-            Some(cursor_of(self.pool(), A::TYPE, aggregate_id, version).await?)
+        let appended = self
+            .stores
+            .append(decided, &events, &metadata)
+            .await
+            .map_err(AggregateError::<A::Error>::from)?;
+        let (version, cursor) = match appended.last() {
+            Some((version, cursor)) => (version, Some(cursor)),
+            None => (to_version(previous_version)?, None),
         };
         Ok(CommandReceipt {
             aggregate_type: A::TYPE.to_owned(),
             aggregate_id: aggregate_id.to_owned(),
             version,
-            events: committed.len(),
+            events: appended.events.len(),
             cursor,
         })
     }
@@ -463,22 +462,8 @@ impl Commands {
     }
 }
 
-async fn cursor_of(
-    pool: &PgPool,
-    aggregate_type: &str,
-    aggregate_id: &str,
-    sequence: i64,
-) -> Result<LogCursor, sqlx::Error> {
-    let position: i64 = sqlx::query_scalar(
-        "SELECT log_position FROM events
-          WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
-    )
-    .bind(aggregate_type)
-    .bind(aggregate_id)
-    .bind(sequence)
-    .fetch_one(pool)
-    .await?;
-    Ok(LogCursor::at(position))
+fn to_version<E>(sequence: usize) -> Result<i64, Refusal<E>> {
+    i64::try_from(sequence).map_err(|e| Refusal::Failed(CommandError::Internal(e.to_string())))
 }
 
 #[cfg(test)]

@@ -48,6 +48,13 @@ pub fn command(aggregate: &'static str, outcome: &'static str, took: Duration, e
         .increment(events as u64);
 }
 
+/// Records one group commit of `appends` commands' appends (their mean is the ratio of the
+/// two counters).
+pub fn group_commit(appends: usize) {
+    metrics::counter!("chronicle_group_commits_total").increment(1);
+    metrics::counter!("chronicle_group_commit_appends_total").increment(appends as u64);
+}
+
 /// Counts an open subscription until dropped.
 pub struct SubscriptionGuard;
 

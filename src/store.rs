@@ -1,19 +1,25 @@
 //! Event store wiring: cqrs-es's persisted store over our `events` and `snapshots` tables
-//! (postgres-es loads, [`ChronicleRepository`] appends), with each aggregate's upcasters and
-//! its configured snapshot interval.
+//! (postgres-es loads; [`EventStores::append`] writes, through the group committer), with
+//! each aggregate's upcasters and its configured snapshot interval.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+mod append;
+mod group_commit;
 mod inline;
 mod repository;
 
 use chronicle_aggregates::{Upcast, Upcasters};
-use cqrs_es::persist::PersistedEventStore;
+use chronicle_projections::EventMetadata;
+use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore, PersistenceError};
 use sqlx::PgPool;
 
 use crate::privacy::Vault;
+use append::Append;
+use group_commit::Appender;
 
+pub use append::Appended;
 pub use inline::{InlineProjectors, LOG_LOCK};
 pub use repository::ChronicleRepository;
 
@@ -27,12 +33,13 @@ pub struct EventStores {
     vault: Vault,
     snapshot_every: Arc<HashMap<String, usize>>,
     upcasters: Arc<Upcasters>,
-    inline: InlineProjectors,
+    appender: Appender,
 }
 
 impl EventStores {
     /// Stores over `pool`, snapshotting the listed aggregate types every N events, sealing
-    /// personal data with `vault`, applying `inline` projectors in each append.
+    /// personal data with `vault`, applying `inline` projectors in each append. Starts the
+    /// group committer, so it must be called within the runtime.
     pub fn new(
         pool: PgPool,
         snapshots: &[(String, usize)],
@@ -41,26 +48,47 @@ impl EventStores {
         inline: InlineProjectors,
     ) -> Self {
         Self {
+            appender: Appender::start(pool.clone(), vault.clone(), inline),
             pool,
             vault,
             snapshot_every: Arc::new(snapshots.iter().cloned().collect()),
             upcasters: Arc::new(upcasters),
-            inline,
         }
+    }
+
+    /// Appends `events` with `metadata` (and the snapshot that falls due) in the next group
+    /// commit; `decided` is the loaded context whose aggregate decided them (and so applied
+    /// them).
+    ///
+    /// # Errors
+    /// `OptimisticLockError` when another writer appended to the aggregate first; the
+    /// database's failure otherwise.
+    pub async fn append<A: Upcast>(
+        &self,
+        decided: EventStoreAggregateContext<A>,
+        events: &[A::Event],
+        metadata: &EventMetadata,
+    ) -> Result<Appended, PersistenceError> {
+        let append = Append::new(decided, events, metadata, self.snapshot_every::<A>())?;
+        self.appender.append(append).await
+    }
+
+    fn snapshot_every<A: Upcast>(&self) -> usize {
+        self.snapshot_every.get(A::TYPE).copied().unwrap_or(0)
     }
 
     /// The store for `A`: snapshotting if configured, upcasting on every load.
     pub fn store<A: Upcast>(&self) -> Store<A> {
-        let every = self.snapshot_every.get(A::TYPE).copied();
+        let every = self.snapshot_every::<A>();
         let repository = ChronicleRepository::new(
             self.pool.clone(),
-            every.unwrap_or(0),
+            every,
             self.vault.clone(),
-            self.inline.clone(),
+            self.appender.clone(),
         );
         let store = match every {
-            Some(every) => PersistedEventStore::new_snapshot_store(repository, every),
-            None => PersistedEventStore::new_event_store(repository),
+            0 => PersistedEventStore::new_event_store(repository),
+            every => PersistedEventStore::new_snapshot_store(repository, every),
         };
         store.with_upcasters(A::upcasters())
     }

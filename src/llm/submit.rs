@@ -110,7 +110,11 @@ impl Submitter {
                 None => Uuid::now_v7(),
             })
             .collect();
-        let earlier = self.already_accepted(&ids).await?;
+        // Fresh ids cannot be taken yet: only a keyed repeat looks them up.
+        let earlier = match seed {
+            Some(_) => self.already_accepted(&ids).await?,
+            None => HashMap::new(),
+        };
         let mut accepted: Vec<Option<Accepted>> = vec![None; count];
         let mut groups: BTreeMap<(Endpoint, String), Vec<(usize, BatchEntry)>> = BTreeMap::new();
         for ((index, spec), request_id) in specs.into_iter().enumerate().zip(ids) {

@@ -45,8 +45,9 @@ impl InlineProjectors {
         self.projectors.iter().any(|p| p.name() == name)
     }
 
-    /// Applies the new `events` (of one aggregate, in log order) with every inline projector
-    /// that reads them and is caught up, inside the append's transaction `conn`.
+    /// Applies the new `events` (of one group commit, in log order) with every inline
+    /// projector that reads any of them and is caught up, inside the append's transaction
+    /// `conn`.
     ///
     /// # Errors
     /// The projector's or the database's.
@@ -55,44 +56,53 @@ impl InlineProjectors {
         conn: &mut PgConnection,
         events: &[RecordedEvent],
     ) -> Result<(), ProjectionError> {
-        let (Some(first), Some(last)) = (events.first(), events.last()) else {
-            return Ok(());
-        };
-        let refs: Vec<&RecordedEvent> = events.iter().collect();
-        for projector in self
-            .projectors
-            .iter()
-            .filter(|p| reads(p.as_ref(), &first.aggregate_type))
-        {
-            let types = projector
-                .aggregate_types()
-                .map(|types| types.iter().map(|t| (*t).to_owned()).collect::<Vec<_>>());
-            let caught_up = sqlx::query_scalar::<_, bool>(
-                "WITH moved AS (
-                    UPDATE projection_checkpoints c
-                       SET log_position = $2, events_applied = events_applied + $3,
-                           updated_at = now()
-                     WHERE name = $1
-                       AND NOT EXISTS (
-                           SELECT 1 FROM events e
-                            WHERE e.log_position > c.log_position AND e.log_position < $4
-                              AND ($5::text[] IS NULL OR e.aggregate_type = ANY($5)))
-                    RETURNING pg_notify('chronicle_projected', $1))
-                 SELECT EXISTS (SELECT 1 FROM moved)",
-            )
-            .bind(projector.name())
-            .bind(last.cursor.position)
-            .bind(i64::try_from(events.len()).unwrap_or(i64::MAX))
-            .bind(first.cursor.position)
-            .bind(types)
-            .fetch_one(&mut *conn)
-            .await?;
-            if caught_up {
-                projector.apply(&mut *conn, &refs).await?;
+        for projector in self.projectors.iter() {
+            let read: Vec<&RecordedEvent> = events
+                .iter()
+                .filter(|e| reads(projector.as_ref(), &e.aggregate_type))
+                .collect();
+            let (Some(first), Some(last)) = (read.first(), read.last()) else {
+                continue;
+            };
+            if caught_up(conn, projector.as_ref(), (first, last), read.len()).await? {
+                projector.apply(&mut *conn, &read).await?;
             }
         }
         Ok(())
     }
+}
+
+/// Moves `projector`'s checkpoint past `last` if it has applied every event of its types
+/// before `first`: then it applies these `count` events now, else its runner will.
+async fn caught_up(
+    conn: &mut PgConnection,
+    projector: &dyn Projector,
+    (first, last): (&RecordedEvent, &RecordedEvent),
+    count: usize,
+) -> Result<bool, ProjectionError> {
+    let types = projector
+        .aggregate_types()
+        .map(|types| types.iter().map(|t| (*t).to_owned()).collect::<Vec<_>>());
+    Ok(sqlx::query_scalar::<_, bool>(
+        "WITH moved AS (
+            UPDATE projection_checkpoints c
+               SET log_position = $2, events_applied = events_applied + $3,
+                   updated_at = now()
+             WHERE name = $1
+               AND NOT EXISTS (
+                   SELECT 1 FROM events e
+                    WHERE e.log_position > c.log_position AND e.log_position < $4
+                      AND ($5::text[] IS NULL OR e.aggregate_type = ANY($5)))
+            RETURNING pg_notify('chronicle_projected', $1))
+         SELECT EXISTS (SELECT 1 FROM moved)",
+    )
+    .bind(projector.name())
+    .bind(last.cursor.position)
+    .bind(i64::try_from(count).unwrap_or(i64::MAX))
+    .bind(first.cursor.position)
+    .bind(types)
+    .fetch_one(&mut *conn)
+    .await?)
 }
 
 fn reads(projector: &dyn Projector, aggregate_type: &str) -> bool {
