@@ -337,7 +337,11 @@ fn landed(
     append: &Append,
     event: &SerializedEvent,
 ) -> Option<(LogCursor, DateTime<Utc>)> {
-    let key = (append.aggregate_type, append.aggregate_id.as_str(), to_i64(event.sequence));
+    let key = (
+        append.aggregate_type,
+        append.aggregate_id.as_str(),
+        to_i64(event.sequence),
+    );
     let (position, recorded_at) = stored.get(&key)?;
     Some((LogCursor::at(*position), *recorded_at))
 }
@@ -364,11 +368,23 @@ async fn insert_events<'a>(
                               $6::jsonb[], $7::jsonb[])
          RETURNING aggregate_type, aggregate_id, sequence, log_position, recorded_at",
     )
-    .bind(events().map(|e| e.aggregate_type.as_str()).collect::<Vec<_>>())
-    .bind(events().map(|e| e.aggregate_id.as_str()).collect::<Vec<_>>())
+    .bind(
+        events()
+            .map(|e| e.aggregate_type.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        events()
+            .map(|e| e.aggregate_id.as_str())
+            .collect::<Vec<_>>(),
+    )
     .bind(events().map(|e| to_i64(e.sequence)).collect::<Vec<_>>())
     .bind(events().map(|e| e.event_type.as_str()).collect::<Vec<_>>())
-    .bind(events().map(|e| e.event_version.as_str()).collect::<Vec<_>>())
+    .bind(
+        events()
+            .map(|e| e.event_version.as_str())
+            .collect::<Vec<_>>(),
+    )
     .bind(payloads)
     .bind(events().map(|e| &e.metadata).collect::<Vec<_>>())
     .fetch_all(conn)
@@ -386,7 +402,11 @@ async fn insert_events<'a>(
         .filter_map(|(kind, id, sequence, position, at)| {
             let append = keys.get(&(kind.as_str(), id.as_str()))?;
             Some((
-                (append.aggregate_type, append.aggregate_id.as_str(), sequence),
+                (
+                    append.aggregate_type,
+                    append.aggregate_id.as_str(),
+                    sequence,
+                ),
                 (position, at),
             ))
         })
@@ -426,11 +446,28 @@ async fn write_snapshots(
                 payload = EXCLUDED.payload
           WHERE snapshots.last_sequence < EXCLUDED.last_sequence",
     )
-    .bind(snapshots.iter().map(|(a, _)| a.aggregate_type).collect::<Vec<_>>())
-    .bind(snapshots.iter().map(|(a, _)| a.aggregate_id.as_str()).collect::<Vec<_>>())
-    .bind(field(|a| a.snapshot.as_ref().map_or(0, |s| s.last_sequence)))
+    .bind(
+        snapshots
+            .iter()
+            .map(|(a, _)| a.aggregate_type)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        snapshots
+            .iter()
+            .map(|(a, _)| a.aggregate_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(field(|a| {
+        a.snapshot.as_ref().map_or(0, |s| s.last_sequence)
+    }))
     .bind(field(|a| a.snapshot.as_ref().map_or(0, |s| s.counter)))
-    .bind(snapshots.iter().map(|(_, payload)| *payload).collect::<Vec<_>>())
+    .bind(
+        snapshots
+            .iter()
+            .map(|(_, payload)| *payload)
+            .collect::<Vec<_>>(),
+    )
     .execute(conn)
     .await?;
     if written.rows_affected() == snapshots.len() as u64 {

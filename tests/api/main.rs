@@ -14,6 +14,7 @@ mod bench;
 mod cli;
 mod delivery;
 mod driver;
+mod group_commit;
 mod history;
 mod http;
 mod idempotency;
