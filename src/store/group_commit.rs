@@ -476,3 +476,68 @@ async fn write_snapshots(
         Err(Failure::StaleSnapshot)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use cqrs_es::persist::SerializedEvent;
+    use serde_json::Value;
+
+    use super::*;
+
+    fn pending(id: &str, events: usize) -> Pending {
+        let event = |sequence| {
+            SerializedEvent::new(
+                id.into(),
+                sequence,
+                "Ledger".into(),
+                "Deposited".into(),
+                "2.0.0".into(),
+                Value::Null,
+                Value::Null,
+            )
+        };
+        let append = Append {
+            aggregate_type: "Ledger",
+            aggregate_id: id.into(),
+            events: (1..=events).map(event).collect(),
+            snapshot: None,
+        };
+        let (reply, _) = oneshot::channel();
+        Pending { append, reply }
+    }
+
+    async fn groups(queued: Vec<Pending>) -> Vec<Vec<String>> {
+        let (sender, mut queue) = mpsc::channel(QUEUE);
+        for pending in queued {
+            assert!(sender.try_send(pending).is_ok());
+        }
+        drop(sender);
+        let mut deferred = VecDeque::new();
+        let mut groups = Vec::new();
+        while let Some(group) = next_group(&mut queue, &mut deferred).await {
+            groups.push(group.into_iter().map(|p| p.append.aggregate_id).collect());
+        }
+        groups
+    }
+
+    #[tokio::test]
+    async fn an_aggregate_appears_once_per_group_and_its_appends_keep_their_order() {
+        let queued = ["a", "b", "a", "c", "a", "b"].map(|id| pending(id, 1));
+        assert_eq!(
+            groups(queued.into()).await,
+            [vec!["a", "b", "c"], vec!["a", "b"], vec!["a"]]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_group_stops_taking_appends_at_its_size_limits() {
+        let many: Vec<Pending> = (0..GROUP_APPENDS + 1)
+            .map(|n| pending(&n.to_string(), 1))
+            .collect();
+        let sizes: Vec<usize> = groups(many).await.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [GROUP_APPENDS, 1]);
+
+        let big = vec![pending("big", GROUP_EVENTS + 1), pending("next", 1)];
+        assert_eq!(groups(big).await, [vec!["big"], vec!["next"]]);
+    }
+}
