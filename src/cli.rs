@@ -290,11 +290,7 @@ impl Cli {
             } => {
                 let wiring = Wiring::standard();
                 let known: Vec<&str> = wiring.projectors.iter().map(|p| p.name()).collect();
-                let projector = wiring
-                    .projectors
-                    .iter()
-                    .find(|p| p.name() == name)
-                    .cloned()
+                let set = crate::projection::set_of(wiring.projectors.clone(), &name)
                     .with_context(|| {
                         format!("no projection `{name}`; known: {}", known.join(", "))
                     })?;
@@ -305,7 +301,7 @@ impl Cli {
                     page_size: 2000,
                     standby_retry: config.standby_retry(),
                 };
-                let runner = ProjectionRunner::new(projector, pool, reader, settings);
+                let runner = ProjectionRunner::new(set, pool, reader, settings);
                 let stop = CancellationToken::new();
                 let (roles, holding) = Roles::new(options, config.standby_retry(), stop.clone());
                 let holding = tokio::spawn(holding);
@@ -313,7 +309,7 @@ impl Cli {
                 // Free unless an instance runs it: then that instance rebuilds.
                 role.acquired_within(CLAIM_WAIT).await;
                 let started = Instant::now();
-                let rebuilt = runner.rebuild(&role).await;
+                let rebuilt = runner.rebuild(&role, &name).await;
                 stop.cancel();
                 holding.await.context("the roles task")?;
                 match rebuilt? {

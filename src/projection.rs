@@ -30,6 +30,28 @@ pub fn inline() -> Vec<Arc<dyn Projector>> {
     vec![Arc::new(RequestStreams)]
 }
 
+/// How an instance runs `projectors`, one runner and one role per set: each inline
+/// projector alone (its pages take the log lock, which appends hold, so they must stay
+/// short), and all the others together, one transaction per page for all of them.
+pub fn sets(projectors: Vec<Arc<dyn Projector>>) -> Vec<Vec<Arc<dyn Projector>>> {
+    let inline = inline();
+    let (alone, together): (Vec<_>, Vec<_>) = projectors
+        .into_iter()
+        .partition(|p| inline.iter().any(|i| i.name() == p.name()));
+    let mut sets: Vec<Vec<Arc<dyn Projector>>> = alone.into_iter().map(|p| vec![p]).collect();
+    if !together.is_empty() {
+        sets.push(together);
+    }
+    sets
+}
+
+/// The set of `projectors` (see [`sets`]) that holds the projector `name`.
+pub fn set_of(projectors: Vec<Arc<dyn Projector>>, name: &str) -> Option<Vec<Arc<dyn Projector>>> {
+    sets(projectors)
+        .into_iter()
+        .find(|set| set.iter().any(|p| p.name() == name))
+}
+
 /// The projectors every instance runs.
 pub fn standard() -> Vec<Arc<dyn Projector>> {
     vec![

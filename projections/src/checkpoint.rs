@@ -22,52 +22,72 @@ pub async fn load(conn: &mut PgConnection, name: &str) -> Result<LogCursor, sqlx
     Ok(LogCursor::at(position))
 }
 
-/// Locks the checkpoint row for the rest of the transaction and returns where it stands.
+/// Locks the checkpoint rows of `names` for the rest of the transaction (in name order, as
+/// every locker does) and returns where each stands, in the order of `names`.
 ///
 /// Every writer of a projector's tables takes this lock first (a page being applied, a
 /// reset), so they serialize on it and can never deadlock on the tables' rows.
 ///
 /// # Errors
 /// Any database error.
-pub async fn lock(conn: &mut PgConnection, name: &str) -> Result<LogCursor, sqlx::Error> {
-    // The row exists but for a projector's very first page: one statement in the common case.
+pub async fn lock(conn: &mut PgConnection, names: &[&str]) -> Result<Vec<LogCursor>, sqlx::Error> {
+    // The rows exist but for a projector's very first page: one statement in the common case.
     for _ in 0..2 {
-        let row: Option<i64> = sqlx::query_scalar(
-            "SELECT log_position FROM projection_checkpoints WHERE name = $1 FOR UPDATE",
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT name, log_position FROM projection_checkpoints
+              WHERE name = ANY($1) ORDER BY name FOR UPDATE",
         )
-        .bind(name)
-        .fetch_optional(&mut *conn)
+        .bind(names)
+        .fetch_all(&mut *conn)
         .await?;
-        if let Some(position) = row {
-            return Ok(LogCursor::at(position));
+        let found: Option<Vec<LogCursor>> = names
+            .iter()
+            .map(|name| {
+                let (_, position) = rows.iter().find(|(found, _)| found == name)?;
+                Some(LogCursor::at(*position))
+            })
+            .collect();
+        if let Some(found) = found {
+            return Ok(found);
         }
-        load(&mut *conn, name).await?;
+        for name in names {
+            load(&mut *conn, name).await?;
+        }
     }
     Err(sqlx::Error::RowNotFound)
 }
 
-/// Moves the (locked) checkpoint to `to` after `applied` more events; when some were
-/// applied, `chronicle_projected` is notified on commit.
+/// One projector's checkpoint move: its name, where it moves to, how many events it applied.
+pub type Move<'a> = (&'a str, LogCursor, usize);
+
+/// Moves the (locked) checkpoints in one statement; `chronicle_projected` is notified on
+/// commit for each that applied events.
 ///
 /// # Errors
 /// Any database error.
-pub async fn advance(
-    conn: &mut PgConnection,
-    name: &str,
-    to: LogCursor,
-    applied: usize,
-) -> Result<(), sqlx::Error> {
+pub async fn advance(conn: &mut PgConnection, moves: &[Move<'_>]) -> Result<(), sqlx::Error> {
+    let names: Vec<&str> = moves.iter().map(|(name, ..)| *name).collect();
+    let positions: Vec<i64> = moves.iter().map(|(_, to, _)| to.position).collect();
+    let applied: Vec<i64> = moves
+        .iter()
+        .map(|(.., applied)| i64::try_from(*applied).unwrap_or(i64::MAX))
+        .collect();
     // Applied events changed read models: workers that follow them are told at commit.
     sqlx::query(
-        "WITH moved AS (
-            UPDATE projection_checkpoints
-               SET log_position = $2, events_applied = events_applied + $3, updated_at = now()
-             WHERE name = $1)
-         SELECT pg_notify('chronicle_projected', $1) WHERE $3 > 0",
+        "WITH moves AS (
+            SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[])
+                       AS m(name, position, applied)),
+         moved AS (
+            UPDATE projection_checkpoints c
+               SET log_position = m.position, events_applied = c.events_applied + m.applied,
+                   updated_at = now()
+              FROM moves m
+             WHERE c.name = m.name)
+         SELECT pg_notify('chronicle_projected', name) FROM moves WHERE applied > 0",
     )
-    .bind(name)
-    .bind(to.position)
-    .bind(i64::try_from(applied).unwrap_or(i64::MAX))
+    .bind(names)
+    .bind(positions)
+    .bind(applied)
     .execute(conn)
     .await?;
     Ok(())

@@ -1,37 +1,41 @@
-//! The loop that feeds a projector pages of the global log.
+//! The loop that feeds a set of projectors pages of the global log, one transaction per page
+//! for all of them (see [`super::sets`]).
+
+mod step;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chronicle_projections::{checkpoint, LogCursor, ProjectionError, Projector, RecordedEvent};
+use chronicle_projections::{checkpoint, LogCursor, ProjectionError, Projector};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::leader::Role;
-use crate::log::{LogFilter, LogReader, LogWaker, Page, SharedPages};
-use crate::store::LOG_LOCK;
+use crate::log::{LogReader, LogWaker, SharedPages};
+use step::{Place, Step, StepError};
 
 /// Timing of a runner.
 #[derive(Debug, Clone, Copy)]
 pub struct RunnerSettings {
-    /// Events applied per transaction.
+    /// Events read per page (one transaction).
     pub page_size: u32,
-    /// How long a standby waits before trying to take over again.
+    /// How long a standby waits before trying to take over again, and a projector that
+    /// failed on a page before it tries again.
     pub standby_retry: Duration,
 }
 
-/// Drives one projector on this instance, while this instance holds its leadership.
+/// Drives a set of projectors on this instance, while this instance holds the set's role.
 pub struct ProjectionRunner {
-    projector: Arc<dyn Projector>,
-    /// The projector is also applied inline by appends: its transactions take the log lock
-    /// first, as appends do, so the two never wait on each other in opposite orders.
+    projectors: Vec<Arc<dyn Projector>>,
+    /// The set is an inline projector: its transactions take the log lock first, as appends
+    /// do, so the two never wait on each other in opposite orders.
     inline: bool,
     pool: PgPool,
     reader: LogReader,
-    /// Pages shared with the instance's other projectors, when running with them.
+    /// Pages shared with the instance's other runners, when running with them.
     shared: Option<SharedPages>,
     settings: RunnerSettings,
-    /// When a filtered projector last recorded moving past events it does not need.
+    /// When the set last recorded moving past events its projectors do not need.
     skipped_at: std::sync::Mutex<Option<Instant>>,
 }
 
@@ -39,73 +43,51 @@ pub struct ProjectionRunner {
 /// transaction) then carries several commits' events instead of one each.
 const GATHER: Duration = Duration::from_millis(5);
 
-/// How often a filtered projector records moving past events it does not need: each record
-/// is a write, and until it is made the skipped events are only re-read after a restart.
+/// How often a runner records its projectors moving past events they do not need: each
+/// record is a write, and until it is made the skipped events are only re-read after a
+/// restart.
 const SKIP_EVERY: Duration = Duration::from_secs(1);
 
-/// Why a projector stopped applying pages.
+/// Why a runner stopped applying pages.
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
-    /// The projector failed on a page.
+    /// A projector failed on a page.
     #[error(transparent)]
     Projection(#[from] ProjectionError),
     /// The database failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
-    /// This instance lost the projector's role.
+    /// This instance lost the set's role.
     #[error("the projector's role was lost")]
     RoleLost,
-}
-
-/// Where a runner stands: its stored checkpoint, and how far it has read (past events it does
-/// not need, the read position runs ahead of the checkpoint).
-#[derive(Debug, Clone, Copy)]
-struct Position {
-    stored: LogCursor,
-    read: LogCursor,
-}
-
-impl Position {
-    fn at(cursor: LogCursor) -> Self {
-        Self {
-            stored: cursor,
-            read: cursor,
-        }
-    }
-}
-
-/// What one step did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Step {
-    /// Applied this many events.
-    Applied(usize),
-    /// Moved on without applying (skipped events, or followed a reset checkpoint).
-    Moved,
-    /// Nothing new is committed.
-    Idle,
+    /// No projector of the set has this name.
+    #[error("no projector `{0}` in this set")]
+    Unknown(String),
 }
 
 /// What [`ProjectionRunner::rebuild`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rebuild {
-    /// This process held the projector and applied this many events from the start.
+    /// This process held the set's role and applied this many events from the start.
     Completed(usize),
-    /// Another instance runs the projector: its tables and checkpoint were reset, and that
-    /// instance is applying the log from the start.
+    /// Another instance runs the set: the projector's tables and checkpoint were reset, and
+    /// that instance is applying the log from the start.
     HandedOver,
 }
 
 impl ProjectionRunner {
-    /// A runner for `projector`.
+    /// A runner for the set `projectors`.
     pub fn new(
-        projector: Arc<dyn Projector>,
+        projectors: Vec<Arc<dyn Projector>>,
         pool: PgPool,
         reader: LogReader,
         settings: RunnerSettings,
     ) -> Self {
-        let inline = super::inline().iter().any(|p| p.name() == projector.name());
+        let inline = projectors
+            .iter()
+            .any(|p| super::inline().iter().any(|i| i.name() == p.name()));
         Self {
-            projector,
+            projectors,
             inline,
             pool,
             reader,
@@ -115,26 +97,34 @@ impl ProjectionRunner {
         }
     }
 
-    /// The same runner reading through `shared`, the pages this instance's projectors share.
+    /// The same runner reading through `shared`, the pages this instance's runners share.
     #[must_use]
     pub fn sharing(mut self, shared: SharedPages) -> Self {
         self.shared = Some(shared);
         self
     }
 
-    /// The role that lets an instance run `projector`.
+    /// The role that lets an instance run the set: `projection.<name>` for a set of one,
+    /// `projections` for the set of the instance's asynchronous projectors.
     pub fn role_name(&self) -> String {
-        format!("projection.{}", self.projector.name())
+        match self.projectors.as_slice() {
+            [projector] => format!("projection.{}", projector.name()),
+            _ => "projections".to_owned(),
+        }
+    }
+
+    fn names(&self) -> Vec<&'static str> {
+        self.projectors.iter().map(|p| p.name()).collect()
     }
 
     /// Runs until `shutdown`: standby until `role` is won, then apply the log as it grows.
     pub async fn run(self, role: Role, waker: LogWaker, shutdown: CancellationToken) {
-        let name = self.projector.name();
+        let names = self.names().join(", ");
         let pause = self.settings.standby_retry;
         role.lead_while_held(pause, &shutdown, |role| async {
-            tracing::info!(projection = name, "projector active on this instance");
+            tracing::info!(projections = names, "projectors active on this instance");
             if let Err(error) = self.lead(role, &waker, &shutdown).await {
-                tracing::warn!(projection = name, %error, "projector stopped; will retry");
+                tracing::warn!(projections = names, %error, "projectors stopped; will retry");
             }
         })
         .await;
@@ -147,29 +137,31 @@ impl ProjectionRunner {
         shutdown: &CancellationToken,
     ) -> Result<(), RunnerError> {
         let mut waiter = waker.waiter();
-        let name = self.projector.name();
-        let mut position =
-            Position::at(checkpoint::load(&mut *self.pool.acquire().await?, name).await?);
+        let mut places = self.stored_places().await?;
         let mut resets = waker.resets();
         let mut reset = false;
         while !shutdown.is_cancelled() && role.is_held() {
-            // A rebuild reset the checkpoint while the log was quiet (a page applied notices
-            // a reset by itself: it compares the locked checkpoint).
+            // A rebuild reset a checkpoint while the log was quiet (a page applied notices
+            // a reset by itself: it compares the locked checkpoints).
             if std::mem::take(&mut reset) {
-                let stored = checkpoint::load(&mut *self.pool.acquire().await?, name).await?;
-                if stored != position.stored {
-                    position = Position::at(stored);
+                for (place, stored) in places.iter_mut().zip(self.stored_places().await?) {
+                    if stored.stored != place.stored {
+                        *place = stored;
+                    }
                 }
             }
-            if self.step(&mut position).await? != Step::Idle {
-                continue;
+            match self.step(&mut places).await {
+                Ok(Step::Idle) => {}
+                Ok(Step::Applied(_) | Step::Moved) => continue,
+                Err(StepError::Projector(index, error)) => {
+                    self.pause(index, &mut places[index], &error);
+                    continue;
+                }
+                Err(StepError::Runner(error)) => return Err(error),
             }
-            // Events read past but not recorded as skipped are recorded within SKIP_EVERY,
-            // so that a quiet log leaves every checkpoint at its head.
-            let skip = (position.read != position.stored)
-                .then(|| tokio::time::Instant::now() + SKIP_EVERY);
+            let deadline = next_deadline(&places);
             tokio::select! {
-                () = waiter.wait_until(skip) => tokio::time::sleep(GATHER).await,
+                () = waiter.wait_until(deadline) => tokio::time::sleep(GATHER).await,
                 Ok(()) = resets.changed() => reset = true,
                 () = role.lost() => {}
                 () = shutdown.cancelled() => {}
@@ -178,81 +170,27 @@ impl ProjectionRunner {
         Ok(())
     }
 
-    /// The page after `after` (the shared unfiltered one when running with the instance's
-    /// other projectors, else one filtered by the database) and where reading continues.
-    async fn next_page(&self, after: LogCursor) -> Result<(Arc<Page>, LogCursor), RunnerError> {
-        let limit = self.settings.page_size;
-        let page = match &self.shared {
-            Some(shared) => shared.read(after, limit).await?,
-            None => {
-                let types = self.projector.aggregate_types();
-                let filter = LogFilter {
-                    aggregate_types: types
-                        .map(|types| types.iter().map(|t| (*t).to_owned()).collect()),
-                    ..LogFilter::default()
-                };
-                Arc::new(self.reader.read(after, &filter, limit).await?)
-            }
-        };
-        let next = page.next_cursor(after);
-        Ok((page, next))
+    /// Sets a projector that failed on a page aside for a while; the others go on.
+    fn pause(&self, index: usize, place: &mut Place, error: &ProjectionError) {
+        let name = self.projectors[index].name();
+        let retry = self.settings.standby_retry.max(Duration::from_secs(1));
+        tracing::warn!(projection = name, %error, ?retry, "projector failed on a page; retrying later, the others go on");
+        place.paused_until = Some(Instant::now() + retry);
     }
 
-    /// Applies the next page in one transaction with the checkpoint's move. Pages without
-    /// events for this projector only move its read position; the checkpoint follows at most
-    /// every [`SKIP_EVERY`] (a skip is a write, and skipped events are harmless to re-read).
-    ///
-    /// If a rebuild reset the checkpoint meanwhile, nothing is applied and the runner
-    /// continues from the stored checkpoint.
-    async fn step(&self, position: &mut Position) -> Result<Step, RunnerError> {
-        let (page, next) = self.next_page(position.read).await?;
-        let types = self.projector.aggregate_types();
-        let events: Vec<&RecordedEvent> = page
-            .events
-            .iter()
-            .filter(|e| types.is_none_or(|types| types.contains(&e.aggregate_type.as_str())))
-            .collect();
-        // An empty page means nothing new is committed: waiting is right. A page of events
-        // this projector does not need is progress: more may follow at once.
-        let quiet = if page.events.is_empty() {
-            Step::Idle
-        } else {
-            Step::Moved
-        };
-        if events.is_empty() {
-            position.read = next;
-            if position.stored == next || !self.skip_due() {
-                return Ok(quiet);
-            }
+    /// Every projector's stored checkpoint.
+    async fn stored_places(&self) -> Result<Vec<Place>, sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        let mut places = Vec::with_capacity(self.projectors.len());
+        for projector in &self.projectors {
+            places.push(Place::at(
+                checkpoint::load(&mut conn, projector.name()).await?,
+            ));
         }
-        let name = self.projector.name();
-        let mut tx = self.pool.begin().await?;
-        if self.inline {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(LOG_LOCK)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let stored = checkpoint::lock(&mut tx, name).await?;
-        if stored != position.stored {
-            tracing::debug!(projection = name, from = %stored, "checkpoint moved (a rebuild, or appends applying it inline); following it");
-            *position = Position::at(stored);
-            return Ok(Step::Moved);
-        }
-        if !events.is_empty() {
-            self.projector.apply(&mut tx, &events).await?;
-        }
-        checkpoint::advance(&mut tx, name, next, events.len()).await?;
-        tx.commit().await?;
-        *position = Position::at(next);
-        Ok(if events.is_empty() {
-            quiet
-        } else {
-            Step::Applied(events.len())
-        })
+        Ok(places)
     }
 
-    /// True (and noted) when a filtered projector may record a skip now.
+    /// True (and noted) when the set may record skips now.
     fn skip_due(&self) -> bool {
         let Ok(mut last) = self.skipped_at.lock() else {
             return false;
@@ -265,36 +203,64 @@ impl ProjectionRunner {
         true
     }
 
-    /// Rebuilds the projector from the start of the log.
+    /// Rebuilds projector `name` of the set from the start of the log.
     ///
     /// Resets its tables and checkpoint in one transaction. If this process holds `role` (no
-    /// instance runs the projector), it applies the whole log before returning; otherwise
-    /// the instance that runs it notices the reset and rebuilds while serving.
+    /// instance runs the set), it applies the whole log to it before returning; otherwise
+    /// the instance that runs the set notices the reset and rebuilds while serving.
     ///
     /// # Errors
     /// A database or projection error; [`RunnerError::RoleLost`] when the role is lost
     /// half-way (the instance that takes it over finishes the rebuild).
-    pub async fn rebuild(&self, role: &Role) -> Result<Rebuild, RunnerError> {
-        let name = self.projector.name();
+    pub async fn rebuild(&self, role: &Role, name: &str) -> Result<Rebuild, RunnerError> {
+        let projector = self
+            .projectors
+            .iter()
+            .find(|p| p.name() == name)
+            .cloned()
+            .ok_or_else(|| RunnerError::Unknown(name.to_owned()))?;
         let mut tx = self.pool.begin().await?;
-        checkpoint::lock(&mut tx, name).await?;
-        self.projector.reset(&mut tx).await?;
+        checkpoint::lock(&mut tx, &[name]).await?;
+        projector.reset(&mut tx).await?;
         checkpoint::reset(&mut tx, name).await?;
         tx.commit().await?;
         if !role.is_held() {
             return Ok(Rebuild::HandedOver);
         }
-        let mut position = Position::at(LogCursor::START);
+        let alone = Self::new(
+            vec![projector],
+            self.pool.clone(),
+            self.reader.clone(),
+            self.settings,
+        );
+        let mut places = [Place::at(LogCursor::START)];
         let mut total = 0;
         loop {
             if !role.is_held() {
                 return Err(RunnerError::RoleLost);
             }
-            match self.step(&mut position).await? {
-                Step::Applied(applied) => total += applied,
-                Step::Moved => {}
-                Step::Idle => return Ok(Rebuild::Completed(total)),
+            match alone.step(&mut places).await {
+                Ok(Step::Applied(applied)) => total += applied,
+                Ok(Step::Moved) => {}
+                Ok(Step::Idle) => return Ok(Rebuild::Completed(total)),
+                Err(StepError::Projector(_, error)) => return Err(error.into()),
+                Err(StepError::Runner(error)) => return Err(error),
             }
         }
     }
+}
+
+/// When a waiting runner must look again without being woken: to record skips (events
+/// read past but not recorded are recorded within [`SKIP_EVERY`], so that a quiet log leaves
+/// every checkpoint at its head), or to retry a paused projector.
+fn next_deadline(places: &[Place]) -> Option<tokio::time::Instant> {
+    let skip = places
+        .iter()
+        .any(|p| p.read != p.stored)
+        .then(|| Instant::now() + SKIP_EVERY);
+    let retry = places.iter().filter_map(|p| p.paused_until).min();
+    skip.into_iter()
+        .chain(retry)
+        .min()
+        .map(tokio::time::Instant::from_std)
 }

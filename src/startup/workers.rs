@@ -125,7 +125,8 @@ fn delivery_worker(core: &Core, config: &Config) -> anyhow::Result<DeliveryWorke
     ))
 }
 
-/// A runner per projector, all reading the log's pages through one shared reader.
+/// A runner per set of projectors (see [`crate::projection::sets`]), all reading the log's
+/// pages through one shared reader.
 pub(super) fn spawn_projectors(
     core: &Core,
     config: &Config,
@@ -137,10 +138,9 @@ pub(super) fn spawn_projectors(
         standby_retry: config.standby_retry(),
     };
     let shared = SharedPages::new(core.reader.clone(), core.waker.clone());
-    for projector in projectors {
-        let runner =
-            ProjectionRunner::new(projector, core.pool.clone(), core.reader.clone(), settings)
-                .sharing(shared.clone());
+    for set in crate::projection::sets(projectors) {
+        let runner = ProjectionRunner::new(set, core.pool.clone(), core.reader.clone(), settings)
+            .sharing(shared.clone());
         let role = core.roles.role(&runner.role_name());
         workers.spawn(runner.run(role, core.waker.clone(), core.shutdown.clone()));
     }

@@ -39,12 +39,7 @@ async fn snapshot(pool: &PgPool) -> Vec<String> {
 
 pub async fn rebuild(db: &TestDb, name: &str) {
     let wiring = Wiring::standard();
-    let projector = wiring
-        .projectors
-        .iter()
-        .find(|p| p.name() == name)
-        .cloned()
-        .expect("projector");
+    let set = chronicle::projection::set_of(wiring.projectors, name).expect("projector");
     let reader = LogReader::new(
         db.pool.clone(),
         Arc::new(wiring.upcasters),
@@ -54,9 +49,9 @@ pub async fn rebuild(db: &TestDb, name: &str) {
         page_size: 13,
         standby_retry: Duration::from_millis(100),
     };
-    let runner = ProjectionRunner::new(projector, db.pool.clone(), reader, settings);
+    let runner = ProjectionRunner::new(set, db.pool.clone(), reader, settings);
     assert!(matches!(
-        crate::projections::rebuild_claiming(db, &runner).await,
+        crate::projections::rebuild_claiming(db, &runner, name).await,
         Rebuild::Completed(_)
     ));
 }

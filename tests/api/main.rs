@@ -20,6 +20,7 @@ mod http;
 mod idempotency;
 mod log_order;
 mod projections;
+mod projector_sets;
 mod provider;
 mod pseudonyms;
 mod query_jobs;

@@ -5,21 +5,25 @@ use std::time::Duration;
 
 use chronicle::log::LogReader;
 use chronicle::projection::{ProjectionRunner, Rebuild, Roles, RunnerSettings};
+use chronicle::startup::Wiring;
 use chronicle_aggregates::Upcasters;
-use chronicle_projections::aggregate_index::AggregateIndex;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{eventually, LedgerCommand, TestApp, TestDb};
 
-/// The application names of the sessions holding the `aggregate_index` leadership lock.
+/// The projector these tests rebuild.
+const INDEX: &str = "aggregate_index";
+
+/// The application names of the sessions holding the leadership lock of the asynchronous
+/// projectors' set (`aggregate_index` among them).
 async fn holders(pool: &PgPool) -> Vec<String> {
     sqlx::query_scalar(
         "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
           WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
             AND ((l.classid::bigint << 32) | l.objid::bigint)
-                = hashtextextended('chronicle.projection.aggregate_index', 0)",
+                = hashtextextended('chronicle.projections', 0)",
     )
     .fetch_all(pool)
     .await
@@ -45,17 +49,22 @@ fn runner(db: &TestDb) -> ProjectionRunner {
         page_size: 7,
         standby_retry: Duration::from_millis(100),
     };
-    ProjectionRunner::new(Arc::new(AggregateIndex), db.pool.clone(), reader, settings)
+    let set = chronicle::projection::set_of(Wiring::standard().projectors, INDEX).expect("set");
+    ProjectionRunner::new(set, db.pool.clone(), reader, settings)
 }
 
 /// Rebuilds with `runner`, claiming its role first as `chronicle projections rebuild` does.
-pub(crate) async fn rebuild_claiming(db: &TestDb, runner: &ProjectionRunner) -> Rebuild {
+pub(crate) async fn rebuild_claiming(
+    db: &TestDb,
+    runner: &ProjectionRunner,
+    name: &str,
+) -> Rebuild {
     let stop = CancellationToken::new();
     let (roles, holding) = Roles::new(db.options.clone(), Duration::from_millis(100), stop.clone());
     let holding = tokio::spawn(holding);
     let mut role = roles.role(&runner.role_name());
     role.acquired_within(Duration::from_secs(2)).await;
-    let rebuilt = runner.rebuild(&role).await.expect("rebuild");
+    let rebuilt = runner.rebuild(&role, name).await.expect("rebuild");
     stop.cancel();
     holding.await.expect("roles task");
     rebuilt
@@ -118,7 +127,7 @@ async fn a_rebuild_while_serving_hands_over_and_reproduces_the_read_model() {
         .expect("corrupt");
 
     assert_eq!(
-        rebuild_claiming(&db, &runner(&db)).await,
+        rebuild_claiming(&db, &runner(&db), INDEX).await,
         Rebuild::HandedOver
     );
     eventually(
@@ -142,7 +151,7 @@ async fn an_offline_rebuild_applies_the_whole_log_and_reproduces_the_read_model(
         .await
         .expect("corrupt");
 
-    let rebuilt = rebuild_claiming(&db, &runner(&db)).await;
+    let rebuilt = rebuild_claiming(&db, &runner(&db), INDEX).await;
     // The seed's 24 events and the bootstrap admin's 2 (client created, key issued).
     assert_eq!(rebuilt, Rebuild::Completed(26));
     assert_eq!(index_rows(&db.pool).await, before);

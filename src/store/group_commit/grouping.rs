@@ -1,0 +1,138 @@
+//! Forming groups: whatever is queued, one append per aggregate, within size limits.
+
+use std::collections::{HashSet, VecDeque};
+
+use tokio::sync::mpsc;
+
+use super::Pending;
+
+/// Appends one group takes at most.
+pub(super) const GROUP_APPENDS: usize = 256;
+/// A group takes no further append once it holds this many events (one append may hold more).
+pub(super) const GROUP_EVENTS: usize = 4_096;
+
+/// The next group: appends deferred from the last group first, then whatever is queued,
+/// without waiting for more; `None` once every `Appender` is gone and nothing is left.
+pub(super) async fn next_group(
+    queue: &mut mpsc::Receiver<Pending>,
+    deferred: &mut VecDeque<Pending>,
+) -> Option<Vec<Pending>> {
+    let first = match deferred.pop_front() {
+        Some(pending) => pending,
+        None => queue.recv().await?,
+    };
+    let mut group = Group::default();
+    let mut later = VecDeque::new();
+    group.take(first, &mut later);
+    while let Some(pending) = deferred.pop_front() {
+        if group.full() {
+            later.push_back(pending);
+        } else {
+            group.take(pending, &mut later);
+        }
+    }
+    while !group.full() {
+        match queue.try_recv() {
+            Ok(pending) => group.take(pending, &mut later),
+            Err(_) => break,
+        }
+    }
+    *deferred = later;
+    Some(group.members)
+}
+
+#[derive(Default)]
+struct Group {
+    members: Vec<Pending>,
+    aggregates: HashSet<(&'static str, String)>,
+    events: usize,
+}
+
+impl Group {
+    fn full(&self) -> bool {
+        self.members.len() >= GROUP_APPENDS || self.events >= GROUP_EVENTS
+    }
+
+    /// Takes `pending`, unless its aggregate is in the group already: then it waits.
+    fn take(&mut self, pending: Pending, later: &mut VecDeque<Pending>) {
+        let append = &pending.append;
+        if !self
+            .aggregates
+            .insert((append.aggregate_type, append.aggregate_id.clone()))
+        {
+            later.push_back(pending);
+            return;
+        }
+        self.events += append.events.len();
+        self.members.push(pending);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cqrs_es::persist::SerializedEvent;
+    use serde_json::Value;
+
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::store::append::Append;
+    use crate::store::group_commit::QUEUE;
+
+    fn pending(id: &str, events: usize) -> Pending {
+        let event = |sequence| {
+            SerializedEvent::new(
+                id.into(),
+                sequence,
+                "Ledger".into(),
+                "Deposited".into(),
+                "2.0.0".into(),
+                Value::Null,
+                Value::Null,
+            )
+        };
+        let append = Append {
+            aggregate_type: "Ledger",
+            aggregate_id: id.into(),
+            events: (1..=events).map(event).collect(),
+            snapshot: None,
+        };
+        let (reply, _) = oneshot::channel();
+        Pending { append, reply }
+    }
+
+    async fn groups(queued: Vec<Pending>) -> Vec<Vec<String>> {
+        let (sender, mut queue) = mpsc::channel(QUEUE);
+        for pending in queued {
+            assert!(sender.try_send(pending).is_ok());
+        }
+        drop(sender);
+        let mut deferred = VecDeque::new();
+        let mut groups = Vec::new();
+        while let Some(group) = next_group(&mut queue, &mut deferred).await {
+            groups.push(group.into_iter().map(|p| p.append.aggregate_id).collect());
+        }
+        groups
+    }
+
+    #[tokio::test]
+    async fn an_aggregate_appears_once_per_group_and_its_appends_keep_their_order() {
+        let queued = ["a", "b", "a", "c", "a", "b"].map(|id| pending(id, 1));
+        assert_eq!(
+            groups(queued.into()).await,
+            [vec!["a", "b", "c"], vec!["a", "b"], vec!["a"]]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_group_stops_taking_appends_at_its_size_limits() {
+        let many: Vec<Pending> = (0..GROUP_APPENDS + 1)
+            .map(|n| pending(&n.to_string(), 1))
+            .collect();
+        let sizes: Vec<usize> = groups(many).await.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [GROUP_APPENDS, 1]);
+
+        let big = vec![pending("big", GROUP_EVENTS + 1), pending("next", 1)];
+        assert_eq!(groups(big).await, [vec!["big"], vec!["next"]]);
+    }
+}
