@@ -11,6 +11,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::leader::Role;
+use super::ProjectorSet;
 use crate::log::{LogReader, LogWaker, SharedPages};
 use step::{Place, Step, StepError};
 
@@ -26,6 +27,7 @@ pub struct RunnerSettings {
 
 /// Drives a set of projectors on this instance, while this instance holds the set's role.
 pub struct ProjectionRunner {
+    role: String,
     projectors: Vec<Arc<dyn Projector>>,
     /// The set is an inline projector: its transactions take the log lock first, as appends
     /// do, so the two never wait on each other in opposite orders.
@@ -76,17 +78,19 @@ pub enum Rebuild {
 }
 
 impl ProjectionRunner {
-    /// A runner for the set `projectors`.
+    /// A runner for `set`.
     pub fn new(
-        projectors: Vec<Arc<dyn Projector>>,
+        set: ProjectorSet,
         pool: PgPool,
         reader: LogReader,
         settings: RunnerSettings,
     ) -> Self {
+        let ProjectorSet { role, projectors } = set;
         let inline = projectors
             .iter()
             .any(|p| super::inline().iter().any(|i| i.name() == p.name()));
         Self {
+            role,
             projectors,
             inline,
             pool,
@@ -104,13 +108,9 @@ impl ProjectionRunner {
         self
     }
 
-    /// The role that lets an instance run the set: `projection.<name>` for a set of one,
-    /// `projections` for the set of the instance's asynchronous projectors.
+    /// The role that lets an instance run the set.
     pub fn role_name(&self) -> String {
-        match self.projectors.as_slice() {
-            [projector] => format!("projection.{}", projector.name()),
-            _ => "projections".to_owned(),
-        }
+        self.role.clone()
     }
 
     fn names(&self) -> Vec<&'static str> {
@@ -227,12 +227,11 @@ impl ProjectionRunner {
         if !role.is_held() {
             return Ok(Rebuild::HandedOver);
         }
-        let alone = Self::new(
-            vec![projector],
-            self.pool.clone(),
-            self.reader.clone(),
-            self.settings,
-        );
+        let set = ProjectorSet {
+            role: self.role.clone(),
+            projectors: vec![projector],
+        };
+        let alone = Self::new(set, self.pool.clone(), self.reader.clone(), self.settings);
         let mut places = [Place::at(LogCursor::START)];
         let mut total = 0;
         loop {
