@@ -140,6 +140,10 @@ impl ProjectionRunner {
         let mut places = self.stored_places().await?;
         let mut resets = waker.resets();
         let mut reset = false;
+        // An inline set that caught up is applied by appends (see `Step::Settled`): it only
+        // records skips, at most every SKIP_EVERY, until it falls behind or is reset.
+        let mut settled = false;
+        let mut recorded_at = waker.generation().wrapping_sub(1);
         while !shutdown.is_cancelled() && role.is_held() {
             // A rebuild reset a checkpoint while the log was quiet (a page applied notices
             // a reset by itself: it compares the locked checkpoints).
@@ -150,8 +154,27 @@ impl ProjectionRunner {
                     }
                 }
             }
+            if settled {
+                // Woken by appends (which applied the set themselves): record the skips. The
+                // fallback poll of an idle log finds nothing appended and writes nothing.
+                if waker.generation() != recorded_at {
+                    recorded_at = waker.generation();
+                    settled = self.keep_settled(&mut places).await?;
+                    if !settled {
+                        continue;
+                    }
+                }
+                tokio::select! {
+                    () = waiter.wait() => tokio::time::sleep(SKIP_EVERY).await,
+                    Ok(()) = resets.changed() => (reset, settled) = (true, false),
+                    () = role.lost() => {}
+                    () = shutdown.cancelled() => {}
+                }
+                continue;
+            }
             match self.step(&mut places).await {
                 Ok(Step::Idle) => {}
+                Ok(Step::Settled) => settled = true,
                 Ok(Step::Applied(_) | Step::Moved) => continue,
                 Err(StepError::Projector(index, error)) => {
                     self.pause(index, &mut places[index], &error);
@@ -241,7 +264,7 @@ impl ProjectionRunner {
             match alone.step(&mut places).await {
                 Ok(Step::Applied(applied)) => total += applied,
                 Ok(Step::Moved) => {}
-                Ok(Step::Idle) => return Ok(Rebuild::Completed(total)),
+                Ok(Step::Idle | Step::Settled) => return Ok(Rebuild::Completed(total)),
                 Err(StepError::Projector(_, error)) => return Err(error.into()),
                 Err(StepError::Runner(error)) => return Err(error),
             }

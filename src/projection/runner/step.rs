@@ -48,6 +48,9 @@ pub(super) enum Step {
     Moved,
     /// Nothing new is committed.
     Idle,
+    /// An inline set has applied every event of its types, checked under the log lock:
+    /// from now on appends apply it, and its runner has nothing to do until a reset.
+    Settled,
 }
 
 /// Why a step failed: the database, or one projector (the others can go on without it).
@@ -114,17 +117,15 @@ impl ProjectionRunner {
         if due.is_empty() {
             return Ok(quiet);
         }
-        let applied = self.apply(places, &due).await?;
-        Ok(if applied == 0 {
-            quiet
-        } else {
-            Step::Applied(applied)
+        Ok(match self.apply(places, &due).await? {
+            Step::Applied(0) => quiet,
+            step @ (Step::Applied(_) | Step::Moved | Step::Idle | Step::Settled) => step,
         })
     }
 
-    /// Applies `due` in one transaction; the number of events applied, or 0 when a
-    /// checkpoint had moved (its projector then follows it, and nothing is applied).
-    async fn apply(&self, places: &mut [Place], due: &[Share<'_>]) -> Result<usize, StepError> {
+    /// Applies `due` in one transaction. When a checkpoint had moved, its projector follows
+    /// it and nothing is applied (`Moved`, or `Settled`).
+    async fn apply(&self, places: &mut [Place], due: &[Share<'_>]) -> Result<Step, StepError> {
         let mut tx = self.pool.begin().await?;
         if self.inline {
             sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -146,7 +147,8 @@ impl ProjectionRunner {
             }
         }
         if moved {
-            return Ok(0);
+            let from = due.iter().map(|s| places[s.index].stored).min();
+            return Ok(self.settled_or(&mut tx, from, Step::Moved).await?);
         }
         for share in due.iter().filter(|s| !s.events.is_empty()) {
             let projector = &self.projectors[share.index];
@@ -161,11 +163,39 @@ impl ProjectionRunner {
             .map(|(share, name)| (*name, share.to, share.events.len()))
             .collect();
         checkpoint::advance(&mut tx, &moves).await?;
+        let applied = Step::Applied(due.iter().map(|s| s.events.len()).sum());
+        let step = self
+            .settled_or(&mut tx, due.iter().map(|s| s.to).min(), applied)
+            .await?;
         tx.commit().await?;
         for share in due {
             places[share.index] = Place::at(share.to);
         }
-        Ok(due.iter().map(|s| s.events.len()).sum())
+        Ok(step)
+    }
+
+    /// `Settled` when this is an inline set and no event of its types follows `from`;
+    /// otherwise `step`. Only meaningful under the log lock (an inline set's transactions
+    /// hold it): no append can commit meanwhile, and every later one finds the checkpoint
+    /// caught up and applies the set itself.
+    async fn settled_or(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        from: Option<LogCursor>,
+        step: Step,
+    ) -> Result<Step, sqlx::Error> {
+        let (true, Some(from)) = (self.inline, from) else {
+            return Ok(step);
+        };
+        let behind: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM events WHERE log_position > $1
+                              AND ($2::text[] IS NULL OR aggregate_type = ANY($2)))",
+        )
+        .bind(from.position)
+        .bind(self.aggregate_types())
+        .fetch_one(tx)
+        .await?;
+        Ok(if behind { step } else { Step::Settled })
     }
 
     /// The events of `page` after `read` that projector `index` reads.
@@ -211,5 +241,38 @@ impl ProjectionRunner {
         types.sort();
         types.dedup();
         Some(types)
+    }
+
+    /// For a settled inline set (see [`Step::Settled`]): under the log lock, moves its
+    /// checkpoints past the events of other types appended since (so that its lag reads 0),
+    /// unless an event of its types is unapplied after all; false then (it must read again).
+    pub(super) async fn keep_settled(&self, places: &mut [Place]) -> Result<bool, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(LOG_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        let names = self.names();
+        let stored = checkpoint::lock(&mut tx, &names).await?;
+        let Some(from) = stored.iter().min().copied() else {
+            return Ok(true);
+        };
+        if self.settled_or(&mut tx, Some(from), Step::Moved).await? != Step::Settled {
+            for (place, stored) in places.iter_mut().zip(stored) {
+                *place = Place::at(stored);
+            }
+            return Ok(false);
+        }
+        let head: i64 = sqlx::query_scalar("SELECT coalesce(max(log_position), 0) FROM events")
+            .fetch_one(&mut *tx)
+            .await?;
+        let head = LogCursor::at(head);
+        let moves: Vec<Move<'_>> = names.iter().map(|name| (*name, head, 0)).collect();
+        checkpoint::advance(&mut tx, &moves).await?;
+        tx.commit().await?;
+        for place in places.iter_mut() {
+            *place = Place::at(head);
+        }
+        Ok(true)
     }
 }
