@@ -6,6 +6,7 @@ mod idempotency;
 use chronicle_aggregates::{DomainError, ErrorCode, Upcast};
 use chronicle_projections::{EventMetadata, LogCursor};
 use cqrs_es::event_sink::EventSink;
+use cqrs_es::persist::EventStoreAggregateContext;
 use cqrs_es::{AggregateError, EventStore};
 use std::future::Future;
 
@@ -203,6 +204,38 @@ impl<E> From<sqlx::Error> for Refusal<E> {
     }
 }
 
+/// An aggregate as loaded for a command (see [`Commands::loaded`]).
+pub struct Loaded<A: cqrs_es::Aggregate> {
+    context: EventStoreAggregateContext<A>,
+}
+
+impl<A: cqrs_es::Aggregate> Loaded<A> {
+    /// The aggregate's state.
+    pub fn aggregate(&self) -> &A {
+        &self.context.aggregate
+    }
+
+    /// The aggregate's id.
+    pub fn aggregate_id(&self) -> &str {
+        &self.context.aggregate_id
+    }
+}
+
+/// The aggregate a command runs on, and its state when the caller loaded it already.
+struct Target<'a, A: cqrs_es::Aggregate> {
+    aggregate_id: &'a str,
+    loaded: Option<EventStoreAggregateContext<A>>,
+}
+
+impl<'a, A: cqrs_es::Aggregate> Target<'a, A> {
+    fn named(aggregate_id: &'a str) -> Self {
+        Self {
+            aggregate_id,
+            loaded: None,
+        }
+    }
+}
+
 /// How often a command decides again after losing a race to another writer.
 const CONFLICT_RETRIES: u32 = 5;
 
@@ -299,7 +332,13 @@ impl Commands {
                     recover,
                     |command_id| async {
                         Ok(self
-                            .run::<A>(context, aggregate_id, command, services, command_id)
+                            .run::<A>(
+                                context,
+                                Target::named(aggregate_id),
+                                command,
+                                services,
+                                command_id,
+                            )
                             .await?)
                     },
                 )
@@ -354,8 +393,14 @@ impl Commands {
         A::Command: Clone,
     {
         let command_id = Uuid::now_v7().to_string();
-        self.run::<A>(context, aggregate_id, command, services, command_id)
-            .await
+        self.run::<A>(
+            context,
+            Target::named(aggregate_id),
+            command,
+            services,
+            command_id,
+        )
+        .await
     }
 
     /// The current state of an aggregate (its default when it has no events).
@@ -367,13 +412,53 @@ impl Commands {
         A: Upcast,
         A::Error: DomainError,
     {
+        Ok(self.loaded::<A>(aggregate_id).await?.context.aggregate)
+    }
+
+    /// The current state of an aggregate, kept so that a command can decide on it without
+    /// loading it again ([`Commands::attempt_on`]).
+    ///
+    /// # Errors
+    /// The store failed.
+    pub async fn loaded<A>(&self, aggregate_id: &str) -> Result<Loaded<A>, CommandError>
+    where
+        A: Upcast,
+        A::Error: DomainError,
+    {
         storable_id::<A>(aggregate_id)?;
-        let loaded = self
+        let context = self
             .stores
             .store::<A>()
             .load_aggregate(aggregate_id)
             .await?;
-        Ok(loaded.aggregate)
+        Ok(Loaded { context })
+    }
+
+    /// Runs `command` on the aggregate as `loaded` (once; after a conflict, on a fresh load),
+    /// without idempotency, keeping the aggregate's typed rejection.
+    ///
+    /// # Errors
+    /// The aggregate's rejection, or any other failure.
+    pub async fn attempt_on<A>(
+        &self,
+        context: &CommandContext,
+        loaded: Loaded<A>,
+        command: A::Command,
+        services: &A::Services,
+    ) -> Result<CommandReceipt, Refusal<A::Error>>
+    where
+        A: Upcast,
+        A::Error: DomainError,
+        A::Command: Clone,
+    {
+        let command_id = Uuid::now_v7().to_string();
+        let aggregate_id = loaded.context.aggregate_id.clone();
+        let target = Target {
+            aggregate_id: &aggregate_id,
+            loaded: Some(loaded.context),
+        };
+        self.run::<A>(context, target, command, services, command_id)
+            .await
     }
 
     /// Runs the command, deciding again on fresh state when another writer got in first:
@@ -381,7 +466,7 @@ impl Commands {
     async fn run<A>(
         &self,
         context: &CommandContext,
-        aggregate_id: &str,
+        mut target: Target<'_, A>,
         command: A::Command,
         services: &A::Services,
         command_id: String,
@@ -393,10 +478,11 @@ impl Commands {
     {
         let mut conflicts = 0;
         loop {
+            let loaded = target.loaded.take();
             let outcome = self
                 .run_once::<A>(
                     context,
-                    aggregate_id,
+                    (target.aggregate_id, loaded),
                     command.clone(),
                     services,
                     command_id.clone(),
@@ -416,7 +502,7 @@ impl Commands {
     async fn run_once<A>(
         &self,
         context: &CommandContext,
-        aggregate_id: &str,
+        (aggregate_id, loaded): (&str, Option<EventStoreAggregateContext<A>>),
         command: A::Command,
         services: &A::Services,
         command_id: String,
@@ -425,11 +511,15 @@ impl Commands {
         A: Upcast,
         A::Error: DomainError,
     {
-        let mut decided = self
-            .stores
-            .store::<A>()
-            .load_aggregate(aggregate_id)
-            .await?;
+        let mut decided = match loaded {
+            Some(loaded) => loaded,
+            None => {
+                self.stores
+                    .store::<A>()
+                    .load_aggregate(aggregate_id)
+                    .await?
+            }
+        };
         let previous_version = decided.current_sequence;
         let sink = EventSink::default();
         decided

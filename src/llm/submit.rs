@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::command::{CommandContext, CommandError, Commands, IdempotencyKey, Refusal};
+use crate::command::{CommandContext, CommandError, Commands, IdempotencyKey, Loaded, Refusal};
 
 /// Requests appended per batch event: bounds event size and transaction length in bulk.
 const CHUNK_REQUESTS: usize = 1000;
@@ -39,6 +39,13 @@ pub struct Accepted {
     pub batch_id: Uuid,
     /// The client's custom id.
     pub custom_id: String,
+}
+
+/// The id of the batch `head` holds (the one it was loaded as, even before it opened).
+fn batch_id_of(head: &Loaded<Batch>) -> Result<Uuid, CommandError> {
+    head.aggregate_id().parse().map_err(|_| {
+        CommandError::Internal(format!("batch id `{}` is not a uuid", head.aggregate_id()))
+    })
 }
 
 fn duplicates(ids: &[String]) -> CommandError {
@@ -132,6 +139,8 @@ impl Submitter {
                 .or_default()
                 .push((index, entry));
         }
+        // One request makes one command, which the batch checks by itself before writing.
+        let checked_by_the_batch = count == 1;
         let mut keyed = Vec::with_capacity(groups.len());
         for ((endpoint, model), entries) in groups {
             let key = BatchKey {
@@ -140,7 +149,9 @@ impl Submitter {
                 model,
             };
             let head = self.open_batch(&key).await?;
-            self.check_custom_ids(head, &entries).await?;
+            if !checked_by_the_batch {
+                self.check_custom_ids(batch_id_of(&head)?, &entries).await?;
+            }
             keyed.push((key, head, entries));
         }
         for (key, head, entries) in keyed {
@@ -164,7 +175,7 @@ impl Submitter {
 
     /// The batch of `key` that is open now (or would open with the next add): start at the
     /// newest known batch and follow successors past closed ones.
-    async fn open_batch(&self, key: &BatchKey) -> Result<Uuid, CommandError> {
+    async fn open_batch(&self, key: &BatchKey) -> Result<Loaded<Batch>, CommandError> {
         let head: Option<Uuid> = sqlx::query_scalar(
             "SELECT batch_id FROM batch_heads WHERE owner = $1 AND endpoint = $2 AND model = $3",
         )
@@ -175,9 +186,9 @@ impl Submitter {
         .await?;
         let mut batch_id = head.unwrap_or_else(|| first_batch_id(key));
         loop {
-            let batch = self.commands.load::<Batch>(&batch_id.to_string()).await?;
-            match batch.status() {
-                None | Some(BatchStatus::Building) => return Ok(batch_id),
+            let batch = self.commands.loaded::<Batch>(&batch_id.to_string()).await?;
+            match batch.aggregate().status() {
+                None | Some(BatchStatus::Building) => return Ok(batch),
                 Some(_) => batch_id = next_batch_id(batch_id),
             }
         }
@@ -224,9 +235,12 @@ impl Submitter {
         &self,
         context: &CommandContext,
         key: BatchKey,
-        mut batch_id: Uuid,
+        head: Loaded<Batch>,
         entries: Vec<(usize, BatchEntry)>,
     ) -> Result<Vec<(usize, Accepted)>, CommandError> {
+        let mut batch_id = batch_id_of(&head)?;
+        // The first add decides on the batch as `open_batch` loaded it.
+        let mut head = Some(head);
         let mut accepted = Vec::with_capacity(entries.len());
         let mut rest = entries.as_slice();
         // Set when the current batch has room for only this many more: add them, then close.
@@ -242,11 +256,19 @@ impl Submitter {
                 at: Utc::now(),
             };
             let id = batch_id.to_string();
-            match self
-                .commands
-                .attempt::<Batch>(context, &id, command, &self.services)
-                .await
-            {
+            let added = match head.take() {
+                Some(head) => {
+                    self.commands
+                        .attempt_on::<Batch>(context, head, command, &self.services)
+                        .await
+                }
+                None => {
+                    self.commands
+                        .attempt::<Batch>(context, &id, command, &self.services)
+                        .await
+                }
+            };
+            match added {
                 Ok(_) => {
                     accepted.extend(chunk.iter().map(|(index, entry)| {
                         let done = Accepted {

@@ -262,6 +262,22 @@ async fn every_invalid_item_is_reported_by_index_and_nothing_is_written() {
         before,
         "a rejected bulk call wrote events"
     );
+    // A single request is checked by its batch alone, with the same answer.
+    let single = app
+        .graphql(SUBMIT_MANY, json!({ "requests": [item("dup", "m")] }))
+        .await;
+    assert_eq!(
+        single["errors"][0]["extensions"]["code"], "VALIDATION",
+        "{single}"
+    );
+    assert!(single["errors"][0]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("already used") && m.contains("dup")));
+    assert_eq!(
+        event_count(&app).await,
+        before,
+        "a rejected call wrote events"
+    );
     app.stop().await;
 }
 
