@@ -165,7 +165,10 @@ impl ProjectionRunner {
                     }
                 }
                 tokio::select! {
-                    () = waiter.wait() => tokio::time::sleep(SKIP_EVERY).await,
+                    () = async {
+                        waiter.wait().await;
+                        tokio::time::sleep(SKIP_EVERY).await;
+                    } => {}
                     Ok(()) = resets.changed() => (reset, settled) = (true, false),
                     () = role.lost() => {}
                     () = shutdown.cancelled() => {}

@@ -107,13 +107,18 @@ impl Failure {
     fn told(self, count: usize) -> Vec<PersistenceError> {
         let described = self.describe();
         let mut errors = Vec::with_capacity(count);
-        errors.push(match self {
+        errors.push(self.told_one());
+        errors.extend((1..count).map(|_| described()));
+        errors
+    }
+
+    /// The failure as the one append it concerns is told it.
+    fn told_one(self) -> PersistenceError {
+        match self {
             Self::Database(error) => persistence(error),
             Self::Malformed(error) => PersistenceError::UnknownError(Box::new(error)),
             Self::StaleSnapshot => PersistenceError::OptimisticLockError,
-        });
-        errors.extend((1..count).map(|_| described()));
-        errors
+        }
     }
 
     fn describe(&self) -> impl Fn() -> PersistenceError {
@@ -148,6 +153,9 @@ impl Committer {
 
     /// Commits `group` together, or, when that fails for a reason of one append, each alone.
     async fn commit(&self, group: Vec<Pending>) {
+        if group.is_empty() {
+            return;
+        }
         crate::metrics::group_commit(group.len());
         let appends: Vec<&Append> = group.iter().map(|p| &p.append).collect();
         match self.transaction(&appends).await {
@@ -157,13 +165,7 @@ impl Committer {
                 }
             }
             Err(failure) if group.len() > 1 && !failure.unavailable() => {
-                for pending in group {
-                    let alone = self.transaction(&[&pending.append]).await;
-                    let answer = alone.map(|mut appended| appended.remove(0));
-                    let _ = pending
-                        .reply
-                        .send(answer.map_err(|failure| failure.told(1).remove(0)));
-                }
+                self.commit_each(group).await;
             }
             Err(failure) => {
                 let count = group.len();
@@ -171,6 +173,29 @@ impl Committer {
                     let _ = pending.reply.send(Err(error));
                 }
             }
+        }
+    }
+
+    /// Commits each append of `group` in a transaction of its own, so that one append's
+    /// failure is its own; once the database is lost, the rest are told so without trying.
+    async fn commit_each(&self, group: Vec<Pending>) {
+        let mut lost: Option<String> = None;
+        for pending in group {
+            if let Some(reason) = &lost {
+                let error = PersistenceError::ConnectionError(reason.clone().into());
+                let _ = pending.reply.send(Err(error));
+                continue;
+            }
+            let answer = match self.transaction(&[&pending.append]).await {
+                Ok(appended) => Ok(appended.into_iter().next().unwrap_or_default()),
+                Err(failure) => {
+                    if failure.unavailable() {
+                        lost = Some(failure.describe()().to_string());
+                    }
+                    Err(failure.told_one())
+                }
+            };
+            let _ = pending.reply.send(answer);
         }
     }
 

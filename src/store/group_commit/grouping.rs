@@ -31,7 +31,9 @@ pub(super) async fn next_group(
             group.take(pending, &mut later);
         }
     }
-    while !group.full() {
+    // Appends waiting for their aggregate's turn stop the draining: the queue's bound stays
+    // the backpressure on senders.
+    while !group.full() && later.len() < GROUP_APPENDS {
         match queue.try_recv() {
             Ok(pending) => group.take(pending, &mut later),
             Err(_) => break,
@@ -53,8 +55,13 @@ impl Group {
         self.members.len() >= GROUP_APPENDS || self.events >= GROUP_EVENTS
     }
 
-    /// Takes `pending`, unless its aggregate is in the group already: then it waits.
+    /// Takes `pending`, unless its aggregate is in the group already: then it waits. An
+    /// append whose caller gave up (a dropped request) is left out: never acknowledged, it
+    /// must not commit.
     fn take(&mut self, pending: Pending, later: &mut VecDeque<Pending>) {
+        if pending.reply.is_closed() {
+            return;
+        }
         let append = &pending.append;
         if !self
             .aggregates
@@ -79,7 +86,11 @@ mod tests {
     use crate::store::append::Append;
     use crate::store::group_commit::QUEUE;
 
-    fn pending(id: &str, events: usize) -> Pending {
+    type Answer =
+        oneshot::Receiver<Result<crate::store::Appended, cqrs_es::persist::PersistenceError>>;
+
+    /// An append queued by a caller that waits for its answer (or, without one, gave up).
+    fn pending(id: &str, events: usize) -> (Pending, Option<Answer>) {
         let event = |sequence| {
             SerializedEvent::new(
                 id.into(),
@@ -97,14 +108,16 @@ mod tests {
             events: (1..=events).map(event).collect(),
             snapshot: None,
         };
-        let (reply, _) = oneshot::channel();
-        Pending { append, reply }
+        let (reply, answer) = oneshot::channel();
+        (Pending { append, reply }, Some(answer))
     }
 
-    async fn groups(queued: Vec<Pending>) -> Vec<Vec<String>> {
+    async fn groups(queued: Vec<(Pending, Option<Answer>)>) -> Vec<Vec<String>> {
         let (sender, mut queue) = mpsc::channel(QUEUE);
-        for pending in queued {
+        let mut waiting = Vec::new();
+        for (pending, answer) in queued {
             assert!(sender.try_send(pending).is_ok());
+            waiting.push(answer);
         }
         drop(sender);
         let mut deferred = VecDeque::new();
@@ -126,7 +139,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_group_stops_taking_appends_at_its_size_limits() {
-        let many: Vec<Pending> = (0..GROUP_APPENDS + 1)
+        let many: Vec<_> = (0..GROUP_APPENDS + 1)
             .map(|n| pending(&n.to_string(), 1))
             .collect();
         let sizes: Vec<usize> = groups(many).await.iter().map(Vec::len).collect();
@@ -134,5 +147,12 @@ mod tests {
 
         let big = vec![pending("big", GROUP_EVENTS + 1), pending("next", 1)];
         assert_eq!(groups(big).await, [vec!["big"], vec!["next"]]);
+    }
+
+    #[tokio::test]
+    async fn an_append_whose_caller_gave_up_is_left_out() {
+        let (gone, _) = pending("gone", 1);
+        let queued = vec![pending("a", 1), (gone, None), pending("b", 1)];
+        assert_eq!(groups(queued).await, [vec!["a", "b"]]);
     }
 }
