@@ -103,12 +103,14 @@ impl Failure {
         matches!(self, Self::Database(error) if crate::command::is_unavailable(error))
     }
 
-    /// The failure as each of `count` appends is told it.
+    /// The failure as each of `count` appends is told it: the first gets the error itself,
+    /// the others (only ever told a lost database) its description.
     fn told(self, count: usize) -> Vec<PersistenceError> {
-        let described = self.describe();
+        let message = self.message();
         let mut errors = Vec::with_capacity(count);
         errors.push(self.told_one());
-        errors.extend((1..count).map(|_| described()));
+        errors
+            .extend((1..count).map(|_| PersistenceError::ConnectionError(message.clone().into())));
         errors
     }
 
@@ -121,18 +123,11 @@ impl Failure {
         }
     }
 
-    fn describe(&self) -> impl Fn() -> PersistenceError {
-        let unavailable = self.unavailable();
-        let message = match self {
+    fn message(&self) -> String {
+        match self {
             Self::Database(error) => error.to_string(),
             Self::Malformed(error) => error.to_string(),
-            Self::StaleSnapshot => String::new(),
-        };
-        let stale = matches!(self, Self::StaleSnapshot);
-        move || match (stale, unavailable) {
-            (true, _) => PersistenceError::OptimisticLockError,
-            (false, true) => PersistenceError::ConnectionError(message.clone().into()),
-            (false, false) => PersistenceError::UnknownError(message.clone().into()),
+            Self::StaleSnapshot => "a newer snapshot exists".to_owned(),
         }
     }
 }
@@ -190,7 +185,7 @@ impl Committer {
                 Ok(appended) => Ok(appended.into_iter().next().unwrap_or_default()),
                 Err(failure) => {
                     if failure.unavailable() {
-                        lost = Some(failure.describe()().to_string());
+                        lost = Some(failure.message());
                     }
                     Err(failure.told_one())
                 }
