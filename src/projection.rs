@@ -24,10 +24,21 @@ pub use consistency::{NotYet, ReadModels};
 pub use leader::{Role, Roles};
 pub use runner::{ProjectionRunner, Rebuild, RunnerError, RunnerSettings};
 
-/// The projectors applied in the append's transaction as well (see
-/// [`crate::store::InlineProjectors`]): the request streams a batch's events start.
+/// The projectors applied in the group commit's transaction as well (see
+/// [`crate::store::InlineProjectors`]), in the order they apply: the request streams a
+/// batch's events start, then every read model a caller reads back.
 pub fn inline() -> Vec<Arc<dyn Projector>> {
-    vec![Arc::new(RequestStreams)]
+    vec![
+        Arc::new(RequestStreams),
+        Arc::new(AggregateIndex),
+        Arc::new(Requests),
+        Arc::new(Batches),
+        Arc::new(Transitions),
+        Arc::new(DeliveryAttempts),
+        Arc::new(Simulations),
+        Arc::new(Transfers),
+        Arc::new(Queries),
+    ]
 }
 
 /// Projectors an instance runs together: one runner, one role, one transaction per page.
@@ -38,46 +49,26 @@ pub struct ProjectorSet {
     pub projectors: Vec<Arc<dyn Projector>>,
 }
 
-/// The analytics projectors: heavier per event, and read by nobody waiting on a command,
-/// so they run as a set of their own and never delay the read models.
-const ANALYTICS: [&str; 3] = [
-    "analytics_requests",
-    "analytics_batches",
-    "analytics_simulations",
-];
-
-/// How an instance runs `projectors`: each inline projector alone (role
-/// `projection.<name>`: its pages take the log lock, which appends hold, so they must stay
-/// short), the analytics together (`projections.analytics`), and the read models together
-/// (`projections`).
+/// How an instance runs `projectors`: the inline ones together (role `projections`: they
+/// catch up after a rebuild or an upgrade; their pages take the log lock, which appends
+/// hold), the rest, the analytics, together (`projections.analytics`: heavier per event and
+/// read by nobody waiting on a command).
 pub fn sets(projectors: Vec<Arc<dyn Projector>>) -> Vec<ProjectorSet> {
     let inline = inline();
-    let mut sets = Vec::new();
-    let (mut analytics, mut read_models) = (Vec::new(), Vec::new());
-    for projector in projectors {
-        if inline.iter().any(|i| i.name() == projector.name()) {
-            sets.push(ProjectorSet {
-                role: format!("projection.{}", projector.name()),
-                projectors: vec![projector],
-            });
-        } else if ANALYTICS.contains(&projector.name()) {
-            analytics.push(projector);
-        } else {
-            read_models.push(projector);
-        }
-    }
-    for (role, projectors) in [
+    let (read_models, analytics): (Vec<_>, Vec<_>) = projectors
+        .into_iter()
+        .partition(|projector| inline.iter().any(|i| i.name() == projector.name()));
+    [
         ("projections", read_models),
         ("projections.analytics", analytics),
-    ] {
-        if !projectors.is_empty() {
-            sets.push(ProjectorSet {
-                role: role.to_owned(),
-                projectors,
-            });
-        }
-    }
-    sets
+    ]
+    .into_iter()
+    .filter(|(_, projectors)| !projectors.is_empty())
+    .map(|(role, projectors)| ProjectorSet {
+        role: role.to_owned(),
+        projectors,
+    })
+    .collect()
 }
 
 /// The set of `projectors` (see [`sets`]) that holds the projector `name`.
@@ -89,20 +80,13 @@ pub fn set_of(projectors: Vec<Arc<dyn Projector>>, name: &str) -> Option<Project
 
 /// The projectors every instance runs.
 pub fn standard() -> Vec<Arc<dyn Projector>> {
-    vec![
-        Arc::new(AggregateIndex),
-        Arc::new(RequestStreams),
-        Arc::new(Requests),
-        Arc::new(Batches),
-        Arc::new(Transitions),
-        Arc::new(DeliveryAttempts),
-        Arc::new(Simulations),
-        Arc::new(Transfers),
-        Arc::new(Queries),
-        Arc::new(RequestAnalytics),
+    let mut all = inline();
+    all.extend([
+        Arc::new(RequestAnalytics) as Arc<dyn Projector>,
         Arc::new(BatchAnalytics),
         Arc::new(SimulationAnalytics),
-    ]
+    ]);
+    all
 }
 
 #[cfg(test)]
@@ -110,7 +94,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_projector_runs_in_one_set_inline_ones_alone_analytics_apart() {
+    fn every_projector_runs_in_one_set_read_models_inline_analytics_apart() {
         let sets = sets(standard());
         let roles: Vec<(&str, Vec<&str>)> = sets
             .iter()
@@ -119,13 +103,19 @@ mod tests {
                 (set.role.as_str(), names)
             })
             .collect();
+        let inline: Vec<&str> = inline().iter().map(|p| p.name()).collect();
+        assert_eq!(roles[0], ("projections", inline));
         assert_eq!(
-            roles[0],
-            ("projection.request_streams", vec!["request_streams"])
+            roles[1],
+            (
+                "projections.analytics",
+                vec![
+                    "analytics_requests",
+                    "analytics_batches",
+                    "analytics_simulations"
+                ]
+            )
         );
-        assert_eq!(roles[1].0, "projections");
-        assert!(roles[1].1.contains(&"requests") && roles[1].1.contains(&"aggregate_index"));
-        assert_eq!(roles[2], ("projections.analytics", ANALYTICS.to_vec()));
         let placed: usize = sets.iter().map(|set| set.projectors.len()).sum();
         assert_eq!(placed, standard().len());
     }

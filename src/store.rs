@@ -20,7 +20,7 @@ use append::Append;
 use group_commit::Appender;
 
 pub use append::Appended;
-pub use inline::{InlineProjectors, LOG_LOCK};
+pub use inline::{lock_log, InlineProjectors, LOG_LOCK};
 pub use repository::ChronicleRepository;
 
 /// The event store for one aggregate type.

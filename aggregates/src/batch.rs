@@ -37,7 +37,8 @@ pub use event::BatchEvent;
 pub use status::BatchStatus;
 pub use values::{BatchEntry, BatchKey, BatchLimits, CloseReason};
 
-use crate::Upcast;
+use crate::request::{Request, RequestEvent};
+use crate::{StartedStream, StartsStreams, Upcast};
 
 /// Read-only lookup of the custom ids already in a batch.
 #[async_trait]
@@ -398,3 +399,36 @@ impl Aggregate for Batch {
 }
 
 impl Upcast for Batch {}
+
+impl StartsStreams for Batch {
+    /// A submission (`RequestsAdded`) starts the stream of every request it accepted.
+    fn started_streams(
+        &self,
+        aggregate_id: &str,
+        events: &[BatchEvent],
+    ) -> Result<Vec<StartedStream>, serde_json::Error> {
+        let (Some(key), Ok(batch_id)) = (&self.key, aggregate_id.parse::<Uuid>()) else {
+            return Ok(Vec::new());
+        };
+        let mut started = Vec::new();
+        for event in events {
+            let BatchEvent::RequestsAdded { entries, at, .. } = event else {
+                continue;
+            };
+            for entry in entries {
+                let submitted = RequestEvent::Submitted {
+                    request_id: entry.request_id,
+                    owner: key.owner.clone(),
+                    batch_id,
+                    spec: entry.spec.clone(),
+                    at: *at,
+                };
+                started.push(StartedStream::new::<Request>(
+                    entry.request_id.to_string(),
+                    &submitted,
+                )?);
+            }
+        }
+        Ok(started)
+    }
+}

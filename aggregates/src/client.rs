@@ -294,6 +294,8 @@ impl Aggregate for Client {
 
 impl Upcast for Client {}
 
+impl crate::StartsStreams for Client {}
+
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;

@@ -237,6 +237,8 @@ impl Aggregate for DicomServer {
 
 impl Upcast for DicomServer {}
 
+impl crate::StartsStreams for DicomServer {}
+
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;

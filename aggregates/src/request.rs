@@ -256,3 +256,5 @@ impl Aggregate for Request {
 }
 
 impl Upcast for Request {}
+
+impl crate::StartsStreams for Request {}

@@ -367,3 +367,5 @@ impl Aggregate for Simulation {
 }
 
 impl Upcast for Simulation {}
+
+impl crate::StartsStreams for Simulation {}

@@ -100,6 +100,8 @@ impl Aggregate for Subject {
 
 impl Upcast for Subject {}
 
+impl crate::StartsStreams for Subject {}
+
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;

@@ -1,7 +1,10 @@
 //! `batches`: one row per batch with its state, counts and sizes, from the batch streams.
 
 use async_trait::async_trait;
-use chronicle_aggregates::batch::BatchEvent;
+use chronicle_aggregates::batch::{BatchEvent, BatchStatus};
+use chrono::{DateTime, Utc};
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 use sqlx::PgConnection;
 
 use crate::{ProjectionError, Projector, RecordedEvent};
@@ -31,6 +34,10 @@ impl Projector for Batches {
         events: &[&RecordedEvent],
     ) -> Result<(), ProjectionError> {
         for event in events.iter().filter(|e| e.aggregate_type == "Batch") {
+            if event.event_type == "BatchRequestsAdded" {
+                add_requests(conn, event).await?;
+                continue;
+            }
             let decoded: BatchEvent = event.decode()?;
             let (id, version, at) = (&event.aggregate_id, event.sequence, decoded.at());
             let status = decoded.status().as_str();
@@ -47,21 +54,6 @@ impl Projector for Batches {
                 .bind(&key.owner)
                 .bind(key.endpoint.path())
                 .bind(&key.model),
-                BatchEvent::RequestsAdded {
-                    entries,
-                    size_bytes,
-                    ..
-                } => sqlx::query(
-                    "UPDATE batches SET status = $2, version = $3, updated_at = $4,
-                            request_count = request_count + $5, size_bytes = size_bytes + $6
-                      WHERE id = $1::uuid",
-                )
-                .bind(id)
-                .bind(status)
-                .bind(version)
-                .bind(at)
-                .bind(i64::try_from(entries.len()).unwrap_or(i64::MAX))
-                .bind(i64::try_from(*size_bytes).unwrap_or(i64::MAX)),
                 BatchEvent::Closed {
                     reason, successor, ..
                 } => sqlx::query(
@@ -95,6 +87,8 @@ impl Projector for Batches {
                 .bind(id)
                 .bind(version)
                 .bind(at),
+                // Read above without its bodies.
+                BatchEvent::RequestsAdded { .. } => continue,
                 BatchEvent::InputUploaded { .. }
                 | BatchEvent::RequestWithdrawn { .. }
                 | BatchEvent::ProviderProgressed { .. }
@@ -118,6 +112,42 @@ impl Projector for Batches {
         }
         Ok(())
     }
+}
+
+/// What `batches` reads of a `BatchRequestsAdded`: counts, not the requests' bodies.
+#[derive(Deserialize)]
+struct Added {
+    entries: Vec<IgnoredAny>,
+    size_bytes: u64,
+    at: DateTime<Utc>,
+}
+
+/// Counts a submission's requests and bytes into its batch's row.
+async fn add_requests(
+    conn: &mut PgConnection,
+    event: &RecordedEvent,
+) -> Result<(), ProjectionError> {
+    let added: Added = Added::deserialize(&event.payload["RequestsAdded"]).map_err(|error| {
+        ProjectionError::Malformed {
+            position: event.cursor.position,
+            event_type: event.event_type.clone(),
+            reason: error.to_string(),
+        }
+    })?;
+    sqlx::query(
+        "UPDATE batches SET status = $6, version = $2, updated_at = $3,
+                request_count = request_count + $4, size_bytes = size_bytes + $5
+          WHERE id = $1::uuid",
+    )
+    .bind(&event.aggregate_id)
+    .bind(event.sequence)
+    .bind(added.at)
+    .bind(i64::try_from(added.entries.len()).unwrap_or(i64::MAX))
+    .bind(i64::try_from(added.size_bytes).unwrap_or(i64::MAX))
+    .bind(BatchStatus::Building.as_str())
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// A row of the `batches` read model.

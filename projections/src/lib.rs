@@ -25,4 +25,4 @@ pub mod transitions;
 
 pub use cursor::{ClientCursor, CursorError, LogCursor};
 pub use event::{EventMetadata, RecordedEvent};
-pub use projector::{ProjectionError, Projector};
+pub use projector::{type_list, ProjectionError, Projector};

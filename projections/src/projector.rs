@@ -38,6 +38,12 @@ pub trait Projector: Send + Sync + 'static {
         None
     }
 
+    /// Whether applying `events` may append events to the log (derived events, which
+    /// projectors applied after it in the same transaction must see too).
+    fn may_append(&self, _events: &[&RecordedEvent]) -> bool {
+        false
+    }
+
     /// Deletes everything this projector wrote, before a rebuild from the start of the log.
     async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError>;
 
@@ -47,6 +53,12 @@ pub trait Projector: Send + Sync + 'static {
         conn: &mut PgConnection,
         events: &[&RecordedEvent],
     ) -> Result<(), ProjectionError>;
+}
+
+/// `projector`'s aggregate types joined by commas (`None`: all), for SQL that checks many
+/// projectors in one statement (`string_to_array(types, ',')`).
+pub fn type_list(projector: &dyn Projector) -> Option<String> {
+    projector.aggregate_types().map(|types| types.join(","))
 }
 
 /// Empties `tables` (a projector's reset), one statement each.

@@ -4,7 +4,6 @@
 use chronicle_aggregates::batch::{Batch, BatchCommand, BatchServices, CloseReason};
 use chronicle_aggregates::request::{Request, RequestCommand, RequestEvent, RequestStatus};
 use chronicle_aggregates::ErrorCode;
-use std::time::Duration;
 
 use chronicle_projections::request_moves;
 use chrono::Utc;
@@ -22,9 +21,6 @@ pub struct LlmActions {
     services: BatchServices,
     pool: PgPool,
 }
-
-/// How long a command on a just-accepted request waits for the request's stream to start.
-const STREAM_START_WAIT: Duration = Duration::from_secs(10);
 
 fn not_found(what: &str) -> CommandError {
     CommandError::Rejected {
@@ -77,30 +73,11 @@ impl LlmActions {
         request_id: Uuid,
     ) -> Result<Request, CommandError> {
         let id = request_id.to_string();
-        let mut request = self.commands.load::<Request>(&id).await?;
-        if request.submission().is_none() && self.accepted(request_id).await? {
-            // Accepted into a batch a moment ago: its own stream starts from the batch event
-            // (`request_streams`). Wait for it rather than answer NOT_FOUND.
-            let deadline = tokio::time::Instant::now() + STREAM_START_WAIT;
-            while request.submission().is_none() && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                request = self.commands.load::<Request>(&id).await?;
-            }
-        }
+        let request = self.commands.load::<Request>(&id).await?;
         match request.submission() {
             Some(submission) if owner.is_none_or(|owner| submission.owner == owner) => Ok(request),
             _ => Err(not_found("request")),
         }
-    }
-
-    /// True when some batch accepted this request id.
-    async fn accepted(&self, request_id: Uuid) -> Result<bool, CommandError> {
-        Ok(sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM batch_custom_ids WHERE request_id = $1)",
-        )
-        .bind(request_id)
-        .fetch_one(&self.pool)
-        .await?)
     }
 
     async fn on_batch(
@@ -182,7 +159,8 @@ impl LlmActions {
             });
         }
         // The batch decides: withdrawing serializes with its closing, so a withdrawn request
-        // is never uploaded. `request_streams` then marks the request cancelled.
+        // is never uploaded. `request_streams` then marks the request cancelled, in
+        // the same transaction (it is applied inline).
         let command = BatchCommand::WithdrawRequest {
             request_id,
             at: Utc::now(),

@@ -320,11 +320,6 @@ impl ProviderDriver {
         if let Some(existing) = provider.find_batch(batch_id).await? {
             return self.adopt(batch_id, &existing).await;
         }
-        if !self.streams_started(batch_id).await? {
-            // `request_streams` has not started every request's stream yet: results could
-            // not be recorded for the missing ones. Next round.
-            return Ok(());
-        }
         let input = self.input_file(batch_id).await?;
         let input_file_id = provider.upload(input).await?;
         let command = BatchCommand::MarkUploaded {
@@ -504,22 +499,6 @@ impl ProviderDriver {
             },
         )
         .await
-    }
-
-    /// True when every request the batch accepted has its own stream.
-    async fn streams_started(&self, batch_id: Uuid) -> Result<bool, DriverError> {
-        let missing: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM batch_custom_ids b
-                             WHERE b.batch_id = $1
-                               AND NOT EXISTS (SELECT 1 FROM events e
-                                                WHERE e.aggregate_type = 'Request'
-                                                  AND e.aggregate_id = b.request_id::text
-                                                  AND e.sequence = 1))",
-        )
-        .bind(batch_id)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(!missing)
     }
 
     /// Moves the batch's pending requests to provider_processing (idempotent).

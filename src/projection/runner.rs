@@ -177,7 +177,7 @@ impl ProjectionRunner {
             }
             match self.step(&mut places).await {
                 Ok(Step::Idle) => {}
-                Ok(Step::Settled) => settled = true,
+                Ok(Step::Settled(_)) => settled = true,
                 Ok(Step::Applied(_) | Step::Moved) => continue,
                 Err(StepError::Projector(index, error)) => {
                     self.pause(index, &mut places[index], &error);
@@ -246,6 +246,10 @@ impl ProjectionRunner {
             .cloned()
             .ok_or_else(|| RunnerError::Unknown(name.to_owned()))?;
         let mut tx = self.pool.begin().await?;
+        if self.inline {
+            // As every writer of an inline projector's checkpoint (see `InlineProjectors`).
+            crate::store::lock_log(&mut tx).await?;
+        }
         checkpoint::lock(&mut tx, &[name]).await?;
         projector.reset(&mut tx).await?;
         checkpoint::reset(&mut tx, name).await?;
@@ -267,7 +271,8 @@ impl ProjectionRunner {
             match alone.step(&mut places).await {
                 Ok(Step::Applied(applied)) => total += applied,
                 Ok(Step::Moved) => {}
-                Ok(Step::Idle | Step::Settled) => return Ok(Rebuild::Completed(total)),
+                Ok(Step::Idle) => return Ok(Rebuild::Completed(total)),
+                Ok(Step::Settled(applied)) => return Ok(Rebuild::Completed(total + applied)),
                 Err(StepError::Projector(_, error)) => return Err(error.into()),
                 Err(StepError::Runner(error)) => return Err(error),
             }

@@ -2,6 +2,7 @@
 //! falls due with them. Built from the aggregate the command decided on, owned, so that the
 //! group committer can write it without copying payloads.
 
+use chronicle_aggregates::{StartedStream, Upcast};
 use chronicle_projections::{EventMetadata, LogCursor};
 use cqrs_es::persist::{EventStoreAggregateContext, PersistenceError, SerializedEvent};
 use cqrs_es::{Aggregate, DomainEvent};
@@ -17,12 +18,14 @@ pub(super) struct SnapshotUpdate {
     pub(super) counter: i64,
 }
 
-/// The events one command appends to one aggregate, and the snapshot that falls due.
+/// The events one command appends to one aggregate, the snapshot that falls due, and the
+/// streams its events start (committed with it, all or none).
 pub struct Append {
     pub(super) aggregate_type: &'static str,
     pub(super) aggregate_id: String,
     pub(super) events: Vec<SerializedEvent>,
     pub(super) snapshot: Option<SnapshotUpdate>,
+    pub(super) started: Vec<Append>,
 }
 
 /// Where each of an append's events landed, in sequence order.
@@ -47,13 +50,19 @@ impl Append {
     ///
     /// # Errors
     /// An event or the state does not serialize.
-    pub fn new<A: Aggregate>(
+    pub fn new<A: Upcast>(
         decided: EventStoreAggregateContext<A>,
         events: &[A::Event],
         metadata: &EventMetadata,
         snapshot_every: usize,
     ) -> Result<Self, PersistenceError> {
         let metadata = metadata.to_value();
+        let started = decided
+            .aggregate
+            .started_streams(&decided.aggregate_id, events)?
+            .into_iter()
+            .map(|stream| Self::start(stream, &metadata))
+            .collect();
         let loaded = decided.current_sequence;
         let serialized = events
             .iter()
@@ -84,7 +93,33 @@ impl Append {
             aggregate_id: decided.aggregate_id,
             events: serialized,
             snapshot,
+            started,
         })
+    }
+
+    /// The append of a started stream's first event.
+    fn start(stream: StartedStream, metadata: &Value) -> Self {
+        let event = SerializedEvent::new(
+            stream.aggregate_id.clone(),
+            1,
+            stream.aggregate_type.to_owned(),
+            stream.event_type,
+            stream.event_version,
+            stream.payload,
+            metadata.clone(),
+        );
+        Self {
+            aggregate_type: stream.aggregate_type,
+            aggregate_id: stream.aggregate_id,
+            events: vec![event],
+            snapshot: None,
+            started: Vec::new(),
+        }
+    }
+
+    /// This append, then the appends of the streams it starts.
+    pub(super) fn with_started(&self) -> impl Iterator<Item = &Self> {
+        std::iter::once(self).chain(&self.started)
     }
 
     /// The append of already serialized `events` (cqrs-es's own commit path).
@@ -109,6 +144,7 @@ impl Append {
                 last_sequence: to_i64(last / every * every),
                 counter: to_i64(counter),
             }),
+            started: Vec::new(),
         }
     }
 }

@@ -152,11 +152,18 @@ impl Committer {
             return;
         }
         crate::metrics::group_commit(group.len());
-        let appends: Vec<&Append> = group.iter().map(|p| &p.append).collect();
+        let appends: Vec<&Append> = group.iter().flat_map(|p| p.append.with_started()).collect();
         match self.transaction(&appends).await {
             Ok(appended) => {
-                for (pending, appended) in group.into_iter().zip(appended) {
-                    let _ = pending.reply.send(Ok(appended));
+                let mut appended = appended.into_iter();
+                for pending in group {
+                    // Each caller is answered its own append's; its started streams follow it.
+                    let own = appended.next().unwrap_or_default();
+                    appended
+                        .by_ref()
+                        .take(pending.append.started.len())
+                        .for_each(drop);
+                    let _ = pending.reply.send(Ok(own));
                 }
             }
             Err(failure) if group.len() > 1 && !failure.unavailable() => {
@@ -181,7 +188,8 @@ impl Committer {
                 let _ = pending.reply.send(Err(error));
                 continue;
             }
-            let answer = match self.transaction(&[&pending.append]).await {
+            let appends: Vec<&Append> = pending.append.with_started().collect();
+            let answer = match self.transaction(&appends).await {
                 Ok(appended) => Ok(appended.into_iter().next().unwrap_or_default()),
                 Err(failure) => {
                     if failure.unavailable() {
@@ -280,6 +288,6 @@ impl Committer {
             return Ok(());
         }
         recorded.sort_unstable_by_key(|e| e.cursor.position);
-        Ok(self.inline.apply(conn, &recorded).await?)
+        Ok(self.inline.apply(conn, recorded).await?)
     }
 }

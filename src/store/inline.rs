@@ -1,32 +1,53 @@
-//! Inline projectors: applied to a command's events in the command's own transaction, so what
-//! they write commits with the events (the request streams a batch's submission starts exist
-//! the moment the submission is acknowledged).
+//! Inline projectors: applied to a group commit's events in its own transaction, so what
+//! they write commits with the events (the read models a caller reads back, and the request
+//! streams a batch's submission starts, exist the moment the command is acknowledged).
 //!
-//! Each keeps its ordinary checkpoint and runner. An append applies the projector inline only
+//! Each keeps its ordinary checkpoint and runner. A group applies a projector inline only
 //! when its checkpoint has applied every earlier event of its aggregate types, and moves the
-//! checkpoint past the new events in the same transaction; otherwise (after an upgrade, during
-//! a rebuild) the runner applies them later, in log order. Either way each event is applied
-//! once. Appends are serialized by the log lock, which an appending transaction holds from its
-//! first event on; a runner of an inline projector takes that lock before its checkpoint's, so
-//! the two never wait on each other in opposite orders.
+//! checkpoint of every such projector to the group's last event in the same transaction;
+//! otherwise (after an upgrade, during a rebuild) the runner applies the events later, in log
+//! order. Either way each event is applied once. Appends are serialized by the log lock,
+//! which an appending transaction holds from its first event on; every other writer of an
+//! inline projector's checkpoint (its runner, a rebuild's reset) takes that lock first, so
+//! they never wait on each other in opposite orders and a checkpoint found caught up stays so
+//! until the group commits.
 
 use std::sync::Arc;
 
-use chronicle_projections::{ProjectionError, Projector, RecordedEvent};
+use chronicle_projections::checkpoint::{self, Move};
+use chronicle_projections::{
+    type_list, EventMetadata, LogCursor, ProjectionError, Projector, RecordedEvent,
+};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
 use sqlx::PgConnection;
 
 /// The advisory lock every appending transaction holds until it commits (taken by the
 /// `events_log_position` trigger): log positions follow commit order under it.
 pub const LOG_LOCK: i64 = 7_163_101_030_252_110_700;
 
-/// The projectors applied in the append's transaction.
+/// Takes the log lock for the rest of the transaction on `conn`, as every writer of an
+/// inline projector's checkpoint does before touching it.
+///
+/// # Errors
+/// Any database error.
+pub async fn lock_log(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(LOG_LOCK)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The projectors applied in the append's transaction, in the order they apply.
 #[derive(Clone, Default)]
 pub struct InlineProjectors {
     projectors: Arc<Vec<Arc<dyn Projector>>>,
 }
 
 impl InlineProjectors {
-    /// These projectors, inline.
+    /// These projectors, inline, applied in this order (one that appends events before
+    /// those that read them).
     pub fn new(projectors: Vec<Arc<dyn Projector>>) -> Self {
         Self {
             projectors: Arc::new(projectors),
@@ -40,69 +61,127 @@ impl InlineProjectors {
             .any(|projector| reads(projector.as_ref(), aggregate_type))
     }
 
-    /// Whether `name` is applied inline.
-    pub fn contains(&self, name: &str) -> bool {
-        self.projectors.iter().any(|p| p.name() == name)
-    }
-
     /// Applies the new `events` (of one group commit, in log order) with every inline
-    /// projector that reads any of them and is caught up, inside the append's transaction
-    /// `conn`.
+    /// projector that is caught up, inside the append's transaction `conn`, and moves their
+    /// checkpoints past the group.
     ///
     /// # Errors
     /// The projector's or the database's.
     pub async fn apply(
         &self,
         conn: &mut PgConnection,
-        events: &[RecordedEvent],
+        mut events: Vec<RecordedEvent>,
     ) -> Result<(), ProjectionError> {
-        for projector in self.projectors.iter() {
+        let Some(first) = events.first().map(|e| e.cursor) else {
+            return Ok(());
+        };
+        let caught_up = self.caught_up(conn, first).await?;
+        let mut applied = Vec::with_capacity(caught_up.len());
+        for projector in &caught_up {
             let read: Vec<&RecordedEvent> = events
                 .iter()
                 .filter(|e| reads(projector.as_ref(), &e.aggregate_type))
                 .collect();
-            let (Some(first), Some(last)) = (read.first(), read.last()) else {
+            applied.push(read.len());
+            if read.is_empty() {
                 continue;
-            };
-            if caught_up(conn, projector.as_ref(), (first, last), read.len()).await? {
-                projector.apply(&mut *conn, &read).await?;
+            }
+            let appends = projector.may_append(&read);
+            projector.apply(&mut *conn, &read).await?;
+            if appends {
+                let last = events.last().map_or(first, |e| e.cursor);
+                events.extend(appended_after(conn, last).await?);
             }
         }
+        let last = events.last().map_or(first, |e| e.cursor);
+        let moves: Vec<Move<'_>> = caught_up
+            .iter()
+            .zip(applied)
+            .map(|(projector, applied)| (projector.name(), last, applied))
+            .collect();
+        checkpoint::advance(conn, &moves).await?;
         Ok(())
+    }
+
+    /// The projectors that have applied every event of their types before `first`, in
+    /// application order; their checkpoints are locked for the rest of the transaction.
+    async fn caught_up(
+        &self,
+        conn: &mut PgConnection,
+        first: LogCursor,
+    ) -> Result<Vec<Arc<dyn Projector>>, sqlx::Error> {
+        let names: Vec<&str> = self.projectors.iter().map(|p| p.name()).collect();
+        let types: Vec<Option<String>> = self
+            .projectors
+            .iter()
+            .map(|p| type_list(p.as_ref()))
+            .collect();
+        let found: Vec<String> = sqlx::query_scalar(
+            "SELECT c.name FROM projection_checkpoints c
+               JOIN UNNEST($1::text[], $2::text[]) AS p(name, types) ON p.name = c.name
+              WHERE NOT EXISTS (
+                    SELECT 1 FROM events e
+                     WHERE e.log_position > c.log_position AND e.log_position < $3
+                       AND (p.types IS NULL
+                            OR e.aggregate_type = ANY(string_to_array(p.types, ','))))
+              ORDER BY c.name FOR UPDATE OF c",
+        )
+        .bind(&names)
+        .bind(&types)
+        .bind(first.position)
+        .fetch_all(&mut *conn)
+        .await?;
+        Ok(self
+            .projectors
+            .iter()
+            .filter(|p| found.iter().any(|name| name == p.name()))
+            .cloned()
+            .collect())
     }
 }
 
-/// Moves `projector`'s checkpoint past `last` if it has applied every event of its types
-/// before `first`: then it applies these `count` events now, else its runner will.
-async fn caught_up(
+/// An event as `appended_after` reads it.
+#[derive(sqlx::FromRow)]
+struct AppendedRow {
+    log_position: i64,
+    aggregate_type: String,
+    aggregate_id: String,
+    sequence: i64,
+    event_type: String,
+    event_version: String,
+    payload: Value,
+    metadata: Value,
+    recorded_at: DateTime<Utc>,
+}
+
+/// The events this transaction appended after `last` (a projector's derived events: under
+/// the log lock, no one else's can follow ours).
+async fn appended_after(
     conn: &mut PgConnection,
-    projector: &dyn Projector,
-    (first, last): (&RecordedEvent, &RecordedEvent),
-    count: usize,
-) -> Result<bool, ProjectionError> {
-    let types = projector
-        .aggregate_types()
-        .map(|types| types.iter().map(|t| (*t).to_owned()).collect::<Vec<_>>());
-    Ok(sqlx::query_scalar::<_, bool>(
-        "WITH moved AS (
-            UPDATE projection_checkpoints c
-               SET log_position = $2, events_applied = events_applied + $3,
-                   updated_at = now()
-             WHERE name = $1
-               AND NOT EXISTS (
-                   SELECT 1 FROM events e
-                    WHERE e.log_position > c.log_position AND e.log_position < $4
-                      AND ($5::text[] IS NULL OR e.aggregate_type = ANY($5)))
-            RETURNING pg_notify('chronicle_projected', $1))
-         SELECT EXISTS (SELECT 1 FROM moved)",
+    last: LogCursor,
+) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    let rows: Vec<AppendedRow> = sqlx::query_as(
+        "SELECT log_position, aggregate_type, aggregate_id, sequence, event_type,
+                event_version, payload, metadata, recorded_at
+           FROM events WHERE log_position > $1 ORDER BY log_position",
     )
-    .bind(projector.name())
-    .bind(last.cursor.position)
-    .bind(i64::try_from(count).unwrap_or(i64::MAX))
-    .bind(first.cursor.position)
-    .bind(types)
-    .fetch_one(&mut *conn)
-    .await?)
+    .bind(last.position)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| RecordedEvent {
+            cursor: LogCursor::at(row.log_position),
+            metadata: EventMetadata::from_value(&row.metadata),
+            aggregate_type: row.aggregate_type,
+            aggregate_id: row.aggregate_id,
+            sequence: row.sequence,
+            event_type: row.event_type,
+            event_version: row.event_version,
+            payload: row.payload,
+            recorded_at: row.recorded_at,
+        })
+        .collect())
 }
 
 fn reads(projector: &dyn Projector, aggregate_type: &str) -> bool {

@@ -142,7 +142,8 @@ async fn the_audit_trail_lists_each_state_change_with_actor_and_correlation() {
     })
     .await;
     assert_eq!(request_trail[0]["toState"], "pending");
-    assert_eq!(request_trail[0]["actor"], "system");
+    // The submission wrote the request's first event: the submitter is its actor.
+    assert_eq!(request_trail[0]["actor"], "admin");
     app.stop().await;
 }
 

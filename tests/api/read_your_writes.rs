@@ -69,3 +69,85 @@ async fn a_read_after_the_mutations_cursor_sees_the_write_and_a_position_never_r
     }
     app.stop().await;
 }
+
+/// Runs `query` once and returns its data, failing on any error.
+async fn read(app: &TestApp, query: &str, variables: Value) -> Value {
+    let (status, answer) = post(app, None, query, variables).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["errors"].is_null(), "{answer}");
+    answer["data"].clone()
+}
+
+#[tokio::test]
+async fn what_a_mutation_wrote_is_listed_and_read_at_once_for_every_kind_of_work() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db, "read-your-writes").await;
+    // No header, no retry: the read models are written in the mutation's transaction.
+    let submit =
+        "mutation($i: SubmitRequestInput!) { submitRequest(input: $i) { requestId batchId } }";
+    let input = json!({ "i": { "customId": "a-1", "endpoint": "/v1/chat/completions",
+        "model": "m", "body": { "model": "m", "messages": [] }, "delivery": { "poll": true } } });
+    let submitted = read(&app, submit, input).await["submitRequest"].clone();
+    let (request, batch) = (&submitted["requestId"], &submitted["batchId"]);
+    let listed = read(
+        &app,
+        "{ requests { edges { node { id status } } } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        listed["requests"]["edges"][0]["node"]["id"], *request,
+        "{listed}"
+    );
+    let one = "query($r: UUID!, $b: UUID!) { request(id: $r) { status }
+        batch(id: $b) { requestCount } transitions(aggregateId: $r) { toState } }";
+    let found = read(&app, one, json!({ "r": request, "b": batch })).await;
+    assert_eq!(found["request"]["status"], "pending", "{found}");
+    assert_eq!(found["batch"]["requestCount"], 1, "{found}");
+    assert_eq!(found["transitions"][0]["toState"], "pending", "{found}");
+
+    let (_, created) = post(
+        &app,
+        None,
+        CREATE,
+        json!({ "i": {
+        "learnerId": "learner-1",
+        "scenario": { "diagnosis": "gout", "chiefComplaint": "toe", "difficulty": "EASY" },
+        "patient": { "name": "P", "age": 60, "sex": "female", "history": "none" },
+        "ai": { "model": "m" } } }),
+    )
+    .await;
+    let simulation = &created["data"]["createSimulation"]["aggregateId"];
+    let listed = read(&app, "{ simulations { edges { node { id } } } }", json!({})).await;
+    assert_eq!(
+        listed["simulations"]["edges"][0]["node"]["id"], *simulation,
+        "{listed}"
+    );
+
+    for name in ["clinical", "research"] {
+        let register =
+            "mutation($i: DicomServerInput!) { registerDicomServer(input: $i) { aggregateId } }";
+        let url = format!("http://127.0.0.1:9/{name}/dicom-web");
+        read(
+            &app,
+            register,
+            json!({ "i": { "name": name, "baseUrl": url } }),
+        )
+        .await;
+    }
+    let create = "mutation($s: TransferSetupInput!, $t: [TransferTaskInput!]!) {
+        createTransferJob(setup: $s, tasks: $t) { aggregateId } }";
+    let setup = json!({ "source": "clinical", "destination": "research", "pseudonymize": false });
+    let tasks = json!([{ "patientId": "P1", "studyInstanceUid": "1.2.3" }]);
+    let job = read(&app, create, json!({ "s": setup, "t": tasks })).await["createTransferJob"]
+        ["aggregateId"]
+        .clone();
+    let found = read(
+        &app,
+        "query($id: UUID!) { transferJob(id: $id) { taskCount } }",
+        json!({ "id": job }),
+    )
+    .await;
+    assert_eq!(found["transferJob"]["taskCount"], 1, "{found}");
+    app.stop().await;
+}

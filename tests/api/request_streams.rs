@@ -1,10 +1,15 @@
 //! The request streams a submission starts are written by the submission itself, in its
-//! transaction: they exist when it is acknowledged. After an upgrade or a rebuild, while the
-//! `request_streams` projector is behind, its runner writes them instead, once.
+//! transaction: they exist when it is acknowledged. The upgrade to this way starts, once, the
+//! streams an earlier version had not derived yet.
 
+use chronicle_aggregates::batch::{BatchEntry, BatchEvent, BatchKey};
+use chronicle_aggregates::request::{RequestEvent, RequestSpec};
+use chronicle_aggregates::{Delivery, Endpoint};
+use cqrs_es::DomainEvent;
 use serde_json::{json, Value};
+use uuid::Uuid;
 
-use crate::support::{eventually, TestApp, TestDb};
+use crate::support::{TestApp, TestDb};
 
 const SUBMIT_MANY: &str = "mutation($requests: [SubmitRequestInput!]!) {
     submitRequests(requests: $requests) { requestId } }";
@@ -62,30 +67,84 @@ async fn an_acknowledged_submission_has_started_its_request_streams_in_its_trans
     app.stop().await;
 }
 
-#[tokio::test]
-async fn while_the_projector_is_behind_its_runner_starts_the_streams_once() {
-    let db = TestDb::new().await;
-    let app = TestApp::spawn(&db, "streams").await;
-    let early = submit(&app, "early", 5).await;
-    app.stop().await;
-    // As after a rebuild's reset: the projector has applied nothing.
-    sqlx::query(
-        "UPDATE projection_checkpoints SET log_position = 0 WHERE name = 'request_streams'",
-    )
-    .execute(&db.pool)
-    .await
-    .expect("reset");
-    let app = TestApp::spawn(&db, "streams").await;
-    let late = submit(&app, "late", 5).await;
-    let all: Vec<String> = early.into_iter().chain(late).collect();
-    eventually(
-        std::time::Duration::from_secs(20),
-        "every stream started once",
-        || async {
-            let found = streams(&app, &all).await;
-            found.iter().all(|(count, _)| *count == 1).then_some(())
+/// The events of a submission recorded before submissions started their streams themselves:
+/// a batch opened by `owner` with one request, whose stream was never started.
+async fn record_unstarted_submission(pool: &sqlx::PgPool, owner: &str) -> (Uuid, Uuid) {
+    let (batch_id, request_id) = (Uuid::now_v7(), Uuid::now_v7());
+    let at = chrono::Utc::now();
+    let key = BatchKey {
+        owner: owner.into(),
+        endpoint: Endpoint::ChatCompletions,
+        model: "m".into(),
+    };
+    let spec = RequestSpec {
+        custom_id: "old-1".into(),
+        endpoint: Endpoint::ChatCompletions,
+        model: "m".into(),
+        body: json!({ "model": "m", "messages": [] }),
+        delivery: Delivery::Poll,
+    };
+    let events = [
+        BatchEvent::Opened { batch_id, key, at },
+        BatchEvent::RequestsAdded {
+            entries: vec![BatchEntry { request_id, spec }],
+            size_bytes: 10,
+            at,
         },
+    ];
+    for (sequence, event) in (1_i64..).zip(&events) {
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                                 event_version, payload, metadata)
+             VALUES ('Batch', $1, $2, $3, $4, $5, '{}')",
+        )
+        .bind(batch_id.to_string())
+        .bind(sequence)
+        .bind(event.event_type())
+        .bind(event.event_version())
+        .bind(serde_json::to_value(event).expect("payload"))
+        .execute(pool)
+        .await
+        .expect("recorded");
+    }
+    (batch_id, request_id)
+}
+
+#[tokio::test]
+async fn the_upgrade_starts_the_streams_an_earlier_version_left_unstarted_once() {
+    let db = TestDb::new().await;
+    let (batch_id, request_id) = record_unstarted_submission(&db.pool, "client-a").await;
+    let repair = include_str!(
+        "../../migrations/20261207000014_request_streams_started_by_their_submission.sql"
+    );
+    for _ in 0..2 {
+        sqlx::raw_sql(repair)
+            .execute(&db.pool)
+            .await
+            .expect("repair");
+    }
+    let started: Vec<Value> = sqlx::query_scalar(
+        "SELECT payload FROM events WHERE aggregate_type = 'Request' AND aggregate_id = $1",
     )
-    .await;
-    app.stop().await;
+    .bind(request_id.to_string())
+    .fetch_all(&db.pool)
+    .await
+    .expect("started");
+    assert_eq!(started.len(), 1, "started once: {started:?}");
+    let submitted: RequestEvent = serde_json::from_value(started[0].clone()).expect("decodes");
+    let RequestEvent::Submitted {
+        request_id: id,
+        owner,
+        batch_id: batch,
+        spec,
+        ..
+    } = submitted
+    else {
+        panic!("not a submission: {submitted:?}");
+    };
+    assert_eq!(
+        (id, owner.as_str(), batch),
+        (request_id, "client-a", batch_id)
+    );
+    assert_eq!(spec.custom_id, "old-1");
 }

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chronicle_projections::checkpoint::{self, Move};
-use chronicle_projections::{LogCursor, ProjectionError, RecordedEvent};
+use chronicle_projections::{type_list, LogCursor, ProjectionError, RecordedEvent};
 
 use super::{ProjectionRunner, RunnerError};
 use crate::log::{LogFilter, Page};
-use crate::store::LOG_LOCK;
+use crate::store::lock_log;
 
 /// Where one projector of a runner stands: its stored checkpoint, how far it has read (past
 /// events it does not need, the read position runs ahead of the checkpoint), and until when
@@ -49,8 +49,9 @@ pub(super) enum Step {
     /// Nothing new is committed.
     Idle,
     /// An inline set has applied every event of its types, checked under the log lock:
-    /// from now on appends apply it, and its runner has nothing to do until a reset.
-    Settled,
+    /// from now on appends apply it, and its runner has nothing to do until a reset. Carries
+    /// how many events this step applied on the way.
+    Settled(usize),
 }
 
 /// Why a step failed: the database, or one projector (the others can go on without it).
@@ -119,83 +120,92 @@ impl ProjectionRunner {
         }
         Ok(match self.apply(places, &due).await? {
             Step::Applied(0) => quiet,
-            step @ (Step::Applied(_) | Step::Moved | Step::Idle | Step::Settled) => step,
+            step @ (Step::Applied(_) | Step::Moved | Step::Idle | Step::Settled(_)) => step,
         })
     }
 
-    /// Applies `due` in one transaction. When a checkpoint had moved, its projector follows
-    /// it and nothing is applied (`Moved`, or `Settled`).
+    /// Applies `due` in one transaction. A projector whose checkpoint had moved (a rebuild,
+    /// or appends applying it inline) follows it and applies nothing this time; the others
+    /// apply their shares.
     async fn apply(&self, places: &mut [Place], due: &[Share<'_>]) -> Result<Step, StepError> {
         let mut tx = self.pool.begin().await?;
         if self.inline {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(LOG_LOCK)
-                .execute(&mut *tx)
-                .await?;
+            lock_log(&mut tx).await?;
         }
         let names: Vec<&str> = due
             .iter()
             .map(|s| self.projectors[s.index].name())
             .collect();
         let stored = checkpoint::lock(&mut tx, &names).await?;
-        let mut moved = false;
+        let mut kept = Vec::with_capacity(due.len());
         for ((share, stored), name) in due.iter().zip(stored).zip(&names) {
-            if stored != places[share.index].stored {
+            if stored == places[share.index].stored {
+                kept.push((share, *name));
+            } else {
                 tracing::debug!(projection = name, from = %stored, "checkpoint moved (a rebuild, or appends applying it inline); following it");
                 places[share.index] = Place::at(stored);
-                moved = true;
             }
         }
-        if moved {
-            let from = due.iter().map(|s| places[s.index].stored).min();
-            return Ok(self.settled_or(&mut tx, from, Step::Moved).await?);
+        if kept.is_empty() {
+            return Ok(self.settled_or(&mut tx, Step::Moved).await?);
         }
-        for share in due.iter().filter(|s| !s.events.is_empty()) {
+        for (share, _) in kept.iter().filter(|(s, _)| !s.events.is_empty()) {
             let projector = &self.projectors[share.index];
             projector
                 .apply(&mut tx, &share.events)
                 .await
                 .map_err(|error| StepError::Projector(share.index, error))?;
         }
-        let moves: Vec<Move<'_>> = due
+        let moves: Vec<Move<'_>> = kept
             .iter()
-            .zip(&names)
             .map(|(share, name)| (*name, share.to, share.events.len()))
             .collect();
         checkpoint::advance(&mut tx, &moves).await?;
-        let applied = Step::Applied(due.iter().map(|s| s.events.len()).sum());
-        let step = self
-            .settled_or(&mut tx, due.iter().map(|s| s.to).min(), applied)
-            .await?;
+        let applied = Step::Applied(kept.iter().map(|(s, _)| s.events.len()).sum());
+        let step = self.settled_or(&mut tx, applied).await?;
         tx.commit().await?;
-        for share in due {
+        for (share, _) in kept {
             places[share.index] = Place::at(share.to);
         }
         Ok(step)
     }
 
-    /// `Settled` when this is an inline set and no event of its types follows `from`;
-    /// otherwise `step`. Only meaningful under the log lock (an inline set's transactions
-    /// hold it): no append can commit meanwhile, and every later one finds the checkpoint
-    /// caught up and applies the set itself.
+    /// `Settled` when this is an inline set and each of its projectors has applied every
+    /// event of its types; otherwise `step`. Only meaningful under the log lock (an inline
+    /// set's transactions hold it): no append can commit meanwhile, and every later one
+    /// finds the checkpoints caught up and applies the set itself.
     async fn settled_or(
         &self,
         tx: &mut sqlx::PgConnection,
-        from: Option<LogCursor>,
         step: Step,
     ) -> Result<Step, sqlx::Error> {
-        let (true, Some(from)) = (self.inline, from) else {
+        if !self.inline {
             return Ok(step);
-        };
+        }
+        let types: Vec<Option<String>> = self
+            .projectors
+            .iter()
+            .map(|p| type_list(p.as_ref()))
+            .collect();
         let behind: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM events WHERE log_position > $1
-                              AND ($2::text[] IS NULL OR aggregate_type = ANY($2)))",
+            "SELECT EXISTS (
+                SELECT 1 FROM UNNEST($1::text[], $2::text[]) AS p(name, types)
+                  LEFT JOIN projection_checkpoints c ON c.name = p.name
+                 WHERE EXISTS (
+                       SELECT 1 FROM events e
+                        WHERE e.log_position > coalesce(c.log_position, 0)
+                          AND (p.types IS NULL
+                               OR e.aggregate_type = ANY(string_to_array(p.types, ',')))))",
         )
-        .bind(from.position)
-        .bind(self.aggregate_types())
+        .bind(self.names())
+        .bind(types)
         .fetch_one(tx)
         .await?;
-        Ok(if behind { step } else { Step::Settled })
+        Ok(match (behind, step) {
+            (true, step) => step,
+            (false, Step::Applied(applied)) => Step::Settled(applied),
+            (false, _) => Step::Settled(0),
+        })
     }
 
     /// The events of `page` after `read` that projector `index` reads.
@@ -248,16 +258,16 @@ impl ProjectionRunner {
     /// unless an event of its types is unapplied after all; false then (it must read again).
     pub(super) async fn keep_settled(&self, places: &mut [Place]) -> Result<bool, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(LOG_LOCK)
-            .execute(&mut *tx)
-            .await?;
+        lock_log(&mut tx).await?;
         let names = self.names();
         let stored = checkpoint::lock(&mut tx, &names).await?;
-        let Some(from) = stored.iter().min().copied() else {
+        if stored.is_empty() {
             return Ok(true);
-        };
-        if self.settled_or(&mut tx, Some(from), Step::Moved).await? != Step::Settled {
+        }
+        if !matches!(
+            self.settled_or(&mut tx, Step::Moved).await?,
+            Step::Settled(_)
+        ) {
             for (place, stored) in places.iter_mut().zip(stored) {
                 *place = Place::at(stored);
             }

@@ -62,15 +62,24 @@ impl Group {
         if pending.reply.is_closed() {
             return;
         }
-        let append = &pending.append;
-        if !self
-            .aggregates
-            .insert((append.aggregate_type, append.aggregate_id.clone()))
+        let streams: Vec<(&'static str, String)> = pending
+            .append
+            .with_started()
+            .map(|a| (a.aggregate_type, a.aggregate_id.clone()))
+            .collect();
+        if streams
+            .iter()
+            .any(|stream| self.aggregates.contains(stream))
         {
             later.push_back(pending);
             return;
         }
-        self.events += append.events.len();
+        self.events += pending
+            .append
+            .with_started()
+            .map(|a| a.events.len())
+            .sum::<usize>();
+        self.aggregates.extend(streams);
         self.members.push(pending);
     }
 }
@@ -107,6 +116,7 @@ mod tests {
             aggregate_id: id.into(),
             events: (1..=events).map(event).collect(),
             snapshot: None,
+            started: Vec::new(),
         };
         let (reply, answer) = oneshot::channel();
         (Pending { append, reply }, Some(answer))

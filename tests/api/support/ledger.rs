@@ -121,6 +121,8 @@ impl Aggregate for Ledger {
     }
 }
 
+impl chronicle_aggregates::StartsStreams for Ledger {}
+
 impl Upcast for Ledger {
     fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
         vec![Box::new(SemanticVersionEventUpcaster::new(
