@@ -5,6 +5,7 @@
 mod bootstrap;
 mod egress;
 mod keys;
+mod known_keys;
 mod pepper;
 mod rate_limit;
 mod revocations;
@@ -12,6 +13,7 @@ mod revocations;
 pub use bootstrap::{bootstrap_admin, ADMIN_CLIENT};
 pub use egress::{EgressPolicy, Refused};
 pub use keys::{Authenticator, Identity, KeyHasher, NewKey};
+pub use known_keys::KnownKeys;
 pub use pepper::{Pepper, PepperError};
 pub use rate_limit::{MutationCost, RateLimiter, RateLimits};
-pub use revocations::{KeyNews, RevocationWatch, Revocations};
+pub use revocations::{KeyNews, Revocation, RevocationWatch, Revocations};

@@ -34,8 +34,8 @@ use crate::log::{LiveLog, LogReader, LogWaker};
 use crate::privacy::Vault;
 use crate::projection::{self, ReadModels, Roles};
 use crate::security::{
-    bootstrap_admin, Authenticator, EgressPolicy, KeyHasher, Pepper, RateLimiter, RateLimits,
-    Revocations,
+    bootstrap_admin, Authenticator, EgressPolicy, KeyHasher, KnownKeys, Pepper, RateLimiter,
+    RateLimits, Revocations,
 };
 use crate::simulation::SimulationActions;
 use crate::store::{EventStores, InlineProjectors};
@@ -151,6 +151,7 @@ async fn api_state(
     .await
     .context("reading the log's head")?;
     let hasher = KeyHasher::new(pepper.as_bytes());
+    let known_keys = KnownKeys::default();
     let commands = &core.commands;
     let limits = BatchLimits {
         max_requests: config.batch_max_requests,
@@ -187,6 +188,7 @@ async fn api_state(
         hasher: hasher.clone(),
         vault: core.vault.clone(),
         commands: commands.clone(),
+        known_keys: known_keys.clone(),
     });
     let (authenticator, revocations) = if security.insecure_dev {
         tracing::warn!("*** --insecure-dev: NO AUTHENTICATION. Every caller is an admin. Never expose this instance. ***");
@@ -195,7 +197,8 @@ async fn api_state(
         let bootstrap = security.bootstrap_admin_key.as_ref();
         bootstrap_admin(commands, &core.pool, &hasher, bootstrap).await?;
         let revocations = Revocations::start(&live, core.shutdown.clone());
-        let authenticator = Authenticator::new(core.pool.clone(), hasher);
+        known_keys.follow(&revocations, core.shutdown.clone());
+        let authenticator = Authenticator::new(core.pool.clone(), hasher, known_keys);
         (Some(authenticator), Some(revocations))
     };
     let read_models = ReadModels::new(core.pool.clone(), core.waker.clone(), projectors);

@@ -12,7 +12,7 @@ use super::outcome::CommandOutcome;
 use super::{ApiError, Caller};
 use crate::command::Commands;
 use crate::delivery::WebhookSecrets;
-use crate::security::{KeyHasher, NewKey};
+use crate::security::{KeyHasher, KnownKeys, NewKey};
 
 /// What a client's keys may do.
 #[derive(Enum, Clone, Copy, PartialEq, Eq)]
@@ -233,11 +233,14 @@ impl ClientMutation {
         let caller = Caller::from_ctx(ctx)?;
         caller.require_admin()?;
         let command = ClientCommand::RevokeKey {
-            key_id,
+            key_id: key_id.clone(),
             by: caller.actor.clone(),
             at: Utc::now(),
         };
-        run(ctx, caller, &client_id, command).await
+        let outcome = run(ctx, caller, &client_id, command).await?;
+        // Other instances forget it when the revocation reaches them through the log.
+        ctx.data_unchecked::<KnownKeys>().forget(&key_id);
+        Ok(outcome)
     }
 
     /// Replaces a client's webhook signing secret and returns the new one.

@@ -29,7 +29,7 @@ use crate::delivery::WebhookSecrets;
 use crate::llm::{LlmActions, Submitter};
 use crate::log::{LiveLog, LogReader};
 use crate::privacy::Vault;
-use crate::security::{EgressPolicy, KeyHasher, RateLimiter};
+use crate::security::{EgressPolicy, KeyHasher, KnownKeys, RateLimiter};
 use crate::simulation::SimulationActions;
 use crate::transfer::TransferActions;
 
@@ -106,6 +106,8 @@ pub struct ApiServices {
     pub egress: EgressPolicy,
     /// The command path, for admin commands.
     pub commands: Commands,
+    /// The keys the authenticator keeps: a revocation forgets its key at once.
+    pub known_keys: KnownKeys,
 }
 
 /// Deepest accepted query: GraphiQL's introspection query needs 13, our own types 7.
@@ -142,6 +144,7 @@ pub fn build_schema(services: ApiServices) -> ChronicleSchema {
         .data(services.vault)
         .data(services.egress)
         .data(services.commands)
+        .data(services.known_keys)
         .finish()
 }
 

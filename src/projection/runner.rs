@@ -32,6 +32,8 @@ pub struct ProjectionRunner {
     /// The set is an inline projector: its transactions take the log lock first, as appends
     /// do, so the two never wait on each other in opposite orders.
     inline: bool,
+    /// How long a woken runner lets commits gather before it reads (see [`ProjectorSet`]).
+    gather: Duration,
     pool: PgPool,
     reader: LogReader,
     /// Pages shared with the instance's other runners, when running with them.
@@ -40,10 +42,6 @@ pub struct ProjectionRunner {
     /// When the set last recorded moving past events its projectors do not need.
     skipped_at: std::sync::Mutex<Option<Instant>>,
 }
-
-/// How long a woken runner lets commits gather before it reads: under load, one page (one
-/// transaction) then carries several commits' events instead of one each.
-const GATHER: Duration = Duration::from_millis(5);
 
 /// How often a runner records its projectors moving past events they do not need: each
 /// record is a write, and until it is made the skipped events are only re-read after a
@@ -85,7 +83,11 @@ impl ProjectionRunner {
         reader: LogReader,
         settings: RunnerSettings,
     ) -> Self {
-        let ProjectorSet { role, projectors } = set;
+        let ProjectorSet {
+            role,
+            projectors,
+            gather,
+        } = set;
         let inline = projectors
             .iter()
             .any(|p| super::inline().iter().any(|i| i.name() == p.name()));
@@ -93,6 +95,7 @@ impl ProjectionRunner {
             role,
             projectors,
             inline,
+            gather,
             pool,
             reader,
             shared: None,
@@ -187,7 +190,7 @@ impl ProjectionRunner {
             }
             let deadline = next_deadline(&places);
             tokio::select! {
-                () = waiter.wait_until(deadline) => tokio::time::sleep(GATHER).await,
+                () = waiter.wait_until(deadline) => tokio::time::sleep(self.gather).await,
                 Ok(()) = resets.changed() => reset = true,
                 () = role.lost() => {}
                 () = shutdown.cancelled() => {}
@@ -260,6 +263,7 @@ impl ProjectionRunner {
         let set = ProjectorSet {
             role: self.role.clone(),
             projectors: vec![projector],
+            gather: self.gather,
         };
         let alone = Self::new(set, self.pool.clone(), self.reader.clone(), self.settings);
         let mut places = [Place::at(LogCursor::START)];

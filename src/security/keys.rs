@@ -11,6 +11,8 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 use sqlx::PgPool;
 
+use super::known_keys::{IssuedKey, KnownKeys};
+
 const PREFIX: &str = "chr_";
 const KEY_ID_BYTES: usize = 8;
 const SECRET_BYTES: usize = 32;
@@ -111,17 +113,23 @@ pub struct Identity {
     pub role: Role,
 }
 
-/// Checks presented keys against the issued, unrevoked ones.
+/// Checks presented keys against the issued, unrevoked ones (kept in memory for a while,
+/// see [`KnownKeys`]).
 #[derive(Clone)]
 pub struct Authenticator {
     pool: PgPool,
     hasher: KeyHasher,
+    known: KnownKeys,
 }
 
 impl Authenticator {
-    /// Checks keys issued in `pool`, hashed by `hasher`.
-    pub fn new(pool: PgPool, hasher: KeyHasher) -> Self {
-        Self { pool, hasher }
+    /// Checks keys issued in `pool`, hashed by `hasher`, keeping them in `known`.
+    pub fn new(pool: PgPool, hasher: KeyHasher, known: KnownKeys) -> Self {
+        Self {
+            pool,
+            hasher,
+            known,
+        }
     }
 
     /// The identity `token` proves, or `None` for a malformed, unknown, revoked or wrong key.
@@ -132,19 +140,35 @@ impl Authenticator {
         let Some((key_id, secret)) = split(token) else {
             return Ok(None);
         };
+        let issued = match self.known.get(key_id) {
+            Ok(issued) => issued,
+            Err(generation) => {
+                let Some(issued) = self.issued(key_id).await? else {
+                    return Ok(None);
+                };
+                self.known.keep(key_id, issued.clone(), generation);
+                issued
+            }
+        };
+        Ok(self.hasher.verify(secret, &issued.hash).then(|| Identity {
+            key_id: key_id.to_owned(),
+            client_id: issued.client_id,
+            role: issued.role,
+        }))
+    }
+
+    /// Key `key_id` as `api_keys` holds it, if issued and not revoked.
+    async fn issued(&self, key_id: &str) -> sqlx::Result<Option<IssuedKey>> {
         let row: Option<(String, String, String)> = sqlx::query_as(
             "SELECT client_id, role, hash FROM api_keys WHERE key_id = $1 AND revoked_at IS NULL",
         )
         .bind(key_id)
         .fetch_optional(&self.pool)
         .await?;
-        let Some((client_id, role, hash)) = row else {
-            return Ok(None);
-        };
-        Ok(self.hasher.verify(secret, &hash).then(|| Identity {
-            key_id: key_id.to_owned(),
+        Ok(row.map(|(client_id, role, hash)| IssuedKey {
             client_id,
             role: Role::parse(&role),
+            hash,
         }))
     }
 }

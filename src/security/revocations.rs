@@ -72,16 +72,33 @@ impl Revocations {
     }
 }
 
+/// The next thing a watch learned.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Revocation {
+    /// This key was revoked.
+    Key(String),
+    /// Revocations were missed (too many at once): any key may have been revoked.
+    Missed,
+}
+
 impl RevocationWatch {
+    /// Waits for the next revocation.
+    pub async fn next(&mut self) -> Revocation {
+        match self.receiver.recv().await {
+            Ok(revoked) => Revocation::Key(revoked),
+            Err(broadcast::error::RecvError::Lagged(_)) => Revocation::Missed,
+            // The follower stopped (shutdown): nothing more will come.
+            Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+        }
+    }
+
     /// Waits until `key_id` is revoked, or until revocations were missed.
     pub async fn next_about(&mut self, key_id: &str) -> KeyNews {
         loop {
-            match self.receiver.recv().await {
-                Ok(revoked) if revoked == key_id => return KeyNews::Revoked,
-                Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(_)) => return KeyNews::Unknown,
-                // The follower stopped (shutdown): nothing more will come.
-                Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+            match self.next().await {
+                Revocation::Key(revoked) if revoked == key_id => return KeyNews::Revoked,
+                Revocation::Key(_) => {}
+                Revocation::Missed => return KeyNews::Unknown,
             }
         }
     }

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::support::{error_code as code, TestApp, TestDb, ADMIN_KEY};
+use crate::support::{error_code as code, eventually, TestApp, TestDb, ADMIN_KEY};
 
 const ME: &str = "{ me { clientId role } }";
 
@@ -225,4 +225,42 @@ async fn a_key_from_keys_new_bootstraps_the_admin_once() {
     let me = app.graphql_as(&key, ME, json!({})).await;
     assert_eq!(me["data"]["me"]["clientId"], "admin", "{me}");
     app.stop().await;
+}
+
+#[tokio::test]
+async fn a_key_revoked_through_one_instance_stops_working_on_another_that_kept_it() {
+    let db = TestDb::new().await;
+    let (first, second) = (
+        TestApp::spawn(&db, "keys-a").await,
+        TestApp::spawn(&db, "keys-b").await,
+    );
+    let key = first.client_key("acme", "CLIENT").await;
+    // The second instance reads the key once and keeps it.
+    for _ in 0..3 {
+        let me = second.graphql_as(&key, ME, json!({})).await;
+        assert_eq!(me["data"]["me"]["clientId"], "acme", "{me}");
+    }
+    let listed = first
+        .graphql("{ client(id: \"acme\") { keys { keyId } } }", json!({}))
+        .await;
+    let key_id = listed["data"]["client"]["keys"][0]["keyId"].clone();
+    let revoke =
+        "mutation($c: String!, $k: String!) { revokeKey(clientId: $c, keyId: $k) { version } }";
+    let revoked = first
+        .graphql(revoke, json!({ "c": "acme", "k": key_id }))
+        .await;
+    assert!(revoked["errors"].is_null(), "{revoked}");
+    // The revocation reaches the second instance through the log, well before a kept key
+    // would be read again anyway (five seconds).
+    eventually(
+        std::time::Duration::from_secs(3),
+        "refused on the other instance",
+        || async {
+            let after = second.graphql_as(&key, ME, json!({})).await;
+            (code(&after) == "UNAUTHENTICATED").then_some(())
+        },
+    )
+    .await;
+    first.stop().await;
+    second.stop().await;
 }
