@@ -2,6 +2,7 @@
 //! and report the outcome. GraphQL mutations and process managers both call [`Commands`].
 
 mod idempotency;
+mod moves;
 
 use chronicle_aggregates::{DomainError, ErrorCode, Upcast};
 use chronicle_projections::{EventMetadata, LogCursor};

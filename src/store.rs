@@ -11,6 +11,7 @@ mod inline;
 mod repository;
 
 use chronicle_aggregates::{Upcast, Upcasters};
+use chronicle_projections::request_moves::RequestMove;
 use chronicle_projections::EventMetadata;
 use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore, PersistenceError};
 use sqlx::PgPool;
@@ -71,6 +72,27 @@ impl EventStores {
     ) -> Result<Appended, PersistenceError> {
         let append = Append::new(decided, events, metadata, self.snapshot_every::<A>())?;
         self.appender.append(append).await
+    }
+
+    /// Appends each request's move (see `request_moves`) in the next group commit, all or
+    /// none; returns how many requests moved.
+    ///
+    /// # Errors
+    /// `OptimisticLockError` when another writer moved one of the requests first; the
+    /// database's failure otherwise.
+    pub async fn append_moves(
+        &self,
+        moves: Vec<RequestMove>,
+        metadata: &EventMetadata,
+    ) -> Result<usize, PersistenceError> {
+        let count = moves.len();
+        match Append::moves(moves, metadata)? {
+            Some(append) => {
+                self.appender.append(append).await?;
+                Ok(count)
+            }
+            None => Ok(0),
+        }
     }
 
     fn snapshot_every<A: Upcast>(&self) -> usize {

@@ -8,7 +8,6 @@
 use chronicle_aggregates::batch::{Batch, BatchCommand, BatchServices};
 use chronicle_aggregates::request::{RequestEvent, RequestStatus};
 use chronicle_aggregates::ErrorCode;
-use chronicle_projections::request_moves;
 use chrono::Utc;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -83,13 +82,11 @@ impl BatchDelivery {
         .await?;
         let started = RequestEvent::DeliveryStarted { at: Utc::now() };
         let context = CommandContext::system(batch_id);
-        let metadata = context.metadata(Uuid::now_v7().to_string()).to_value();
-        let mut conn = self.pool.acquire().await?;
-        request_moves::append(&mut conn, &metadata, &pushed, |_, status| {
-            (status == RequestStatus::ProviderProcessed).then(|| started.clone())
-        })
-        .await?;
-        drop(conn);
+        self.commands
+            .move_requests(&context, None, &pushed, |_, status| {
+                (status == RequestStatus::ProviderProcessed).then(|| started.clone())
+            })
+            .await?;
         self.on_batch(batch_id, BatchCommand::StartDelivery { at: Utc::now() })
             .await
     }

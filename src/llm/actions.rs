@@ -5,7 +5,6 @@ use chronicle_aggregates::batch::{Batch, BatchCommand, BatchServices, CloseReaso
 use chronicle_aggregates::request::{Request, RequestCommand, RequestEvent, RequestStatus};
 use chronicle_aggregates::ErrorCode;
 
-use chronicle_projections::request_moves;
 use chrono::Utc;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -233,20 +232,15 @@ impl LlmActions {
                 .bind(statuses)
                 .fetch_all(&self.pool)
                 .await?;
-                let command_id = command_id.unwrap_or_else(Uuid::now_v7);
-                let metadata = context.metadata(command_id.to_string()).to_value();
                 let started = RequestEvent::DeliveryStarted { at: Utc::now() };
-                let mut conn = self.pool.acquire().await?;
                 // The events decide: a request the read model shows late is moved only from
                 // the statuses asked for.
-                let moved = request_moves::append(&mut conn, &metadata, &ids, |_, status| {
-                    from.contains(&status).then(|| started.clone())
-                })
-                .await
-                .map_err(|error| match error.as_database_error() {
-                    Some(db) if db.is_unique_violation() => CommandError::Conflict,
-                    _ => error.into(),
-                })?;
+                let moved = self
+                    .commands
+                    .move_requests(context, command_id, &ids, |_, status| {
+                        from.contains(&status).then(|| started.clone())
+                    })
+                    .await?;
                 Ok(moved as u64)
             })
             .await?;

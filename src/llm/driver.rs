@@ -481,11 +481,10 @@ impl ProviderDriver {
         ids: &[String],
         decide: impl Fn(&str, RequestStatus) -> Option<RequestEvent>,
     ) -> Result<(), DriverError> {
-        let metadata = CommandContext::system(batch_id)
-            .metadata(Uuid::now_v7().to_string())
-            .to_value();
-        let mut conn = self.pool.acquire().await?;
-        request_moves::append(&mut conn, &metadata, ids, decide).await?;
+        let context = CommandContext::system(batch_id);
+        self.commands
+            .move_requests(&context, None, ids, decide)
+            .await?;
         Ok(())
     }
 

@@ -2,7 +2,9 @@
 //! falls due with them. Built from the aggregate the command decided on, owned, so that the
 //! group committer can write it without copying payloads.
 
+use chronicle_aggregates::request::Request;
 use chronicle_aggregates::{StartedStream, Upcast};
+use chronicle_projections::request_moves::RequestMove;
 use chronicle_projections::{EventMetadata, LogCursor};
 use cqrs_es::persist::{EventStoreAggregateContext, PersistenceError, SerializedEvent};
 use cqrs_es::{Aggregate, DomainEvent};
@@ -19,13 +21,14 @@ pub(super) struct SnapshotUpdate {
 }
 
 /// The events one command appends to one aggregate, the snapshot that falls due, and the
-/// streams its events start (committed with it, all or none).
+/// appends committed together with it, all or none (the streams its events start, or the
+/// other requests of one move).
 pub struct Append {
     pub(super) aggregate_type: &'static str,
     pub(super) aggregate_id: String,
     pub(super) events: Vec<SerializedEvent>,
     pub(super) snapshot: Option<SnapshotUpdate>,
-    pub(super) started: Vec<Append>,
+    pub(super) together: Vec<Append>,
 }
 
 /// Where each of an append's events landed, in sequence order.
@@ -57,7 +60,7 @@ impl Append {
         snapshot_every: usize,
     ) -> Result<Self, PersistenceError> {
         let metadata = metadata.to_value();
-        let started = decided
+        let together = decided
             .aggregate
             .started_streams(&decided.aggregate_id, events)?
             .into_iter()
@@ -93,14 +96,14 @@ impl Append {
             aggregate_id: decided.aggregate_id,
             events: serialized,
             snapshot,
-            started,
+            together,
         })
     }
 
     /// The append of a started stream's first event.
     fn start(stream: StartedStream, metadata: &Value) -> Self {
-        let event = SerializedEvent::new(
-            stream.aggregate_id.clone(),
+        let first = SerializedEvent::new(
+            stream.aggregate_id,
             1,
             stream.aggregate_type.to_owned(),
             stream.event_type,
@@ -108,18 +111,57 @@ impl Append {
             stream.payload,
             metadata.clone(),
         );
+        Self::one(stream.aggregate_type, first)
+    }
+
+    /// The append of each request's move, all committed together (`None`: no move).
+    ///
+    /// # Errors
+    /// An event does not serialize.
+    pub fn moves(
+        moves: Vec<RequestMove>,
+        metadata: &EventMetadata,
+    ) -> Result<Option<Self>, serde_json::Error> {
+        let metadata = metadata.to_value();
+        let mut appends = Vec::with_capacity(moves.len());
+        for RequestMove {
+            request_id,
+            sequence,
+            event,
+        } in moves
+        {
+            let serialized = SerializedEvent::new(
+                request_id,
+                usize::try_from(sequence).unwrap_or_default(),
+                Request::TYPE.to_owned(),
+                event.event_type(),
+                event.event_version(),
+                serde_json::to_value(&event)?,
+                metadata.clone(),
+            );
+            appends.push(Self::one(Request::TYPE, serialized));
+        }
+        let mut appends = appends.into_iter();
+        Ok(appends.next().map(|mut first| {
+            first.together = appends.collect();
+            first
+        }))
+    }
+
+    /// The append of one event, without a snapshot.
+    fn one(aggregate_type: &'static str, event: SerializedEvent) -> Self {
         Self {
-            aggregate_type: stream.aggregate_type,
-            aggregate_id: stream.aggregate_id,
+            aggregate_type,
+            aggregate_id: event.aggregate_id.clone(),
             events: vec![event],
             snapshot: None,
-            started: Vec::new(),
+            together: Vec::new(),
         }
     }
 
-    /// This append, then the appends of the streams it starts.
-    pub(super) fn with_started(&self) -> impl Iterator<Item = &Self> {
-        std::iter::once(self).chain(&self.started)
+    /// This append, then the appends committed together with it.
+    pub(super) fn unit(&self) -> impl Iterator<Item = &Self> {
+        std::iter::once(self).chain(&self.together)
     }
 
     /// The append of already serialized `events` (cqrs-es's own commit path).
@@ -144,7 +186,7 @@ impl Append {
                 last_sequence: to_i64(last / every * every),
                 counter: to_i64(counter),
             }),
-            started: Vec::new(),
+            together: Vec::new(),
         }
     }
 }

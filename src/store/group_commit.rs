@@ -152,16 +152,16 @@ impl Committer {
             return;
         }
         crate::metrics::group_commit(group.len());
-        let appends: Vec<&Append> = group.iter().flat_map(|p| p.append.with_started()).collect();
+        let appends: Vec<&Append> = group.iter().flat_map(|p| p.append.unit()).collect();
         match self.transaction(&appends).await {
             Ok(appended) => {
                 let mut appended = appended.into_iter();
                 for pending in group {
-                    // Each caller is answered its own append's; its started streams follow it.
+                    // Each caller is answered its own append's; the appends committed with it follow.
                     let own = appended.next().unwrap_or_default();
                     appended
                         .by_ref()
-                        .take(pending.append.started.len())
+                        .take(pending.append.together.len())
                         .for_each(drop);
                     let _ = pending.reply.send(Ok(own));
                 }
@@ -188,7 +188,7 @@ impl Committer {
                 let _ = pending.reply.send(Err(error));
                 continue;
             }
-            let appends: Vec<&Append> = pending.append.with_started().collect();
+            let appends: Vec<&Append> = pending.append.unit().collect();
             let answer = match self.transaction(&appends).await {
                 Ok(appended) => Ok(appended.into_iter().next().unwrap_or_default()),
                 Err(failure) => {

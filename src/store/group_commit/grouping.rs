@@ -64,7 +64,7 @@ impl Group {
         }
         let streams: Vec<(&'static str, String)> = pending
             .append
-            .with_started()
+            .unit()
             .map(|a| (a.aggregate_type, a.aggregate_id.clone()))
             .collect();
         if streams
@@ -74,11 +74,7 @@ impl Group {
             later.push_back(pending);
             return;
         }
-        self.events += pending
-            .append
-            .with_started()
-            .map(|a| a.events.len())
-            .sum::<usize>();
+        self.events += pending.append.unit().map(|a| a.events.len()).sum::<usize>();
         self.aggregates.extend(streams);
         self.members.push(pending);
     }
@@ -116,7 +112,7 @@ mod tests {
             aggregate_id: id.into(),
             events: (1..=events).map(event).collect(),
             snapshot: None,
-            started: Vec::new(),
+            together: Vec::new(),
         };
         let (reply, answer) = oneshot::channel();
         (Pending { append, reply }, Some(answer))
