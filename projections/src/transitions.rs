@@ -80,12 +80,24 @@ impl Projector for Transitions {
         conn: &mut PgConnection,
         events: &[&RecordedEvent],
     ) -> Result<(), ProjectionError> {
-        let ids: Vec<&str> = events.iter().map(|e| e.aggregate_id.as_str()).collect();
+        // Each aggregate's latest state, one index probe each (a page may touch thousands).
+        let mut keys: Vec<(&str, &str)> = events
+            .iter()
+            .map(|e| (e.aggregate_type.as_str(), e.aggregate_id.as_str()))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let (types, ids): (Vec<&str>, Vec<&str>) = keys.into_iter().unzip();
         let previous: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT DISTINCT ON (aggregate_type, aggregate_id) aggregate_type, aggregate_id, to_state
-               FROM transitions WHERE aggregate_id = ANY($1)
-              ORDER BY aggregate_type, aggregate_id, sequence DESC",
+            "SELECT k.aggregate_type, k.aggregate_id, t.to_state
+               FROM UNNEST($1::text[], $2::text[]) AS k(aggregate_type, aggregate_id)
+               CROSS JOIN LATERAL (
+                     SELECT to_state FROM transitions
+                      WHERE aggregate_id = k.aggregate_id
+                        AND aggregate_type = k.aggregate_type
+                      ORDER BY sequence DESC LIMIT 1) t",
         )
+        .bind(&types)
         .bind(&ids)
         .fetch_all(&mut *conn)
         .await?;
