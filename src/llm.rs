@@ -5,6 +5,7 @@ mod actions;
 mod closer;
 mod custom_ids;
 mod driver;
+mod open_batches;
 mod submit;
 
 pub use actions::LlmActions;

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::open_batches::OpenBatches;
 use crate::command::{CommandContext, CommandError, Commands, IdempotencyKey, Loaded, Refusal};
 
 /// Requests appended per batch event: bounds event size and transaction length in bulk.
@@ -62,6 +63,7 @@ pub struct Submitter {
     pool: PgPool,
     services: BatchServices,
     limits: BatchLimits,
+    open: OpenBatches,
 }
 
 impl Submitter {
@@ -77,6 +79,7 @@ impl Submitter {
             pool,
             services,
             limits,
+            open: OpenBatches::default(),
         }
     }
 
@@ -176,19 +179,25 @@ impl Submitter {
     /// The batch of `key` that is open now (or would open with the next add): start at the
     /// newest known batch and follow successors past closed ones.
     async fn open_batch(&self, key: &BatchKey) -> Result<Loaded<Batch>, CommandError> {
-        let head: Option<Uuid> = sqlx::query_scalar(
-            "SELECT batch_id FROM batch_heads WHERE owner = $1 AND endpoint = $2 AND model = $3",
-        )
-        .bind(&key.owner)
-        .bind(key.endpoint.path())
-        .bind(&key.model)
-        .fetch_optional(&self.pool)
-        .await?;
+        let head = match self.open.get(key) {
+            Some(hint) => Some(hint),
+            None => sqlx::query_scalar(
+                "SELECT batch_id FROM batch_heads WHERE owner = $1 AND endpoint = $2 AND model = $3",
+            )
+            .bind(&key.owner)
+            .bind(key.endpoint.path())
+            .bind(&key.model)
+            .fetch_optional(&self.pool)
+            .await?,
+        };
         let mut batch_id = head.unwrap_or_else(|| first_batch_id(key));
         loop {
             let batch = self.commands.loaded::<Batch>(&batch_id.to_string()).await?;
             match batch.aggregate().status() {
-                None | Some(BatchStatus::Building) => return Ok(batch),
+                None | Some(BatchStatus::Building) => {
+                    self.open.remember(key, batch_id);
+                    return Ok(batch);
+                }
                 Some(_) => batch_id = next_batch_id(batch_id),
             }
         }
