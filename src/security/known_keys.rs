@@ -3,7 +3,7 @@
 //!
 //! A kept key is forgotten when it is revoked (through this instance at once; through any
 //! other within the live log's latency, by its `ClientKeyRevoked`), when revocations were
-//! missed, and at the latest [`KEEP_FOR`] after it was read. A read that raced a revocation
+//! missed, and at the latest `KEEP_FOR` after it was read. A read that raced a revocation
 //! is not kept: every forgetting moves a generation, and a key read before that move is
 //! served but not stored.
 
@@ -51,7 +51,7 @@ struct Kept {
 pub struct Generation(u64);
 
 impl KnownKeys {
-    /// The kept key `key_id`, if read within [`KEEP_FOR`]; otherwise the generation to keep a
+    /// The kept key `key_id`, if read within the last five seconds; otherwise the generation to keep a
     /// fresh read under.
     pub fn get(&self, key_id: &str) -> Result<IssuedKey, Generation> {
         let Ok(kept) = self.inner.lock() else {
