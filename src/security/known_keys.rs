@@ -51,8 +51,8 @@ struct Kept {
 pub struct Generation(u64);
 
 impl KnownKeys {
-    /// The kept key `key_id`, if read within the last five seconds; otherwise the generation to keep a
-    /// fresh read under.
+    /// The kept key `key_id`, if read within the last five seconds; otherwise the generation
+    /// to keep a fresh read under.
     pub fn get(&self, key_id: &str) -> Result<IssuedKey, Generation> {
         let Ok(kept) = self.inner.lock() else {
             return Err(Generation(u64::MAX));
