@@ -8,7 +8,7 @@ use chronicle_aggregates::{DomainError, ErrorCode, Upcast};
 use chronicle_projections::{EventMetadata, LogCursor};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::EventStoreAggregateContext;
-use cqrs_es::{AggregateError, EventStore};
+use cqrs_es::AggregateError;
 use std::future::Future;
 
 use serde::de::DeserializeOwned;
@@ -427,11 +427,7 @@ impl Commands {
         A::Error: DomainError,
     {
         storable_id::<A>(aggregate_id)?;
-        let context = self
-            .stores
-            .store::<A>()
-            .load_aggregate(aggregate_id)
-            .await?;
+        let context = self.stores.load::<A>(aggregate_id).await?;
         Ok(Loaded { context })
     }
 
@@ -514,12 +510,7 @@ impl Commands {
     {
         let mut decided = match loaded {
             Some(loaded) => loaded,
-            None => {
-                self.stores
-                    .store::<A>()
-                    .load_aggregate(aggregate_id)
-                    .await?
-            }
+            None => self.stores.load::<A>(aggregate_id).await?,
         };
         let previous_version = decided.current_sequence;
         let sink = EventSink::default();

@@ -8,17 +8,20 @@ use std::sync::Arc;
 mod append;
 mod group_commit;
 mod inline;
+mod kept;
 mod repository;
 
 use chronicle_aggregates::{Upcast, Upcasters};
 use chronicle_projections::request_moves::RequestMove;
 use chronicle_projections::EventMetadata;
 use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore, PersistenceError};
+use cqrs_es::{AggregateError, EventStore};
 use sqlx::PgPool;
 
-use crate::privacy::Vault;
+use crate::privacy::{holds_personal_data, Vault};
 use append::Append;
 use group_commit::Appender;
+use kept::KeptSnapshots;
 
 pub use append::Appended;
 pub use inline::{lock_log, InlineProjectors, LOG_LOCK};
@@ -35,6 +38,13 @@ pub struct EventStores {
     snapshot_every: Arc<HashMap<String, usize>>,
     upcasters: Arc<Upcasters>,
     appender: Appender,
+    kept: KeptSnapshots,
+}
+
+/// Whether states of `aggregate_type` may be kept in memory: not those holding personal data
+/// (their open state stays in memory no longer than a command).
+fn keeps(aggregate_type: &str) -> bool {
+    !holds_personal_data(aggregate_type)
 }
 
 impl EventStores {
@@ -54,6 +64,7 @@ impl EventStores {
             vault,
             snapshot_every: Arc::new(snapshots.iter().cloned().collect()),
             upcasters: Arc::new(upcasters),
+            kept: KeptSnapshots::default(),
         }
     }
 
@@ -70,8 +81,38 @@ impl EventStores {
         events: &[A::Event],
         metadata: &EventMetadata,
     ) -> Result<Appended, PersistenceError> {
+        let aggregate_id = decided.aggregate_id.clone();
         let append = Append::new(decided, events, metadata, self.snapshot_every::<A>())?;
-        self.appender.append(append).await
+        let after = append.state_after().filter(|_| keeps(A::TYPE));
+        let appended = self.appender.append(append).await;
+        match (&appended, after) {
+            (Ok(_), Some(state)) => self.kept.keep(A::TYPE, &aggregate_id, state),
+            _ => self.kept.forget(A::TYPE, &aggregate_id),
+        }
+        appended
+    }
+
+    /// Aggregate `aggregate_id` of type `A`: its kept state when this instance wrote its last
+    /// event (see [`kept`]), otherwise loaded from its snapshot and events.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub async fn load<A: Upcast>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<EventStoreAggregateContext<A>, AggregateError<A::Error>> {
+        let kept = self.kept.get(A::TYPE, aggregate_id).and_then(|state| {
+            Some(EventStoreAggregateContext {
+                aggregate_id: aggregate_id.to_owned(),
+                aggregate: serde_json::from_value::<A>(state.payload).ok()?,
+                current_sequence: usize::try_from(state.last_sequence).ok()?,
+                current_snapshot: usize::try_from(state.counter).ok(),
+            })
+        });
+        match kept {
+            Some(context) => Ok(context),
+            None => self.store::<A>().load_aggregate(aggregate_id).await,
+        }
     }
 
     /// Appends each request's move (see `request_moves`) in the next group commit, all or

@@ -10,6 +10,8 @@ use cqrs_es::persist::{EventStoreAggregateContext, PersistenceError, SerializedE
 use cqrs_es::{Aggregate, DomainEvent};
 use serde_json::Value;
 
+use super::kept::KeptState;
+
 /// A snapshot written with an append.
 pub(super) struct SnapshotUpdate {
     /// The aggregate's state after `last_sequence`.
@@ -157,6 +159,17 @@ impl Append {
             snapshot: None,
             together: Vec::new(),
         }
+    }
+
+    /// The state it leaves its aggregate in, when its snapshot covers its last event.
+    pub(super) fn state_after(&self) -> Option<KeptState> {
+        let snapshot = self.snapshot.as_ref()?;
+        let last = self.events.last().map(|e| to_i64(e.sequence))?;
+        (snapshot.last_sequence == last).then(|| KeptState {
+            payload: snapshot.payload.clone(),
+            last_sequence: last,
+            counter: snapshot.counter,
+        })
     }
 
     /// This append, then the appends committed together with it.

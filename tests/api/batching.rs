@@ -200,6 +200,41 @@ async fn concurrent_single_submissions_never_overfill_or_share_a_request() {
         .await;
 }
 
+/// Each instance keeps the batch state it wrote last; the other instance's adds make that
+/// stale. Alternating between them, every add still lands once, and the batch closes at its
+/// limit as if there were one writer.
+#[tokio::test]
+async fn two_instances_adding_to_one_batch_in_turn_overtake_each_others_kept_state_safely() {
+    let db = TestDb::new().await;
+    let configured = |c: &mut chronicle::config::Config| c.batch_max_requests = 5;
+    let first = TestApp::spawn_configured(&db, "kept-a", configured).await;
+    let second = TestApp::spawn_configured(&db, "kept-b", configured).await;
+    let single =
+        "mutation($input: SubmitRequestInput!) { submitRequest(input: $input) { requestId } }";
+    for i in 0..12 {
+        let app = if i % 2 == 0 { &first } else { &second };
+        let response = app
+            .graphql(single, json!({ "input": item(&format!("turn-{i}"), "m") }))
+            .await;
+        assert!(response["errors"].is_null(), "{response}");
+    }
+    let batches = batches_holding(&first, 12).await;
+    let mut counts: Vec<i64> = batches
+        .iter()
+        .filter_map(|b| b["requestCount"].as_i64())
+        .collect();
+    counts.sort_unstable();
+    assert_eq!(counts, vec![2, 5, 5], "{batches:?}");
+    let members: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT request_id) FROM batch_custom_ids")
+            .fetch_one(&first.pool)
+            .await
+            .expect("members");
+    assert_eq!(members, 12);
+    first.stop().await;
+    second.stop().await;
+}
+
 #[tokio::test]
 async fn every_invalid_item_is_reported_by_index_and_nothing_is_written() {
     let db = TestDb::new().await;
