@@ -247,6 +247,10 @@ impl Application {
         let pepper = Pepper::load(&pool, config.security.key_pepper.as_ref())
             .await
             .context("loading the pepper")?;
+        let names: Vec<&str> = wiring.projectors.iter().map(|p| p.name()).collect();
+        chronicle_projections::checkpoint::create(&pool, &names)
+            .await
+            .context("creating the projection checkpoints")?;
         let (core, mut workers) = Core::new(config, pool, &options, &pepper, wiring.upcasters);
         let read_models = wiring.projectors.clone();
         workers::spawn_projectors(&core, config, wiring.projectors, &mut workers);

@@ -22,6 +22,23 @@ pub async fn load(conn: &mut PgConnection, name: &str) -> Result<LogCursor, sqlx
     Ok(LogCursor::at(position))
 }
 
+/// Creates the checkpoints of `names` that do not exist yet, at the start of the log. An
+/// instance does so before it appends anything: an inline projector is applied by an append
+/// only when its checkpoint exists and has caught up.
+///
+/// # Errors
+/// Any database error.
+pub async fn create(db: impl PgExecutor<'_>, names: &[&str]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO projection_checkpoints (name) SELECT unnest($1::text[])
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(names)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
 /// Locks the checkpoint rows of `names` for the rest of the transaction (in name order, as
 /// every locker does) and returns where each stands, in the order of `names`.
 ///
