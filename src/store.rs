@@ -93,7 +93,7 @@ impl EventStores {
     }
 
     /// Aggregate `aggregate_id` of type `A`: its kept state when this instance wrote its last
-    /// event (see [`kept`]), otherwise loaded from its snapshot and events.
+    /// event (see `store::kept`), otherwise loaded from its snapshot and events.
     ///
     /// # Errors
     /// The store failed.
