@@ -87,6 +87,10 @@ pub enum CommandError {
     /// The idempotency key is empty, too long, or holds a NUL.
     #[error("idempotency key must be 1 to 200 characters without NUL")]
     InvalidIdempotencyKey,
+    /// A unique index of the store refused the write (`0` names it): what the command would
+    /// create exists already, written by a command its decision did not see.
+    #[error("already exists (unique rule `{0}`)")]
+    Duplicate(String),
     /// The database could not be reached.
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
@@ -102,9 +106,16 @@ impl From<sqlx::Error> for CommandError {
 }
 
 impl CommandError {
-    /// `Unavailable` when the database is out of reach, else `Internal`.
+    /// `Duplicate` for a unique index's refusal, `Unavailable` when the database is out of
+    /// reach, else `Internal`.
     fn from_database(error: &sqlx::Error) -> Self {
-        if is_unavailable(error) {
+        let unique = error
+            .as_database_error()
+            .filter(|db| db.is_unique_violation())
+            .and_then(|db| db.constraint());
+        if let Some(constraint) = unique {
+            Self::Duplicate(constraint.to_owned())
+        } else if is_unavailable(error) {
             Self::Unavailable(error.to_string())
         } else {
             Self::Internal(error.to_string())
@@ -291,7 +302,7 @@ impl Commands {
         let (outcome, events) = match &result {
             Ok(receipt) => ("ok", receipt.events),
             Err(CommandError::Rejected { .. }) => ("rejected", 0),
-            Err(CommandError::Conflict) => ("conflict", 0),
+            Err(CommandError::Conflict | CommandError::Duplicate(_)) => ("conflict", 0),
             Err(
                 CommandError::IdempotencyKeyReused(_)
                 | CommandError::InvalidIdempotencyKey

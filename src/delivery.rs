@@ -22,7 +22,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chronicle_aggregates::batch::BatchServices;
 use chronicle_aggregates::request::{
     delivery_id, AttemptVerdict, DeliveryAttempt, Request, RequestCommand, RequestStatus,
 };
@@ -115,7 +114,6 @@ impl DeliveryWorker {
     pub fn new(
         commands: Commands,
         pool: PgPool,
-        services: BatchServices,
         transports: Transports,
         settings: DeliverySettings,
     ) -> Self {
@@ -126,7 +124,7 @@ impl DeliveryWorker {
             ..settings
         };
         Self {
-            batches: BatchDelivery::new(commands.clone(), pool.clone(), services),
+            batches: BatchDelivery::new(commands.clone(), pool.clone()),
             attempts: Arc::new(Attempts {
                 commands,
                 transports,

@@ -1,5 +1,5 @@
 //! LLM requests and batches: the service side of the domain — submitting requests into
-//! batches, owner actions on batches and requests, and the lookups the aggregates consult.
+//! batches, owner actions on batches and requests, the closer and the provider driver.
 
 mod actions;
 mod closer;
@@ -10,6 +10,5 @@ mod submit;
 
 pub use actions::LlmActions;
 pub use closer::BatchCloser;
-pub use custom_ids::PgCustomIds;
 pub use driver::{DriverError, DriverSettings, ProviderDriver, Providers};
 pub use submit::{Accepted, Submitter};

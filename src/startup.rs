@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use chronicle_aggregates::batch::{Batch, BatchLimits, BatchServices};
+use chronicle_aggregates::batch::{Batch, BatchLimits};
 use chronicle_aggregates::client::Client;
 use chronicle_aggregates::dicom_server::DicomServer;
 use chronicle_aggregates::query::QueryJob;
@@ -29,7 +29,7 @@ use crate::command::Commands;
 use crate::config::Config;
 use crate::delivery::WebhookSecrets;
 use crate::http::{router, AppState, HttpLimits};
-use crate::llm::{LlmActions, PgCustomIds, Submitter};
+use crate::llm::{LlmActions, Submitter};
 use crate::log::{LiveLog, LogReader, LogWaker};
 use crate::privacy::Vault;
 use crate::projection::{self, ReadModels, Roles};
@@ -79,7 +79,6 @@ struct Core {
     waker: LogWaker,
     roles: Roles,
     commands: Commands,
-    batch_services: BatchServices,
     egress: EgressPolicy,
     shutdown: CancellationToken,
 }
@@ -112,9 +111,6 @@ impl Core {
             .acquire_timeout(Duration::from_secs(30))
             .idle_timeout(crate::db::IDLE_CONNECTION)
             .connect_lazy_with(options.clone());
-        let batch_services = BatchServices {
-            custom_ids: Arc::new(PgCustomIds::new(pool.clone())),
-        };
         let mut workers = JoinSet::new();
         // With the workers: a crash that drops them drops the roles' connection too.
         workers.spawn(holding);
@@ -126,7 +122,6 @@ impl Core {
             reader,
             waker,
             roles,
-            batch_services,
             shutdown,
         };
         (core, workers)
@@ -142,14 +137,9 @@ async fn api_state(
     projectors: &[Arc<dyn Projector>],
 ) -> anyhow::Result<AppState> {
     let security = &config.security;
-    let live = LiveLog::start(
-        core.reader.clone(),
-        core.pool.clone(),
-        &core.waker,
-        core.shutdown.clone(),
-    )
-    .await
-    .context("reading the log's head")?;
+    let live = LiveLog::start(core.reader.clone(), &core.waker, core.shutdown.clone())
+        .await
+        .context("reading the log's head")?;
     let hasher = KeyHasher::new(pepper.as_bytes());
     let known_keys = KnownKeys::default();
     let commands = &core.commands;
@@ -161,17 +151,8 @@ async fn api_state(
         pool: core.pool.clone(),
         reader: core.reader.clone(),
         live: live.clone(),
-        submitter: Submitter::new(
-            commands.clone(),
-            core.pool.clone(),
-            core.batch_services.clone(),
-            limits,
-        ),
-        actions: LlmActions::new(
-            commands.clone(),
-            core.batch_services.clone(),
-            core.pool.clone(),
-        ),
+        submitter: Submitter::new(commands.clone(), core.pool.clone(), limits),
+        actions: LlmActions::new(commands.clone(), core.pool.clone()),
         secrets: Arc::new(WebhookSecrets::new(core.pool.clone())),
         simulations: SimulationActions::new(commands.clone()),
         transfers: TransferActions::new(

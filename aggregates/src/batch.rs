@@ -9,9 +9,9 @@
 //! The batch stream records submissions (`RequestsAdded` carries each request's body), so
 //! accepting requests is one append. Its state stays small — counts and sizes, never the
 //! requests — so loading a 50,000-request batch from a snapshot costs the same as an empty
-//! one. Custom-id uniqueness is checked through the [`CustomIds`] lookup service, which reads
-//! an index kept in the same transaction as the append; concurrent adds to one batch
-//! serialize on its version, so a check and its append cannot interleave with another's.
+//! one. The batch refuses custom ids repeated within one add; across adds, uniqueness is a
+//! unique index the append itself writes (`batch_custom_ids`), so a second use of an id fails
+//! the append whatever the order of concurrent writers, without a lookup before each add.
 
 mod command;
 mod error;
@@ -22,9 +22,7 @@ mod tests;
 mod values;
 
 use std::collections::{BTreeSet, HashSet};
-use std::sync::Arc;
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
@@ -32,34 +30,13 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use command::BatchCommand;
-pub use error::{BatchError, LookupFailure};
+pub use error::BatchError;
 pub use event::BatchEvent;
 pub use status::BatchStatus;
 pub use values::{BatchEntry, BatchKey, BatchLimits, CloseReason};
 
 use crate::request::{Request, RequestEvent};
 use crate::{StartedStream, StartsStreams, Upcast};
-
-/// Read-only lookup of the custom ids already in a batch.
-#[async_trait]
-pub trait CustomIds: Send + Sync {
-    /// Which of `custom_ids` batch `batch_id` already holds.
-    ///
-    /// # Errors
-    /// The lookup failed.
-    async fn taken(
-        &self,
-        batch_id: Uuid,
-        custom_ids: &[String],
-    ) -> Result<Vec<String>, LookupFailure>;
-}
-
-/// What a batch's `handle` may consult.
-#[derive(Clone)]
-pub struct BatchServices {
-    /// The custom ids already in a batch.
-    pub custom_ids: Arc<dyn CustomIds>,
-}
 
 /// A batch's state, rebuilt from its events.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -131,14 +108,13 @@ impl Batch {
         &self.provider
     }
 
-    async fn add(
+    fn add(
         &self,
         batch_id: Uuid,
         key: BatchKey,
         entries: Vec<BatchEntry>,
         limits: BatchLimits,
         at: DateTime<Utc>,
-        services: &BatchServices,
     ) -> Result<Vec<BatchEvent>, BatchError> {
         if entries.is_empty() {
             return Err(BatchError::NoEntries);
@@ -156,18 +132,6 @@ impl Batch {
             .filter(|entry| !seen.insert(entry.spec.custom_id.as_str()))
             .map(|entry| entry.spec.custom_id.clone())
             .collect();
-        if self.request_count > 0 {
-            let custom_ids: Vec<String> =
-                entries.iter().map(|e| e.spec.custom_id.clone()).collect();
-            let id = self.id.unwrap_or(batch_id);
-            repeated.extend(
-                services
-                    .custom_ids
-                    .taken(id, &custom_ids)
-                    .await
-                    .map_err(BatchError::Lookup)?,
-            );
-        }
         if !repeated.is_empty() {
             repeated.sort();
             repeated.dedup();
@@ -210,12 +174,12 @@ impl Aggregate for Batch {
     type Command = BatchCommand;
     type Event = BatchEvent;
     type Error = BatchError;
-    type Services = BatchServices;
+    type Services = ();
 
     async fn handle(
         &mut self,
         command: Self::Command,
-        services: &Self::Services,
+        _services: &Self::Services,
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
         let events = match command {
@@ -225,10 +189,7 @@ impl Aggregate for Batch {
                 entries,
                 limits,
                 at,
-            } => {
-                self.add(batch_id, key, entries, limits, at, services)
-                    .await?
-            }
+            } => self.add(batch_id, key, entries, limits, at)?,
             BatchCommand::WithdrawRequest { request_id, at } => match self.status {
                 Some(BatchStatus::Building) if self.withdrawn.contains(&request_id) => {
                     return Err(BatchError::AlreadyWithdrawn);

@@ -42,7 +42,9 @@ impl ApiError {
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::Command(CommandError::Rejected { code, .. }) => *code,
-            Self::Command(CommandError::Conflict) => ErrorCode::Conflict,
+            Self::Command(CommandError::Conflict | CommandError::Duplicate(_)) => {
+                ErrorCode::Conflict
+            }
             Self::Command(
                 CommandError::IdempotencyKeyReused(_) | CommandError::InvalidIdempotencyKey,
             )

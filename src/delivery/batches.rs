@@ -5,7 +5,7 @@
 //! cannot finish a batch early); each step is a command the batch's table checks, so a
 //! repeated step is refused, never doubled.
 
-use chronicle_aggregates::batch::{Batch, BatchCommand, BatchServices};
+use chronicle_aggregates::batch::{Batch, BatchCommand};
 use chronicle_aggregates::request::{RequestEvent, RequestStatus};
 use chronicle_aggregates::ErrorCode;
 use chrono::Utc;
@@ -23,16 +23,11 @@ const COMPLETE: &str = "(SELECT count(*) FROM batch_custom_ids c WHERE c.batch_i
 pub(super) struct BatchDelivery {
     commands: Commands,
     pool: PgPool,
-    services: BatchServices,
 }
 
 impl BatchDelivery {
-    pub(super) fn new(commands: Commands, pool: PgPool, services: BatchServices) -> Self {
-        Self {
-            commands,
-            pool,
-            services,
-        }
+    pub(super) fn new(commands: Commands, pool: PgPool) -> Self {
+        Self { commands, pool }
     }
 
     /// One pass: start ready batches, finish settled ones, reopen redelivered ones. A batch
@@ -140,7 +135,7 @@ impl BatchDelivery {
     /// read model's lag) got there first, which is fine.
     async fn on_batch(&self, batch_id: Uuid, command: BatchCommand) -> Result<(), CommandError> {
         let context = CommandContext::system(batch_id);
-        batch_step(&self.commands, &self.services, &context, batch_id, command).await
+        batch_step(&self.commands, &context, batch_id, command).await
     }
 }
 
@@ -151,14 +146,13 @@ impl BatchDelivery {
 /// Any other failure of the command.
 pub async fn batch_step(
     commands: &Commands,
-    services: &BatchServices,
     context: &CommandContext,
     batch_id: Uuid,
     command: BatchCommand,
 ) -> Result<(), CommandError> {
     let id = batch_id.to_string();
     match commands
-        .execute::<Batch>(context, &id, command, services, None)
+        .execute::<Batch>(context, &id, command, &(), None)
         .await
     {
         Ok(_)

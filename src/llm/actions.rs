@@ -1,7 +1,7 @@
 //! What owners do to their batches and requests after submitting: flush, cancel, redeliver,
 //! and (for poll delivery) acknowledge results. Each checks ownership, then runs its command.
 
-use chronicle_aggregates::batch::{Batch, BatchCommand, BatchServices, CloseReason};
+use chronicle_aggregates::batch::{Batch, BatchCommand, CloseReason};
 use chronicle_aggregates::request::{Request, RequestCommand, RequestEvent, RequestStatus};
 use chronicle_aggregates::ErrorCode;
 
@@ -17,7 +17,6 @@ use crate::delivery::batch_step;
 #[derive(Clone)]
 pub struct LlmActions {
     commands: Commands,
-    services: BatchServices,
     pool: PgPool,
 }
 
@@ -30,12 +29,8 @@ fn not_found(what: &str) -> CommandError {
 
 impl LlmActions {
     /// Actions through `commands`.
-    pub fn new(commands: Commands, services: BatchServices, pool: PgPool) -> Self {
-        Self {
-            commands,
-            services,
-            pool,
-        }
+    pub fn new(commands: Commands, pool: PgPool) -> Self {
+        Self { commands, pool }
     }
 
     /// Checks that `owner` owns the batch or request `id` of `aggregate_type`.
@@ -88,7 +83,7 @@ impl LlmActions {
     ) -> Result<CommandReceipt, CommandError> {
         self.owned_batch(Some(&context.actor), batch_id).await?;
         self.commands
-            .execute::<Batch>(context, &batch_id.to_string(), command, &self.services, key)
+            .execute::<Batch>(context, &batch_id.to_string(), command, &(), key)
             .await
     }
 
@@ -166,7 +161,7 @@ impl LlmActions {
         };
         let batch_id = submission.batch_id.to_string();
         self.commands
-            .execute::<Batch>(context, &batch_id, command, &self.services, key)
+            .execute::<Batch>(context, &batch_id, command, &(), key)
             .await
     }
 
@@ -197,7 +192,7 @@ impl LlmActions {
     /// Takes a done batch back to delivering after some of its results were redelivered.
     async fn reopen(&self, context: &CommandContext, batch_id: Uuid) -> Result<(), CommandError> {
         let command = BatchCommand::StartDelivery { at: Utc::now() };
-        batch_step(&self.commands, &self.services, context, batch_id, command).await
+        batch_step(&self.commands, context, batch_id, command).await
     }
 
     /// Delivers again the batch's pushed results whose delivery failed (and, unless

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use chronicle_aggregates::batch::{Batch, BatchCommand, BatchError, BatchServices, CloseReason};
+use chronicle_aggregates::batch::{Batch, BatchCommand, BatchError, CloseReason};
 use chrono::Utc;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -23,24 +23,16 @@ const MAX_AGE: Duration = Duration::from_secs(3600);
 pub struct BatchCloser {
     commands: Commands,
     pool: PgPool,
-    services: BatchServices,
     max_wait: Duration,
     every: Duration,
 }
 
 impl BatchCloser {
     /// Closes batches older than `max_wait`, looking at most every `every`.
-    pub fn new(
-        commands: Commands,
-        pool: PgPool,
-        services: BatchServices,
-        max_wait: Duration,
-        every: Duration,
-    ) -> Self {
+    pub fn new(commands: Commands, pool: PgPool, max_wait: Duration, every: Duration) -> Self {
         Self {
             commands,
             pool,
-            services,
             max_wait,
             every,
         }
@@ -105,7 +97,7 @@ impl BatchCloser {
             let id = batch_id.to_string();
             match self
                 .commands
-                .attempt::<Batch>(&context, &id, command, &self.services)
+                .attempt::<Batch>(&context, &id, command, &())
                 .await
             {
                 Ok(_) => {

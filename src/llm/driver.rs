@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chronicle_aggregates::batch::{Batch, BatchCommand, BatchServices, BatchStatus};
+use chronicle_aggregates::batch::{Batch, BatchCommand, BatchStatus};
 use chronicle_aggregates::request::{RequestEvent, RequestStatus};
 use chronicle_aggregates::Endpoint;
 use chronicle_projections::request_moves;
@@ -94,7 +94,6 @@ pub struct ProviderDriver {
     commands: Commands,
     pool: PgPool,
     providers: Providers,
-    services: BatchServices,
     poll_every: Duration,
     uploads: Semaphore,
     polls: Semaphore,
@@ -151,7 +150,6 @@ impl ProviderDriver {
         commands: Commands,
         pool: PgPool,
         providers: Providers,
-        services: BatchServices,
         settings: DriverSettings,
     ) -> Self {
         let (uploads, polls) = (settings.uploads.max(1), settings.polls.max(1));
@@ -159,7 +157,6 @@ impl ProviderDriver {
             commands,
             pool,
             providers,
-            services,
             poll_every: settings.poll_every,
             uploads: Semaphore::new(uploads),
             polls: Semaphore::new(polls),
@@ -242,7 +239,7 @@ impl ProviderDriver {
                 &CommandContext::system(batch_id),
                 &batch_id.to_string(),
                 command,
-                &self.services,
+                &(),
                 None,
             )
             .await?;

@@ -10,8 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use chronicle_aggregates::batch::{
-    Batch, BatchCommand, BatchEntry, BatchError, BatchKey, BatchLimits, BatchServices, BatchStatus,
-    CloseReason, LookupFailure,
+    Batch, BatchCommand, BatchEntry, BatchError, BatchKey, BatchLimits, BatchStatus, CloseReason,
 };
 use chronicle_aggregates::request::RequestSpec;
 use chronicle_aggregates::{Endpoint, ErrorCode};
@@ -20,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::custom_ids::{taken, CUSTOM_IDS_UNIQUE};
 use super::open_batches::OpenBatches;
 use crate::command::{CommandContext, CommandError, Commands, IdempotencyKey, Loaded, Refusal};
 
@@ -61,23 +61,16 @@ fn duplicates(ids: &[String]) -> CommandError {
 pub struct Submitter {
     commands: Commands,
     pool: PgPool,
-    services: BatchServices,
     limits: BatchLimits,
     open: OpenBatches,
 }
 
 impl Submitter {
     /// A submitter that closes batches at `limits`.
-    pub fn new(
-        commands: Commands,
-        pool: PgPool,
-        services: BatchServices,
-        limits: BatchLimits,
-    ) -> Self {
+    pub fn new(commands: Commands, pool: PgPool, limits: BatchLimits) -> Self {
         Self {
             commands,
             pool,
-            services,
             limits,
             open: OpenBatches::default(),
         }
@@ -142,8 +135,8 @@ impl Submitter {
                 .or_default()
                 .push((index, entry));
         }
-        // One request makes one command, which the batch checks by itself before writing.
-        let checked_by_the_batch = count == 1;
+        // One request makes one append, which the batch's unique index checks as it writes.
+        let checked_by_the_append = count == 1;
         let mut keyed = Vec::with_capacity(groups.len());
         for ((endpoint, model), entries) in groups {
             let key = BatchKey {
@@ -152,7 +145,7 @@ impl Submitter {
                 model,
             };
             let head = self.open_batch(&key).await?;
-            if !checked_by_the_batch {
+            if !checked_by_the_append {
                 self.check_custom_ids(batch_id_of(&head)?, &entries).await?;
             }
             keyed.push((key, head, entries));
@@ -204,8 +197,8 @@ impl Submitter {
     }
 
     /// All-or-nothing for the common case: refuse before writing when custom ids repeat in
-    /// the call or are already in the batch the requests would join. (The batch aggregate
-    /// checks again on every add, so a racing submitter still cannot create a duplicate.)
+    /// the call or are already in the batch the requests would join. (The append's unique
+    /// index checks again on every add, so a racing submitter still cannot create one.)
     async fn check_custom_ids(
         &self,
         head: Uuid,
@@ -221,16 +214,7 @@ impl Submitter {
             .filter(|pair| pair[0] == pair[1])
             .map(|pair| pair[0].clone())
             .collect();
-        let taken = self
-            .services
-            .custom_ids
-            .taken(head, &ids)
-            .await
-            .map_err(|failure| match failure {
-                LookupFailure::Unavailable(reason) => CommandError::Unavailable(reason),
-                LookupFailure::Failed(reason) => CommandError::Internal(reason),
-            })?;
-        repeated.extend(taken);
+        repeated.extend(taken(&self.pool, head, &ids).await?);
         repeated.sort();
         repeated.dedup();
         if repeated.is_empty() {
@@ -268,12 +252,12 @@ impl Submitter {
             let added = match head.take() {
                 Some(head) => {
                     self.commands
-                        .attempt_on::<Batch>(context, head, command, &self.services)
+                        .attempt_on::<Batch>(context, head, command, &())
                         .await
                 }
                 None => {
                     self.commands
-                        .attempt::<Batch>(context, &id, command, &self.services)
+                        .attempt::<Batch>(context, &id, command, &())
                         .await
                 }
             };
@@ -310,6 +294,11 @@ impl Submitter {
                 Err(Refusal::Rejected(BatchError::DuplicateCustomIds { ids })) => {
                     return Err(duplicates(&ids));
                 }
+                Err(Refusal::Failed(CommandError::Duplicate(rule)))
+                    if rule == CUSTOM_IDS_UNIQUE =>
+                {
+                    return Err(self.already_in(batch_id, chunk).await);
+                }
                 Err(Refusal::Failed(CommandError::Conflict)) if conflicts < MAX_CONFLICTS => {
                     conflicts += 1;
                     tokio::time::sleep(Duration::from_millis(u64::from(conflicts % 8))).await;
@@ -318,6 +307,22 @@ impl Submitter {
             }
         }
         Ok(accepted)
+    }
+
+    /// The refusal of `chunk`, whose append the batch's custom-id index refused: the ids it
+    /// already holds.
+    async fn already_in(&self, batch_id: Uuid, chunk: &[(usize, BatchEntry)]) -> CommandError {
+        let ids: Vec<String> = chunk
+            .iter()
+            .map(|(_, e)| e.spec.custom_id.clone())
+            .collect();
+        match taken(&self.pool, batch_id, &ids).await {
+            Ok(mut found) => {
+                found.sort();
+                duplicates(&found)
+            }
+            Err(error) => error.into(),
+        }
     }
 
     /// Closes a full batch; someone else closing it first is just as good.
@@ -336,7 +341,7 @@ impl Submitter {
             };
             match self
                 .commands
-                .attempt::<Batch>(context, &id, command, &self.services)
+                .attempt::<Batch>(context, &id, command, &())
                 .await
             {
                 Ok(_) | Err(Refusal::Rejected(BatchError::InvalidTransition { .. })) => {

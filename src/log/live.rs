@@ -8,13 +8,12 @@
 //! or too slow to keep up) reads catch-up pages of its own from the database, a few at a
 //! time per instance ([`CATCH_UP_READS`]), until it reaches the window again.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chronicle_projections::{LogCursor, RecordedEvent};
 use futures::Stream;
-use sqlx::PgPool;
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -64,7 +63,6 @@ impl LiveLog {
     /// The log's head cannot be read.
     pub async fn start(
         reader: LogReader,
-        pool: PgPool,
         waker: &LogWaker,
         shutdown: CancellationToken,
     ) -> Result<Self, sqlx::Error> {
@@ -78,10 +76,8 @@ impl LiveLog {
         let (moved, head_rx) = watch::channel(head);
         let follower = Follower {
             reader: reader.clone(),
-            pool,
             window: window.clone(),
             moved,
-            owners: HashMap::new(),
         };
         tokio::spawn(follower.follow(waker.clone(), shutdown));
         Ok(Self {
@@ -125,11 +121,8 @@ impl LiveLog {
 /// Reads the log as it grows into the window.
 struct Follower {
     reader: LogReader,
-    pool: PgPool,
     window: Arc<RwLock<Window>>,
     moved: watch::Sender<LogCursor>,
-    /// Owners of recently seen aggregates (an aggregate's owner never changes).
-    owners: HashMap<(String, String), Option<String>>,
 }
 
 impl Follower {
@@ -156,12 +149,11 @@ impl Follower {
         }
     }
 
-    /// Adds the page after `head` to the window; true when it held events.
+    /// Adds the page after `head` to the window; true when more events may follow at once
+    /// (the page ended before the log's head), so that a page that reached the head is not
+    /// followed by a read that finds nothing.
     async fn read_after(&mut self, head: LogCursor) -> Result<bool, sqlx::Error> {
-        let page = self
-            .reader
-            .read(head, &LogFilter::default(), FOLLOW_PAGE)
-            .await?;
+        let (page, owners) = self.reader.read_with_owners(head, FOLLOW_PAGE).await?;
         let next = page.next_cursor(head);
         if page.events.is_empty() {
             if next != head {
@@ -170,13 +162,12 @@ impl Follower {
             }
             return Ok(false);
         }
-        self.learn_owners(&page.events).await?;
+        let more = page.truncated || next < LogCursor::at(page.head);
         let live: Vec<Arc<LiveEvent>> = page
             .events
             .into_iter()
-            .map(|event| {
-                let key = (event.aggregate_type.clone(), event.aggregate_id.clone());
-                let owner = self.owners.get(&key).cloned().flatten();
+            .zip(owners)
+            .map(|(event, owner)| {
                 let bytes = event.payload.to_string().len();
                 Arc::new(LiveEvent {
                     event,
@@ -187,40 +178,7 @@ impl Follower {
             .collect();
         self.window_mut().extend(live, next);
         self.moved.send_replace(next);
-        Ok(true)
-    }
-
-    /// Looks up the owners of the page's aggregates not seen before.
-    async fn learn_owners(&mut self, events: &[RecordedEvent]) -> Result<(), sqlx::Error> {
-        let (mut types, mut ids) = (Vec::new(), Vec::new());
-        for event in events {
-            let key = (event.aggregate_type.clone(), event.aggregate_id.clone());
-            if let std::collections::hash_map::Entry::Vacant(unseen) = self.owners.entry(key) {
-                unseen.insert(None);
-                types.push(event.aggregate_type.clone());
-                ids.push(event.aggregate_id.clone());
-            }
-        }
-        if types.is_empty() {
-            return Ok(());
-        }
-        let rows: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT o.aggregate_type, o.aggregate_id, o.owner
-               FROM unnest($1::text[], $2::text[]) AS k(aggregate_type, aggregate_id)
-               JOIN aggregate_owners o USING (aggregate_type, aggregate_id)",
-        )
-        .bind(&types)
-        .bind(&ids)
-        .fetch_all(&self.pool)
-        .await?;
-        for (aggregate_type, aggregate_id, owner) in rows {
-            self.owners
-                .insert((aggregate_type, aggregate_id), Some(owner));
-        }
-        if self.owners.len() > WINDOW_EVENTS * 4 {
-            self.owners.clear();
-        }
-        Ok(())
+        Ok(more)
     }
 
     fn window_mut(&self) -> std::sync::RwLockWriteGuard<'_, Window> {

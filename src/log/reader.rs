@@ -117,6 +117,7 @@ struct PageRow {
     payload: Option<Value>,
     metadata: Option<Value>,
     recorded_at: Option<DateTime<Utc>>,
+    owner: Option<String>,
 }
 
 impl LogReader {
@@ -156,6 +157,30 @@ impl LogReader {
         filter: &LogFilter,
         limit: u32,
     ) -> Result<Page, sqlx::Error> {
+        let (page, _) = self.page(after, filter, limit, false).await?;
+        Ok(page)
+    }
+
+    /// Like [`LogReader::read`] without a filter, with each event's aggregate owner (as
+    /// recorded with its first event) read in the same statement.
+    ///
+    /// # Errors
+    /// Any database error.
+    pub async fn read_with_owners(
+        &self,
+        after: LogCursor,
+        limit: u32,
+    ) -> Result<(Page, Vec<Option<String>>), sqlx::Error> {
+        self.page(after, &LogFilter::default(), limit, true).await
+    }
+
+    async fn page(
+        &self,
+        after: LogCursor,
+        filter: &LogFilter,
+        limit: u32,
+        with_owners: bool,
+    ) -> Result<(Page, Vec<Option<String>>), sqlx::Error> {
         let rows: Vec<PageRow> = sqlx::query_as(
             "WITH head AS (SELECT coalesce(max(log_position), 0) AS head FROM events),
              limited AS (
@@ -180,7 +205,10 @@ impl LogReader {
                   FROM limited WINDOW w AS (ORDER BY log_position))
              SELECT h.head, (SELECT count(*) FROM limited) AS fetched,
                     p.log_position AS position, p.aggregate_type, p.aggregate_id, p.sequence,
-                    p.event_type, p.event_version, p.payload, p.metadata, p.recorded_at
+                    p.event_type, p.event_version, p.payload, p.metadata, p.recorded_at,
+                    (SELECT o.owner FROM aggregate_owners o
+                      WHERE $12 AND o.aggregate_type = p.aggregate_type
+                        AND o.aggregate_id = p.aggregate_id) AS owner
                FROM head h
                LEFT JOIN page p ON p.n = 1 OR p.running <= $5
               ORDER BY p.log_position",
@@ -196,17 +224,24 @@ impl LogReader {
         .bind(filter.correlation_id.as_deref())
         .bind(filter.recorded_from)
         .bind(filter.recorded_until)
+        .bind(with_owners)
         .fetch_all(&self.pool)
         .await?;
         let head = rows.first().map_or(0, |row| row.head);
         let fetched = rows.first().map_or(0, |row| row.fetched);
+        let owners = rows
+            .iter()
+            .filter(|row| row.position.is_some())
+            .map(|row| row.owner.clone())
+            .collect();
         let events = self.recorded_all(rows).await?;
         let truncated = usize::try_from(fetched).unwrap_or_default() > events.len();
-        Ok(Page {
+        let page = Page {
             events,
             head,
             truncated,
-        })
+        };
+        Ok((page, owners))
     }
 
     /// The cursor of the newest committed event: everything committed later sorts after it.
@@ -260,7 +295,7 @@ impl LogReader {
         let rows: Vec<PageRow> = sqlx::query_as(
             "SELECT 0::bigint AS head, 0::bigint AS fetched, log_position AS position,
                     aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
-                    metadata, recorded_at
+                    metadata, recorded_at, NULL::text AS owner
                FROM events
               WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence >= $3
                 AND ($4::bigint IS NULL OR sequence <= $4)

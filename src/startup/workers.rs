@@ -109,7 +109,6 @@ fn delivery_worker(core: &Core, config: &Config) -> anyhow::Result<DeliveryWorke
     Ok(DeliveryWorker::new(
         core.commands.clone(),
         core.pool.clone(),
-        core.batch_services.clone(),
         transports,
         DeliverySettings {
             concurrency: settings.delivery_concurrency,
@@ -157,7 +156,6 @@ pub(super) fn spawn_workers(
     let closer = BatchCloser::new(
         core.commands.clone(),
         core.pool.clone(),
-        core.batch_services.clone(),
         Duration::from_millis(config.batch_max_wait_ms),
         Duration::from_millis(config.batch_check_ms),
     );
@@ -199,7 +197,6 @@ fn provider_driver(core: &Core, config: &Config) -> anyhow::Result<Option<Provid
         core.commands.clone(),
         core.pool.clone(),
         providers,
-        core.batch_services.clone(),
         DriverSettings {
             poll_every: Duration::from_millis(config.provider_poll_ms),
             uploads: config.provider_uploads,

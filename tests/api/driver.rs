@@ -210,7 +210,7 @@ async fn an_owner_cancel_in_flight_reaches_the_provider_once() {
 async fn a_restart_after_the_provider_batch_was_created_adopts_it_instead_of_creating_another() {
     use chronicle::command::CommandContext;
     use chronicle::provider::{BatchInput, Provider};
-    use chronicle_aggregates::batch::{Batch, BatchCommand, BatchServices};
+    use chronicle_aggregates::batch::{Batch, BatchCommand};
     use chronicle_aggregates::Endpoint;
 
     let db = TestDb::new().await;
@@ -228,16 +228,13 @@ async fn a_restart_after_the_provider_batch_was_created_adopts_it_instead_of_cre
         correlation_id: "crash".into(),
         causation_id: None,
     };
-    let services = BatchServices {
-        custom_ids: std::sync::Arc::new(chronicle::llm::PgCustomIds::new(db.pool.clone())),
-    };
     let uploaded = BatchCommand::MarkUploaded {
         input_file_id: file.clone(),
         at: chrono::Utc::now(),
     };
     first
         .commands
-        .execute::<Batch>(&context, &batch_id.to_string(), uploaded, &services, None)
+        .execute::<Batch>(&context, &batch_id.to_string(), uploaded, &(), None)
         .await
         .expect("uploaded");
     provider

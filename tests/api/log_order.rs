@@ -249,7 +249,7 @@ async fn live_log(db: &TestDb, shutdown: &CancellationToken) -> LiveLog {
         Arc::new(Upcasters::default()),
         crate::support::vault(&db.pool),
     );
-    LiveLog::start(reader, db.pool.clone(), &waker, shutdown.clone())
+    LiveLog::start(reader, &waker, shutdown.clone())
         .await
         .expect("live log")
 }

@@ -44,7 +44,8 @@ pub enum BatchError {
     /// Adding nothing is a mistake in the caller.
     #[error("no requests to add")]
     NoEntries,
-    /// Custom ids must be unique within a batch.
+    /// Custom ids must be unique within a batch (this error names those repeated within one
+    /// add; the store's unique index refuses ids already in the batch).
     #[error("custom ids already in the batch: {}", ids.join(", "))]
     DuplicateCustomIds {
         /// The repeated custom ids.
@@ -58,20 +59,6 @@ pub enum BatchError {
         /// Bytes that still fit.
         bytes: u64,
     },
-    /// The custom id lookup failed.
-    #[error("custom id lookup failed: {0}")]
-    Lookup(LookupFailure),
-}
-
-/// Why the custom id lookup failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LookupFailure {
-    /// The store is out of reach; the same command may succeed later.
-    #[error("the store is unavailable: {0}")]
-    Unavailable(String),
-    /// Anything else.
-    #[error("{0}")]
-    Failed(String),
 }
 
 impl DomainError for BatchError {
@@ -88,8 +75,6 @@ impl DomainError for BatchError {
             | Self::NoEntries
             | Self::DuplicateCustomIds { .. }
             | Self::WouldOverflow { .. } => ErrorCode::Validation,
-            Self::Lookup(LookupFailure::Unavailable(_)) => ErrorCode::Unavailable,
-            Self::Lookup(LookupFailure::Failed(_)) => ErrorCode::Internal,
         }
     }
 }

@@ -1,44 +1,17 @@
-use std::sync::Arc;
-
-use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use cqrs_es::test::TestFramework;
 use serde_json::json;
 use uuid::Uuid;
 
 use super::{
-    Batch, BatchCommand, BatchEntry, BatchError, BatchEvent, BatchKey, BatchLimits, BatchServices,
-    BatchStatus, CloseReason, CustomIds, LookupFailure,
+    Batch, BatchCommand, BatchEntry, BatchError, BatchEvent, BatchKey, BatchLimits, BatchStatus,
+    CloseReason,
 };
 use crate::request::RequestSpec;
 use crate::{Delivery, Endpoint};
 
-/// Custom ids "taken" in every batch, as the index would report them.
-struct Taken(Vec<&'static str>);
-
-#[async_trait]
-impl CustomIds for Taken {
-    async fn taken(
-        &self,
-        _batch: Uuid,
-        custom_ids: &[String],
-    ) -> Result<Vec<String>, LookupFailure> {
-        Ok(custom_ids
-            .iter()
-            .filter(|id| self.0.contains(&id.as_str()))
-            .cloned()
-            .collect())
-    }
-}
-
-fn services(taken: Vec<&'static str>) -> BatchServices {
-    BatchServices {
-        custom_ids: Arc::new(Taken(taken)),
-    }
-}
-
 fn framework() -> TestFramework<Batch> {
-    TestFramework::with(services(Vec::new()))
+    TestFramework::with(())
 }
 
 fn at() -> DateTime<Utc> {
@@ -310,16 +283,6 @@ fn a_custom_id_repeated_within_one_call_is_rejected() {
         ))
         .then_expect_error(BatchError::DuplicateCustomIds {
             ids: vec!["x".into()],
-        });
-}
-
-#[test]
-fn a_custom_id_already_in_the_batch_is_rejected() {
-    TestFramework::<Batch>::with(services(vec!["a"]))
-        .given(history(BatchStatus::Building))
-        .when(add(vec![entry("a"), entry("c")], BatchLimits::default()))
-        .then_expect_error(BatchError::DuplicateCustomIds {
-            ids: vec!["a".into()],
         });
 }
 
