@@ -531,10 +531,12 @@ impl Commands {
             .await
             .map_err(Refusal::Rejected)?;
         let events = sink.collect().await;
+        let settlements = decided.aggregate.settlements(&events);
+        let settled = self.settle(&settlements).await.map_err(Refusal::Failed)?;
         let metadata = context.metadata(command_id);
         let appended = self
             .stores
-            .append(decided, &events, &metadata)
+            .append(decided, &events, settled, &metadata)
             .await
             .map_err(AggregateError::<A::Error>::from)?;
         let (version, cursor) = match appended.last() {

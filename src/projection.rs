@@ -14,7 +14,6 @@ use chronicle_projections::analytics::{BatchAnalytics, RequestAnalytics, Simulat
 use chronicle_projections::batches::Batches;
 use chronicle_projections::delivery_attempts::DeliveryAttempts;
 use chronicle_projections::queries::Queries;
-use chronicle_projections::request_streams::RequestStreams;
 use chronicle_projections::requests::Requests;
 use chronicle_projections::simulations::Simulations;
 use chronicle_projections::transfers::Transfers;
@@ -26,11 +25,9 @@ pub use leader::{Role, Roles};
 pub use runner::{ProjectionRunner, Rebuild, RunnerError, RunnerSettings};
 
 /// The projectors applied in the group commit's transaction as well (see
-/// [`crate::store::InlineProjectors`]), in the order they apply: the request streams a
-/// batch's events start, then every read model a caller reads back.
+/// [`crate::store::InlineProjectors`]): every read model a caller reads back.
 pub fn inline() -> Vec<Arc<dyn Projector>> {
     vec![
-        Arc::new(RequestStreams),
         Arc::new(AggregateIndex),
         Arc::new(Requests),
         Arc::new(Batches),

@@ -11,8 +11,7 @@ mod inline;
 mod kept;
 mod repository;
 
-use chronicle_aggregates::{Upcast, Upcasters};
-use chronicle_projections::request_moves::RequestMove;
+use chronicle_aggregates::{StreamEvent, Upcast, Upcasters};
 use chronicle_projections::EventMetadata;
 use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore, PersistenceError};
 use cqrs_es::{AggregateError, EventStore};
@@ -69,20 +68,23 @@ impl EventStores {
     }
 
     /// Appends `events` with `metadata` (and the snapshot that falls due) in the next group
-    /// commit; `decided` is the loaded context whose aggregate decided them (and so applied
+    /// commit, together with the streams they start and the events of other streams in
+    /// `others`; `decided` is the loaded context whose aggregate decided them (and so applied
     /// them).
     ///
     /// # Errors
-    /// `OptimisticLockError` when another writer appended to the aggregate first; the
-    /// database's failure otherwise.
+    /// `OptimisticLockError` when another writer appended to the aggregate, or to one of the
+    /// other streams, first; the database's failure otherwise.
     pub async fn append<A: Upcast>(
         &self,
         decided: EventStoreAggregateContext<A>,
         events: &[A::Event],
+        others: Vec<StreamEvent>,
         metadata: &EventMetadata,
     ) -> Result<Appended, PersistenceError> {
         let aggregate_id = decided.aggregate_id.clone();
-        let append = Append::new(decided, events, metadata, self.snapshot_every::<A>())?;
+        let every = self.snapshot_every::<A>();
+        let append = Append::new(decided, events, others, metadata, every)?;
         let after = append.state_after().filter(|_| keeps(A::TYPE));
         let appended = self.appender.append(append).await;
         match (&appended, after) {
@@ -115,25 +117,21 @@ impl EventStores {
         }
     }
 
-    /// Appends each request's move (see `request_moves`) in the next group commit, all or
-    /// none; returns how many requests moved.
+    /// Appends `events` of other streams, decided without loading an aggregate (e.g. many
+    /// requests' moves), in the next group commit, all or none.
     ///
     /// # Errors
-    /// `OptimisticLockError` when another writer moved one of the requests first; the
+    /// `OptimisticLockError` when another writer appended to one of the streams first; the
     /// database's failure otherwise.
-    pub async fn append_moves(
+    pub async fn append_others(
         &self,
-        moves: Vec<RequestMove>,
+        events: Vec<StreamEvent>,
         metadata: &EventMetadata,
-    ) -> Result<usize, PersistenceError> {
-        let count = moves.len();
-        match Append::moves(moves, metadata)? {
-            Some(append) => {
-                self.appender.append(append).await?;
-                Ok(count)
-            }
-            None => Ok(0),
+    ) -> Result<(), PersistenceError> {
+        if let Some(append) = Append::others(events, metadata) {
+            self.appender.append(append).await?;
         }
+        Ok(())
     }
 
     fn snapshot_every<A: Upcast>(&self) -> usize {

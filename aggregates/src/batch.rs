@@ -36,7 +36,7 @@ pub use status::BatchStatus;
 pub use values::{BatchEntry, BatchKey, BatchLimits, CloseReason};
 
 use crate::request::{Request, RequestEvent};
-use crate::{StartedStream, StartsStreams, Upcast};
+use crate::{Effects, Settlement, StreamEvent, Upcast};
 
 /// A batch's state, rebuilt from its events.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -361,13 +361,13 @@ impl Aggregate for Batch {
 
 impl Upcast for Batch {}
 
-impl StartsStreams for Batch {
+impl Effects for Batch {
     /// A submission (`RequestsAdded`) starts the stream of every request it accepted.
     fn started_streams(
         &self,
         aggregate_id: &str,
         events: &[BatchEvent],
-    ) -> Result<Vec<StartedStream>, serde_json::Error> {
+    ) -> Result<Vec<StreamEvent>, serde_json::Error> {
         let (Some(key), Ok(batch_id)) = (&self.key, aggregate_id.parse::<Uuid>()) else {
             return Ok(Vec::new());
         };
@@ -384,12 +384,51 @@ impl StartsStreams for Batch {
                     spec: entry.spec.clone(),
                     at: *at,
                 };
-                started.push(StartedStream::new::<Request>(
+                started.push(StreamEvent::new::<Request>(
                     entry.request_id.to_string(),
+                    1,
                     &submitted,
                 )?);
             }
         }
         Ok(started)
+    }
+
+    /// A cancellation or failure settles the batch's waiting requests; a withdrawal, the
+    /// withdrawn one.
+    fn settlements(&self, events: &[BatchEvent]) -> Vec<Settlement> {
+        let Some(batch_id) = self.id else {
+            return Vec::new();
+        };
+        events
+            .iter()
+            .filter_map(|event| match event {
+                BatchEvent::Cancelled { at } => {
+                    Some(Settlement::BatchCancelled { batch_id, at: *at })
+                }
+                BatchEvent::Failed { error, at } => Some(Settlement::BatchFailed {
+                    batch_id,
+                    error: error.clone(),
+                    at: *at,
+                }),
+                BatchEvent::RequestWithdrawn { request_id, at } => Some(Settlement::Withdrawn {
+                    request_id: *request_id,
+                    at: *at,
+                }),
+                BatchEvent::Opened { .. }
+                | BatchEvent::RequestsAdded { .. }
+                | BatchEvent::Closed { .. }
+                | BatchEvent::InputUploaded { .. }
+                | BatchEvent::SubmittedToProvider { .. }
+                | BatchEvent::ProviderProgressed { .. }
+                | BatchEvent::ProviderCompleted { .. }
+                | BatchEvent::DownloadStarted { .. }
+                | BatchEvent::ResultsDownloaded { .. }
+                | BatchEvent::DeliveryStarted { .. }
+                | BatchEvent::DeliveryFinished { .. }
+                | BatchEvent::ProviderCancelRequested { .. }
+                | BatchEvent::Expired { .. } => None,
+            })
+            .collect()
     }
 }

@@ -294,7 +294,7 @@ impl Aggregate for Client {
 
 impl Upcast for Client {}
 
-impl crate::StartsStreams for Client {}
+impl crate::Effects for Client {}
 
 #[cfg(test)]
 mod tests {

@@ -237,7 +237,7 @@ impl Aggregate for DicomServer {
 
 impl Upcast for DicomServer {}
 
-impl crate::StartsStreams for DicomServer {}
+impl crate::Effects for DicomServer {}
 
 #[cfg(test)]
 mod tests {

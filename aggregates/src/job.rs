@@ -542,7 +542,7 @@ impl<K: JobKind> Aggregate for Job<K> {
     }
 }
 
-impl<K: JobKind> crate::StartsStreams for Job<K> {}
+impl<K: JobKind> crate::Effects for Job<K> {}
 
 impl<K: JobKind> Upcast for Job<K> {
     fn upcasters() -> Vec<Box<dyn EventUpcaster>> {

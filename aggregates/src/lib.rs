@@ -23,5 +23,5 @@ mod upcasting;
 pub use delivery::Delivery;
 pub use endpoint::Endpoint;
 pub use error_code::{DomainError, ErrorCode};
-pub use streams::{StartedStream, StartsStreams};
+pub use streams::{Effects, Settled, Settlement, StreamEvent};
 pub use upcasting::{Upcast, Upcasters};

@@ -257,4 +257,4 @@ impl Aggregate for Request {
 
 impl Upcast for Request {}
 
-impl crate::StartsStreams for Request {}
+impl crate::Effects for Request {}

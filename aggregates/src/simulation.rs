@@ -368,4 +368,4 @@ impl Aggregate for Simulation {
 
 impl Upcast for Simulation {}
 
-impl crate::StartsStreams for Simulation {}
+impl crate::Effects for Simulation {}

@@ -100,7 +100,7 @@ impl Aggregate for Subject {
 
 impl Upcast for Subject {}
 
-impl crate::StartsStreams for Subject {}
+impl crate::Effects for Subject {}
 
 #[cfg(test)]
 mod tests {

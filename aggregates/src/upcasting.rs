@@ -6,15 +6,15 @@ use std::collections::HashMap;
 use cqrs_es::persist::{EventUpcaster, SerializedEvent};
 use cqrs_es::Aggregate;
 
-use crate::StartsStreams;
+use crate::Effects;
 
 /// An aggregate whose older event versions can be brought up to date (and which says which
-/// streams its events start, see [`StartsStreams`]).
+/// streams its events start, see [`Effects`]).
 ///
 /// Write event versions as full semantic versions (`"2.0.0"`): that is the form cqrs-es's
 /// `SemanticVersionEventUpcaster` stamps on the events it upcasts, so stored and upcast
 /// events of one version read the same.
-pub trait Upcast: Aggregate + StartsStreams {
+pub trait Upcast: Aggregate + Effects {
     /// The upcasters for this aggregate's events, applied in order (none by default).
     fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
         Vec::new()

@@ -17,7 +17,6 @@ mod jobs;
 mod projector;
 pub mod queries;
 pub mod request_moves;
-pub mod request_streams;
 pub mod requests;
 pub mod simulations;
 pub mod transfers;

@@ -38,12 +38,6 @@ pub trait Projector: Send + Sync + 'static {
         None
     }
 
-    /// Whether applying `events` may append events to the log (derived events, which
-    /// projectors applied after it in the same transaction must see too).
-    fn may_append(&self, _events: &[&RecordedEvent]) -> bool {
-        false
-    }
-
     /// Deletes everything this projector wrote, before a rebuild from the start of the log.
     async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError>;
 

@@ -153,8 +153,7 @@ impl LlmActions {
             });
         }
         // The batch decides: withdrawing serializes with its closing, so a withdrawn request
-        // is never uploaded. `request_streams` then marks the request cancelled, in
-        // the same transaction (it is applied inline).
+        // is never uploaded. The same command cancels the request, in the same transaction.
         let command = BatchCommand::WithdrawRequest {
             request_id,
             at: Utc::now(),

@@ -454,7 +454,7 @@ impl ProviderDriver {
             Err(other) => return Err(other.into()),
         }
         let at = Utc::now();
-        // The batch's requests are settled by `request_streams`, which follows the log.
+        // The batch's waiting requests were settled by the command that cancelled it.
         self.command(batch_id, BatchCommand::RecordProviderCancel { at })
             .await
     }
@@ -485,7 +485,7 @@ impl ProviderDriver {
         Ok(())
     }
 
-    /// Marks the batch failed (`request_streams` then fails the requests still waiting).
+    /// Marks the batch failed, and with it the requests still waiting.
     async fn fail(&self, batch_id: Uuid, error: Value) -> Result<(), DriverError> {
         self.command(
             batch_id,

@@ -2,9 +2,7 @@
 //! falls due with them. Built from the aggregate the command decided on, owned, so that the
 //! group committer can write it without copying payloads.
 
-use chronicle_aggregates::request::Request;
-use chronicle_aggregates::{StartedStream, Upcast};
-use chronicle_projections::request_moves::RequestMove;
+use chronicle_aggregates::{StreamEvent, Upcast};
 use chronicle_projections::{EventMetadata, LogCursor};
 use cqrs_es::persist::{EventStoreAggregateContext, PersistenceError, SerializedEvent};
 use cqrs_es::{Aggregate, DomainEvent};
@@ -23,8 +21,8 @@ pub(super) struct SnapshotUpdate {
 }
 
 /// The events one command appends to one aggregate, the snapshot that falls due, and the
-/// appends committed together with it, all or none (the streams its events start, or the
-/// other requests of one move).
+/// appends committed together with it, all or none (the events of other streams that its
+/// events start or move).
 pub struct Append {
     pub(super) aggregate_type: &'static str,
     pub(super) aggregate_id: String,
@@ -48,16 +46,18 @@ impl Appended {
 }
 
 impl Append {
-    /// The append of `events` to the aggregate of `decided`, stamped with `metadata`.
-    /// `decided` is the loaded context after the command decided: its aggregate has applied
-    /// `events` (as deciding does), its sequence is still the loaded one. When the events
-    /// reach a multiple of `snapshot_every` (0: never), that state is snapshotted.
+    /// The append of `events` to the aggregate of `decided`, stamped with `metadata`, with
+    /// the first events of the streams they start and the events of `others`, all committed
+    /// together. `decided` is the loaded context after the command decided: its aggregate has
+    /// applied `events` (as deciding does), its sequence is still the loaded one. When the
+    /// events reach a multiple of `snapshot_every` (0: never), that state is snapshotted.
     ///
     /// # Errors
     /// An event or the state does not serialize.
     pub fn new<A: Upcast>(
         decided: EventStoreAggregateContext<A>,
         events: &[A::Event],
+        others: Vec<StreamEvent>,
         metadata: &EventMetadata,
         snapshot_every: usize,
     ) -> Result<Self, PersistenceError> {
@@ -66,7 +66,8 @@ impl Append {
             .aggregate
             .started_streams(&decided.aggregate_id, events)?
             .into_iter()
-            .map(|stream| Self::start(stream, &metadata))
+            .chain(others)
+            .map(|event| Self::other(event, &metadata))
             .collect();
         let loaded = decided.current_sequence;
         let serialized = events
@@ -102,52 +103,30 @@ impl Append {
         })
     }
 
-    /// The append of a started stream's first event.
-    fn start(stream: StartedStream, metadata: &Value) -> Self {
-        let first = SerializedEvent::new(
-            stream.aggregate_id,
-            1,
-            stream.aggregate_type.to_owned(),
-            stream.event_type,
-            stream.event_version,
-            stream.payload,
+    /// The append of another stream's event.
+    fn other(event: StreamEvent, metadata: &Value) -> Self {
+        let serialized = SerializedEvent::new(
+            event.aggregate_id,
+            event.sequence,
+            event.aggregate_type.to_owned(),
+            event.event_type,
+            event.event_version,
+            event.payload,
             metadata.clone(),
         );
-        Self::one(stream.aggregate_type, first)
+        Self::one(event.aggregate_type, serialized)
     }
 
-    /// The append of each request's move, all committed together (`None`: no move).
-    ///
-    /// # Errors
-    /// An event does not serialize.
-    pub fn moves(
-        moves: Vec<RequestMove>,
-        metadata: &EventMetadata,
-    ) -> Result<Option<Self>, serde_json::Error> {
+    /// The append of `events` of other streams, without a deciding aggregate, all committed
+    /// together (`None`: no events).
+    pub fn others(events: Vec<StreamEvent>, metadata: &EventMetadata) -> Option<Self> {
         let metadata = metadata.to_value();
-        let mut appends = Vec::with_capacity(moves.len());
-        for RequestMove {
-            request_id,
-            sequence,
-            event,
-        } in moves
-        {
-            let serialized = SerializedEvent::new(
-                request_id,
-                usize::try_from(sequence).unwrap_or_default(),
-                Request::TYPE.to_owned(),
-                event.event_type(),
-                event.event_version(),
-                serde_json::to_value(&event)?,
-                metadata.clone(),
-            );
-            appends.push(Self::one(Request::TYPE, serialized));
-        }
-        let mut appends = appends.into_iter();
-        Ok(appends.next().map(|mut first| {
-            first.together = appends.collect();
-            first
-        }))
+        let mut appends = events
+            .into_iter()
+            .map(|event| Self::other(event, &metadata));
+        let mut first = appends.next()?;
+        first.together = appends.collect();
+        Some(first)
     }
 
     /// The append of one event, without a snapshot.

@@ -1,6 +1,6 @@
 //! Inline projectors: applied to a group commit's events in its own transaction, so what
-//! they write commits with the events (the read models a caller reads back, and the request
-//! streams a batch's submission starts, exist the moment the command is acknowledged).
+//! they write commits with the events (the read models a caller reads back exist the moment
+//! the command is acknowledged).
 //!
 //! Each keeps its ordinary checkpoint and runner. A group applies a projector inline only
 //! when its checkpoint has applied every earlier event of its aggregate types, and moves the
@@ -15,11 +15,7 @@
 use std::sync::Arc;
 
 use chronicle_projections::checkpoint::{self, Move};
-use chronicle_projections::{
-    type_list, EventMetadata, LogCursor, ProjectionError, Projector, RecordedEvent,
-};
-use chrono::{DateTime, Utc};
-use serde_json::Value;
+use chronicle_projections::{type_list, LogCursor, ProjectionError, Projector, RecordedEvent};
 use sqlx::PgConnection;
 
 /// The advisory lock every appending transaction holds until it commits (taken by the
@@ -46,8 +42,7 @@ pub struct InlineProjectors {
 }
 
 impl InlineProjectors {
-    /// These projectors, inline, applied in this order (one that appends events before
-    /// those that read them).
+    /// These projectors, inline, applied in this order.
     pub fn new(projectors: Vec<Arc<dyn Projector>>) -> Self {
         Self {
             projectors: Arc::new(projectors),
@@ -70,7 +65,7 @@ impl InlineProjectors {
     pub async fn apply(
         &self,
         conn: &mut PgConnection,
-        mut events: Vec<RecordedEvent>,
+        events: Vec<RecordedEvent>,
     ) -> Result<(), ProjectionError> {
         let Some(first) = events.first().map(|e| e.cursor) else {
             return Ok(());
@@ -83,14 +78,8 @@ impl InlineProjectors {
                 .filter(|e| reads(projector.as_ref(), &e.aggregate_type))
                 .collect();
             applied.push(read.len());
-            if read.is_empty() {
-                continue;
-            }
-            let appends = projector.may_append(&read);
-            projector.apply(&mut *conn, &read).await?;
-            if appends {
-                let last = events.last().map_or(first, |e| e.cursor);
-                events.extend(appended_after(conn, last).await?);
+            if !read.is_empty() {
+                projector.apply(&mut *conn, &read).await?;
             }
         }
         let last = events.last().map_or(first, |e| e.cursor);
@@ -138,50 +127,6 @@ impl InlineProjectors {
             .cloned()
             .collect())
     }
-}
-
-/// An event as `appended_after` reads it.
-#[derive(sqlx::FromRow)]
-struct AppendedRow {
-    log_position: i64,
-    aggregate_type: String,
-    aggregate_id: String,
-    sequence: i64,
-    event_type: String,
-    event_version: String,
-    payload: Value,
-    metadata: Value,
-    recorded_at: DateTime<Utc>,
-}
-
-/// The events this transaction appended after `last` (a projector's derived events: under
-/// the log lock, no one else's can follow ours).
-async fn appended_after(
-    conn: &mut PgConnection,
-    last: LogCursor,
-) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-    let rows: Vec<AppendedRow> = sqlx::query_as(
-        "SELECT log_position, aggregate_type, aggregate_id, sequence, event_type,
-                event_version, payload, metadata, recorded_at
-           FROM events WHERE log_position > $1 ORDER BY log_position",
-    )
-    .bind(last.position)
-    .fetch_all(conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| RecordedEvent {
-            cursor: LogCursor::at(row.log_position),
-            metadata: EventMetadata::from_value(&row.metadata),
-            aggregate_type: row.aggregate_type,
-            aggregate_id: row.aggregate_id,
-            sequence: row.sequence,
-            event_type: row.event_type,
-            event_version: row.event_version,
-            payload: row.payload,
-            recorded_at: row.recorded_at,
-        })
-        .collect())
 }
 
 fn reads(projector: &dyn Projector, aggregate_type: &str) -> bool {

@@ -454,3 +454,50 @@ fn a_request_is_withdrawn_once() {
         })
         .then_expect_error(BatchError::AlreadyWithdrawn);
 }
+
+#[test]
+fn cancelling_failing_and_withdrawing_settle_requests_and_nothing_else_does() {
+    use cqrs_es::Aggregate;
+
+    use crate::{Effects, Settlement};
+
+    let mut batch = Batch::default();
+    for event in history(BatchStatus::Building) {
+        batch.apply(event);
+    }
+    let batch_id = Uuid::from_u128(7);
+    let request_id = Uuid::from_u128(9);
+    let error = json!({ "message": "upload refused" });
+    let settling = [
+        BatchEvent::Cancelled { at: at() },
+        BatchEvent::Failed {
+            error: error.clone(),
+            at: at(),
+        },
+        BatchEvent::RequestWithdrawn {
+            request_id,
+            at: at(),
+        },
+    ];
+    assert_eq!(
+        batch.settlements(&settling),
+        [
+            Settlement::BatchCancelled { batch_id, at: at() },
+            Settlement::BatchFailed {
+                batch_id,
+                error,
+                at: at()
+            },
+            Settlement::Withdrawn {
+                request_id,
+                at: at()
+            },
+        ]
+    );
+    let closed = BatchEvent::Closed {
+        reason: CloseReason::Full,
+        successor: Uuid::from_u128(8),
+        at: at(),
+    };
+    assert!(batch.settlements(&[closed]).is_empty());
+}

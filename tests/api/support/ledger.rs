@@ -121,7 +121,7 @@ impl Aggregate for Ledger {
     }
 }
 
-impl chronicle_aggregates::StartsStreams for Ledger {}
+impl chronicle_aggregates::Effects for Ledger {}
 
 impl Upcast for Ledger {
     fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
