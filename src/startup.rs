@@ -30,7 +30,7 @@ use crate::config::Config;
 use crate::delivery::WebhookSecrets;
 use crate::http::{router, AppState, HttpLimits};
 use crate::llm::{LlmActions, Submitter};
-use crate::log::{LiveLog, LogReader, LogWaker};
+use crate::log::{CommittedFeed, LiveLog, LogReader, LogWaker};
 use crate::privacy::Vault;
 use crate::projection::{self, ReadModels, Roles};
 use crate::security::{
@@ -78,6 +78,8 @@ struct Core {
     reader: LogReader,
     waker: LogWaker,
     roles: Roles,
+    /// What the group committer hands the live log.
+    committed: CommittedFeed,
     commands: Commands,
     egress: EgressPolicy,
     shutdown: CancellationToken,
@@ -94,6 +96,7 @@ impl Core {
         upcasters: Upcasters,
     ) -> (Self, JoinSet<()>) {
         let shutdown = CancellationToken::new();
+        let committed = CommittedFeed::default();
         let vault = Vault::new(pool.clone(), pepper.as_bytes());
         let stores = EventStores::new(
             pool.clone(),
@@ -101,6 +104,7 @@ impl Core {
             upcasters,
             vault.clone(),
             InlineProjectors::new(projection::inline()),
+            committed.clone(),
         );
         let reader = LogReader::new(pool.clone(), stores.upcasters(), vault.clone());
         let waker = LogWaker::start(&pool, config.log_poll(), shutdown.clone());
@@ -121,6 +125,7 @@ impl Core {
             vault,
             reader,
             waker,
+            committed,
             roles,
             shutdown,
         };
@@ -137,9 +142,14 @@ async fn api_state(
     projectors: &[Arc<dyn Projector>],
 ) -> anyhow::Result<AppState> {
     let security = &config.security;
-    let live = LiveLog::start(core.reader.clone(), &core.waker, core.shutdown.clone())
-        .await
-        .context("reading the log's head")?;
+    let live = LiveLog::start(
+        core.reader.clone(),
+        &core.waker,
+        &core.committed,
+        core.shutdown.clone(),
+    )
+    .await
+    .context("reading the log's head")?;
     let hasher = KeyHasher::new(pepper.as_bytes());
     let known_keys = KnownKeys::default();
     let commands = &core.commands;

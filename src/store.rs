@@ -17,6 +17,7 @@ use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore, Persiste
 use cqrs_es::{AggregateError, EventStore};
 use sqlx::PgPool;
 
+use crate::log::CommittedFeed;
 use crate::privacy::{holds_personal_data, Vault};
 use append::Append;
 use group_commit::Appender;
@@ -48,17 +49,19 @@ fn keeps(aggregate_type: &str) -> bool {
 
 impl EventStores {
     /// Stores over `pool`, snapshotting the listed aggregate types every N events, sealing
-    /// personal data with `vault`, applying `inline` projectors in each append. Starts the
-    /// group committer, so it must be called within the runtime.
+    /// personal data with `vault`, applying `inline` projectors in each append and handing
+    /// what commits to `committed`. Starts the group committer, so it must be called within
+    /// the runtime.
     pub fn new(
         pool: PgPool,
         snapshots: &[(String, usize)],
         upcasters: Upcasters,
         vault: Vault,
         inline: InlineProjectors,
+        committed: CommittedFeed,
     ) -> Self {
         Self {
-            appender: Appender::start(pool.clone(), vault.clone(), inline),
+            appender: Appender::start(pool.clone(), vault.clone(), inline, committed),
             pool,
             vault,
             snapshot_every: Arc::new(snapshots.iter().cloned().collect()),

@@ -1,7 +1,7 @@
 //! `transitions`: the audit trail of every state change of every aggregate, with who caused
 //! it and where it stands in the log.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use chronicle_aggregates::batch::BatchEvent;
@@ -16,12 +16,35 @@ use crate::{ProjectionError, Projector, RecordedEvent};
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Transitions;
 
+/// Batch events that change no state: adding requests, a withdrawal, provider progress.
+const BATCH_EVENTS_KEEPING_STATE: [&str; 4] = [
+    "BatchRequestsAdded",
+    "BatchRequestWithdrawn",
+    "BatchProviderProgressed",
+    "BatchProviderCancelRequested",
+];
+
+/// Whether `event` may change its aggregate's state. A request's and a batch's follow from
+/// the event's type: their (large) payloads are not read.
+fn may_change_state(event: &RecordedEvent) -> bool {
+    match event.aggregate_type.as_str() {
+        // An attempt leaves a delivering request delivering.
+        "Request" => event.event_type != "RequestDeliveryAttempted",
+        "Batch" => !BATCH_EVENTS_KEEPING_STATE.contains(&event.event_type.as_str()),
+        "Simulation" => true,
+        _ => false,
+    }
+}
+
 /// The state an event leaves its aggregate in (which was in `before`), or `None` when it
 /// changes no state.
 fn state_after(
     event: &RecordedEvent,
     before: Option<&str>,
 ) -> Result<Option<&'static str>, ProjectionError> {
+    if !may_change_state(event) {
+        return Ok(None);
+    }
     Ok(match event.aggregate_type.as_str() {
         "Simulation" => {
             let before = SimulationStatus::ALL
@@ -32,10 +55,6 @@ fn state_after(
                 .filter(|to| Some(*to) != before)
                 .map(SimulationStatus::as_str)
         }
-        // A request's and a batch's state follow from the event's type: their (large)
-        // payloads are not read.
-        // An attempt leaves a delivering request delivering.
-        "Request" if event.event_type == "RequestDeliveryAttempted" => None,
         "Request" => {
             let status = RequestEvent::status_after_type(&event.event_type).ok_or_else(|| {
                 ProjectionError::Malformed {
@@ -46,22 +65,55 @@ fn state_after(
             })?;
             Some(status.as_str())
         }
-        "Batch" => {
-            // Adding requests and provider progress change no state.
-            let unchanged = [
-                "BatchRequestsAdded",
-                "BatchRequestWithdrawn",
-                "BatchProviderProgressed",
-                "BatchProviderCancelRequested",
-            ];
-            if unchanged.contains(&event.event_type.as_str()) {
-                None
-            } else {
-                Some(event.decode::<BatchEvent>()?.status().as_str())
-            }
-        }
+        "Batch" => Some(event.decode::<BatchEvent>()?.status().as_str()),
         _ => None,
     })
+}
+
+/// The aggregates whose state before `events` must be read: those that may change state
+/// and did not start in this page (a stream's first event has sequence 1).
+fn with_earlier_state<'e>(events: &[&'e RecordedEvent]) -> (Vec<&'e str>, Vec<&'e str>) {
+    let mut started = HashSet::new();
+    let mut keys = HashSet::new();
+    for event in events {
+        let key = (event.aggregate_type.as_str(), event.aggregate_id.as_str());
+        if event.sequence == 1 {
+            started.insert(key);
+        }
+        if may_change_state(event) && !started.contains(&key) {
+            keys.insert(key);
+        }
+    }
+    let mut keys: Vec<_> = keys.into_iter().collect();
+    keys.sort_unstable();
+    keys.into_iter().unzip()
+}
+
+/// Each of these aggregates' latest recorded state, one index probe each.
+async fn latest_states(
+    conn: &mut PgConnection,
+    (types, ids): (Vec<&str>, Vec<&str>),
+) -> Result<HashMap<(String, String), String>, sqlx::Error> {
+    if types.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let previous: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT k.aggregate_type, k.aggregate_id, t.to_state
+           FROM UNNEST($1::text[], $2::text[]) AS k(aggregate_type, aggregate_id)
+           CROSS JOIN LATERAL (
+                 SELECT to_state FROM transitions
+                  WHERE aggregate_id = k.aggregate_id
+                    AND aggregate_type = k.aggregate_type
+                  ORDER BY sequence DESC LIMIT 1) t",
+    )
+    .bind(&types)
+    .bind(&ids)
+    .fetch_all(conn)
+    .await?;
+    Ok(previous
+        .into_iter()
+        .map(|(kind, id, state)| ((kind, id), state))
+        .collect())
 }
 
 #[async_trait]
@@ -80,31 +132,7 @@ impl Projector for Transitions {
         conn: &mut PgConnection,
         events: &[&RecordedEvent],
     ) -> Result<(), ProjectionError> {
-        // Each aggregate's latest state, one index probe each (a page may touch thousands).
-        let mut keys: Vec<(&str, &str)> = events
-            .iter()
-            .map(|e| (e.aggregate_type.as_str(), e.aggregate_id.as_str()))
-            .collect();
-        keys.sort_unstable();
-        keys.dedup();
-        let (types, ids): (Vec<&str>, Vec<&str>) = keys.into_iter().unzip();
-        let previous: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT k.aggregate_type, k.aggregate_id, t.to_state
-               FROM UNNEST($1::text[], $2::text[]) AS k(aggregate_type, aggregate_id)
-               CROSS JOIN LATERAL (
-                     SELECT to_state FROM transitions
-                      WHERE aggregate_id = k.aggregate_id
-                        AND aggregate_type = k.aggregate_type
-                      ORDER BY sequence DESC LIMIT 1) t",
-        )
-        .bind(&types)
-        .bind(&ids)
-        .fetch_all(&mut *conn)
-        .await?;
-        let mut current: HashMap<(String, String), String> = previous
-            .into_iter()
-            .map(|(kind, id, state)| ((kind, id), state))
-            .collect();
+        let mut current = latest_states(&mut *conn, with_earlier_state(events)).await?;
         let mut rows = Rows::default();
         for event in events {
             let key = (event.aggregate_type.clone(), event.aggregate_id.clone());

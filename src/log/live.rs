@@ -3,13 +3,15 @@
 //! there, so database work does not grow with subscribers.
 //!
 //! Each event is read, opened and upcast once, with its aggregate's owner, and kept in a
-//! window bounded by count and bytes. A consumer whose cursor is inside the window filters it
+//! window bounded by count and bytes. The events this instance's group commits write are
+//! handed over from memory ([`CommittedFeed`]); the follower reads the log only when a
+//! notification names a position past the window's head (another instance's commit). A consumer whose cursor is inside the window filters it
 //! in memory and waits for the head to move; one that is behind (resuming from an old cursor,
 //! or too slow to keep up) reads catch-up pages of its own from the database, a few at a
 //! time per instance ([`CATCH_UP_READS`]), until it reaches the window again.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chronicle_projections::{LogCursor, RecordedEvent};
@@ -19,6 +21,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::{LogFilter, LogReader, LogWaker};
 use crate::metrics::SubscriptionGuard;
+use feed::Shared;
+pub use feed::{CommittedFeed, Committing};
+
+mod feed;
 
 /// Events the window keeps at most.
 const WINDOW_EVENTS: usize = 10_000;
@@ -31,6 +37,9 @@ const CONSUMER_PAGE: usize = 500;
 /// Catch-up reads running at once on one instance, whatever the number of consumers behind.
 const CATCH_UP_READS: usize = 4;
 const RETRY_AFTER_ERROR: Duration = Duration::from_secs(1);
+/// How long the follower waits for this instance's own commit to be handed over before it
+/// reads it from the log instead.
+const HANDOVER_WAIT: Duration = Duration::from_millis(250);
 
 /// An event with its aggregate's owner, as the window keeps it.
 struct LiveEvent {
@@ -50,38 +59,42 @@ struct Window {
 /// The instance's live log; cheap to clone.
 #[derive(Clone)]
 pub struct LiveLog {
-    window: Arc<RwLock<Window>>,
+    shared: Arc<Shared>,
     head: watch::Receiver<LogCursor>,
     reader: LogReader,
     catch_up: Arc<Semaphore>,
 }
 
 impl LiveLog {
-    /// Starts following the log from its head until `shutdown`.
+    /// Starts following the log from its head until `shutdown`, taking what `committed` is
+    /// handed (the first live log given a feed is the one it feeds).
     ///
     /// # Errors
     /// The log's head cannot be read.
     pub async fn start(
         reader: LogReader,
         waker: &LogWaker,
+        committed: &CommittedFeed,
         shutdown: CancellationToken,
     ) -> Result<Self, sqlx::Error> {
         let head = reader.head().await?;
-        let window = Arc::new(RwLock::new(Window {
+        let (moved, head_rx) = watch::channel(head);
+        let window = Window {
             first: head,
             head,
             events: VecDeque::new(),
             bytes: 0,
-        }));
-        let (moved, head_rx) = watch::channel(head);
+        };
+        let shared = Arc::new(Shared::new(window, moved));
+        let _ = committed.live.set(shared.clone());
         let follower = Follower {
             reader: reader.clone(),
-            window: window.clone(),
-            moved,
+            shared: shared.clone(),
+            resyncs: waker.notified().resyncs,
         };
         tokio::spawn(follower.follow(waker.clone(), shutdown));
         Ok(Self {
-            window,
+            shared,
             head: head_rx,
             reader,
             catch_up: Arc::new(Semaphore::new(CATCH_UP_READS)),
@@ -118,34 +131,95 @@ impl LiveLog {
     }
 }
 
-/// Reads the log as it grows into the window.
+impl LiveEvent {
+    fn new((event, owner): (RecordedEvent, Option<String>)) -> Arc<Self> {
+        let bytes = event.payload.to_string().len();
+        Arc::new(Self {
+            event,
+            owner,
+            bytes,
+        })
+    }
+}
+
+/// Whether the window lacks committed events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Behind {
+    No,
+    /// The lacking events are this instance's own commit, about to be handed over.
+    HandedOver,
+    Yes,
+}
+
+/// Reads the log into the window when others committed what the window lacks.
 struct Follower {
     reader: LogReader,
-    window: Arc<RwLock<Window>>,
-    moved: watch::Sender<LogCursor>,
+    shared: Arc<Shared>,
+    /// The waker's resynchronizations seen (after each, the log is read once).
+    resyncs: u64,
 }
 
 impl Follower {
     async fn follow(mut self, waker: LogWaker, shutdown: CancellationToken) {
         let mut waiter = waker.waiter();
+        let mut handed = self.shared.moved.subscribe();
+        let mut must_read = true;
         while !shutdown.is_cancelled() {
-            let head = *self.moved.borrow();
-            match self.read_after(head).await {
-                Ok(true) => continue,
-                Ok(false) => {}
-                Err(error) => {
-                    tracing::warn!(%error, cursor = %head, "live log read failed; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(RETRY_AFTER_ERROR) => {}
-                        () = shutdown.cancelled() => {}
+            let behind = if must_read {
+                Behind::Yes
+            } else {
+                self.behind(&waker)
+            };
+            if behind == Behind::HandedOver {
+                handed.mark_unchanged();
+                if self.shared.handing_over(waker.notified().through) {
+                    // Bounded: a handover that does not come is read.
+                    let handover = tokio::time::timeout(HANDOVER_WAIT, handed.changed());
+                    must_read = !matches!(handover.await, Ok(Ok(())));
+                }
+                continue;
+            }
+            if behind == Behind::Yes {
+                let head = *self.shared.moved.borrow();
+                match self.read_after(head).await {
+                    Ok(more) => must_read = more,
+                    Err(error) => {
+                        tracing::warn!(%error, cursor = %head, "live log read failed; retrying");
+                        tokio::select! {
+                            () = tokio::time::sleep(RETRY_AFTER_ERROR) => {}
+                            () = shutdown.cancelled() => {}
+                        }
+                        continue;
                     }
+                }
+                if must_read {
                     continue;
                 }
             }
+            let generation = waker.generation();
             tokio::select! {
                 () = waiter.wait() => {}
                 () = shutdown.cancelled() => {}
             }
+            // The fallback poll (no notification at all) reads, in case one was lost.
+            must_read = waker.generation() == generation;
+        }
+    }
+
+    /// Whether a notification named a position past the window's head (which this
+    /// instance's group committer may be handing over), or notifications may have been
+    /// missed since the last read.
+    fn behind(&mut self, waker: &LogWaker) -> Behind {
+        let notified = waker.notified();
+        let resynced = std::mem::replace(&mut self.resyncs, notified.resyncs) != notified.resyncs;
+        if resynced {
+            Behind::Yes
+        } else if notified.through <= self.shared.moved.borrow().position {
+            Behind::No
+        } else if self.shared.handing_over(notified.through) {
+            Behind::HandedOver
+        } else {
+            Behind::Yes
         }
     }
 
@@ -155,47 +229,26 @@ impl Follower {
     async fn read_after(&mut self, head: LogCursor) -> Result<bool, sqlx::Error> {
         let (page, owners) = self.reader.read_with_owners(head, FOLLOW_PAGE).await?;
         let next = page.next_cursor(head);
-        if page.events.is_empty() {
-            if next != head {
-                self.window_mut().head = next;
-                self.moved.send_replace(next);
-            }
-            return Ok(false);
-        }
         let more = page.truncated || next < LogCursor::at(page.head);
-        let live: Vec<Arc<LiveEvent>> = page
-            .events
-            .into_iter()
-            .zip(owners)
-            .map(|(event, owner)| {
-                let bytes = event.payload.to_string().len();
-                Arc::new(LiveEvent {
-                    event,
-                    owner,
-                    bytes,
-                })
-            })
-            .collect();
-        self.window_mut().extend(live, next);
-        self.moved.send_replace(next);
+        let live = page.events.into_iter().zip(owners).map(LiveEvent::new);
+        self.shared.extend(live.collect(), next);
         Ok(more)
-    }
-
-    fn window_mut(&self) -> std::sync::RwLockWriteGuard<'_, Window> {
-        self.window
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
 impl Window {
-    /// Appends events up to `head`, then forgets the oldest beyond the bounds.
-    fn extend(&mut self, events: Vec<Arc<LiveEvent>>, head: LogCursor) {
+    /// Appends the events past the head (the committed feed may have added some of a page
+    /// while it was read), moves the head to `head` unless it is past it already, then
+    /// forgets the oldest beyond the bounds; returns the head.
+    fn extend(&mut self, events: Vec<Arc<LiveEvent>>, head: LogCursor) -> LogCursor {
         for event in events {
-            self.bytes += event.bytes;
-            self.events.push_back(event);
+            if event.event.cursor > self.head {
+                self.head = event.event.cursor;
+                self.bytes += event.bytes;
+                self.events.push_back(event);
+            }
         }
-        self.head = head;
+        self.head = self.head.max(head);
         while self.events.len() > WINDOW_EVENTS || self.bytes > WINDOW_BYTES {
             let Some(oldest) = self.events.pop_front() else {
                 break;
@@ -203,6 +256,7 @@ impl Window {
             self.bytes -= oldest.bytes;
             self.first = oldest.event.cursor;
         }
+        self.head
     }
 
     /// Up to `limit` events after `after` matching `filter`, and how far that looked; `None`
@@ -255,6 +309,7 @@ impl Consumer {
             let from_window = {
                 let window = self
                     .live
+                    .shared
                     .window
                     .read()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -2,11 +2,16 @@
 //! projection's page applied, a projection's checkpoint reset.
 //!
 //! One LISTEN connection per instance; each notification bumps a counter that any number of
-//! consumers watch. A notification carries no data. PostgreSQL delivers every notification
-//! of a committed transaction to a connected listener, and after a reconnection every
-//! counter is bumped (something may have been missed), so the consumers' fallback poll only
-//! guards against the unforeseen: it can be long, and an idle instance stays quiet.
+//! consumers watch. An append's notification names the last log position it drew, which the
+//! waker keeps (the highest so far: positions are drawn in commit order, and notifications
+//! arrive in commit order), so the live log can tell whether it holds everything already.
+//! PostgreSQL delivers every notification of a committed transaction to a connected
+//! listener, and after a reconnection every counter is bumped and a resynchronization is
+//! counted (something may have been missed), so the consumers' fallback poll only guards
+//! against the unforeseen: it can be long, and an idle instance stays quiet.
 
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::PgListener;
@@ -22,9 +27,28 @@ const RESETS: &str = "chronicle_resets";
 /// A projector applied a page: read models changed (`ProjectionRunner`).
 const PROJECTED: &str = "chronicle_projected";
 
+/// What the append notifications told so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Notified {
+    /// The highest log position an append's notification named.
+    pub through: i64,
+    /// How many times notifications may have been missed (listener reconnections, a
+    /// notification without a position); changes whenever that happens.
+    pub resyncs: u64,
+}
+
+/// The positions appends' notifications named and the resynchronizations, shared by the
+/// listener and the handles.
+#[derive(Default)]
+struct Positions {
+    through: AtomicI64,
+    resyncs: AtomicU64,
+}
+
 /// A handle consumers use to wait for what they follow.
 #[derive(Clone)]
 pub struct LogWaker {
+    positions: Arc<Positions>,
     events: watch::Receiver<u64>,
     resets: watch::Receiver<u64>,
     projected: watch::Receiver<u64>,
@@ -33,6 +57,7 @@ pub struct LogWaker {
 
 /// The counters the listener bumps.
 struct Senders {
+    positions: Arc<Positions>,
     events: watch::Sender<u64>,
     resets: watch::Sender<u64>,
     projected: watch::Sender<u64>,
@@ -43,15 +68,23 @@ fn bump(sender: &watch::Sender<u64>) {
 }
 
 impl Senders {
-    fn notified(&self, channel: &str) {
+    fn notified(&self, channel: &str, payload: &str) {
         match channel {
             RESETS => bump(&self.resets),
             PROJECTED => bump(&self.projected),
-            _ => bump(&self.events),
+            _ => {
+                // Recorded before the bump, so a woken consumer sees it.
+                match payload.parse::<i64>() {
+                    Ok(position) => self.positions.through.fetch_max(position, Ordering::AcqRel),
+                    Err(_) => self.positions.resyncs.fetch_add(1, Ordering::AcqRel) as i64,
+                };
+                bump(&self.events);
+            }
         }
     }
 
     fn all(&self) {
+        self.positions.resyncs.fetch_add(1, Ordering::AcqRel);
         bump(&self.events);
         bump(&self.resets);
         bump(&self.projected);
@@ -71,13 +104,16 @@ impl LogWaker {
         let (events_sender, events) = watch::channel(0);
         let (resets_sender, resets) = watch::channel(0);
         let (projected_sender, projected) = watch::channel(0);
+        let positions = Arc::new(Positions::default());
         let senders = Senders {
+            positions: positions.clone(),
             events: events_sender,
             resets: resets_sender,
             projected: projected_sender,
         };
         tokio::spawn(listen(pool.clone(), senders, shutdown));
         Self {
+            positions,
             events,
             resets,
             projected,
@@ -89,6 +125,14 @@ impl LogWaker {
     /// after every reconnection of the listener (a reset may have been missed).
     pub fn resets(&self) -> watch::Receiver<u64> {
         unchanged(&self.resets)
+    }
+
+    /// What the append notifications told so far.
+    pub fn notified(&self) -> Notified {
+        Notified {
+            through: self.positions.through.load(Ordering::Acquire),
+            resyncs: self.positions.resyncs.load(Ordering::Acquire),
+        }
     }
 
     /// How many wake-ups there were so far (wrapping): it changes with every notification.
@@ -163,7 +207,9 @@ async fn listen(pool: PgPool, senders: Senders, shutdown: CancellationToken) {
         loop {
             tokio::select! {
                 received = listener.try_recv() => match received {
-                    Ok(Some(notification)) => senders.notified(notification.channel()),
+                    Ok(Some(notification)) => {
+                        senders.notified(notification.channel(), notification.payload());
+                    }
                     // The connection dropped; try_recv reconnects on the next call.
                     Ok(None) => senders.all(),
                     Err(error) => {

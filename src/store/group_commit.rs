@@ -3,8 +3,8 @@
 //! Every append takes the log lock and holds it until its transaction commits, so appends
 //! are serial whatever their number; one transaction per command would pay one commit (and
 //! one WAL flush) each. One task writes instead: it takes the appends waiting when its
-//! previous transaction ends, writes them in one transaction (one `INSERT` of all their
-//! events, one of all their snapshots, the inline projectors once) and answers each only
+//! previous transaction ends, writes them in one transaction (one statement for all their
+//! events and snapshots, the inline projectors once) and answers each only
 //! after the commit. A lone command waits for no one: the group is whatever is already
 //! queued. Two appends to one aggregate never share a group (the later goes in the next:
 //! per-aggregate order is arrival order). When a group fails for any reason but a lost
@@ -25,9 +25,10 @@ use tokio::sync::{mpsc, oneshot};
 use super::append::{to_i64, Append, Appended};
 use super::inline::InlineProjectors;
 use super::repository::persistence;
+use crate::log::CommittedFeed;
 use crate::privacy::{holds_personal_data, Vault};
 use grouping::next_group;
-use writes::{insert_events, landed, write_snapshots, Sealed, Stored};
+use writes::{landed, write, Sealed, Stored};
 
 /// Appends queued before senders wait.
 const QUEUE: usize = 4_096;
@@ -44,13 +45,20 @@ struct Pending {
 }
 
 impl Appender {
-    /// Starts the committer over `pool`; it ends when the last `Appender` is dropped.
-    pub fn start(pool: PgPool, vault: Vault, inline: InlineProjectors) -> Self {
+    /// Starts the committer over `pool`, handing what it commits to `committed`; it ends
+    /// when the last `Appender` is dropped.
+    pub fn start(
+        pool: PgPool,
+        vault: Vault,
+        inline: InlineProjectors,
+        committed: CommittedFeed,
+    ) -> Self {
         let (queue, pending) = mpsc::channel(QUEUE);
         let committer = Committer {
             pool,
             vault,
             inline,
+            committed,
         };
         tokio::spawn(committer.run(pending));
         Self { queue }
@@ -136,6 +144,7 @@ struct Committer {
     pool: PgPool,
     vault: Vault,
     inline: InlineProjectors,
+    committed: CommittedFeed,
 }
 
 impl Committer {
@@ -202,25 +211,35 @@ impl Committer {
         }
     }
 
-    /// One transaction: seal personal data, insert every event, apply the inline
-    /// projectors, write the snapshots, commit.
+    /// One transaction: seal personal data, insert every event and snapshot, apply the
+    /// inline projectors, commit, and hand the events to the live log.
     async fn transaction(&self, appends: &[&Append]) -> Result<Vec<Appended>, Failure> {
         let mut tx = self.pool.begin().await?;
         let sealed = self.seal(&mut tx, appends).await?;
-        let stored = insert_events(&mut tx, appends, &sealed).await?;
-        self.apply_inline(&mut tx, appends, &stored).await?;
-        write_snapshots(&mut tx, appends, &sealed).await?;
+        let stored = write(&mut tx, appends, &sealed).await?;
+        let recorded = recorded(appends, &stored);
+        let positions = recorded.first().zip(recorded.last());
+        let _committing = positions.map(|((first, _), (last, _))| {
+            self.committed
+                .committing(first.cursor.position, last.cursor.position)
+        });
+        self.apply_inline(&mut tx, &recorded).await?;
         tx.commit().await?;
-        Ok(appends
+        let appended = appends
             .iter()
             .map(|append| Appended {
                 events: append
                     .events
                     .iter()
-                    .filter_map(|e| Some((to_i64(e.sequence), landed(&stored, append, e)?.0)))
+                    .filter_map(|e| {
+                        let cursor = landed(&stored, append, e)?.cursor();
+                        Some((to_i64(e.sequence), cursor))
+                    })
                     .collect(),
             })
-            .collect())
+            .collect();
+        self.committed.publish(recorded);
+        Ok(appended)
     }
 
     /// The payloads of appends to aggregates holding personal data, sealed (copies: the
@@ -258,36 +277,45 @@ impl Committer {
         Ok(sealed)
     }
 
-    /// Applies the inline projectors to the group's events, open, in log order.
+    /// Applies the inline projectors to the group's events of the types they read.
     async fn apply_inline(
         &self,
         conn: &mut PgConnection,
-        appends: &[&Append],
-        stored: &Stored<'_>,
+        recorded: &[(RecordedEvent, Option<String>)],
     ) -> Result<(), Failure> {
-        let mut recorded: Vec<RecordedEvent> = appends
+        let wanted: Vec<&RecordedEvent> = recorded
             .iter()
-            .filter(|append| self.inline.want(append.aggregate_type))
-            .flat_map(|append| append.events.iter().map(move |e| (append, e)))
-            .filter_map(|(append, e)| {
-                let (cursor, recorded_at) = landed(stored, append, e)?;
-                Some(RecordedEvent {
-                    cursor,
-                    metadata: EventMetadata::from_value(&e.metadata),
-                    sequence: to_i64(e.sequence),
-                    aggregate_type: e.aggregate_type.clone(),
-                    aggregate_id: e.aggregate_id.clone(),
-                    event_type: e.event_type.clone(),
-                    event_version: e.event_version.clone(),
-                    payload: e.payload.clone(),
-                    recorded_at,
-                })
-            })
+            .map(|(event, _)| event)
+            .filter(|event| self.inline.want(&event.aggregate_type))
             .collect();
-        if recorded.is_empty() {
+        if wanted.is_empty() {
             return Ok(());
         }
-        recorded.sort_unstable_by_key(|e| e.cursor.position);
-        Ok(self.inline.apply(conn, recorded).await?)
+        Ok(self.inline.apply(conn, &wanted).await?)
     }
+}
+
+/// The group's events as recorded, open, in log order, each with its aggregate's owner.
+fn recorded(appends: &[&Append], stored: &Stored<'_>) -> Vec<(RecordedEvent, Option<String>)> {
+    let mut recorded: Vec<(RecordedEvent, Option<String>)> = appends
+        .iter()
+        .flat_map(|append| append.events.iter().map(move |e| (append, e)))
+        .filter_map(|(append, e)| {
+            let landed = landed(stored, append, e)?;
+            let event = RecordedEvent {
+                cursor: landed.cursor(),
+                metadata: EventMetadata::from_value(&e.metadata),
+                sequence: to_i64(e.sequence),
+                aggregate_type: e.aggregate_type.clone(),
+                aggregate_id: e.aggregate_id.clone(),
+                event_type: e.event_type.clone(),
+                event_version: e.event_version.clone(),
+                payload: e.payload.clone(),
+                recorded_at: landed.at,
+            };
+            Some((event, landed.owner.clone()))
+        })
+        .collect();
+    recorded.sort_unstable_by_key(|(event, _)| event.cursor.position);
+    recorded
 }

@@ -14,7 +14,6 @@
 
 use std::sync::Arc;
 
-use chronicle_projections::checkpoint::{self, Move};
 use chronicle_projections::{type_list, LogCursor, ProjectionError, Projector, RecordedEvent};
 use sqlx::PgConnection;
 
@@ -65,65 +64,82 @@ impl InlineProjectors {
     pub async fn apply(
         &self,
         conn: &mut PgConnection,
-        events: Vec<RecordedEvent>,
+        events: &[&RecordedEvent],
     ) -> Result<(), ProjectionError> {
-        let Some(first) = events.first().map(|e| e.cursor) else {
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
             return Ok(());
         };
-        let caught_up = self.caught_up(conn, first).await?;
-        let mut applied = Vec::with_capacity(caught_up.len());
-        for projector in &caught_up {
+        let (first, last) = (first.cursor, last.cursor);
+        for projector in self.claim(conn, first, last, events).await? {
             let read: Vec<&RecordedEvent> = events
                 .iter()
                 .filter(|e| reads(projector.as_ref(), &e.aggregate_type))
+                .copied()
                 .collect();
-            applied.push(read.len());
             if !read.is_empty() {
                 projector.apply(&mut *conn, &read).await?;
             }
         }
-        let last = events.last().map_or(first, |e| e.cursor);
-        let moves: Vec<Move<'_>> = caught_up
-            .iter()
-            .zip(applied)
-            .map(|(projector, applied)| (projector.name(), last, applied))
-            .collect();
-        checkpoint::advance(conn, &moves).await?;
         Ok(())
     }
 
-    /// The projectors that have applied every event of their types before `first`, in
-    /// application order; their checkpoints are locked for the rest of the transaction.
-    async fn caught_up(
+    /// Moves to `last`, in one statement, the checkpoint of every projector that has applied
+    /// every event of its types before `first`, counting the `events` it is about to apply;
+    /// returns those projectors in application order. Their checkpoints stay locked for the
+    /// rest of the transaction, and `chronicle_projected` is notified on commit for each that
+    /// applies events. The transaction fails as a whole if a projector then fails.
+    async fn claim(
         &self,
         conn: &mut PgConnection,
         first: LogCursor,
+        last: LogCursor,
+        events: &[&RecordedEvent],
     ) -> Result<Vec<Arc<dyn Projector>>, sqlx::Error> {
-        let names: Vec<&str> = self.projectors.iter().map(|p| p.name()).collect();
-        let types: Vec<Option<String>> = self
-            .projectors
-            .iter()
-            .map(|p| type_list(p.as_ref()))
+        let projectors = self.projectors.iter().map(AsRef::as_ref);
+        let names: Vec<&str> = projectors.clone().map(|p| p.name()).collect();
+        let types: Vec<Option<String>> = projectors.clone().map(type_list).collect();
+        let applied: Vec<i64> = projectors
+            .map(|p| {
+                let count = events
+                    .iter()
+                    .filter(|e| reads(p, &e.aggregate_type))
+                    .count();
+                i64::try_from(count).unwrap_or(i64::MAX)
+            })
             .collect();
-        let found: Vec<String> = sqlx::query_scalar(
-            "SELECT c.name FROM projection_checkpoints c
-               JOIN UNNEST($1::text[], $2::text[]) AS p(name, types) ON p.name = c.name
-              WHERE NOT EXISTS (
-                    SELECT 1 FROM events e
-                     WHERE e.log_position > c.log_position AND e.log_position < $3
-                       AND (p.types IS NULL
-                            OR e.aggregate_type = ANY(string_to_array(p.types, ','))))
-              ORDER BY c.name FOR UPDATE OF c",
+        let claimed: Vec<String> = sqlx::query_scalar(
+            "WITH p AS (
+                SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[])
+                           AS p(name, types, applied)),
+             caught_up AS (
+                SELECT c.name, p.applied FROM projection_checkpoints c JOIN p ON p.name = c.name
+                 WHERE NOT EXISTS (
+                       SELECT 1 FROM events e
+                        WHERE e.log_position > c.log_position AND e.log_position < $4
+                          AND (p.types IS NULL
+                               OR e.aggregate_type = ANY(string_to_array(p.types, ','))))
+                 ORDER BY c.name FOR UPDATE OF c),
+             moved AS (
+                UPDATE projection_checkpoints c
+                   SET log_position = $5, events_applied = c.events_applied + m.applied,
+                       updated_at = now()
+                  FROM caught_up m WHERE c.name = m.name
+                RETURNING c.name, m.applied)
+             SELECT m.name FROM moved m
+               LEFT JOIN LATERAL (SELECT pg_notify('chronicle_projected', m.name)
+                                   WHERE m.applied > 0) notified ON true",
         )
         .bind(&names)
         .bind(&types)
+        .bind(&applied)
         .bind(first.position)
+        .bind(last.position)
         .fetch_all(&mut *conn)
         .await?;
         Ok(self
             .projectors
             .iter()
-            .filter(|p| found.iter().any(|name| name == p.name()))
+            .filter(|p| claimed.iter().any(|name| name == p.name()))
             .cloned()
             .collect())
     }

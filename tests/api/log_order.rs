@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chronicle::log::{LiveLog, LogFilter, LogReader, LogWaker};
+use chronicle::log::{CommittedFeed, LiveLog, LogFilter, LogReader, LogWaker};
 use chronicle_aggregates::Upcasters;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -249,7 +249,7 @@ async fn live_log(db: &TestDb, shutdown: &CancellationToken) -> LiveLog {
         Arc::new(Upcasters::default()),
         crate::support::vault(&db.pool),
     );
-    LiveLog::start(reader, &waker, shutdown.clone())
+    LiveLog::start(reader, &waker, &CommittedFeed::default(), shutdown.clone())
         .await
         .expect("live log")
 }

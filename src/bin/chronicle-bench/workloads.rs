@@ -149,9 +149,11 @@ pub(crate) async fn run_all(
                 let steady = sustained.map_or(100.0, |rate: f64| rate / 2.0);
                 let steady = (steady.round() as u32).clamp(10, sizes.live_rate);
                 let mut figures = Vec::new();
-                for rate in [sizes.live_rate, steady] {
+                // Phases apart by name: both may ask the same rate.
+                for (phase, rate) in [sizes.live_rate, steady].into_iter().enumerate() {
+                    let run = live::Run { phase, rate };
                     let pool = &database.pool;
-                    figures.extend(live::latency(&server, &client, pool, sizes, rate).await?);
+                    figures.extend(live::latency(&server, &client, pool, sizes, run).await?);
                     client.caught_up().await?;
                 }
                 figures

@@ -1,4 +1,4 @@
-//! The group's statements: one INSERT of all its events, one of all its snapshots.
+//! The group's write: one statement inserts all its events, then writes all its snapshots.
 
 use std::collections::HashMap;
 
@@ -17,27 +17,86 @@ pub(super) struct Sealed {
     pub(super) snapshot: Option<Value>,
 }
 
-/// Where each appended event landed, by (aggregate type, id, sequence): its log position
-/// and when it was recorded.
-pub(super) type Stored<'a> = HashMap<(&'a str, &'a str, i64), (i64, DateTime<Utc>)>;
+/// Where an appended event landed: its log position, when it was recorded, and its
+/// aggregate's owner (if it has one).
+pub(super) struct Landed {
+    pub(super) position: i64,
+    pub(super) at: DateTime<Utc>,
+    pub(super) owner: Option<String>,
+}
+
+impl Landed {
+    pub(super) fn cursor(&self) -> LogCursor {
+        LogCursor::at(self.position)
+    }
+}
+
+/// Where each appended event landed, by (aggregate type, id, sequence).
+pub(super) type Stored<'a> = HashMap<(&'a str, &'a str, i64), Landed>;
 
 /// Where `event` of `append` landed.
-pub(super) fn landed(
-    stored: &Stored<'_>,
-    append: &Append,
+pub(super) fn landed<'s>(
+    stored: &'s Stored<'s>,
+    append: &'s Append,
     event: &SerializedEvent,
-) -> Option<(LogCursor, DateTime<Utc>)> {
+) -> Option<&'s Landed> {
     let key = (
         append.aggregate_type,
         append.aggregate_id.as_str(),
         to_i64(event.sequence),
     );
-    let (position, recorded_at) = stored.get(&key)?;
-    Some((LogCursor::at(*position), *recorded_at))
+    stored.get(&key)
 }
 
-/// Inserts every event of the group in one statement (sealed payloads where there are).
-pub(super) async fn insert_events<'a>(
+/// The group's snapshots as columns: type, id, last sequence, counter, payload (sealed
+/// where it holds personal data).
+#[derive(Default)]
+struct Snapshots<'a> {
+    types: Vec<&'a str>,
+    ids: Vec<&'a str>,
+    last_sequences: Vec<i64>,
+    counters: Vec<i64>,
+    payloads: Vec<&'a Value>,
+}
+
+impl<'a> Snapshots<'a> {
+    fn of(appends: &[&'a Append], sealed: &'a [Option<Sealed>]) -> Self {
+        let mut columns = Self::default();
+        for (append, sealed) in appends.iter().zip(sealed) {
+            let Some(snapshot) = &append.snapshot else {
+                continue;
+            };
+            columns.types.push(append.aggregate_type);
+            columns.ids.push(&append.aggregate_id);
+            columns.last_sequences.push(snapshot.last_sequence);
+            columns.counters.push(snapshot.counter);
+            columns.payloads.push(
+                sealed
+                    .as_ref()
+                    .and_then(|s| s.snapshot.as_ref())
+                    .unwrap_or(&snapshot.payload),
+            );
+        }
+        columns
+    }
+}
+
+/// A row of the group's write: an event where it landed and its aggregate's owner (none
+/// when the group has only snapshots), and how many snapshots were written.
+type Written = (
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<DateTime<Utc>>,
+    Option<String>,
+    i64,
+);
+
+/// Inserts every event of the group and then writes its snapshots, in one statement (sealed
+/// payloads where there are). A snapshot is written unless a newer one exists, which means
+/// another writer appended first.
+pub(super) async fn write<'a>(
     conn: &mut PgConnection,
     appends: &[&'a Append],
     sealed: &[Option<Sealed>],
@@ -51,12 +110,38 @@ pub(super) async fn insert_events<'a>(
             None => append.events.iter().map(|e| &e.payload).collect(),
         })
         .collect();
-    let rows: Vec<(String, String, i64, i64, DateTime<Utc>)> = sqlx::query_as(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
-                             event_version, payload, metadata)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
-                              $6::jsonb[], $7::jsonb[])
-         RETURNING aggregate_type, aggregate_id, sequence, log_position, recorded_at",
+    let snapshots = Snapshots::of(appends, sealed);
+    // The snapshots read the events' count first, so the events (and the log lock their
+    // trigger takes) come first, as in every appending transaction. A new aggregate's owner
+    // is the one its first event names (the owners' trigger's rows are not visible here).
+    let rows: Vec<Written> = sqlx::query_as(
+        "WITH event AS (
+            INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                                event_version, payload, metadata)
+            SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
+                                 $6::jsonb[], $7::jsonb[])
+            RETURNING aggregate_type, aggregate_id, sequence, log_position, recorded_at,
+                      CASE WHEN sequence = 1 THEN event_owner(event_type, payload) END AS named),
+         snapshot AS (
+            INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence,
+                                   current_snapshot, payload)
+            SELECT * FROM UNNEST($8::text[], $9::text[], $10::bigint[], $11::bigint[],
+                                 $12::jsonb[])
+             WHERE (SELECT count(*) FROM event) >= 0
+            ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
+               SET last_sequence = EXCLUDED.last_sequence,
+                   current_snapshot = EXCLUDED.current_snapshot,
+                   payload = EXCLUDED.payload
+             WHERE snapshots.last_sequence < EXCLUDED.last_sequence
+            RETURNING 1)
+         SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.log_position, e.recorded_at,
+                coalesce(o.owner, max(e.named) OVER (PARTITION BY e.aggregate_type,
+                                                                  e.aggregate_id)),
+                s.written
+           FROM (SELECT count(*) AS written FROM snapshot) s
+           LEFT JOIN event e ON true
+           LEFT JOIN aggregate_owners o
+                  ON o.aggregate_type = e.aggregate_type AND o.aggregate_id = e.aggregate_id",
     )
     .bind(
         events()
@@ -77,9 +162,33 @@ pub(super) async fn insert_events<'a>(
     )
     .bind(payloads)
     .bind(events().map(|e| &e.metadata).collect::<Vec<_>>())
+    .bind(&snapshots.types)
+    .bind(&snapshots.ids)
+    .bind(&snapshots.last_sequences)
+    .bind(&snapshots.counters)
+    .bind(&snapshots.payloads)
     .fetch_all(conn)
     .await?;
-    if rows.len() != events().count() {
+    let written = rows.first().map_or(0, |row| row.6);
+    if usize::try_from(written).ok() != Some(snapshots.types.len()) {
+        return Err(Failure::StaleSnapshot);
+    }
+    stored(appends, rows, events().count())
+}
+
+/// Where each of the `count` inserted events landed, keyed by its append.
+fn stored<'a>(
+    appends: &[&'a Append],
+    rows: Vec<Written>,
+    count: usize,
+) -> Result<Stored<'a>, Failure> {
+    let landed: Vec<_> = rows
+        .into_iter()
+        .filter_map(|(kind, id, sequence, position, at, owner, _)| {
+            Some((kind?, id?, sequence?, position?, at?, owner))
+        })
+        .collect();
+    if landed.len() != count {
         let lost = "the events INSERT returned fewer rows than it was given";
         return Err(Failure::Database(sqlx::Error::Protocol(lost.into())));
     }
@@ -87,82 +196,23 @@ pub(super) async fn insert_events<'a>(
         .iter()
         .map(|a| ((a.aggregate_type, a.aggregate_id.as_str()), *a))
         .collect();
-    Ok(rows
+    Ok(landed
         .into_iter()
-        .filter_map(|(kind, id, sequence, position, at)| {
+        .filter_map(|(kind, id, sequence, position, at, owner)| {
             let append = keys.get(&(kind.as_str(), id.as_str()))?;
+            let key = (
+                append.aggregate_type,
+                append.aggregate_id.as_str(),
+                sequence,
+            );
             Some((
-                (
-                    append.aggregate_type,
-                    append.aggregate_id.as_str(),
-                    sequence,
-                ),
-                (position, at),
+                key,
+                Landed {
+                    position,
+                    at,
+                    owner,
+                },
             ))
         })
         .collect())
-}
-
-/// Writes the group's snapshots in one statement, each unless a newer one exists (which
-/// means another writer appended first).
-pub(super) async fn write_snapshots(
-    conn: &mut PgConnection,
-    appends: &[&Append],
-    sealed: &[Option<Sealed>],
-) -> Result<(), Failure> {
-    let snapshots: Vec<(&Append, &Value)> = appends
-        .iter()
-        .zip(sealed)
-        .filter_map(|(append, sealed)| {
-            let snapshot = append.snapshot.as_ref()?;
-            let payload = sealed
-                .as_ref()
-                .and_then(|s| s.snapshot.as_ref())
-                .unwrap_or(&snapshot.payload);
-            Some((*append, payload))
-        })
-        .collect();
-    if snapshots.is_empty() {
-        return Ok(());
-    }
-    let field = |f: fn(&Append) -> i64| snapshots.iter().map(|(a, _)| f(a)).collect::<Vec<_>>();
-    let written = sqlx::query(
-        "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence,
-                                current_snapshot, payload)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::jsonb[])
-         ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
-            SET last_sequence = EXCLUDED.last_sequence,
-                current_snapshot = EXCLUDED.current_snapshot,
-                payload = EXCLUDED.payload
-          WHERE snapshots.last_sequence < EXCLUDED.last_sequence",
-    )
-    .bind(
-        snapshots
-            .iter()
-            .map(|(a, _)| a.aggregate_type)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        snapshots
-            .iter()
-            .map(|(a, _)| a.aggregate_id.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(field(|a| {
-        a.snapshot.as_ref().map_or(0, |s| s.last_sequence)
-    }))
-    .bind(field(|a| a.snapshot.as_ref().map_or(0, |s| s.counter)))
-    .bind(
-        snapshots
-            .iter()
-            .map(|(_, payload)| *payload)
-            .collect::<Vec<_>>(),
-    )
-    .execute(conn)
-    .await?;
-    if written.rows_affected() == snapshots.len() as u64 {
-        Ok(())
-    } else {
-        Err(Failure::StaleSnapshot)
-    }
 }

@@ -41,20 +41,29 @@ const POLL: Duration = Duration::from_millis(2);
 /// How long the bench waits for the last effects after the last command.
 const SETTLE: Duration = Duration::from_secs(30);
 
-/// W6: `submitRequest` at `rate` per second (over [`BATCHES`] batches) for the
+/// One phase of W6: its number (which names its batches and custom ids) and its rate.
+pub(crate) struct Run {
+    pub(crate) phase: usize,
+    pub(crate) rate: u32,
+}
+
+/// W6: `submitRequest` at the run's rate per second (over [`BATCHES`] batches) for the
 /// duration, with a `requestsUpdated` subscriber and a poller of the `requests` table.
 pub(crate) async fn latency(
     server: &Server,
     client: &Client,
     pool: &PgPool,
     sizes: &Sizes,
-    rate_asked: u32,
+    Run {
+        phase,
+        rate: rate_asked,
+    }: Run,
 ) -> anyhow::Result<Vec<Figure>> {
     let (acked, modelled, pushed): (Seen, Seen, Seen) = Default::default();
     let stop = CancellationToken::new();
     let listener = listen(server, pushed.clone(), stop.clone()).await?;
     // The subscription is live once it delivers an update for a probe request.
-    let probe = format!("w6-{rate_asked}-probe");
+    let probe = format!("w6-{phase}-probe");
     let probe: Uuid = client.submit(&probe, &probe).await?.parse()?;
     wait_for(&pushed, &[probe], Duration::from_secs(30)).await?;
     let (waiting, arrivals) = tokio::sync::mpsc::unbounded_channel();
@@ -72,7 +81,7 @@ pub(crate) async fn latency(
         let slot = slots.clone().acquire_owned().await?;
         let (client, acked, waiting) = (client.clone(), acked.clone(), waiting.clone());
         senders.spawn(async move {
-            let model = format!("w6-{rate_asked}-{}", sent % BATCHES);
+            let model = format!("w6-{phase}-{}", sent % BATCHES);
             let custom_id = format!("w6-{sent}");
             let id: Uuid = client.submit(&custom_id, &model).await?.parse()?;
             note(&acked, id, Instant::now());
