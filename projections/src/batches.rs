@@ -7,6 +7,7 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 use sqlx::PgConnection;
 
+use crate::listing::Listing;
 use crate::{ProjectionError, Projector, RecordedEvent};
 
 /// The projector behind the `batches` table.
@@ -229,29 +230,16 @@ pub async fn list(
     after: Option<(chrono::DateTime<chrono::Utc>, uuid::Uuid)>,
     limit: i64,
 ) -> Result<Vec<BatchRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM batches
-          WHERE ($1::text IS NULL OR owner = $1)
-            AND ($2::text IS NULL OR status = $2)
-            AND ($3::text IS NULL OR model = $3)
-            AND ($4::text IS NULL OR endpoint = $4)
-            AND ($5::timestamptz IS NULL OR created_at >= $5)
-            AND ($6::timestamptz IS NULL OR created_at < $6)
-            AND ($7::timestamptz IS NULL OR (created_at, id) < ($7, $8))
-          ORDER BY created_at DESC, id DESC
-          LIMIT $9"
-    ))
-    .bind(&filter.owner)
-    .bind(&filter.status)
-    .bind(&filter.model)
-    .bind(&filter.endpoint)
-    .bind(filter.created_from)
-    .bind(filter.created_until)
-    .bind(after.map(|(at, _)| at))
-    .bind(after.map(|(_, id)| id))
-    .bind(limit)
-    .fetch_all(db)
-    .await
+    Listing::of("batches", COLUMNS)
+        .equal("owner", filter.owner.as_deref())
+        .equal("status", filter.status.as_deref())
+        .equal("model", filter.model.as_deref())
+        .equal("endpoint", filter.endpoint.as_deref())
+        .created(filter.created_from, filter.created_until)
+        .page(after, limit)
+        .build_query_as()
+        .fetch_all(db)
+        .await
 }
 
 /// How many of a batch's requests are in each status (statuses with none are left out).

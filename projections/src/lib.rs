@@ -14,6 +14,7 @@ mod cursor;
 pub mod delivery_attempts;
 mod event;
 mod jobs;
+mod listing;
 mod projector;
 pub mod queries;
 pub mod request_moves;

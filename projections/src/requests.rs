@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgConnection;
 
+use crate::listing::Listing;
 use crate::{ProjectionError, Projector, RecordedEvent};
 
 /// The projector behind the `requests` table.
@@ -377,31 +378,16 @@ pub async fn list(
     after: Option<(DateTime<Utc>, uuid::Uuid)>,
     limit: i64,
 ) -> Result<Vec<RequestRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM requests
-          WHERE ($1::text IS NULL OR owner = $1)
-            AND ($2::text IS NULL OR status = $2)
-            AND ($3::text IS NULL OR model = $3)
-            AND ($4::text IS NULL OR endpoint = $4)
-            AND ($5::uuid IS NULL OR batch_id = $5)
-            AND ($6::timestamptz IS NULL OR created_at >= $6)
-            AND ($7::timestamptz IS NULL OR created_at < $7)
-            AND ($8::timestamptz IS NULL OR (created_at, id) < ($8, $9))
-            AND (NOT $11 OR delivery ->> 'kind' = 'poll')
-          ORDER BY created_at DESC, id DESC
-          LIMIT $10"
-    ))
-    .bind(&filter.owner)
-    .bind(&filter.status)
-    .bind(&filter.model)
-    .bind(&filter.endpoint)
-    .bind(filter.batch_id)
-    .bind(filter.created_from)
-    .bind(filter.created_until)
-    .bind(after.map(|(at, _)| at))
-    .bind(after.map(|(_, id)| id))
-    .bind(limit)
-    .bind(filter.polled_only)
-    .fetch_all(db)
-    .await
+    Listing::of("requests", COLUMNS)
+        .equal("owner", filter.owner.as_deref())
+        .equal("status", filter.status.as_deref())
+        .equal("model", filter.model.as_deref())
+        .equal("endpoint", filter.endpoint.as_deref())
+        .equal("batch_id", filter.batch_id)
+        .created(filter.created_from, filter.created_until)
+        .when(filter.polled_only, "delivery ->> 'kind' = 'poll'")
+        .page(after, limit)
+        .build_query_as()
+        .fetch_all(db)
+        .await
 }

@@ -18,6 +18,7 @@ mod group_commit;
 mod history;
 mod http;
 mod idempotency;
+mod list_filters;
 mod log_order;
 mod projections;
 mod projector_sets;
