@@ -248,6 +248,10 @@ impl ProjectionRunner {
             .find(|p| p.name() == name)
             .cloned()
             .ok_or_else(|| RunnerError::Unknown(name.to_owned()))?;
+        // A rebuild reads the whole log by type: with statistics older than the log (after a
+        // bulk import, before autovacuum's next look) the planner took the types for rare
+        // and read each page through a bitmap of every matching event, 76 ms instead of 1.
+        sqlx::query("ANALYZE events").execute(&self.pool).await?;
         let mut tx = self.pool.begin().await?;
         if self.inline {
             // As every writer of an inline projector's checkpoint (see `InlineProjectors`).
