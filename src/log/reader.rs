@@ -67,9 +67,10 @@ impl LogFilter {
     }
 }
 
-/// Payload bytes a page aims to stay under, so that pages of large events (a bulk batch
-/// append carries up to 8 MB) do not multiply into gigabytes.
-pub const MAX_PAGE_BYTES: i64 = 16 * 1024 * 1024;
+/// Payload bytes (as JSON text) a page aims to stay under, so that pages of large events (a
+/// bulk batch append carries up to 8 MB) do not multiply into gigabytes: parsed, events take
+/// about fifteen times their text.
+pub const MAX_PAGE_BYTES: i64 = 4 * 1024 * 1024;
 
 /// One page of the log.
 #[derive(Debug, Clone)]
@@ -200,7 +201,8 @@ impl LogReader {
                  ORDER BY e.log_position
                  LIMIT $4),
              page AS (
-                SELECT *, sum(pg_column_size(payload)) OVER w AS running,
+                SELECT *,
+                       sum(coalesce(payload_bytes, pg_column_size(payload))) OVER w AS running,
                        row_number() OVER w AS n
                   FROM limited WINDOW w AS (ORDER BY log_position))
              SELECT h.head, (SELECT count(*) FROM limited) AS fetched,

@@ -4,8 +4,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chronicle::log::{CommittedFeed, LiveLog, LogFilter, LogReader, LogWaker};
+use chronicle::log::{CommittedFeed, LiveLog, LogFilter, LogReader, LogWaker, MAX_PAGE_BYTES};
 use chronicle_aggregates::Upcasters;
+use chronicle_projections::LogCursor;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -257,6 +258,54 @@ async fn connections_read_the_log_without_jit_and_bound_open_transactions() {
         .await
         .expect("idle timeout");
     assert_eq!(idle, "30s");
+}
+
+/// Pages are bounded by their events' size as JSON text, not as stored: ten events of
+/// 600 kB that compress to a few kB each do not all come in one page.
+#[tokio::test]
+async fn a_page_of_large_compressible_events_stops_at_its_text_size() {
+    let db = TestDb::new().await;
+    let memo = "a".repeat(600_000);
+    for sequence in 1..=10_i64 {
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                                 event_version, payload, metadata)
+             VALUES ('Ledger', 'large', $1, 'Deposited', '2.0.0',
+                     jsonb_build_object('Deposited', jsonb_build_object('amount', 1, 'memo', $2::text)),
+                     '{}')",
+        )
+        .bind(sequence)
+        .bind(&memo)
+        .execute(&db.pool)
+        .await
+        .expect("a large event");
+    }
+    let (text, stored): (i64, i64) = sqlx::query_as(
+        "SELECT max(payload_bytes)::bigint, max(pg_column_size(payload))::bigint FROM events",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("sizes");
+    assert!(
+        text > 600_000 && stored < text / 10,
+        "{text} as text, {stored} stored"
+    );
+    let reader = LogReader::new(
+        db.pool.clone(),
+        Arc::new(Upcasters::default()),
+        crate::support::vault(&db.pool),
+    );
+    let page = reader
+        .read(LogCursor::START, &LogFilter::default(), 100)
+        .await
+        .expect("a page");
+    let fits = usize::try_from(MAX_PAGE_BYTES / 600_000).expect("a count");
+    assert!(page.truncated, "{} events", page.events.len());
+    assert!(
+        (1..=fits).contains(&page.events.len()),
+        "{} events",
+        page.events.len()
+    );
 }
 
 /// A live log of the test database, until `shutdown`.
