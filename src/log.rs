@@ -7,6 +7,6 @@ mod shared;
 mod waker;
 
 pub use live::{CommittedFeed, Committing, LiveLog};
-pub use reader::{LogFilter, LogReader, Page, MAX_PAGE_BYTES};
+pub use reader::{EventFacts, LogFilter, LogReader, Page, MAX_PAGE_BYTES};
 pub use shared::SharedPages;
 pub use waker::{next_due, LogWaker, Notified, Waiter};

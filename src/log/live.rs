@@ -5,10 +5,11 @@
 //! Each event is read, opened and upcast once, with its aggregate's owner, and kept in a
 //! window bounded by count and bytes. The events this instance's group commits write are
 //! handed over from memory ([`CommittedFeed`]); the follower reads the log only when a
-//! notification names a position past the window's head (another instance's commit). A consumer whose cursor is inside the window filters it
-//! in memory and waits for the head to move; one that is behind (resuming from an old cursor,
-//! or too slow to keep up) reads catch-up pages of its own from the database, a few at a
-//! time per instance ([`CATCH_UP_READS`]), until it reaches the window again.
+//! notification names a position past the window's head (another instance's commit). A
+//! consumer whose cursor is inside the window filters it in memory and waits for the head to
+//! move; one that is behind (resuming from an old cursor, or too slow to keep up) reads
+//! catch-up pages of its own from the database, a few at a time per instance
+//! ([`CATCH_UP_READS`]), until it reaches the window again.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use futures::Stream;
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::{LogFilter, LogReader, LogWaker};
+use super::{EventFacts, LogFilter, LogReader, LogWaker};
 use crate::metrics::SubscriptionGuard;
 use feed::Shared;
 pub use feed::{CommittedFeed, Committing};
@@ -134,11 +135,16 @@ impl LiveLog {
 }
 
 impl LiveEvent {
-    fn new((event, owner): (RecordedEvent, Option<String>)) -> Arc<Self> {
-        let bytes = event.payload.to_string().len();
+    /// The event as the window keeps it: its size is the one the log recorded, measured
+    /// here only for events appended before sizes were kept.
+    fn new((event, facts): (RecordedEvent, EventFacts)) -> Arc<Self> {
+        let recorded = facts
+            .text_bytes
+            .and_then(|bytes| usize::try_from(bytes).ok());
+        let bytes = recorded.unwrap_or_else(|| event.payload.to_string().len());
         Arc::new(Self {
             event,
-            owner,
+            owner: facts.owner,
             bytes,
         })
     }
@@ -229,10 +235,10 @@ impl Follower {
     /// (the page ended before the log's head), so that a page that reached the head is not
     /// followed by a read that finds nothing.
     async fn read_after(&mut self, head: LogCursor) -> Result<bool, sqlx::Error> {
-        let (page, owners) = self.reader.read_with_owners(head, FOLLOW_PAGE).await?;
+        let (page, facts) = self.reader.read_with_owners(head, FOLLOW_PAGE).await?;
         let next = page.next_cursor(head);
         let more = page.truncated || next < LogCursor::at(page.head);
-        let live = page.events.into_iter().zip(owners).map(LiveEvent::new);
+        let live = page.events.into_iter().zip(facts).map(LiveEvent::new);
         self.shared.extend(live.collect(), next);
         Ok(more)
     }

@@ -119,6 +119,17 @@ struct PageRow {
     metadata: Option<Value>,
     recorded_at: Option<DateTime<Utc>>,
     owner: Option<String>,
+    payload_bytes: Option<i32>,
+}
+
+/// What the live log keeps with an event besides the event itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFacts {
+    /// Its aggregate's owner (as recorded with the first event), if it has one.
+    pub owner: Option<String>,
+    /// Its payload's size as JSON text, as the log recorded it on append (none for events
+    /// appended before sizes were kept).
+    pub text_bytes: Option<i32>,
 }
 
 impl LogReader {
@@ -162,8 +173,8 @@ impl LogReader {
         Ok(page)
     }
 
-    /// Like [`LogReader::read`] without a filter, with each event's aggregate owner (as
-    /// recorded with its first event) read in the same statement.
+    /// Like [`LogReader::read`] without a filter, with each event's facts (its aggregate's
+    /// owner and its payload's size) read in the same statement.
     ///
     /// # Errors
     /// Any database error.
@@ -171,7 +182,7 @@ impl LogReader {
         &self,
         after: LogCursor,
         limit: u32,
-    ) -> Result<(Page, Vec<Option<String>>), sqlx::Error> {
+    ) -> Result<(Page, Vec<EventFacts>), sqlx::Error> {
         self.page(after, &LogFilter::default(), limit, true).await
     }
 
@@ -181,7 +192,7 @@ impl LogReader {
         filter: &LogFilter,
         limit: u32,
         with_owners: bool,
-    ) -> Result<(Page, Vec<Option<String>>), sqlx::Error> {
+    ) -> Result<(Page, Vec<EventFacts>), sqlx::Error> {
         let rows: Vec<PageRow> = sqlx::query_as(
             "WITH head AS (SELECT coalesce(max(log_position), 0) AS head FROM events),
              limited AS (
@@ -208,7 +219,7 @@ impl LogReader {
              SELECT h.head, (SELECT count(*) FROM limited) AS fetched,
                     p.log_position AS position, p.aggregate_type, p.aggregate_id, p.sequence,
                     p.event_type, p.event_version, p.payload, p.metadata, p.recorded_at,
-                    (SELECT o.owner FROM aggregate_owners o
+                    p.payload_bytes, (SELECT o.owner FROM aggregate_owners o
                       WHERE $12 AND o.aggregate_type = p.aggregate_type
                         AND o.aggregate_id = p.aggregate_id) AS owner
                FROM head h
@@ -231,10 +242,13 @@ impl LogReader {
         .await?;
         let head = rows.first().map_or(0, |row| row.head);
         let fetched = rows.first().map_or(0, |row| row.fetched);
-        let owners = rows
+        let facts = rows
             .iter()
             .filter(|row| row.position.is_some())
-            .map(|row| row.owner.clone())
+            .map(|row| EventFacts {
+                owner: row.owner.clone(),
+                text_bytes: row.payload_bytes,
+            })
             .collect();
         let events = self.recorded_all(rows).await?;
         let truncated = usize::try_from(fetched).unwrap_or_default() > events.len();
@@ -243,7 +257,7 @@ impl LogReader {
             head,
             truncated,
         };
-        Ok((page, owners))
+        Ok((page, facts))
     }
 
     /// The cursor of the newest committed event: everything committed later sorts after it.
@@ -297,7 +311,7 @@ impl LogReader {
         let rows: Vec<PageRow> = sqlx::query_as(
             "SELECT 0::bigint AS head, 0::bigint AS fetched, log_position AS position,
                     aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
-                    metadata, recorded_at, NULL::text AS owner
+                    metadata, recorded_at, NULL::text AS owner, payload_bytes
                FROM events
               WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence >= $3
                 AND ($4::bigint IS NULL OR sequence <= $4)

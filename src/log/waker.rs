@@ -74,10 +74,11 @@ impl Senders {
             PROJECTED => bump(&self.projected),
             _ => {
                 // Recorded before the bump, so a woken consumer sees it.
-                match payload.parse::<i64>() {
-                    Ok(position) => self.positions.through.fetch_max(position, Ordering::AcqRel),
-                    Err(_) => self.positions.resyncs.fetch_add(1, Ordering::AcqRel) as i64,
-                };
+                if let Ok(position) = payload.parse::<i64>() {
+                    self.positions.through.fetch_max(position, Ordering::AcqRel);
+                } else {
+                    self.positions.resyncs.fetch_add(1, Ordering::AcqRel);
+                }
                 bump(&self.events);
             }
         }

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::append::{to_i64, Append, Appended};
 use super::inline::InlineProjectors;
 use super::repository::persistence;
-use crate::log::CommittedFeed;
+use crate::log::{CommittedFeed, EventFacts};
 use crate::privacy::{holds_personal_data, Vault};
 use grouping::next_group;
 use writes::{landed, write, Sealed, Stored};
@@ -281,7 +281,7 @@ impl Committer {
     async fn apply_inline(
         &self,
         conn: &mut PgConnection,
-        recorded: &[(RecordedEvent, Option<String>)],
+        recorded: &[(RecordedEvent, EventFacts)],
     ) -> Result<(), Failure> {
         let wanted: Vec<&RecordedEvent> = recorded
             .iter()
@@ -295,9 +295,9 @@ impl Committer {
     }
 }
 
-/// The group's events as recorded, open, in log order, each with its aggregate's owner.
-fn recorded(appends: &[&Append], stored: &Stored<'_>) -> Vec<(RecordedEvent, Option<String>)> {
-    let mut recorded: Vec<(RecordedEvent, Option<String>)> = appends
+/// The group's events as recorded, open, in log order, each with its facts.
+fn recorded(appends: &[&Append], stored: &Stored<'_>) -> Vec<(RecordedEvent, EventFacts)> {
+    let mut recorded: Vec<(RecordedEvent, EventFacts)> = appends
         .iter()
         .flat_map(|append| append.events.iter().map(move |e| (append, e)))
         .filter_map(|(append, e)| {
@@ -313,7 +313,7 @@ fn recorded(appends: &[&Append], stored: &Stored<'_>) -> Vec<(RecordedEvent, Opt
                 payload: e.payload.clone(),
                 recorded_at: landed.at,
             };
-            Some((event, landed.owner.clone()))
+            Some((event, landed.facts.clone()))
         })
         .collect();
     recorded.sort_unstable_by_key(|(event, _)| event.cursor.position);

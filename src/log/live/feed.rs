@@ -8,6 +8,7 @@ use chronicle_projections::{LogCursor, RecordedEvent};
 use tokio::sync::watch;
 
 use super::{LiveEvent, Window};
+use crate::log::EventFacts;
 
 /// The window and the watch of its head, which the follower and the committed feed both
 /// move, and the positions the group committer is committing (first, last).
@@ -71,11 +72,11 @@ impl CommittedFeed {
         Committing { shared }
     }
 
-    /// Adds one transaction's `events` (open, in log order, each with its aggregate's owner)
+    /// Adds one transaction's `events` (open, in log order, each with its facts)
     /// to the window when the first directly follows its head: every earlier position is then
     /// in the window already. Otherwise (a rolled-back transaction's positions in between,
     /// or another instance's commit not read yet) the follower reads them from the log.
-    pub fn publish(&self, events: Vec<(RecordedEvent, Option<String>)>) {
+    pub fn publish(&self, events: Vec<(RecordedEvent, EventFacts)>) {
         let Some(shared) = self.live.get() else {
             return;
         };

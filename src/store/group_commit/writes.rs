@@ -9,6 +9,7 @@ use serde_json::Value;
 use sqlx::PgConnection;
 
 use super::Failure;
+use crate::log::EventFacts;
 use crate::store::append::{to_i64, Append};
 
 /// An append's payloads as stored: personal fields sealed.
@@ -17,12 +18,12 @@ pub(super) struct Sealed {
     pub(super) snapshot: Option<Value>,
 }
 
-/// Where an appended event landed: its log position, when it was recorded, and its
-/// aggregate's owner (if it has one).
+/// Where an appended event landed: its log position, when it was recorded, and what the
+/// live log keeps with it (its aggregate's owner, its payload's size).
 pub(super) struct Landed {
     pub(super) position: i64,
     pub(super) at: DateTime<Utc>,
-    pub(super) owner: Option<String>,
+    pub(super) facts: EventFacts,
 }
 
 impl Landed {
@@ -81,17 +82,19 @@ impl<'a> Snapshots<'a> {
     }
 }
 
-/// A row of the group's write: an event where it landed and its aggregate's owner (none
-/// when the group has only snapshots), and how many snapshots were written.
-type Written = (
-    Option<String>,
-    Option<String>,
-    Option<i64>,
-    Option<i64>,
-    Option<DateTime<Utc>>,
-    Option<String>,
-    i64,
-);
+/// A row of the group's write: an event where it landed, with its facts (none of these when
+/// the group has only snapshots), and how many snapshots were written.
+#[derive(sqlx::FromRow)]
+struct Written {
+    aggregate_type: Option<String>,
+    aggregate_id: Option<String>,
+    sequence: Option<i64>,
+    log_position: Option<i64>,
+    recorded_at: Option<DateTime<Utc>>,
+    owner: Option<String>,
+    payload_bytes: Option<i32>,
+    written: i64,
+}
 
 /// Inserts every event of the group and then writes its snapshots, in one statement (sealed
 /// payloads where there are). A snapshot is written unless a newer one exists, which means
@@ -121,7 +124,7 @@ pub(super) async fn write<'a>(
             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
                                  $6::jsonb[], $7::jsonb[])
             RETURNING aggregate_type, aggregate_id, sequence, log_position, recorded_at,
-                      CASE WHEN sequence = 1 THEN event_owner(event_type, payload) END AS named),
+                      payload_bytes, CASE WHEN sequence = 1 THEN event_owner(event_type, payload) END AS named),
          snapshot AS (
             INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence,
                                    current_snapshot, payload)
@@ -136,8 +139,8 @@ pub(super) async fn write<'a>(
             RETURNING 1)
          SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.log_position, e.recorded_at,
                 coalesce(o.owner, max(e.named) OVER (PARTITION BY e.aggregate_type,
-                                                                  e.aggregate_id)),
-                s.written
+                                                                  e.aggregate_id)) AS owner,
+                e.payload_bytes, s.written
            FROM (SELECT count(*) AS written FROM snapshot) s
            LEFT JOIN event e ON true
            LEFT JOIN aggregate_owners o
@@ -169,7 +172,7 @@ pub(super) async fn write<'a>(
     .bind(&snapshots.payloads)
     .fetch_all(conn)
     .await?;
-    let written = rows.first().map_or(0, |row| row.6);
+    let written = rows.first().map_or(0, |row| row.written);
     if usize::try_from(written).ok() != Some(snapshots.types.len()) {
         return Err(Failure::StaleSnapshot);
     }
@@ -182,37 +185,36 @@ fn stored<'a>(
     rows: Vec<Written>,
     count: usize,
 ) -> Result<Stored<'a>, Failure> {
-    let landed: Vec<_> = rows
-        .into_iter()
-        .filter_map(|(kind, id, sequence, position, at, owner, _)| {
-            Some((kind?, id?, sequence?, position?, at?, owner))
-        })
-        .collect();
-    if landed.len() != count {
-        let lost = "the events INSERT returned fewer rows than it was given";
-        return Err(Failure::Database(sqlx::Error::Protocol(lost.into())));
-    }
     let keys: HashMap<(&str, &str), &'a Append> = appends
         .iter()
         .map(|a| ((a.aggregate_type, a.aggregate_id.as_str()), *a))
         .collect();
-    Ok(landed
+    let stored: Stored<'a> = rows
         .into_iter()
-        .filter_map(|(kind, id, sequence, position, at, owner)| {
-            let append = keys.get(&(kind.as_str(), id.as_str()))?;
+        .filter_map(|row| {
+            let (kind, id) = (row.aggregate_type?, row.aggregate_id?);
+            let append = *keys.get(&(kind.as_str(), id.as_str()))?;
             let key = (
                 append.aggregate_type,
                 append.aggregate_id.as_str(),
-                sequence,
+                row.sequence?,
             );
-            Some((
-                key,
-                Landed {
-                    position,
-                    at,
-                    owner,
-                },
-            ))
+            let facts = EventFacts {
+                owner: row.owner,
+                text_bytes: row.payload_bytes,
+            };
+            let landed = Landed {
+                position: row.log_position?,
+                at: row.recorded_at?,
+                facts,
+            };
+            Some((key, landed))
         })
-        .collect())
+        .collect();
+    if stored.len() == count {
+        Ok(stored)
+    } else {
+        let lost = "the events INSERT returned fewer rows than it was given";
+        Err(Failure::Database(sqlx::Error::Protocol(lost.into())))
+    }
 }

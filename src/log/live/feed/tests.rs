@@ -7,8 +7,9 @@ use tokio::sync::watch;
 
 use super::{CommittedFeed, Shared};
 use crate::log::live::{LiveEvent, Window};
+use crate::log::EventFacts;
 
-fn event(position: i64) -> (RecordedEvent, Option<String>) {
+fn event(position: i64) -> (RecordedEvent, EventFacts) {
     let event = RecordedEvent {
         cursor: LogCursor::at(position),
         aggregate_type: "Ledger".into(),
@@ -20,7 +21,11 @@ fn event(position: i64) -> (RecordedEvent, Option<String>) {
         metadata: EventMetadata::default(),
         recorded_at: chrono::Utc::now(),
     };
-    (event, Some("owner".into()))
+    let facts = EventFacts {
+        owner: Some("owner".into()),
+        text_bytes: Some(20),
+    };
+    (event, facts)
 }
 
 /// A feed into a live log whose window ends at `head`.
