@@ -1,22 +1,20 @@
 //! The command line: `serve`, `migrate`, `schema`, `projections rebuild|status`,
 //! `events export|import`, `audit verify`, `keys new`, `emulate-provider`.
 
+mod progress;
+mod projections;
+
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
-use chronicle_projections::{checkpoint, LogCursor};
+use chronicle_projections::LogCursor;
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::log::LogReader;
-use crate::privacy::Vault;
-use crate::projection::{ProjectionRunner, Rebuild, Roles, RunnerSettings};
 use crate::provider::{Emulator, Faults};
-use crate::security::Pepper;
 use crate::startup::{Application, Wiring};
 use crate::{api, archive, audit, db, telemetry};
 
@@ -124,10 +122,14 @@ enum AuditAction {
 
 #[derive(Debug, Subcommand)]
 enum ProjectionsAction {
-    /// Rebuild a projection's tables from the start of the log.
+    /// Rebuild a projection's tables (or every projection's) from the start of the log.
     Rebuild {
         /// The projection's name (see `projections status`).
-        name: String,
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        name: Option<String>,
+        /// Rebuild every projection, one after another.
+        #[arg(long)]
+        all: bool,
     },
     /// Show each projection's position and lag.
     Status,
@@ -268,64 +270,10 @@ impl Cli {
             }
             Command::Projections {
                 action: ProjectionsAction::Status,
-            } => {
-                let mut table = format!(
-                    "{:<24} {:>12} {:>12} {:<32} {}\n",
-                    "projection", "applied", "lag", "cursor", "updated"
-                );
-                for status in checkpoint::status(&pool).await? {
-                    table.push_str(&format!(
-                        "{:<24} {:>12} {:>12} {:<32} {}\n",
-                        status.name,
-                        status.events_applied,
-                        status.lag,
-                        status.cursor.to_string(),
-                        status.updated_at.to_rfc3339()
-                    ));
-                }
-                write_stdout(&table)
-            }
+            } => projections::status(&pool).await,
             Command::Projections {
-                action: ProjectionsAction::Rebuild { name },
-            } => {
-                let wiring = Wiring::standard();
-                let known: Vec<&str> = wiring.projectors.iter().map(|p| p.name()).collect();
-                let set = crate::projection::set_of(wiring.projectors.clone(), &name)
-                    .with_context(|| {
-                        format!("no projection `{name}`; known: {}", known.join(", "))
-                    })?;
-                let pepper = Pepper::load(&pool, config.security.key_pepper.as_ref()).await?;
-                let vault = Vault::new(pool.clone(), pepper.as_bytes());
-                let reader = LogReader::new(pool.clone(), wiring.upcasters.into(), vault);
-                let settings = RunnerSettings {
-                    page_size: 2000,
-                    standby_retry: config.standby_retry(),
-                };
-                let runner = ProjectionRunner::new(set, pool, reader, settings);
-                let stop = CancellationToken::new();
-                let (roles, holding) = Roles::new(options, config.standby_retry(), stop.clone());
-                let holding = tokio::spawn(holding);
-                let mut role = roles.role(&runner.role_name());
-                // Free unless an instance runs it: then that instance rebuilds.
-                role.acquired_within(CLAIM_WAIT).await;
-                let started = Instant::now();
-                let rebuilt = runner.rebuild(&role, &name).await;
-                stop.cancel();
-                holding.await.context("the roles task")?;
-                match rebuilt? {
-                    Rebuild::Completed(applied) => {
-                        let seconds = started.elapsed().as_secs_f64();
-                        write_stdout(&format!(
-                            "rebuilt {name}: {applied} events in {seconds:.2} s ({:.0} events/s)\n",
-                            applied as f64 / seconds.max(f64::EPSILON)
-                        ))
-                    }
-                    Rebuild::HandedOver => write_stdout(&format!(
-                        "reset {name}; the running instance that owns it is rebuilding it now \
-                         (follow with `chronicle projections status`)\n"
-                    )),
-                }
-            }
+                action: ProjectionsAction::Rebuild { name, .. },
+            } => projections::rebuild(&config, pool, options, name).await,
         }
     }
 }

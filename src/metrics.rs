@@ -84,9 +84,22 @@ pub async fn render(pool: &PgPool) -> String {
 }
 
 async fn refresh(pool: &PgPool) -> Result<(), sqlx::Error> {
-    for status in chronicle_projections::checkpoint::status(pool).await? {
-        metrics::gauge!("chronicle_projection_lag_events", "projection" => status.name.clone())
+    let projectors = crate::projection::standard();
+    for status in chronicle_projections::checkpoint::status(pool, &projectors).await? {
+        let name = status.name.clone();
+        metrics::gauge!("chronicle_projection_lag_events", "projection" => name.clone())
             .set(status.lag as f64);
+        metrics::gauge!("chronicle_projection_lag_seconds", "projection" => name.clone())
+            .set(status.lag_seconds);
+        metrics::gauge!("chronicle_projection_parked_events", "projection" => name.clone())
+            .set(status.parked as f64);
+        metrics::gauge!("chronicle_projection_halted", "projection" => name.clone())
+            .set(f64::from(u8::from(status.halted_at.is_some())));
+        let progress = status.rebuild_target.map_or(1.0, |target| {
+            (status.cursor.position as f64 / target.max(1) as f64).min(1.0)
+        });
+        metrics::gauge!("chronicle_projection_rebuild_progress", "projection" => name)
+            .set(progress);
         metrics::gauge!("chronicle_projection_applied_events", "projection" => status.name)
             .set(status.events_applied as f64);
     }

@@ -4,6 +4,7 @@
 
 mod consistency;
 mod leader;
+mod operate;
 mod runner;
 
 use std::sync::Arc;
@@ -22,7 +23,8 @@ use chronicle_projections::Projector;
 
 pub use consistency::{NotYet, ReadModels};
 pub use leader::{Role, Roles};
-pub use runner::{ProjectionRunner, Rebuild, RunnerError, RunnerSettings};
+pub use operate::{reset, resolve_parked, ParkedAction, ParkedError};
+pub use runner::{ProjectionRunner, Rebuild, RebuildProgress, RunnerError, RunnerSettings};
 
 /// The projectors applied in the group commit's transaction as well (see
 /// [`crate::store::InlineProjectors`]): every read model a caller reads back.
@@ -85,6 +87,27 @@ pub fn set_of(projectors: Vec<Arc<dyn Projector>>, name: &str) -> Option<Project
     sets(projectors)
         .into_iter()
         .find(|set| set.projectors.iter().any(|p| p.name() == name))
+}
+
+/// The projectors an instance runs, for the API's operators' actions.
+#[derive(Clone)]
+pub struct Projectors(Arc<[Arc<dyn Projector>]>);
+
+impl Projectors {
+    /// These projectors.
+    pub fn new(projectors: &[Arc<dyn Projector>]) -> Self {
+        Self(projectors.into())
+    }
+
+    /// All of them.
+    pub fn all(&self) -> &[Arc<dyn Projector>] {
+        &self.0
+    }
+
+    /// The one named `name`.
+    pub fn find(&self, name: &str) -> Option<&Arc<dyn Projector>> {
+        self.0.iter().find(|p| p.name() == name)
+    }
 }
 
 /// The projectors every instance runs.

@@ -32,7 +32,7 @@ use crate::http::{router, AppState, HttpLimits};
 use crate::llm::{LlmActions, Submitter};
 use crate::log::{CommittedFeed, LiveLog, LogReader, LogWaker};
 use crate::privacy::Vault;
-use crate::projection::{self, ReadModels, Roles};
+use crate::projection::{self, Projectors, ReadModels, Roles};
 use crate::security::{
     bootstrap_admin, Authenticator, EgressPolicy, KeyHasher, KnownKeys, Pepper, RateLimiter,
     RateLimits, Revocations,
@@ -180,6 +180,7 @@ async fn api_state(
         vault: core.vault.clone(),
         commands: commands.clone(),
         known_keys: known_keys.clone(),
+        projectors: Projectors::new(projectors),
     });
     let (authenticator, revocations) = if security.insecure_dev {
         tracing::warn!("*** --insecure-dev: NO AUTHENTICATION. Every caller is an admin. Never expose this instance. ***");

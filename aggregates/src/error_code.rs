@@ -24,13 +24,15 @@ pub enum ErrorCode {
     LimitExceeded,
     /// A dependency (the database) is unreachable for now; retrying later may succeed.
     Unavailable,
+    /// A projection failed on the event it was asked to apply (the error says why).
+    ProjectionFailed,
     /// Something failed on our side; details are in the server log under the correlation id.
     Internal,
 }
 
 impl ErrorCode {
     /// Every code, for exhaustive tests and parsing.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::NotFound,
         Self::InvalidTransition,
         Self::Validation,
@@ -40,6 +42,7 @@ impl ErrorCode {
         Self::RateLimited,
         Self::LimitExceeded,
         Self::Unavailable,
+        Self::ProjectionFailed,
         Self::Internal,
     ];
 
@@ -55,6 +58,7 @@ impl ErrorCode {
             Self::RateLimited => "RATE_LIMITED",
             Self::LimitExceeded => "LIMIT_EXCEEDED",
             Self::Unavailable => "UNAVAILABLE",
+            Self::ProjectionFailed => "PROJECTION_FAILED",
             Self::Internal => "INTERNAL",
         }
     }

@@ -1,9 +1,11 @@
 //! `projection_checkpoints`: how far each projector has applied the global log.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 
-use crate::LogCursor;
+use crate::{type_list, LogCursor, Projector};
 
 /// Reads a projector's checkpoint, creating it at the start of the log on first use.
 ///
@@ -97,7 +99,8 @@ pub async fn advance(conn: &mut PgConnection, moves: &[Move<'_>]) -> Result<(), 
          moved AS (
             UPDATE projection_checkpoints c
                SET log_position = m.position, events_applied = c.events_applied + m.applied,
-                   updated_at = now()
+                   updated_at = now(), rebuild_target = nullif(c.rebuild_target,
+                       least(c.rebuild_target, m.position))
               FROM moves m
              WHERE c.name = m.name)
          SELECT pg_notify('chronicle_projected', name) FROM moves WHERE applied > 0",
@@ -110,7 +113,8 @@ pub async fn advance(conn: &mut PgConnection, moves: &[Move<'_>]) -> Result<(), 
     Ok(())
 }
 
-/// Puts the (locked) checkpoint back to the start of the log, for a rebuild.
+/// Puts the (locked) checkpoint back to the start of the log, for a rebuild, which lasts
+/// until it passes the log's head of now.
 ///
 /// # Errors
 /// Any database error.
@@ -119,7 +123,8 @@ pub async fn reset(conn: &mut PgConnection, name: &str) -> Result<(), sqlx::Erro
     sqlx::query(
         "WITH reset AS (
             UPDATE projection_checkpoints
-               SET log_position = 0, events_applied = 0, updated_at = now()
+               SET log_position = 0, events_applied = 0, updated_at = now(),
+                   rebuild_target = (SELECT max(log_position) FROM events)
              WHERE name = $1)
          SELECT pg_notify('chronicle_resets', $1)",
     )
@@ -130,7 +135,7 @@ pub async fn reset(conn: &mut PgConnection, name: &str) -> Result<(), sqlx::Erro
 }
 
 /// A projector's progress, for operators.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Status {
     /// The projector's name.
     pub name: String,
@@ -138,34 +143,90 @@ pub struct Status {
     pub cursor: LogCursor,
     /// Events applied since the last reset.
     pub events_applied: i64,
-    /// Committed events not applied yet.
+    /// Committed events of its types not applied yet.
     pub lag: i64,
+    /// How long the oldest of those has waited, in seconds (0 without lag).
+    pub lag_seconds: f64,
     /// When the checkpoint last moved.
     pub updated_at: DateTime<Utc>,
+    /// While it rebuilds: the log's head when the rebuild started.
+    pub rebuild_target: Option<i64>,
+    /// While it is halted: the position of the parked event it waits on.
+    pub halted_at: Option<i64>,
+    /// Its events parked and not resolved yet.
+    pub parked: i64,
 }
 
-/// Every checkpoint with its lag behind the log's committed events.
+type StatusRow = (
+    String,
+    i64,
+    i64,
+    i64,
+    f64,
+    DateTime<Utc>,
+    Option<i64>,
+    Option<i64>,
+    i64,
+);
+
+/// The checkpoint of each of `projectors` that exists, with its lag behind the log's
+/// committed events of its types, in name order.
 ///
 /// # Errors
 /// Any database error.
-pub async fn status(db: impl PgExecutor<'_>) -> Result<Vec<Status>, sqlx::Error> {
-    let rows: Vec<(String, i64, i64, i64, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT c.name, c.log_position, c.events_applied,
-                (SELECT count(*) FROM events e WHERE e.log_position > c.log_position),
-                c.updated_at
-           FROM projection_checkpoints c
+pub async fn status(
+    db: impl PgExecutor<'_>,
+    projectors: &[Arc<dyn Projector>],
+) -> Result<Vec<Status>, sqlx::Error> {
+    let names: Vec<&str> = projectors.iter().map(|p| p.name()).collect();
+    let types: Vec<Option<String>> = projectors.iter().map(|p| type_list(p.as_ref())).collect();
+    let rows: Vec<StatusRow> = sqlx::query_as(
+        "WITH p AS (SELECT * FROM UNNEST($1::text[], $2::text[]) AS p(name, types))
+         SELECT c.name, c.log_position, c.events_applied, lag.events,
+                coalesce(extract(epoch FROM now() - lag.oldest), 0)::float8,
+                c.updated_at, c.rebuild_target,
+                (SELECT min(x.log_position) FROM parked_events x
+                  WHERE x.projection = c.name AND x.status = 'parked' AND x.halted),
+                (SELECT count(*) FROM parked_events x
+                  WHERE x.projection = c.name AND x.status = 'parked')
+           FROM p JOIN projection_checkpoints c ON c.name = p.name
+          CROSS JOIN LATERAL (
+                SELECT count(*) AS events, min(e.recorded_at) AS oldest FROM events e
+                 WHERE e.log_position > c.log_position
+                   AND (p.types IS NULL
+                        OR e.aggregate_type = ANY(string_to_array(p.types, ',')))) lag
           ORDER BY c.name",
     )
+    .bind(names)
+    .bind(types)
     .fetch_all(db)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(name, position, events_applied, lag, updated_at)| Status {
-            name,
-            cursor: LogCursor::at(position),
-            events_applied,
-            lag,
-            updated_at,
-        })
+        .map(
+            |(
+                name,
+                position,
+                events_applied,
+                lag,
+                lag_seconds,
+                updated_at,
+                target,
+                halted,
+                parked,
+            )| {
+                Status {
+                    name,
+                    cursor: LogCursor::at(position),
+                    events_applied,
+                    lag,
+                    lag_seconds,
+                    updated_at,
+                    rebuild_target: target,
+                    halted_at: halted,
+                    parked,
+                }
+            },
+        )
         .collect())
 }

@@ -15,6 +15,7 @@ pub mod delivery_attempts;
 mod event;
 mod jobs;
 mod listing;
+pub mod parked;
 mod projector;
 pub mod queries;
 pub mod request_moves;
@@ -25,4 +26,4 @@ pub mod transitions;
 
 pub use cursor::{ClientCursor, CursorError, LogCursor};
 pub use event::{EventMetadata, RecordedEvent};
-pub use projector::{type_list, ProjectionError, Projector};
+pub use projector::{type_list, FailurePolicy, ProjectionError, Projector};

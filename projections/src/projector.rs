@@ -1,5 +1,7 @@
 //! The contract every projector fulfils; the runner that drives it lives in the service.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use sqlx::PgConnection;
 
@@ -23,6 +25,39 @@ pub enum ProjectionError {
     },
 }
 
+/// What a runner does when a projector keeps failing on one event (the database being
+/// unreachable is not the projector's failure: that is waited out, whatever the policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailurePolicy {
+    /// Attempts at the event before it is parked.
+    pub attempts: u32,
+    /// The wait after the first failure; it doubles after each.
+    pub first_wait: Duration,
+    /// The longest wait between two attempts.
+    pub max_wait: Duration,
+    /// Once the event is parked: halt (apply nothing after it until an admin retries or
+    /// skips it) or go on past it.
+    pub halt: bool,
+}
+
+impl FailurePolicy {
+    /// Five attempts over about four seconds, then halt: a read model that skipped an event
+    /// would answer wrong from then on, so it waits for an operator instead.
+    pub const HALT: Self = Self {
+        attempts: 5,
+        first_wait: Duration::from_millis(250),
+        max_wait: Duration::from_secs(10),
+        halt: true,
+    };
+
+    /// Like [`Self::HALT`], but goes on past the parked event: for tables of figures, where
+    /// one missing event is better than none after it.
+    pub const GO_ON: Self = Self {
+        halt: false,
+        ..Self::HALT
+    };
+}
+
 /// Builds read-model tables from the global log.
 ///
 /// `apply` runs inside the transaction that also advances the projector's checkpoint, so it
@@ -36,6 +71,11 @@ pub trait Projector: Send + Sync + 'static {
     /// so a projector does not read (large) events it would skip.
     fn aggregate_types(&self) -> Option<&'static [&'static str]> {
         None
+    }
+
+    /// What its runner does when it keeps failing on one event.
+    fn failure_policy(&self) -> FailurePolicy {
+        FailurePolicy::HALT
     }
 
     /// Deletes everything this projector wrote, before a rebuild from the start of the log.

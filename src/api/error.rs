@@ -5,9 +5,10 @@
 
 use async_graphql::ErrorExtensions;
 use chronicle_aggregates::ErrorCode;
-use chronicle_projections::CursorError;
+use chronicle_projections::{CursorError, ProjectionError};
 
 use crate::command::{is_unavailable, CommandError};
+use crate::projection::{ParkedError, RunnerError};
 
 /// One invalid item of a bulk input: its index and every rule it breaks.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -35,6 +36,10 @@ pub enum ApiError {
     AdminOnly,
     /// Items of a bulk input break rules; nothing was written.
     InvalidItems(Vec<ItemProblem>),
+    /// An action on a parked event did not take effect.
+    Parked(ParkedError),
+    /// A projection could not be reset for a rebuild.
+    Rebuild(RunnerError),
 }
 
 impl ApiError {
@@ -57,6 +62,12 @@ impl ApiError {
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::AdminOnly => ErrorCode::Forbidden,
             Self::InvalidItems(_) => ErrorCode::Validation,
+            Self::Parked(error) => parked_code(error),
+            Self::Rebuild(
+                RunnerError::Database(error)
+                | RunnerError::Projection(ProjectionError::Database(error)),
+            ) if is_unavailable(error) => ErrorCode::Unavailable,
+            Self::Rebuild(_) => ErrorCode::Internal,
         }
     }
 
@@ -73,7 +84,8 @@ impl ApiError {
             | ErrorCode::Unauthenticated
             | ErrorCode::Forbidden
             | ErrorCode::RateLimited
-            | ErrorCode::LimitExceeded => match self {
+            | ErrorCode::LimitExceeded
+            | ErrorCode::ProjectionFailed => match self {
                 Self::Command(error) => error.to_string(),
                 Self::Validation(message) => message.clone(),
                 Self::Database(_) => "an argument holds text or a date the store cannot keep".into(),
@@ -84,8 +96,20 @@ impl ApiError {
                     "{} of the submitted items are invalid; nothing was submitted (see extensions.items)",
                     items.len()
                 ),
+                Self::Parked(error) => error.to_string(),
+                Self::Rebuild(error) => error.to_string(),
             },
         }
+    }
+}
+
+fn parked_code(error: &ParkedError) -> ErrorCode {
+    match error {
+        ParkedError::UnknownProjection(_) | ParkedError::NotParked(..) => ErrorCode::NotFound,
+        ParkedError::Resolved(_) => ErrorCode::InvalidTransition,
+        ParkedError::FailedAgain(_) => ErrorCode::ProjectionFailed,
+        ParkedError::Database(error) if is_unavailable(error) => ErrorCode::Unavailable,
+        ParkedError::Database(_) => ErrorCode::Internal,
     }
 }
 
@@ -102,6 +126,12 @@ fn is_bad_argument(error: &sqlx::Error) -> bool {
 impl From<CommandError> for ApiError {
     fn from(error: CommandError) -> Self {
         Self::Command(error)
+    }
+}
+
+impl From<RunnerError> for ApiError {
+    fn from(error: RunnerError) -> Self {
+        Self::Rebuild(error)
     }
 }
 

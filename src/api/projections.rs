@@ -1,25 +1,171 @@
-//! Projection progress for operators: where each projector stands and how far behind it is.
+//! Projections for operators: where each stands, what it parked, and the actions on them
+//! (retry or skip a parked event, rebuild a projection). Admin only.
 
-use async_graphql::{Context, Object, SimpleObject};
-use chronicle_projections::checkpoint;
+use async_graphql::{ComplexObject, Context, Enum, Object, SimpleObject};
+use chronicle_projections::checkpoint::{self, Status};
+use chronicle_projections::parked::{self, Parked, ParkedStatus as StoredStatus};
+use chronicle_projections::LogCursor;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use super::{ApiError, Caller};
+use crate::log::LogReader;
+use crate::projection::{self, ParkedAction, ParkedError, Projectors};
 
-/// One projector's progress.
+/// How a projection stands.
+#[derive(Enum, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ProjectionState {
+    /// Applying the log as it grows (its lag says how far behind it is).
+    Live,
+    /// Applying the log from the start after a rebuild was asked for.
+    Rebuilding,
+    /// Stopped at a parked event until an admin retries or skips it.
+    Halted,
+}
+
+/// Where a parked event stands.
+#[derive(Enum, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ParkedStatus {
+    /// Set aside: `retryParked` or `skipParked` resolves it.
+    Parked,
+    /// A retry applied it.
+    Applied,
+    /// An admin skipped it: the projection never applies it.
+    Skipped,
+}
+
+impl From<StoredStatus> for ParkedStatus {
+    fn from(status: StoredStatus) -> Self {
+        match status {
+            StoredStatus::Parked => Self::Parked,
+            StoredStatus::Applied => Self::Applied,
+            StoredStatus::Skipped => Self::Skipped,
+        }
+    }
+}
+
+/// An event a projection failed on after every attempt its policy allows.
 #[derive(SimpleObject)]
-pub(crate) struct ProjectionStatus {
+pub(crate) struct ParkedEvent {
+    /// The projection that failed on it.
+    projection: String,
+    /// The event's log cursor (as in `eventLog`).
+    cursor: String,
+    /// Its aggregate's type.
+    aggregate_type: String,
+    /// Its aggregate's id.
+    aggregate_id: String,
+    /// Its place in its aggregate's stream.
+    sequence: i64,
+    /// Its type.
+    event_type: String,
+    /// Failed attempts so far.
+    attempts: i32,
+    /// The last failure.
+    error: String,
+    /// Whether the projection halted on it (rather than going on past it).
+    halted: bool,
+    /// Where it stands.
+    status: ParkedStatus,
+    /// When it was parked.
+    parked_at: DateTime<Utc>,
+    /// The client whose key retried or skipped it.
+    resolved_by: Option<String>,
+    /// When it was retried or skipped.
+    resolved_at: Option<DateTime<Utc>>,
+}
+
+impl From<Parked> for ParkedEvent {
+    fn from(parked: Parked) -> Self {
+        Self {
+            projection: parked.projection,
+            cursor: LogCursor::at(parked.position).to_string(),
+            aggregate_type: parked.aggregate_type,
+            aggregate_id: parked.aggregate_id,
+            sequence: parked.sequence,
+            event_type: parked.event_type,
+            attempts: parked.attempts,
+            error: parked.error,
+            halted: parked.halted,
+            status: parked.status.into(),
+            parked_at: parked.parked_at,
+            resolved_by: parked.resolved_by,
+            resolved_at: parked.resolved_at,
+        }
+    }
+}
+
+/// One projection: its progress, state and parked events.
+#[derive(SimpleObject)]
+#[graphql(complex)]
+pub(crate) struct Projection {
     /// The projector's name.
     name: String,
+    /// Whether commands apply it in their own transaction (a read model callers read back).
+    inline: bool,
+    /// How it stands.
+    state: ProjectionState,
     /// The last applied event's log cursor.
     cursor: String,
     /// Events applied since the last rebuild.
     events_applied: i64,
-    /// Committed events not applied yet.
+    /// Committed events of its types not applied yet.
     lag: i64,
-    /// When the checkpoint last moved.
+    /// How long the oldest of those has waited, in seconds (0 without lag).
+    lag_seconds: f64,
+    /// While rebuilding: how far it is, in percent of the log it had to apply.
+    rebuild_progress: Option<f64>,
+    /// Its parked events not resolved yet.
+    parked_count: i64,
+    /// When its checkpoint last moved.
     updated_at: DateTime<Utc>,
+}
+
+#[ComplexObject]
+impl Projection {
+    /// Its parked events, resolved ones too, newest first.
+    async fn parked(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 100, validator(minimum = 1, maximum = 1000))] limit: i64,
+    ) -> Result<Vec<ParkedEvent>, ApiError> {
+        let pool = ctx.data_unchecked::<PgPool>();
+        let listed = parked::list(pool, Some(&[self.name.as_str()]), limit).await?;
+        Ok(listed.into_iter().map(ParkedEvent::from).collect())
+    }
+}
+
+impl Projection {
+    fn of(status: Status) -> Self {
+        let state = match (status.halted_at, status.rebuild_target) {
+            (Some(_), _) => ProjectionState::Halted,
+            (None, Some(_)) => ProjectionState::Rebuilding,
+            (None, None) => ProjectionState::Live,
+        };
+        let rebuild_progress = status.rebuild_target.map(|target| {
+            let done = status.cursor.position as f64 / (target.max(1) as f64);
+            (done * 100.0).clamp(0.0, 100.0)
+        });
+        Self {
+            inline: projection::inline().iter().any(|p| p.name() == status.name),
+            name: status.name,
+            state,
+            cursor: status.cursor.to_string(),
+            events_applied: status.events_applied,
+            lag: status.lag,
+            lag_seconds: status.lag_seconds,
+            rebuild_progress,
+            parked_count: status.parked,
+            updated_at: status.updated_at,
+        }
+    }
+}
+
+async fn statuses(ctx: &Context<'_>) -> Result<Vec<Projection>, ApiError> {
+    let pool = ctx.data_unchecked::<PgPool>();
+    let projectors = ctx.data_unchecked::<Projectors>();
+    let statuses = checkpoint::status(pool, projectors.all()).await?;
+    Ok(statuses.into_iter().map(Projection::of).collect())
 }
 
 /// Projection queries.
@@ -28,19 +174,90 @@ pub(crate) struct ProjectionQuery;
 
 #[Object]
 impl ProjectionQuery {
-    /// Every projector's checkpoint and lag (admin). Errors: `FORBIDDEN`.
-    async fn projections(&self, ctx: &Context<'_>) -> Result<Vec<ProjectionStatus>, ApiError> {
+    /// Every projection's state, progress, lag and parked events (admin). Errors:
+    /// `FORBIDDEN`.
+    async fn projections(&self, ctx: &Context<'_>) -> Result<Vec<Projection>, ApiError> {
         Caller::from_ctx(ctx)?.require_admin()?;
-        let statuses = checkpoint::status(ctx.data_unchecked::<PgPool>()).await?;
-        Ok(statuses
+        statuses(ctx).await
+    }
+}
+
+/// Operators' actions on projections.
+#[derive(Default)]
+pub(crate) struct ProjectionMutation;
+
+#[Object]
+impl ProjectionMutation {
+    /// Applies a parked event now, once (admin); a projection halted on it goes on. Errors:
+    /// `FORBIDDEN`; `VALIDATION` (a malformed cursor); `NOT_FOUND` (no such projection or
+    /// parked event); `INVALID_TRANSITION` (retried or skipped already);
+    /// `PROJECTION_FAILED` (it failed again: it stays parked with the new error).
+    async fn retry_parked(
+        &self,
+        ctx: &Context<'_>,
+        projection: String,
+        cursor: String,
+    ) -> Result<ParkedEvent, ApiError> {
+        resolve(ctx, &projection, &cursor, ParkedAction::Retry).await
+    }
+
+    /// Gives a parked event up for good, recording who did (admin); a projection halted on
+    /// it goes on past it. Errors: `FORBIDDEN`; `VALIDATION`; `NOT_FOUND`;
+    /// `INVALID_TRANSITION`.
+    async fn skip_parked(
+        &self,
+        ctx: &Context<'_>,
+        projection: String,
+        cursor: String,
+    ) -> Result<ParkedEvent, ApiError> {
+        resolve(ctx, &projection, &cursor, ParkedAction::Skip).await
+    }
+
+    /// Rebuilds a projection from the start of the log (admin): its tables are emptied now
+    /// and the instance that runs it applies the log again; `projections` shows the
+    /// progress. Errors: `FORBIDDEN`; `NOT_FOUND`.
+    async fn rebuild_projection(
+        &self,
+        ctx: &Context<'_>,
+        name: String,
+    ) -> Result<Projection, ApiError> {
+        Caller::from_ctx(ctx)?.require_admin()?;
+        let projectors = ctx.data_unchecked::<Projectors>();
+        let projector = projectors
+            .find(&name)
+            .ok_or(ApiError::NotFound("projection"))?;
+        projection::reset(ctx.data_unchecked::<PgPool>(), projector.as_ref()).await?;
+        statuses(ctx)
+            .await?
             .into_iter()
-            .map(|status| ProjectionStatus {
-                name: status.name,
-                cursor: status.cursor.to_string(),
-                events_applied: status.events_applied,
-                lag: status.lag,
-                updated_at: status.updated_at,
-            })
-            .collect())
+            .find(|p| p.name == name)
+            .ok_or(ApiError::NotFound("projection"))
+    }
+}
+
+/// An admin's `action` on the parked event of `projection` at `cursor`.
+async fn resolve(
+    ctx: &Context<'_>,
+    projection: &str,
+    cursor: &str,
+    action: ParkedAction,
+) -> Result<ParkedEvent, ApiError> {
+    let caller = Caller::from_ctx(ctx)?;
+    caller.require_admin()?;
+    let position = cursor.parse::<LogCursor>()?.position;
+    let resolved = projection::resolve_parked(
+        ctx.data_unchecked::<PgPool>(),
+        ctx.data_unchecked::<LogReader>(),
+        ctx.data_unchecked::<Projectors>().all(),
+        (projection, position),
+        (action, &caller.actor),
+    )
+    .await?;
+    Ok(resolved.into())
+}
+
+impl From<ParkedError> for ApiError {
+    fn from(error: ParkedError) -> Self {
+        Self::Parked(error)
     }
 }

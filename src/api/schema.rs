@@ -15,7 +15,7 @@ use super::error_codes::DefaultErrorCodes;
 use super::event_log::{EventLogQuery, EventLogSubscription};
 use super::history::HistoryQuery;
 use super::limits::DocumentBudget;
-use super::projections::ProjectionQuery;
+use super::projections::{ProjectionMutation, ProjectionQuery};
 use super::query_jobs::{QueryJobMutation, QueryJobQuery};
 use super::requests::{RequestMutation, RequestQuery};
 use super::simulations::{SimulationMutation, SimulationQuery, SimulationSubscription};
@@ -29,6 +29,7 @@ use crate::delivery::WebhookSecrets;
 use crate::llm::{LlmActions, Submitter};
 use crate::log::{LiveLog, LogReader};
 use crate::privacy::Vault;
+use crate::projection::Projectors;
 use crate::security::{EgressPolicy, KeyHasher, KnownKeys, RateLimiter};
 use crate::simulation::SimulationActions;
 use crate::transfer::TransferActions;
@@ -64,6 +65,7 @@ pub struct Mutation(
     QueryJobMutation,
     ClientMutation,
     SubjectMutation,
+    ProjectionMutation,
 );
 
 /// All subscriptions.
@@ -108,6 +110,8 @@ pub struct ApiServices {
     pub commands: Commands,
     /// The keys the authenticator keeps: a revocation forgets its key at once.
     pub known_keys: KnownKeys,
+    /// The projectors the instance runs.
+    pub projectors: Projectors,
 }
 
 /// Deepest accepted query: GraphiQL's introspection query needs 13, our own types 7.
@@ -145,6 +149,7 @@ pub fn build_schema(services: ApiServices) -> ChronicleSchema {
         .data(services.egress)
         .data(services.commands)
         .data(services.known_keys)
+        .data(services.projectors)
         .finish()
 }
 

@@ -1,19 +1,21 @@
 //! The loop that feeds a set of projectors pages of the global log, one transaction per page
 //! for all of them (see [`super::sets`]).
 
+mod place;
 mod step;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chronicle_projections::{checkpoint, LogCursor, ProjectionError, Projector};
+use chronicle_projections::{checkpoint, parked, LogCursor, ProjectionError, Projector};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::leader::Role;
 use super::ProjectorSet;
 use crate::log::{LogReader, LogWaker, SharedPages};
-use step::{Place, Step, StepError};
+use place::Place;
+use step::{Step, StepError};
 
 /// Timing of a runner.
 #[derive(Debug, Clone, Copy)]
@@ -63,6 +65,9 @@ pub enum RunnerError {
     /// No projector of the set has this name.
     #[error("no projector `{0}` in this set")]
     Unknown(String),
+    /// The projector parked an event and halts on it, after the given position.
+    #[error("the projector halted on a parked event after {0}; retry or skip it (see `projections` in the API)")]
+    Halted(LogCursor),
 }
 
 /// What [`ProjectionRunner::rebuild`] did.
@@ -182,8 +187,8 @@ impl ProjectionRunner {
                 Ok(Step::Idle) => {}
                 Ok(Step::Settled(_)) => settled = true,
                 Ok(Step::Applied(_) | Step::Moved) => continue,
-                Err(StepError::Projector(index, error)) => {
-                    self.pause(index, &mut places[index], &error);
+                Err(StepError::Projector(failed)) => {
+                    self.on_failure(&mut places, failed).await?;
                     continue;
                 }
                 Err(StepError::Runner(error)) => return Err(error),
@@ -199,22 +204,18 @@ impl ProjectionRunner {
         Ok(())
     }
 
-    /// Sets a projector that failed on a page aside for a while; the others go on.
-    fn pause(&self, index: usize, place: &mut Place, error: &ProjectionError) {
-        let name = self.projectors[index].name();
-        let retry = self.settings.standby_retry.max(Duration::from_secs(1));
-        tracing::warn!(projection = name, %error, ?retry, "projector failed on a page; retrying later, the others go on");
-        place.paused_until = Some(Instant::now() + retry);
-    }
-
     /// Every projector's stored checkpoint.
+    /// Every projector's stored checkpoint, halted where it waits on a parked event.
     async fn stored_places(&self) -> Result<Vec<Place>, sqlx::Error> {
         let mut conn = self.pool.acquire().await?;
+        let halts = parked::halts(&mut *conn, &self.names()).await?;
         let mut places = Vec::with_capacity(self.projectors.len());
         for projector in &self.projectors {
-            places.push(Place::at(
-                checkpoint::load(&mut conn, projector.name()).await?,
-            ));
+            let mut place = Place::at(checkpoint::load(&mut conn, projector.name()).await?);
+            place.halted = halts
+                .iter()
+                .any(|(name, at)| name == projector.name() && *at > place.stored.position);
+            places.push(place);
         }
         Ok(places)
     }
@@ -232,35 +233,31 @@ impl ProjectionRunner {
         true
     }
 
-    /// Rebuilds projector `name` of the set from the start of the log.
+    /// Rebuilds projector `name` of the set from the start of the log, telling `progress`
+    /// after each page.
     ///
-    /// Resets its tables and checkpoint in one transaction. If this process holds `role` (no
-    /// instance runs the set), it applies the whole log to it before returning; otherwise
-    /// the instance that runs the set notices the reset and rebuilds while serving.
+    /// Resets its tables and checkpoint in one transaction (see [`super::reset`]). If this
+    /// process holds `role` (no instance runs the set), it applies the whole log to it
+    /// before returning; otherwise the instance that runs the set notices the reset and
+    /// rebuilds while serving.
     ///
     /// # Errors
     /// A database or projection error; [`RunnerError::RoleLost`] when the role is lost
-    /// half-way (the instance that takes it over finishes the rebuild).
-    pub async fn rebuild(&self, role: &Role, name: &str) -> Result<Rebuild, RunnerError> {
+    /// half-way (the instance that takes it over finishes the rebuild);
+    /// [`RunnerError::Halted`] when the projector parked an event and halts on it.
+    pub async fn rebuild(
+        &self,
+        role: &Role,
+        name: &str,
+        progress: &(dyn Fn(RebuildProgress) + Sync),
+    ) -> Result<Rebuild, RunnerError> {
         let projector = self
             .projectors
             .iter()
             .find(|p| p.name() == name)
             .cloned()
             .ok_or_else(|| RunnerError::Unknown(name.to_owned()))?;
-        // A rebuild reads the whole log by type: with statistics older than the log (after a
-        // bulk import, before autovacuum's next look) the planner took the types for rare
-        // and read each page through a bitmap of every matching event, 76 ms instead of 1.
-        sqlx::query("ANALYZE events").execute(&self.pool).await?;
-        let mut tx = self.pool.begin().await?;
-        if self.inline {
-            // As every writer of an inline projector's checkpoint (see `InlineProjectors`).
-            crate::store::lock_log(&mut tx).await?;
-        }
-        checkpoint::lock(&mut tx, &[name]).await?;
-        projector.reset(&mut tx).await?;
-        checkpoint::reset(&mut tx, name).await?;
-        tx.commit().await?;
+        let target = super::reset(&self.pool, projector.as_ref()).await?;
         if !role.is_held() {
             return Ok(Rebuild::HandedOver);
         }
@@ -271,21 +268,56 @@ impl ProjectionRunner {
         };
         let alone = Self::new(set, self.pool.clone(), self.reader.clone(), self.settings);
         let mut places = [Place::at(LogCursor::START)];
-        let mut total = 0;
+        let mut applied = 0;
         loop {
             if !role.is_held() {
                 return Err(RunnerError::RoleLost);
             }
-            match alone.step(&mut places).await {
-                Ok(Step::Applied(applied)) => total += applied,
-                Ok(Step::Moved) => {}
-                Ok(Step::Idle) => return Ok(Rebuild::Completed(total)),
-                Ok(Step::Settled(applied)) => return Ok(Rebuild::Completed(total + applied)),
-                Err(StepError::Projector(_, error)) => return Err(error.into()),
+            let step = match alone.step(&mut places).await {
+                Ok(step) => step,
+                Err(StepError::Projector(failed)) => {
+                    alone.on_failure(&mut places, failed).await?;
+                    alone.wait_out(&places[0]).await?;
+                    continue;
+                }
                 Err(StepError::Runner(error)) => return Err(error),
+            };
+            applied += match step {
+                Step::Applied(count) | Step::Settled(count) => count,
+                Step::Moved | Step::Idle => 0,
+            };
+            progress(RebuildProgress {
+                applied,
+                position: places[0].stored.position,
+                target,
+            });
+            if matches!(step, Step::Idle | Step::Settled(_)) {
+                return Ok(Rebuild::Completed(applied));
             }
         }
     }
+
+    /// Waits out a rebuilding projector's pause after a failure; an error when it halted.
+    async fn wait_out(&self, place: &Place) -> Result<(), RunnerError> {
+        if place.halted {
+            return Err(RunnerError::Halted(place.stored));
+        }
+        if let Some(until) = place.paused_until {
+            tokio::time::sleep_until(until.into()).await;
+        }
+        Ok(())
+    }
+}
+
+/// How far a rebuild has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RebuildProgress {
+    /// Events applied so far.
+    pub applied: usize,
+    /// The log position applied up to.
+    pub position: i64,
+    /// The log's head when the rebuild started (0 for an empty log).
+    pub target: i64,
 }
 
 /// When a waiting runner must look again without being woken: to record skips (events
@@ -294,7 +326,7 @@ impl ProjectionRunner {
 fn next_deadline(places: &[Place]) -> Option<tokio::time::Instant> {
     let skip = places
         .iter()
-        .any(|p| p.read != p.stored)
+        .any(|p| p.read != p.stored && !p.halted)
         .then(|| Instant::now() + SKIP_EVERY);
     let retry = places.iter().filter_map(|p| p.paused_until).min();
     skip.into_iter()

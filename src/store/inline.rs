@@ -122,7 +122,8 @@ impl InlineProjectors {
              moved AS (
                 UPDATE projection_checkpoints c
                    SET log_position = $5, events_applied = c.events_applied + m.applied,
-                       updated_at = now()
+                       updated_at = now(), rebuild_target = nullif(c.rebuild_target,
+                           least(c.rebuild_target, $5))
                   FROM caught_up m WHERE c.name = m.name
                 RETURNING c.name, m.applied)
              SELECT m.name FROM moved m

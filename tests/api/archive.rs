@@ -43,7 +43,9 @@ async fn read_models(pool: &PgPool) -> Vec<String> {
 pub async fn caught_up(pool: &PgPool) {
     let projectors = chronicle::startup::Wiring::standard().projectors.len();
     eventually(Duration::from_secs(60), "projections caught up", || async {
-        let status = checkpoint::status(pool).await.ok()?;
+        let status = checkpoint::status(pool, &chronicle::startup::Wiring::standard().projectors)
+            .await
+            .ok()?;
         (status.len() == projectors && status.iter().all(|s| s.lag == 0)).then_some(())
     })
     .await;

@@ -5,7 +5,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::day;
-use crate::{ProjectionError, Projector, RecordedEvent};
+use crate::{FailurePolicy, ProjectionError, Projector, RecordedEvent};
 
 /// The projector behind batch turnaround analytics.
 #[derive(Debug, Default, Clone, Copy)]
@@ -15,6 +15,10 @@ pub struct BatchAnalytics;
 impl Projector for BatchAnalytics {
     fn name(&self) -> &'static str {
         "analytics_batches"
+    }
+
+    fn failure_policy(&self) -> FailurePolicy {
+        FailurePolicy::GO_ON
     }
 
     fn aggregate_types(&self) -> Option<&'static [&'static str]> {

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::{big, day};
 use crate::projector::clear;
-use crate::{ProjectionError, Projector, RecordedEvent};
+use crate::{FailurePolicy, ProjectionError, Projector, RecordedEvent};
 
 /// The projector behind usage and delivery analytics.
 #[derive(Debug, Default, Clone, Copy)]
@@ -59,6 +59,10 @@ fn tokens(response: &Value) -> (u64, u64) {
 impl Projector for RequestAnalytics {
     fn name(&self) -> &'static str {
         "analytics_requests"
+    }
+
+    fn failure_policy(&self) -> FailurePolicy {
+        FailurePolicy::GO_ON
     }
 
     fn aggregate_types(&self) -> Option<&'static [&'static str]> {

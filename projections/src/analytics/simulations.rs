@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::{big, day};
 use crate::projector::clear;
-use crate::{ProjectionError, Projector, RecordedEvent};
+use crate::{FailurePolicy, ProjectionError, Projector, RecordedEvent};
 
 /// The projector behind simulation analytics.
 #[derive(Debug, Default, Clone, Copy)]
@@ -32,6 +32,10 @@ struct Activity {
 impl Projector for SimulationAnalytics {
     fn name(&self) -> &'static str {
         "analytics_simulations"
+    }
+
+    fn failure_policy(&self) -> FailurePolicy {
+        FailurePolicy::GO_ON
     }
 
     fn aggregate_types(&self) -> Option<&'static [&'static str]> {

@@ -5,39 +5,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chronicle_projections::checkpoint::{self, Move};
-use chronicle_projections::{type_list, LogCursor, ProjectionError, RecordedEvent};
+use chronicle_projections::{type_list, LogCursor, RecordedEvent};
 
+use super::place::{Failed, Place};
 use super::{ProjectionRunner, RunnerError};
 use crate::log::{LogFilter, Page};
 use crate::store::lock_log;
-
-/// Where one projector of a runner stands: its stored checkpoint, how far it has read (past
-/// events it does not need, the read position runs ahead of the checkpoint), and until when
-/// it is paused after failing on a page.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Place {
-    pub(super) stored: LogCursor,
-    pub(super) read: LogCursor,
-    pub(super) paused_until: Option<Instant>,
-}
-
-impl Place {
-    pub(super) fn at(cursor: LogCursor) -> Self {
-        Self {
-            stored: cursor,
-            read: cursor,
-            paused_until: None,
-        }
-    }
-
-    /// Whether the projector takes part now (a pause that has run out ends).
-    fn resume(&mut self, now: Instant) -> bool {
-        if self.paused_until.is_some_and(|until| until <= now) {
-            self.paused_until = None;
-        }
-        self.paused_until.is_none()
-    }
-}
 
 /// What one step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +30,7 @@ pub(super) enum Step {
 /// Why a step failed: the database, or one projector (the others can go on without it).
 pub(super) enum StepError {
     Runner(RunnerError),
-    Projector(usize, ProjectionError),
+    Projector(Box<Failed>),
 }
 
 impl From<sqlx::Error> for StepError {
@@ -71,6 +44,21 @@ struct Share<'p> {
     index: usize,
     events: Vec<&'p RecordedEvent>,
     to: LogCursor,
+}
+
+impl<'p> Share<'p> {
+    /// Projector `index`'s share: its `events` of the page, up to `to`; only the first while
+    /// its `place` looks for the event it fails on.
+    fn of(index: usize, mut events: Vec<&'p RecordedEvent>, to: LogCursor, place: &Place) -> Self {
+        match events.first() {
+            Some(first) if place.isolating() => {
+                let to = first.cursor;
+                events.truncate(1);
+                Self { index, events, to }
+            }
+            _ => Self { index, events, to },
+        }
+    }
 }
 
 impl ProjectionRunner {
@@ -99,10 +87,9 @@ impl ProjectionRunner {
         };
         let shares: Vec<Share<'_>> = active
             .iter()
-            .map(|&index| Share {
-                index,
-                events: self.events_for(index, &page, places[index].read),
-                to: next.max(places[index].read),
+            .map(|&index| {
+                let events = self.events_for(index, &page, places[index].read);
+                Share::of(index, events, next.max(places[index].read), &places[index])
             })
             .collect();
         let skips = shares
@@ -154,7 +141,17 @@ impl ProjectionRunner {
             projector
                 .apply(&mut tx, &share.events)
                 .await
-                .map_err(|error| StepError::Projector(share.index, error))?;
+                .map_err(|error| {
+                    StepError::Projector(Box::new(Failed {
+                        index: share.index,
+                        error,
+                        lone: match share.events.as_slice() {
+                            [lone] => Some(Box::new((*lone).clone())),
+                            _ => None,
+                        },
+                        to: share.to,
+                    }))
+                })?;
         }
         let moves: Vec<Move<'_>> = kept
             .iter()
@@ -165,7 +162,7 @@ impl ProjectionRunner {
         let step = self.settled_or(&mut tx, applied).await?;
         tx.commit().await?;
         for (share, _) in kept {
-            places[share.index] = Place::at(share.to);
+            places[share.index].moved_to(share.to);
         }
         Ok(step)
     }
