@@ -299,18 +299,18 @@ impl Commands {
             }
             Err(refused) => Err(refused),
         };
-        let (outcome, events) = match &result {
-            Ok(receipt) => ("ok", receipt.events),
-            Err(CommandError::Rejected { .. }) => ("rejected", 0),
-            Err(CommandError::Conflict | CommandError::Duplicate(_)) => ("conflict", 0),
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(CommandError::Rejected { .. }) => "rejected",
+            Err(CommandError::Conflict | CommandError::Duplicate(_)) => "conflict",
             Err(
                 CommandError::IdempotencyKeyReused(_)
                 | CommandError::InvalidIdempotencyKey
                 | CommandError::Unavailable(_)
                 | CommandError::Internal(_),
-            ) => ("error", 0),
+            ) => "error",
         };
-        crate::metrics::command(A::TYPE, outcome, started.elapsed(), events);
+        crate::metrics::command(A::TYPE, outcome, started.elapsed());
         result
     }
 

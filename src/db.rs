@@ -27,9 +27,10 @@ pub fn connect_options(database_url: &str) -> anyhow::Result<PgConnectOptions> {
     } else {
         options
     };
-    // Instances are told apart in `pg_stat_activity` by the URL's `application_name`.
+    // Instances are told apart in `pg_stat_activity` (and in metrics and `roles`) by the
+    // URL's `application_name`, by default `chronicle@<host>:<pid>`.
     let options = if options.get_application_name().is_none() {
-        options.application_name("chronicle")
+        options.application_name(&default_instance_name())
     } else {
         options
     };
@@ -44,6 +45,14 @@ pub fn connect_options(database_url: &str) -> anyhow::Result<PgConnectOptions> {
             ("jit", "off"),
         ])
         .log_statements(tracing::log::LevelFilter::Trace))
+}
+
+/// `chronicle@<host>:<pid>`: unique among instances sharing a database.
+fn default_instance_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|host| host.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".to_owned());
+    format!("chronicle@{host}:{}", std::process::id())
 }
 
 /// True for a Unix socket or a loopback address or name.
@@ -187,14 +196,15 @@ mod tests {
     }
 
     #[test]
-    fn connections_are_named_chronicle_unless_the_url_names_them() {
+    fn connections_are_named_after_the_instance_unless_the_url_names_them() {
         let name = |url: &str| {
             connect_options(url)
                 .ok()
                 .and_then(|o| o.get_application_name().map(str::to_owned))
         };
         let plain = "postgres://postgres@127.0.0.1/db";
-        assert_eq!(name(plain).as_deref(), Some("chronicle"));
+        let pid = format!(":{}", std::process::id());
+        assert!(name(plain).is_some_and(|n| n.starts_with("chronicle@") && n.ends_with(&pid)));
         let named = "postgres://postgres@127.0.0.1/db?application_name=worker-2";
         assert_eq!(name(named).as_deref(), Some("worker-2"));
     }

@@ -2,7 +2,7 @@
 //! (commands, provider, webhook, broker and AI calls, subscriptions), and gauges read from
 //! the database when scraped (projection lag, queue depths, events appended).
 
-use std::sync::OnceLock;
+use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -15,13 +15,15 @@ const BUCKETS: [f64; 12] = [
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
-/// Installs the process-wide recorder (once; later calls return the same handle).
-pub fn install() -> Option<&'static PrometheusHandle> {
+/// Installs the process-wide recorder (once; later calls return the same handle). Every
+/// series carries the label `instance`: this instance's name, as in `pg_stat_activity`.
+pub fn install(instance: &str) -> Option<&'static PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets(&BUCKETS)
                 .ok()?
+                .add_global_label("instance", instance)
                 .build_recorder();
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
@@ -38,14 +40,73 @@ pub fn call(system: &'static str, outcome: &'static str, took: Duration) {
     metrics::histogram!("chronicle_call_seconds", "system" => system).record(took.as_secs_f64());
 }
 
-/// Records a command on `aggregate` with its `outcome`, latency and events appended.
-pub fn command(aggregate: &'static str, outcome: &'static str, took: Duration, events: usize) {
+/// Records a command on `aggregate` with its `outcome` and latency.
+pub fn command(aggregate: &'static str, outcome: &'static str, took: Duration) {
     metrics::counter!("chronicle_commands_total", "aggregate" => aggregate, "outcome" => outcome)
         .increment(1);
     metrics::histogram!("chronicle_command_seconds", "aggregate" => aggregate)
         .record(took.as_secs_f64());
-    metrics::counter!("chronicle_events_appended_total", "aggregate" => aggregate)
-        .increment(events as u64);
+}
+
+/// Records `count` events of `aggregate_type` committed to the log (by the group committer,
+/// which every append goes through, so the counter matches the store).
+pub fn events_appended(aggregate_type: &str, count: usize) {
+    metrics::counter!("chronicle_events_appended_total", "aggregate" => aggregate_type.to_owned())
+        .increment(count as u64);
+}
+
+/// Records a GraphQL mutation field by `name` and `outcome` (`ok` or its error's code).
+pub fn mutation(name: &str, outcome: &str) {
+    metrics::counter!("chronicle_mutations_total", "mutation" => name.to_owned(),
+                      "outcome" => outcome.to_owned())
+    .increment(1);
+}
+
+/// Records `count` requests submitted by `client` to `model`. Both labels are bounded: past
+/// [`MAX_LABEL_VALUES`] distinct values of one, new ones are counted as `other`.
+pub fn requests_submitted(client: &str, model: &str, count: usize) {
+    let client = CLIENTS.bounded(client);
+    let model = MODELS.bounded(model);
+    metrics::counter!("chronicle_requests_submitted_total", "client" => client, "model" => model)
+        .increment(count as u64);
+}
+
+/// Records whether this instance holds `role` now.
+pub fn role_held(role: &str, held: bool) {
+    metrics::gauge!("chronicle_role_held", "role" => role.to_owned())
+        .set(f64::from(u8::from(held)));
+}
+
+/// Distinct values a caller-chosen label (a client, a model) takes before the rest are
+/// counted as `other`: Prometheus keeps a series per value.
+pub const MAX_LABEL_VALUES: usize = 100;
+
+/// The values one label has taken.
+struct LabelValues(std::sync::Mutex<std::collections::HashSet<String>>);
+
+static CLIENTS: LazyLock<LabelValues> = LazyLock::new(LabelValues::new);
+static MODELS: LazyLock<LabelValues> = LazyLock::new(LabelValues::new);
+
+impl LabelValues {
+    fn new() -> Self {
+        Self(std::sync::Mutex::default())
+    }
+
+    /// `value`, or `other` once the label has [`MAX_LABEL_VALUES`] others.
+    fn bounded(&self, value: &str) -> String {
+        let mut seen = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.contains(value) {
+            return value.to_owned();
+        }
+        if seen.len() < MAX_LABEL_VALUES {
+            seen.insert(value.to_owned());
+            return value.to_owned();
+        }
+        "other".to_owned()
+    }
 }
 
 /// Records one group commit of `appends` commands' appends (their mean is the ratio of the
@@ -74,7 +135,7 @@ impl Drop for SubscriptionGuard {
 
 /// The exposition text, after refreshing the gauges the database knows.
 pub async fn render(pool: &PgPool) -> String {
-    let Some(handle) = install() else {
+    let Some(handle) = HANDLE.get().and_then(Option::as_ref) else {
         return String::new();
     };
     if let Err(error) = refresh(pool).await {
@@ -122,9 +183,30 @@ async fn refresh(pool: &PgPool) -> Result<(), sqlx::Error> {
     for (queue, depth) in depths {
         metrics::gauge!("chronicle_queue_depth", "queue" => queue).set(depth as f64);
     }
+    let pool_size = f64::from(pool.size());
+    let idle = pool.num_idle() as f64;
+    metrics::gauge!("chronicle_db_pool_connections", "state" => "used").set(pool_size - idle);
+    metrics::gauge!("chronicle_db_pool_connections", "state" => "idle").set(idle);
+    metrics::gauge!("chronicle_db_pool_max_connections")
+        .set(f64::from(pool.options().get_max_connections()));
     let head: Option<i64> = sqlx::query_scalar("SELECT max(log_position) FROM events")
         .fetch_one(pool)
         .await?;
     metrics::gauge!("chronicle_log_head_position").set(head.unwrap_or_default() as f64);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_label_takes_a_bounded_number_of_values_and_counts_the_rest_as_other() {
+        let label = LabelValues::new();
+        for n in 0..MAX_LABEL_VALUES {
+            assert_eq!(label.bounded(&format!("client-{n}")), format!("client-{n}"));
+        }
+        assert_eq!(label.bounded("one-too-many"), "other");
+        assert_eq!(label.bounded("client-7"), "client-7");
+    }
 }

@@ -181,6 +181,7 @@ async fn api_state(
         commands: commands.clone(),
         known_keys: known_keys.clone(),
         projectors: Projectors::new(projectors),
+        roles: core.roles.clone(),
     });
     let (authenticator, revocations) = if security.insecure_dev {
         tracing::warn!("*** --insecure-dev: NO AUTHENTICATION. Every caller is an admin. Never expose this instance. ***");
@@ -233,7 +234,8 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
-        if crate::metrics::install().is_none() {
+        let instance = options.get_application_name().unwrap_or("chronicle");
+        if crate::metrics::install(instance).is_none() {
             tracing::warn!("another metrics recorder is installed: /metrics stays empty");
         }
         let pepper = Pepper::load(&pool, config.security.key_pepper.as_ref())

@@ -15,9 +15,11 @@ use super::error_codes::DefaultErrorCodes;
 use super::event_log::{EventLogQuery, EventLogSubscription};
 use super::history::HistoryQuery;
 use super::limits::DocumentBudget;
+use super::mutation_metrics::MutationMetrics;
 use super::projections::{ProjectionMutation, ProjectionQuery};
 use super::query_jobs::{QueryJobMutation, QueryJobQuery};
 use super::requests::{RequestMutation, RequestQuery};
+use super::roles::RoleQuery;
 use super::simulations::{SimulationMutation, SimulationQuery, SimulationSubscription};
 use super::subjects::SubjectMutation;
 use super::transfer_updates::TransferSubscription;
@@ -29,7 +31,7 @@ use crate::delivery::WebhookSecrets;
 use crate::llm::{LlmActions, Submitter};
 use crate::log::{LiveLog, LogReader};
 use crate::privacy::Vault;
-use crate::projection::Projectors;
+use crate::projection::{Projectors, Roles};
 use crate::security::{EgressPolicy, KeyHasher, KnownKeys, RateLimiter};
 use crate::simulation::SimulationActions;
 use crate::transfer::TransferActions;
@@ -39,6 +41,7 @@ use crate::transfer::TransferActions;
 pub struct Query(
     EventLogQuery,
     ProjectionQuery,
+    RoleQuery,
     RequestQuery,
     BatchQuery,
     TransitionQuery,
@@ -112,6 +115,8 @@ pub struct ApiServices {
     pub known_keys: KnownKeys,
     /// The projectors the instance runs.
     pub projectors: Projectors,
+    /// The roles the instance claims.
+    pub roles: Roles,
 }
 
 /// Deepest accepted query: GraphiQL's introspection query needs 13, our own types 7.
@@ -127,6 +132,7 @@ fn builder() -> SchemaBuilder<Query, Mutation, Subscription> {
         Subscription::default(),
     )
     .extension(DefaultErrorCodes)
+    .extension(MutationMetrics)
     .extension(DocumentBudget)
     .limit_depth(MAX_DEPTH)
     .limit_complexity(MAX_COMPLEXITY)
@@ -150,6 +156,7 @@ pub fn build_schema(services: ApiServices) -> ChronicleSchema {
         .data(services.commands)
         .data(services.known_keys)
         .data(services.projectors)
+        .data(services.roles)
         .finish()
 }
 

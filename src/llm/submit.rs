@@ -151,7 +151,10 @@ impl Submitter {
             keyed.push((key, head, entries));
         }
         for (key, head, entries) in keyed {
-            for (index, done) in self.add_all(context, key, head, entries).await? {
+            let (client, model) = (key.owner.clone(), key.model.clone());
+            let added = self.add_all(context, key, head, entries).await?;
+            crate::metrics::requests_submitted(&client, &model, added.len());
+            for (index, done) in added {
                 accepted[index] = Some(done);
             }
         }

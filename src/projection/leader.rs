@@ -58,9 +58,17 @@ impl Roles {
             .entry(name.to_owned())
             .or_insert_with(|| watch::channel(false).0);
         let held = sender.subscribe();
+        crate::metrics::role_held(name, *held.borrow());
         drop(wanted);
         self.asked.notify_one();
         Role { held }
+    }
+
+    /// The names of the roles this instance claims, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.lock().keys().cloned().collect();
+        names.sort();
+        names
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<bool>>> {
@@ -98,6 +106,7 @@ impl Roles {
                 for won in claim(&mut conn, &missing).await? {
                     if let Some(sender) = self.lock().get(&won) {
                         sender.send_replace(true);
+                        crate::metrics::role_held(&won, true);
                     }
                 }
             }
@@ -122,8 +131,9 @@ impl Roles {
     }
 
     fn set_all(&self, held: bool) {
-        for sender in self.lock().values() {
+        for (role, sender) in self.lock().iter() {
             sender.send_replace(held);
+            crate::metrics::role_held(role, held);
         }
     }
 }
@@ -199,6 +209,56 @@ impl Role {
             }
         }
     }
+}
+
+/// Who holds a role, across every instance on the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// The role.
+    pub role: String,
+    /// The holding instance's name (its connections' `application_name`), if any holds it.
+    pub instance: Option<String>,
+    /// Since when the holding session exists.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Who holds each of `roles` now, from the database's locks.
+///
+/// # Errors
+/// Any database error.
+pub async fn holders(
+    db: impl sqlx::PgExecutor<'_>,
+    roles: &[String],
+) -> Result<Vec<Holder>, sqlx::Error> {
+    let keys: Vec<String> = roles.iter().map(|role| lock_key(role)).collect();
+    let rows: Vec<(
+        String,
+        Option<String>,
+        Option<chrono::DateTime<chrono::Utc>>,
+    )> = sqlx::query_as(
+        "SELECT r.role, a.application_name, a.backend_start
+               FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS r(role, key, n)
+               LEFT JOIN pg_locks l
+                      ON l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+                     AND l.database = (SELECT oid FROM pg_database
+                                        WHERE datname = current_database())
+                     AND ((l.classid::bigint << 32) | l.objid::bigint)
+                         = hashtextextended(r.key, 0)
+               LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+              ORDER BY r.n",
+    )
+    .bind(roles)
+    .bind(&keys)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(role, instance, since)| Holder {
+            role,
+            instance,
+            since,
+        })
+        .collect())
 }
 
 /// The advisory lock of a role: `chronicle.<role>`.

@@ -238,6 +238,7 @@ impl Committer {
                     .collect(),
             })
             .collect();
+        count_appended(appends);
         self.committed.publish(recorded);
         Ok(appended)
     }
@@ -292,6 +293,23 @@ impl Committer {
             return Ok(());
         }
         Ok(self.inline.apply(conn, &wanted).await?)
+    }
+}
+
+/// Counts the committed events of `appends` by aggregate type.
+fn count_appended(appends: &[&Append]) {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for append in appends.iter().filter(|a| !a.events.is_empty()) {
+        match counts
+            .iter_mut()
+            .find(|(kind, _)| *kind == append.aggregate_type)
+        {
+            Some((_, count)) => *count += append.events.len(),
+            None => counts.push((append.aggregate_type, append.events.len())),
+        }
+    }
+    for (aggregate_type, count) in counts {
+        crate::metrics::events_appended(aggregate_type, count);
     }
 }
 

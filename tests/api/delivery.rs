@@ -100,7 +100,7 @@ pub async fn attempts_recorded(app: &TestApp, ids: &[String]) -> i64 {
     .expect("count attempts")
 }
 
-fn webhook(url: &str) -> Value {
+pub fn webhook(url: &str) -> Value {
     json!({ "webhookUrl": url })
 }
 

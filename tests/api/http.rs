@@ -168,13 +168,13 @@ async fn metrics_count_commands_and_show_projection_lag_and_queues() {
     assert_eq!(response.status(), 200);
     let text = response.text().await.expect("body");
     for expected in [
-        "chronicle_commands_total{aggregate=\"Ledger\",outcome=\"ok\"} 1",
-        "chronicle_commands_total{aggregate=\"Ledger\",outcome=\"rejected\"} 1",
-        "chronicle_events_appended_total{aggregate=\"Ledger\"} 1",
-        "chronicle_command_seconds_bucket{aggregate=\"Ledger\"",
-        "chronicle_projection_lag_events{projection=\"requests\"}",
-        "chronicle_queue_depth{queue=\"deliveries_due\"} 0",
-        "chronicle_log_head_position",
+        "chronicle_commands_total{instance=\"metrics\",aggregate=\"Ledger\",outcome=\"ok\"} 1",
+        "chronicle_commands_total{instance=\"metrics\",aggregate=\"Ledger\",outcome=\"rejected\"} 1",
+        "chronicle_events_appended_total{instance=\"metrics\",aggregate=\"Ledger\"} 1",
+        "chronicle_command_seconds_bucket{instance=\"metrics\",aggregate=\"Ledger\"",
+        "chronicle_projection_lag_events{instance=\"metrics\",projection=\"requests\"}",
+        "chronicle_queue_depth{instance=\"metrics\",queue=\"deliveries_due\"} 0",
+        "chronicle_log_head_position{instance=\"metrics\"}",
     ] {
         assert!(text.contains(expected), "missing {expected} in\n{text}");
     }

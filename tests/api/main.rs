@@ -20,6 +20,7 @@ mod http;
 mod idempotency;
 mod list_filters;
 mod log_order;
+mod operations;
 mod parked;
 mod projections;
 mod projector_sets;

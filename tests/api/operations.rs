@@ -1,0 +1,206 @@
+//! What operators watch: `/metrics` agrees with the store after a mixed workload, every series
+//! names its instance, roles show who holds them, and the shipped alert rules are valid and
+//! name only metrics the service serves.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::json;
+
+use crate::delivery::{app_with_provider, batch_when, submit, webhook};
+use crate::support::{error_code, Behaviour, Receiver, TestApp, TestDb};
+
+const RULES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/ops/prometheus/chronicle.rules.yml"
+);
+
+/// The exposition's samples: `name{labels}` (labels sorted, `instance` apart) to value, and
+/// the instance each series named.
+struct Scrape {
+    samples: BTreeMap<String, f64>,
+    instances: BTreeSet<String>,
+}
+
+impl Scrape {
+    async fn of(app: &TestApp) -> Self {
+        let text = app.get("/metrics").await.text().await.expect("metrics");
+        let mut samples = BTreeMap::new();
+        let mut instances = BTreeSet::new();
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let (series, value) = line.rsplit_once(' ').expect("sample");
+            let (name, labels) = series.split_once('{').unwrap_or((series, "}"));
+            let mut kept = Vec::new();
+            for label in labels
+                .trim_end_matches('}')
+                .split(',')
+                .filter(|l| !l.is_empty())
+            {
+                match label.strip_prefix("instance=") {
+                    Some(instance) => {
+                        instances.insert(instance.trim_matches('"').to_owned());
+                    }
+                    None => kept.push(label.to_owned()),
+                }
+            }
+            kept.sort();
+            let key = format!("{name}{{{}}}", kept.join(","));
+            samples.insert(key, value.parse().expect("value"));
+        }
+        Self { samples, instances }
+    }
+
+    /// Every sample of `name`, by its labels.
+    fn of_metric(&self, name: &str) -> BTreeMap<String, f64> {
+        self.samples
+            .iter()
+            .filter_map(|(key, value)| {
+                let labels = key.strip_prefix(name)?.strip_prefix('{')?;
+                Some((labels.trim_end_matches('}').to_owned(), *value))
+            })
+            .collect()
+    }
+
+    fn names(&self) -> BTreeSet<String> {
+        self.samples
+            .keys()
+            .map(|key| key.split('{').next().unwrap_or_default().to_owned())
+            .collect()
+    }
+}
+
+async fn counted(db: &TestDb, sql: &str) -> BTreeMap<String, f64> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(sql)
+        .fetch_all(&db.pool)
+        .await
+        .expect("store counts");
+    rows.into_iter()
+        .map(|(labels, count)| (labels, count as f64))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_agree_with_the_store_and_roles_name_their_instance() {
+    let db = TestDb::new().await;
+    let app = app_with_provider(&db, |_| {}).await;
+    let receiver = Receiver::start(Behaviour::Accept).await;
+    let (batch_id, _) = submit(&app, &[webhook(&receiver.url)]).await;
+    batch_when(&app, &batch_id, "done").await;
+    let one = "mutation($i: SubmitRequestInput!) { submitRequest(input: $i) { requestId } }";
+    for (custom_id, model) in [("x1", "other-model"), ("x2", "other-model")] {
+        let input = json!({ "customId": custom_id, "endpoint": "/v1/chat/completions",
+                            "model": model, "delivery": { "poll": true },
+                            "body": { "messages": [{ "role": "user", "content": "hi" }] } });
+        let response = app.graphql(one, json!({ "i": input })).await;
+        assert!(response["errors"].is_null(), "{response}");
+    }
+    let missing = "mutation { cancelRequest(requestId: \"00000000-0000-0000-0000-000000000000\") { version } }";
+    assert_eq!(
+        error_code(&app.graphql(missing, json!({})).await),
+        "NOT_FOUND"
+    );
+    crate::archive::caught_up(&db.pool).await;
+    let scrape = Scrape::of(&app).await;
+
+    assert_eq!(scrape.instances, BTreeSet::from(["delivery".to_owned()]));
+    let events = counted(
+        &db,
+        "SELECT format('aggregate=\"%s\"', aggregate_type), count(*) FROM events GROUP BY 1",
+    )
+    .await;
+    assert_eq!(scrape.of_metric("chronicle_events_appended_total"), events);
+    let requests = counted(
+        &db,
+        "SELECT format('client=\"%s\",model=\"%s\"', owner, model), count(*) FROM requests
+          GROUP BY 1",
+    )
+    .await;
+    assert_eq!(
+        scrape.of_metric("chronicle_requests_submitted_total"),
+        requests
+    );
+    let mutations = scrape.of_metric("chronicle_mutations_total");
+    let expected: BTreeMap<String, f64> = [
+        ("mutation=\"submitRequests\",outcome=\"ok\"", 1.0),
+        ("mutation=\"flushBatch\",outcome=\"ok\"", 1.0),
+        ("mutation=\"submitRequest\",outcome=\"ok\"", 2.0),
+        ("mutation=\"cancelRequest\",outcome=\"NOT_FOUND\"", 1.0),
+    ]
+    .into_iter()
+    .map(|(labels, count)| (labels.to_owned(), count))
+    .collect();
+    assert_eq!(mutations, expected);
+
+    // Every role is held, by this instance, in the metrics and in the API.
+    let held = scrape.of_metric("chronicle_role_held");
+    assert!(!held.is_empty());
+    assert!(held.values().all(|value| *value == 1.0), "{held:?}");
+    let roles = app
+        .graphql("{ roles { role instance since } }", json!({}))
+        .await;
+    let listed = roles["data"]["roles"].as_array().expect("roles");
+    assert_eq!(listed.len(), held.len(), "{roles}");
+    for role in listed {
+        assert_eq!(role["instance"], "delivery", "{role}");
+        let labels = format!("role=\"{}\"", role["role"].as_str().expect("role"));
+        assert_eq!(held.get(&labels), Some(&1.0), "{labels}");
+    }
+    let client = app.client_key("watcher", "CLIENT").await;
+    let refused = app
+        .graphql_as(&client, "{ roles { role } }", json!({}))
+        .await;
+    assert_eq!(error_code(&refused), "FORBIDDEN");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_alert_rules_are_valid_and_name_only_served_metrics() {
+    let rules = std::fs::read_to_string(RULES).expect("rules file");
+    check_with_promtool();
+
+    let db = TestDb::new().await;
+    let app = app_with_provider(&db, |_| {}).await;
+    let receiver = Receiver::start(Behaviour::Accept).await;
+    let (batch_id, _) = submit(&app, &[webhook(&receiver.url)]).await;
+    batch_when(&app, &batch_id, "done").await;
+    let served = Scrape::of(&app).await.names();
+    let named: BTreeSet<String> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("chronicle_"))
+        .map(str::to_owned)
+        .collect();
+    assert!(named.len() >= 6, "{named:?}");
+    for name in &named {
+        let histogram = format!("{name}_bucket");
+        assert!(
+            served.contains(name) || served.contains(&histogram),
+            "the rules name {name}, which /metrics does not serve: {served:?}"
+        );
+    }
+    app.stop().await;
+}
+
+/// `promtool check rules` over the shipped file. CI installs promtool and must run it;
+/// elsewhere it runs when promtool is on the PATH.
+fn check_with_promtool() {
+    let checked = std::process::Command::new("promtool")
+        .args(["check", "rules", RULES])
+        .output();
+    match checked {
+        Ok(output) => assert!(
+            output.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+        Err(error) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must check the rules with promtool: {error}"
+            );
+            eprintln!("promtool is not installed here ({error}); the rules were not checked by it");
+        }
+    }
+}
