@@ -32,6 +32,21 @@ pub struct Cli {
 }
 
 impl Command {
+    /// Whether the command only reads the database: it then never creates or migrates one
+    /// (a mistyped URL is an error, and SELECT rights suffice).
+    fn only_reads(&self) -> bool {
+        matches!(
+            self,
+            Self::Events {
+                action: EventsAction::Export { .. }
+            } | Self::Projections {
+                action: ProjectionsAction::Status
+            } | Self::Audit {
+                action: AuditAction::Verify { .. }
+            }
+        )
+    }
+
     /// The command's name, for its span.
     fn name(&self) -> &'static str {
         match self {
@@ -170,8 +185,13 @@ impl Cli {
             return emulate(listen, polls_per_status).await;
         }
         let options = db::connect_options(&config.database_url)?;
-        let pool = db::connect(&options, config.db_max_connections).await?;
-        db::migrate(&pool).await?;
+        let pool = if self.command.only_reads() {
+            db::connect_existing(&options, config.db_max_connections).await?
+        } else {
+            let pool = db::connect(&options, config.db_max_connections).await?;
+            db::migrate(&pool).await?;
+            pool
+        };
         match self.command {
             Command::Serve => {
                 let app = Application::build(&config, pool, options, Wiring::standard()).await?;

@@ -82,6 +82,42 @@ pub async fn connect(options: &PgConnectOptions, max_connections: u32) -> anyhow
         Err(error) if is_missing_database(&error) => create_database(options).await?,
         Err(error) => return Err(unreachable(options, &error)),
     }
+    pool(options, max_connections).await
+}
+
+/// Connects a pool to the configured database only if it exists and holds Chronicle's log:
+/// for the tools that read (export, status, verify), which never create a database or
+/// migrate one, so a mistyped URL is an error and SELECT rights suffice.
+///
+/// # Errors
+/// PostgreSQL is unreachable, the database does not exist, or it holds no event log.
+pub async fn connect_existing(
+    options: &PgConnectOptions,
+    max_connections: u32,
+) -> anyhow::Result<PgPool> {
+    let name = options.get_database().unwrap_or("postgres");
+    match PgConnection::connect_with(options).await {
+        Ok(conn) => conn.close().await?,
+        Err(error) if is_missing_database(&error) => anyhow::bail!(
+            "database `{name}` does not exist on {}:{}; check DATABASE_URL (this command \
+             only reads, and creates nothing)",
+            options.get_host(),
+            options.get_port()
+        ),
+        Err(error) => return Err(unreachable(options, &error)),
+    }
+    let pool = pool(options, max_connections).await?;
+    let has_log: bool = sqlx::query_scalar("SELECT to_regclass('events') IS NOT NULL")
+        .fetch_one(&pool)
+        .await?;
+    anyhow::ensure!(
+        has_log,
+        "database `{name}` holds no Chronicle event log; check DATABASE_URL"
+    );
+    Ok(pool)
+}
+
+async fn pool(options: &PgConnectOptions, max_connections: u32) -> anyhow::Result<PgPool> {
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))

@@ -76,3 +76,80 @@ fn schema_prints_the_served_sdl() {
         chronicle::api::sdl()
     );
 }
+
+/// A database name on the test server that no test creates.
+fn missing_database_url() -> (String, String) {
+    let name = format!("chronicle_test_missing_{}", uuid::Uuid::new_v4().simple());
+    let base = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let server = base
+        .rsplit_once('/')
+        .map_or(base.as_str(), |(server, _)| server);
+    (format!("{server}/{name}"), name)
+}
+
+#[tokio::test]
+async fn commands_that_read_refuse_a_missing_database_and_create_none() {
+    let db = TestDb::new().await;
+    let (url, name) = missing_database_url();
+    for args in [
+        &["events", "export"][..],
+        &["projections", "status"],
+        &["audit", "verify"],
+    ] {
+        let output = chronicle(args, &url);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?}: {stderr}");
+        assert!(stderr.contains("does not exist"), "{args:?}: {stderr}");
+        assert!(output.stdout.is_empty(), "{args:?}");
+    }
+    let created: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&db.pool)
+            .await
+            .expect("pg_database");
+    assert!(!created, "a reading command created the database");
+}
+
+#[tokio::test]
+async fn export_runs_with_select_rights_alone() {
+    let db = TestDb::new().await;
+    let app = crate::support::TestApp::spawn(&db, "export").await;
+    app.ledger("x", crate::support::LedgerCommand::Open)
+        .await
+        .expect("open");
+    app.stop().await;
+    let reader = format!("reader_{}", uuid::Uuid::new_v4().simple());
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&db.pool)
+        .await
+        .expect("name");
+    sqlx::raw_sql(&format!(
+        "CREATE ROLE {reader} LOGIN; GRANT SELECT ON events TO {reader};"
+    ))
+    .execute(&db.pool)
+    .await
+    .expect("reader role");
+    let url = db.url().replacen("postgres@", &format!("{reader}@"), 1);
+    assert!(url.contains(&reader) && url.ends_with(&database), "{url}");
+
+    let output = chronicle(&["events", "export"], &url);
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
+    let cleanup = format!("REVOKE ALL ON events FROM {reader}; DROP ROLE {reader};");
+    sqlx::raw_sql(&cleanup)
+        .execute(&db.pool)
+        .await
+        .expect("drop role");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines = String::from_utf8_lossy(&output.stdout).lines().count();
+    assert_eq!(i64::try_from(lines).expect("lines"), events);
+    assert!(events > 0);
+}
