@@ -71,6 +71,11 @@ pub fn requests_submitted(client: &str, model: &str, count: usize) {
         .increment(count as u64);
 }
 
+/// Records how many instances are live on the database (rate limits are split among them).
+pub fn instances_live(count: usize) {
+    metrics::gauge!("chronicle_instances_live").set(count as f64);
+}
+
 /// Records whether this instance holds `role` now.
 pub fn role_held(role: &str, held: bool) {
     metrics::gauge!("chronicle_role_held", "role" => role.to_owned())

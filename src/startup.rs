@@ -157,6 +157,12 @@ async fn api_state(
         max_requests: config.batch_max_requests,
         max_bytes: config.batch_max_bytes,
     };
+    let rate_limiter = RateLimiter::new(RateLimits {
+        per_second: security.rate_limit_per_sec,
+        burst: security.rate_limit_burst,
+        items_per_second: security.rate_limit_items_per_sec,
+    });
+    rate_limiter.follow(core.roles.instances(), core.shutdown.clone());
     let schema = build_schema(ApiServices {
         pool: core.pool.clone(),
         reader: core.reader.clone(),
@@ -171,11 +177,7 @@ async fn api_state(
             core.egress.clone(),
         ),
         egress: core.egress.clone(),
-        rate_limiter: RateLimiter::new(RateLimits {
-            per_second: security.rate_limit_per_sec,
-            burst: security.rate_limit_burst,
-            items_per_second: security.rate_limit_items_per_sec,
-        }),
+        rate_limiter: rate_limiter.clone(),
         hasher: hasher.clone(),
         vault: core.vault.clone(),
         commands: commands.clone(),

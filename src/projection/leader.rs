@@ -3,10 +3,11 @@
 //!
 //! A lock lives as long as the connection: if this instance dies or loses its connection,
 //! PostgreSQL releases every lock it held and standbys take over. One task owns the
-//! connection. While every wanted role is held it only checks that the connection is alive
-//! (a protocol sync, no statement); while some role is held elsewhere it asks for all the
-//! missing ones in one statement, at most once per retry interval. Standbys therefore open no
-//! new sessions while they wait. The checkpoint's optimistic update (see
+//! connection. The connection also holds a lock every live instance holds shared; once per
+//! retry interval the task counts its holders (the live instances, which split the rate
+//! limits; the read also shows the connection alive) and, while some role is held
+//! elsewhere, asks for all the missing ones in one statement. Standbys therefore open no new
+//! sessions while they wait. The checkpoint's optimistic update (see
 //! `chronicle_projections::checkpoint`) guards the short window in which a leader has not
 //! yet noticed that it lost its connection.
 
@@ -25,6 +26,8 @@ pub struct Roles {
     wanted: Arc<Mutex<HashMap<String, watch::Sender<bool>>>>,
     /// Wakes the owner task when a role is asked for.
     asked: Arc<Notify>,
+    /// Live instances on the database, this one included (1 until first counted).
+    instances: Arc<watch::Sender<usize>>,
 }
 
 /// One role: whether this instance holds it, as it changes.
@@ -45,6 +48,7 @@ impl Roles {
         let roles = Self {
             wanted: Arc::default(),
             asked: Arc::default(),
+            instances: Arc::new(watch::channel(1).0),
         };
         let task = roles.clone().hold(options, retry, shutdown);
         (roles, task)
@@ -62,6 +66,13 @@ impl Roles {
         drop(wanted);
         self.asked.notify_one();
         Role { held }
+    }
+
+    /// How many instances are live on the database, this one included, as it changes:
+    /// every instance's roles connection holds a shared lock that the count reads, so a
+    /// dead instance leaves the count with its connection.
+    pub fn instances(&self) -> watch::Receiver<usize> {
+        self.instances.subscribe()
     }
 
     /// The names of the roles this instance claims, sorted.
@@ -100,7 +111,12 @@ impl Roles {
         retry: Duration,
         shutdown: &CancellationToken,
     ) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT pg_advisory_lock_shared(hashtextextended($1, 0))")
+            .bind(lock_key(INSTANCE))
+            .execute(&mut conn)
+            .await?;
         loop {
+            self.count_instances(&mut conn).await?;
             let missing = self.missing();
             if !missing.is_empty() {
                 for won in claim(&mut conn, &missing).await? {
@@ -118,8 +134,29 @@ impl Roles {
                     return conn.close().await;
                 }
             }
-            conn.ping().await?;
         }
+    }
+
+    /// Counts the live instances (one statement on the roles connection, which also shows
+    /// that the connection is alive).
+    async fn count_instances(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let live: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks
+              WHERE locktype = 'advisory' AND granted AND objsubid = 1 AND mode = 'ShareLock'
+                AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                AND ((classid::bigint << 32) | objid::bigint) = hashtextextended($1, 0)",
+        )
+        .bind(lock_key(INSTANCE))
+        .fetch_one(conn)
+        .await?;
+        let live = usize::try_from(live).unwrap_or(1).max(1);
+        self.instances.send_if_modified(|known| {
+            let changed = *known != live;
+            *known = live;
+            changed
+        });
+        crate::metrics::instances_live(live);
+        Ok(())
     }
 
     fn missing(&self) -> Vec<String> {
@@ -260,6 +297,9 @@ pub async fn holders(
         })
         .collect())
 }
+
+/// The lock every live instance holds shared (not a role: no one holds it alone).
+const INSTANCE: &str = "instance";
 
 /// The advisory lock of a role: `chronicle.<role>`.
 fn lock_key(role: &str) -> String {

@@ -1,12 +1,16 @@
 //! Per-client rate limits on mutations: token buckets per client (governor's GCRA), one for
-//! mutation fields and one for the items of bulk mutations.
+//! mutation fields and one for the items of bulk mutations. The limits are the deployment's:
+//! each of N live instances enforces 1/N of them (rounded up), so a client spreading its
+//! calls over every instance gets about the configured rate, not N times it.
 
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// The largest bulk submission: a bucket of items always holds at least this many, so one
 /// whole bulk passes a rested client.
@@ -36,6 +40,14 @@ impl MutationCost {
 /// Mutations and bulk items each client may send; off when built with a rate of 0.
 #[derive(Clone, Default)]
 pub struct RateLimiter {
+    limits: Option<RateLimits>,
+    shared: Arc<RwLock<Share>>,
+}
+
+/// This instance's share of the limits: among how many instances, and its buckets.
+#[derive(Default)]
+struct Share {
+    instances: usize,
     buckets: Option<Arc<Buckets>>,
 }
 
@@ -56,23 +68,43 @@ pub struct RateLimits {
 }
 
 impl RateLimiter {
-    /// The limits `limits` describes.
+    /// The limits `limits` describes, enforced whole until [`RateLimiter::split`].
     pub fn new(limits: RateLimits) -> Self {
-        let buckets = NonZeroU32::new(limits.per_second).map(|rate| {
-            let burst = NonZeroU32::new(limits.burst.max(limits.per_second)).unwrap_or(rate);
-            let item_rate = NonZeroU32::new(limits.items_per_second).unwrap_or(NonZeroU32::MAX);
-            let item_burst = NonZeroU32::new(limits.items_per_second.max(LARGEST_BULK))
-                .unwrap_or(NonZeroU32::MAX);
-            Arc::new(Buckets {
-                mutations: DefaultKeyedRateLimiter::keyed(
-                    Quota::per_second(rate).allow_burst(burst),
-                ),
-                items: DefaultKeyedRateLimiter::keyed(
-                    Quota::per_second(item_rate).allow_burst(item_burst),
-                ),
-            })
+        let limiter = Self {
+            limits: (limits.per_second > 0).then_some(limits),
+            shared: Arc::default(),
+        };
+        limiter.split(1);
+        limiter
+    }
+
+    /// Enforces 1/`instances` of the limits from now on (buckets start full again when the
+    /// count changes).
+    pub fn split(&self, instances: usize) {
+        let instances = instances.max(1);
+        let mut share = self.shared.write().unwrap_or_else(PoisonError::into_inner);
+        if share.instances == instances {
+            return;
+        }
+        share.instances = instances;
+        share.buckets = self
+            .limits
+            .map(|limits| Arc::new(Buckets::sharing(limits, instances)));
+    }
+
+    /// Splits the limits as `instances` (the live instance count) changes, until `shutdown`.
+    pub fn follow(&self, mut instances: watch::Receiver<usize>, shutdown: CancellationToken) {
+        let limiter = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let count = *instances.borrow_and_update();
+                limiter.split(count);
+                tokio::select! {
+                    changed = instances.changed() => if changed.is_err() { return },
+                    () = shutdown.cancelled() => return,
+                }
+            }
         });
-        Self { buckets }
     }
 
     /// Takes `cost` from `client`'s buckets.
@@ -81,12 +113,41 @@ impl RateLimiter {
     /// The wait after which the buckets hold enough (a whole burst's refill when `cost` is
     /// more than a burst).
     pub fn check(&self, client: &str, cost: MutationCost) -> Result<(), Duration> {
-        let Some(buckets) = &self.buckets else {
+        let buckets = self
+            .shared
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .buckets
+            .clone();
+        let Some(buckets) = buckets else {
             return Ok(());
         };
         let client = client.to_owned();
         take(&buckets.items, &client, cost.items)?;
         take(&buckets.mutations, &client, cost.mutations)
+    }
+}
+
+impl Buckets {
+    /// One instance's buckets when `instances` share `limits`: each rate and burst divided,
+    /// rounded up. The item burst still holds one largest bulk.
+    fn sharing(limits: RateLimits, instances: usize) -> Self {
+        let instances = u32::try_from(instances).unwrap_or(u32::MAX).max(1);
+        let share = |value: u32| value.div_ceil(instances).max(1);
+        let rate = NonZeroU32::new(share(limits.per_second)).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(share(limits.burst.max(limits.per_second))).unwrap_or(rate);
+        let item_rate = match limits.items_per_second {
+            0 => NonZeroU32::MAX,
+            items => NonZeroU32::new(share(items)).unwrap_or(NonZeroU32::MIN),
+        };
+        let item_burst = NonZeroU32::new(share(limits.items_per_second).max(LARGEST_BULK))
+            .unwrap_or(NonZeroU32::MAX);
+        Self {
+            mutations: DefaultKeyedRateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
+            items: DefaultKeyedRateLimiter::keyed(
+                Quota::per_second(item_rate).allow_burst(item_burst),
+            ),
+        }
     }
 }
 
@@ -162,6 +223,21 @@ mod tests {
             Ok(()),
             "single mutations go on"
         );
+    }
+
+    #[test]
+    fn instances_share_the_limits_each_enforcing_its_part_rounded_up() {
+        let limiter = limiter(10, 30, 1_000);
+        limiter.split(3);
+        let passed = (0..40)
+            .filter(|_| limiter.check("a", mutations(1)).is_ok())
+            .count();
+        assert_eq!(passed, 10, "a third of a burst of 30");
+        limiter.split(4);
+        let passed = (0..40)
+            .filter(|_| limiter.check("a", mutations(1)).is_ok())
+            .count();
+        assert_eq!(passed, 8, "a quarter of 30, rounded up");
     }
 
     #[test]

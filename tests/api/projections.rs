@@ -251,3 +251,35 @@ async fn forged_notifications_change_nothing() {
     app.projected("d", 1).await;
     app.stop().await;
 }
+
+/// Standbys wait on their one roles connection: over 30 idle seconds neither the leader
+/// nor the standby opens a database session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_instances_open_no_new_sessions() {
+    let db = TestDb::new().await;
+    let leader = TestApp::spawn(&db, "idle-leader").await;
+    eventually(Duration::from_secs(10), "the leader to lead", || async {
+        (holders(&db.pool).await == ["idle-leader"]).then_some(())
+    })
+    .await;
+    let standby = TestApp::spawn(&db, "idle-standby").await;
+    // Start-up settles (first looks of every worker, pooled connections opened).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let since: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&db.pool)
+        .await
+        .expect("now");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let opened: Vec<(String, String)> = sqlx::query_as(
+        "SELECT application_name, backend_start::text FROM pg_stat_activity
+          WHERE datname = current_database() AND backend_start > $1
+            AND application_name IN ('idle-leader', 'idle-standby')",
+    )
+    .bind(since)
+    .fetch_all(&db.pool)
+    .await
+    .expect("sessions");
+    assert!(opened.is_empty(), "sessions opened while idle: {opened:?}");
+    standby.stop().await;
+    leader.stop().await;
+}

@@ -1,6 +1,8 @@
 //! API keys: required, shown once, stored as a keyed hash, revoked at once; admin-only
 //! client management; the per-client rate limit.
 
+use std::time::Duration;
+
 use serde_json::{json, Value};
 
 use crate::support::{error_code as code, eventually, TestApp, TestDb, ADMIN_KEY};
@@ -188,6 +190,59 @@ async fn mutations_past_a_clients_rate_limit_are_refused_and_others_go_on() {
     let me = app.graphql_as(&key, ME, json!({})).await;
     assert!(me["errors"].is_null(), "{me}");
     app.stop().await;
+}
+
+/// The instance count each instance sees, from its `/metrics`.
+async fn instances_seen(app: &TestApp) -> Option<u32> {
+    let text = app.get("/metrics").await.text().await.ok()?;
+    let line = text
+        .lines()
+        .find(|line| line.starts_with("chronicle_instances_live"))?;
+    line.rsplit_once(' ')?.1.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_gets_about_its_rate_through_three_instances_not_three_times_it() {
+    let db = TestDb::new().await;
+    let limited = |c: &mut chronicle::config::Config| {
+        c.security.rate_limit_per_sec = 5;
+        c.security.rate_limit_burst = 5;
+    };
+    let mut apps = Vec::new();
+    for name in ["one", "two", "three"] {
+        apps.push(TestApp::spawn_configured(&db, name, limited).await);
+    }
+    for app in &apps {
+        eventually(Duration::from_secs(10), "three instances seen", || async {
+            (instances_seen(app).await == Some(3)).then_some(())
+        })
+        .await;
+    }
+    let key = apps[0].client_key("spread", "CLIENT").await;
+    let flush =
+        "mutation { flushBatch(batchId: \"00000000-0000-7000-8000-000000000000\") { version } }";
+    let (mut passed, mut refused) = (0, 0);
+    let started = std::time::Instant::now();
+    for app in apps.iter().cycle() {
+        if started.elapsed() >= Duration::from_secs(2) {
+            break;
+        }
+        match code(&app.graphql_as(&key, flush, json!({})).await) {
+            "RATE_LIMITED" => refused += 1,
+            "NOT_FOUND" => passed += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    // 5/s with a burst of 5 over 2 s is 15; each instance enforces a third rounded up (2/s,
+    // burst 2): at most 18 together. Unsplit, three instances would pass up to 45.
+    assert!(
+        (5..=18).contains(&passed),
+        "{passed} passed, {refused} refused"
+    );
+    assert!(refused > passed, "{passed} passed, {refused} refused");
+    for app in apps {
+        app.stop().await;
+    }
 }
 
 #[tokio::test]
