@@ -143,7 +143,7 @@ impl DeliveryWorker {
     pub async fn run(self, role: Role, waker: LogWaker, shutdown: CancellationToken) {
         let pause = self.settings.poll_every;
         role.lead_while_held(pause, &shutdown, |role| {
-            self.deliver(role, waker.projections_waiter(), &shutdown)
+            self.deliver(role, waker.following(&["requests", "batches"]), &shutdown)
         })
         .await;
     }

@@ -41,7 +41,7 @@ impl BatchCloser {
     /// Runs until `shutdown`, looking when the oldest building batch falls due and when
     /// read models change (a batch opened or closed), at most every `every`.
     pub async fn run(self, waker: LogWaker, shutdown: CancellationToken) {
-        let mut wake = waker.projections_waiter();
+        let mut wake = waker.following(&["batches"]);
         let next = format!(
             "SELECT min(created_at) + interval '{} milliseconds' FROM batches
               WHERE status = 'building'",

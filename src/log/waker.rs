@@ -11,7 +11,7 @@
 //! against the unforeseen: it can be long, and an idle instance stays quiet.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use sqlx::postgres::PgListener;
@@ -51,7 +51,7 @@ pub struct LogWaker {
     positions: Arc<Positions>,
     events: watch::Receiver<u64>,
     resets: watch::Receiver<u64>,
-    projected: watch::Receiver<u64>,
+    projected: Arc<Projected>,
     poll: Duration,
 }
 
@@ -60,7 +60,51 @@ struct Senders {
     positions: Arc<Positions>,
     events: watch::Sender<u64>,
     resets: watch::Sender<u64>,
-    projected: watch::Sender<u64>,
+    projected: Arc<Projected>,
+}
+
+/// Counters of projections' applied pages: one for any projection, one per set of
+/// projections some worker follows (a notification naming none of a set leaves it alone;
+/// names nobody follows, forged ones included, change nothing else).
+struct Projected {
+    any: watch::Sender<u64>,
+    followed: Mutex<Vec<(&'static [&'static str], watch::Sender<u64>)>>,
+}
+
+impl Projected {
+    fn new() -> Self {
+        Self {
+            any: watch::channel(0).0,
+            followed: Mutex::default(),
+        }
+    }
+
+    fn followed(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Vec<(&'static [&'static str], watch::Sender<u64>)>> {
+        self.followed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `projection` applied a page (`None`: anything may have changed).
+    fn bump(&self, projection: Option<&str>) {
+        bump(&self.any);
+        for (names, sender) in self.followed().iter() {
+            if projection.is_none_or(|name| names.contains(&name)) {
+                bump(sender);
+            }
+        }
+    }
+
+    /// The counter of `names`, made on first use.
+    fn of(&self, names: &'static [&'static str]) -> watch::Receiver<u64> {
+        let mut followed = self.followed();
+        if let Some((_, sender)) = followed.iter().find(|(known, _)| *known == names) {
+            return sender.subscribe();
+        }
+        let (sender, receiver) = watch::channel(0);
+        followed.push((names, sender));
+        receiver
+    }
 }
 
 fn bump(sender: &watch::Sender<u64>) {
@@ -71,7 +115,7 @@ impl Senders {
     fn notified(&self, channel: &str, payload: &str) {
         match channel {
             RESETS => bump(&self.resets),
-            PROJECTED => bump(&self.projected),
+            PROJECTED => self.projected.bump(Some(payload)),
             _ => {
                 // Recorded before the bump, so a woken consumer sees it.
                 if let Ok(position) = payload.parse::<i64>() {
@@ -88,7 +132,7 @@ impl Senders {
         self.positions.resyncs.fetch_add(1, Ordering::AcqRel);
         bump(&self.events);
         bump(&self.resets);
-        bump(&self.projected);
+        self.projected.bump(None);
     }
 }
 
@@ -104,13 +148,13 @@ impl LogWaker {
     pub fn start(pool: &PgPool, poll: Duration, shutdown: CancellationToken) -> Self {
         let (events_sender, events) = watch::channel(0);
         let (resets_sender, resets) = watch::channel(0);
-        let (projected_sender, projected) = watch::channel(0);
+        let projected = Arc::new(Projected::new());
         let positions = Arc::new(Positions::default());
         let senders = Senders {
             positions: positions.clone(),
             events: events_sender,
             resets: resets_sender,
-            projected: projected_sender,
+            projected: projected.clone(),
         };
         tokio::spawn(listen(pool.clone(), senders, shutdown));
         Self {
@@ -150,11 +194,20 @@ impl LogWaker {
         }
     }
 
-    /// A waiter for one consumer of read models (a worker): it wakes when a projector
-    /// applied a page anywhere.
+    /// A waiter for one consumer of read models: it wakes when a projector applied a page
+    /// anywhere.
     pub fn projections_waiter(&self) -> Waiter {
         Waiter {
-            ticks: unchanged(&self.projected),
+            ticks: self.projected.any.subscribe(),
+            poll: self.poll,
+        }
+    }
+
+    /// A waiter for a worker that reads the read models of `projections`: it wakes when one
+    /// of them applied a page (not for the others', which cannot give it work).
+    pub fn following(&self, projections: &'static [&'static str]) -> Waiter {
+        Waiter {
+            ticks: self.projected.of(projections),
             poll: self.poll,
         }
     }
@@ -237,4 +290,37 @@ pub async fn next_due(pool: &PgPool, sql: &str) -> Option<Instant> {
         });
     let wait = (at? - chrono::Utc::now()).to_std().unwrap_or_default();
     Some(Instant::now() + wait)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_is_woken_by_the_projections_it_follows_and_by_a_resync_only() {
+        let projected = Projected::new();
+        let mut any = projected.any.subscribe();
+        let mut delivery = projected.of(&["requests", "batches"]);
+        let transfers = projected.of(&["transfers"]);
+        projected.bump(Some("requests"));
+        assert!(any.has_changed().unwrap_or(false));
+        assert!(delivery.has_changed().unwrap_or(false));
+        assert!(!transfers.has_changed().unwrap_or(true));
+        any.mark_unchanged();
+        delivery.mark_unchanged();
+        projected.bump(Some("forged name"));
+        assert!(any.has_changed().unwrap_or(false));
+        assert!(!delivery.has_changed().unwrap_or(true));
+        assert!(!transfers.has_changed().unwrap_or(true));
+        projected.bump(None);
+        assert!(delivery.has_changed().unwrap_or(false));
+        assert!(transfers.has_changed().unwrap_or(false));
+        assert_eq!(
+            projected.followed().len(),
+            2,
+            "one counter per set followed"
+        );
+        let _same = projected.of(&["transfers"]);
+        assert_eq!(projected.followed().len(), 2);
+    }
 }

@@ -65,7 +65,7 @@ impl Responder {
         let responder = Arc::new(self);
         let pause = responder.poll_every;
         role.lead_while_held(pause, &shutdown, |role| {
-            let wake = waker.projections_waiter();
+            let wake = waker.following(&["simulations"]);
             responder.clone().respond_while(role, wake, &shutdown)
         })
         .await;

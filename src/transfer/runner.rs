@@ -157,7 +157,7 @@ impl TransferRunner {
     pub async fn run(self, role: Role, waker: LogWaker, shutdown: CancellationToken) {
         let pause = self.settings.poll_every;
         role.lead_while_held(pause, &shutdown, |role| {
-            self.lead(role, waker.projections_waiter(), &shutdown)
+            self.lead(role, waker.following(&["transfers", "queries"]), &shutdown)
         })
         .await;
     }
