@@ -22,7 +22,7 @@ use chronicle_projections::transitions::Transitions;
 use chronicle_projections::Projector;
 
 pub use consistency::{NotYet, ReadModels};
-pub use leader::{holders, Holder, Role, Roles};
+pub use leader::{holders, Holder, InstanceCount, Role, Roles};
 pub use operate::{reset, resolve_parked, ParkedAction, ParkedError};
 pub use runner::{ProjectionRunner, Rebuild, RebuildProgress, RunnerError, RunnerSettings};
 

@@ -132,8 +132,9 @@ fn builder() -> SchemaBuilder<Query, Mutation, Subscription> {
         Subscription::default(),
     )
     .extension(DefaultErrorCodes)
-    .extension(MutationMetrics)
     .extension(DocumentBudget)
+    // Inside the budget's parse (it sees the document even when the budget refuses it).
+    .extension(MutationMetrics)
     .limit_depth(MAX_DEPTH)
     .limit_complexity(MAX_COMPLEXITY)
 }

@@ -3,11 +3,12 @@
 //!
 //! A lock lives as long as the connection: if this instance dies or loses its connection,
 //! PostgreSQL releases every lock it held and standbys take over. One task owns the
-//! connection. The connection also holds a lock every live instance holds shared; once per
-//! retry interval the task counts its holders (the live instances, which split the rate
-//! limits; the read also shows the connection alive) and, while some role is held
-//! elsewhere, asks for all the missing ones in one statement. Standbys therefore open no new
-//! sessions while they wait. The checkpoint's optimistic update (see
+//! connection. While every wanted role is held it only checks that the connection is alive
+//! (a protocol sync, no statement); while some role is held elsewhere it asks for all the
+//! missing ones in one statement, at most once per retry interval. Standbys therefore open no
+//! new sessions while they wait. The connection also holds a lock every live instance holds
+//! shared; its holders are counted (the live instances, which split the rate limits) when the
+//! connection opens and when the rate limiter, in use, asks. The checkpoint's optimistic update (see
 //! `chronicle_projections::checkpoint`) guards the short window in which a leader has not
 //! yet noticed that it lost its connection.
 
@@ -28,6 +29,23 @@ pub struct Roles {
     asked: Arc<Notify>,
     /// Live instances on the database, this one included (1 until first counted).
     instances: Arc<watch::Sender<usize>>,
+    /// Asks the owner task to count the live instances again.
+    count_asked: Arc<Notify>,
+}
+
+/// The live instance count as it changes, and a way to ask for it to be counted again.
+#[derive(Clone)]
+pub struct InstanceCount {
+    /// The count, as counted last.
+    pub live: watch::Receiver<usize>,
+    asked: Arc<Notify>,
+}
+
+impl InstanceCount {
+    /// Asks the roles connection to count the live instances again (one read, soon).
+    pub fn recount(&self) {
+        self.asked.notify_one();
+    }
 }
 
 /// One role: whether this instance holds it, as it changes.
@@ -49,6 +67,7 @@ impl Roles {
             wanted: Arc::default(),
             asked: Arc::default(),
             instances: Arc::new(watch::channel(1).0),
+            count_asked: Arc::default(),
         };
         let task = roles.clone().hold(options, retry, shutdown);
         (roles, task)
@@ -68,11 +87,16 @@ impl Roles {
         Role { held }
     }
 
-    /// How many instances are live on the database, this one included, as it changes:
+    /// How many instances are live on the database, this one included, as counted last:
     /// every instance's roles connection holds a shared lock that the count reads, so a
-    /// dead instance leaves the count with its connection.
-    pub fn instances(&self) -> watch::Receiver<usize> {
-        self.instances.subscribe()
+    /// dead instance leaves the count with its connection. It is counted when the
+    /// connection opens and when [`InstanceCount::recount`] asks: an idle instance reads
+    /// nothing.
+    pub fn instances(&self) -> InstanceCount {
+        InstanceCount {
+            live: self.instances.subscribe(),
+            asked: self.count_asked.clone(),
+        }
     }
 
     /// The names of the roles this instance claims, sorted.
@@ -115,8 +139,8 @@ impl Roles {
             .bind(lock_key(INSTANCE))
             .execute(&mut conn)
             .await?;
+        self.count_instances(&mut conn).await?;
         loop {
-            self.count_instances(&mut conn).await?;
             let missing = self.missing();
             if !missing.is_empty() {
                 for won in claim(&mut conn, &missing).await? {
@@ -127,8 +151,9 @@ impl Roles {
                 }
             }
             tokio::select! {
-                () = tokio::time::sleep(retry) => {}
+                () = tokio::time::sleep(retry) => conn.ping().await?,
                 () = self.asked.notified() => {}
+                () = self.count_asked.notified() => self.count_instances(&mut conn).await?,
                 () = shutdown.cancelled() => {
                     // Closing releases every lock at once, for the standbys.
                     return conn.close().await;

@@ -4,13 +4,14 @@
 //! calls over every instance gets about the configured rate, not N times it.
 
 use std::num::NonZeroU32;
-use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+use crate::projection::InstanceCount;
 
 /// The largest bulk submission: a bucket of items always holds at least this many, so one
 /// whole bulk passes a rested client.
@@ -42,7 +43,13 @@ impl MutationCost {
 pub struct RateLimiter {
     limits: Option<RateLimits>,
     shared: Arc<RwLock<Share>>,
+    /// Where to ask for the live instances to be counted again, and when it was last asked.
+    recount: Arc<Mutex<Option<InstanceCount>>>,
+    counted_at: Arc<Mutex<Option<Instant>>>,
 }
+
+/// How often a limiter in use has the live instances counted (an idle one never does).
+const RECOUNT_EVERY: Duration = Duration::from_secs(5);
 
 /// This instance's share of the limits: among how many instances, and its buckets.
 #[derive(Default)]
@@ -73,6 +80,8 @@ impl RateLimiter {
         let limiter = Self {
             limits: (limits.per_second > 0).then_some(limits),
             shared: Arc::default(),
+            recount: Arc::default(),
+            counted_at: Arc::default(),
         };
         limiter.split(1);
         limiter
@@ -92,19 +101,43 @@ impl RateLimiter {
             .map(|limits| Arc::new(Buckets::sharing(limits, instances)));
     }
 
-    /// Splits the limits as `instances` (the live instance count) changes, until `shutdown`.
-    pub fn follow(&self, mut instances: watch::Receiver<usize>, shutdown: CancellationToken) {
+    /// Splits the limits as the live instance count changes, until `shutdown`; while the
+    /// limiter is in use it has the instances counted again every 5 s.
+    pub fn follow(&self, instances: InstanceCount, shutdown: CancellationToken) {
         let limiter = self.clone();
+        let InstanceCount { mut live, .. } = instances.clone();
+        if let Ok(mut recount) = self.recount.lock() {
+            *recount = Some(instances);
+        }
         tokio::spawn(async move {
             loop {
-                let count = *instances.borrow_and_update();
+                let count = *live.borrow_and_update();
                 limiter.split(count);
                 tokio::select! {
-                    changed = instances.changed() => if changed.is_err() { return },
+                    changed = live.changed() => if changed.is_err() { return },
                     () = shutdown.cancelled() => return,
                 }
             }
         });
+    }
+
+    /// Asks for a recount when the last is older than `RECOUNT_EVERY`.
+    fn recount_if_due(&self) {
+        if self.limits.is_none() {
+            return;
+        }
+        let Ok(mut last) = self.counted_at.lock() else {
+            return;
+        };
+        if last.is_some_and(|at| at.elapsed() < RECOUNT_EVERY) {
+            return;
+        }
+        *last = Some(Instant::now());
+        if let Ok(recount) = self.recount.lock() {
+            if let Some(instances) = recount.as_ref() {
+                instances.recount();
+            }
+        }
     }
 
     /// Takes `cost` from `client`'s buckets.
@@ -113,6 +146,7 @@ impl RateLimiter {
     /// The wait after which the buckets hold enough (a whole burst's refill when `cost` is
     /// more than a burst).
     pub fn check(&self, client: &str, cost: MutationCost) -> Result<(), Duration> {
+        self.recount_if_due();
         let buckets = self
             .shared
             .read()

@@ -189,6 +189,18 @@ async fn mutations_past_a_clients_rate_limit_are_refused_and_others_go_on() {
     // Queries are not limited.
     let me = app.graphql_as(&key, ME, json!({})).await;
     assert!(me["errors"].is_null(), "{me}");
+    // Refused mutations are counted by name with their code, each field of a document.
+    let metrics = app.get("/metrics").await.text().await.expect("metrics");
+    let refused_flushes = metrics
+        .lines()
+        .find(|l| l.contains("mutation=\"flushBatch\"") && l.contains("RATE_LIMITED"))
+        .and_then(|l| l.rsplit_once(' ')?.1.parse::<u32>().ok());
+    let codes_refused = codes.iter().filter(|c| *c == "RATE_LIMITED").count();
+    assert_eq!(
+        refused_flushes,
+        u32::try_from(codes_refused + 4).ok(),
+        "{metrics}"
+    );
     app.stop().await;
 }
 
@@ -212,15 +224,20 @@ async fn a_client_gets_about_its_rate_through_three_instances_not_three_times_it
     for name in ["one", "two", "three"] {
         apps.push(TestApp::spawn_configured(&db, name, limited).await);
     }
-    for app in &apps {
-        eventually(Duration::from_secs(10), "three instances seen", || async {
-            (instances_seen(app).await == Some(3)).then_some(())
-        })
-        .await;
-    }
     let key = apps[0].client_key("spread", "CLIENT").await;
     let flush =
         "mutation { flushBatch(batchId: \"00000000-0000-7000-8000-000000000000\") { version } }";
+    // A limiter in use has the instances counted (an idle instance counts nothing): one
+    // call to each, then every instance has counted three.
+    for app in &apps {
+        app.graphql_as(&key, flush, json!({})).await;
+    }
+    eventually(
+        Duration::from_secs(10),
+        "three instances counted",
+        || async { (instances_seen(&apps[0]).await == Some(3)).then_some(()) },
+    )
+    .await;
     let (mut passed, mut refused) = (0, 0);
     let started = std::time::Instant::now();
     for app in apps.iter().cycle() {
