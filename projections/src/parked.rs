@@ -211,8 +211,8 @@ pub async fn lock(
     row.map(parked).transpose()
 }
 
-/// Records `resolution` of the (locked, parked) event by `by`: `error` is the new failure
-/// of a retry that failed again.
+/// Records `resolution` of the parked event by `by`: `error` is the new failure of a retry
+/// that failed again. An event resolved meanwhile (by another admin) is left as it is.
 ///
 /// # Errors
 /// Any database error.
@@ -230,7 +230,7 @@ pub async fn resolve(
             SET status = $3, attempts = attempts + $4, error = coalesce($5, error),
                 resolved_by = CASE WHEN $3 = 'parked' THEN resolved_by ELSE $6 END,
                 resolved_at = CASE WHEN $3 = 'parked' THEN resolved_at ELSE now() END
-          WHERE projection = $1 AND log_position = $2",
+          WHERE projection = $1 AND log_position = $2 AND status = 'parked'",
     )
     .bind(&parked.projection)
     .bind(parked.position)

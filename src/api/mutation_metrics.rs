@@ -78,9 +78,10 @@ impl Extension for MutationMetricsExtension {
 /// The outcome of the root field answered under `key`: the code of its error, or of an
 /// error of the whole request; `ok` without either.
 fn outcome<'e>(errors: &'e [ServerError], key: &str) -> &'e str {
-    let own = errors.iter().find(
-        |error| matches!(error.path.first(), Some(PathSegment::Field(field)) if field == key),
-    );
+    // The field's own error; a nested field's (the mutation took effect) does not count.
+    let own = errors
+        .iter()
+        .find(|error| matches!(error.path.as_slice(), [PathSegment::Field(field)] if field == key));
     let whole = || errors.iter().find(|error| error.path.is_empty());
     match own.or_else(whole) {
         None => "ok",

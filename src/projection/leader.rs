@@ -31,6 +31,8 @@ pub struct Roles {
     instances: Arc<watch::Sender<usize>>,
     /// Asks the owner task to count the live instances again.
     count_asked: Arc<Notify>,
+    /// Whether this process serves (counts among the live instances) or is a tool.
+    serving: bool,
 }
 
 /// The live instance count as it changes, and a way to ask for it to be counted again.
@@ -55,19 +57,39 @@ pub struct Role {
 }
 
 impl Roles {
-    /// The roles of an instance, and the task to run (spawn it) that claims them on one
-    /// connection opened with `options`, asking for missing roles every `retry`, until
-    /// `shutdown` (which releases them all, as does dropping the task).
+    /// The roles of a tool (a CLI rebuild), and the task to run (spawn it) that claims them
+    /// on one connection opened with `options`, asking for missing roles every `retry`,
+    /// until `shutdown` (which releases them all, as does dropping the task). A tool is not
+    /// a live instance: it does not count in the instances that split the rate limits.
     pub fn new(
         options: PgConnectOptions,
         retry: Duration,
         shutdown: CancellationToken,
+    ) -> (Self, impl std::future::Future<Output = ()> + Send + 'static) {
+        Self::start(options, retry, shutdown, false)
+    }
+
+    /// Like [`Roles::new`], for an instance that serves: it counts among the live instances.
+    pub fn serving(
+        options: PgConnectOptions,
+        retry: Duration,
+        shutdown: CancellationToken,
+    ) -> (Self, impl std::future::Future<Output = ()> + Send + 'static) {
+        Self::start(options, retry, shutdown, true)
+    }
+
+    fn start(
+        options: PgConnectOptions,
+        retry: Duration,
+        shutdown: CancellationToken,
+        serving: bool,
     ) -> (Self, impl std::future::Future<Output = ()> + Send + 'static) {
         let roles = Self {
             wanted: Arc::default(),
             asked: Arc::default(),
             instances: Arc::new(watch::channel(1).0),
             count_asked: Arc::default(),
+            serving,
         };
         let task = roles.clone().hold(options, retry, shutdown);
         (roles, task)
@@ -135,11 +157,13 @@ impl Roles {
         retry: Duration,
         shutdown: &CancellationToken,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT pg_advisory_lock_shared(hashtextextended($1, 0))")
-            .bind(lock_key(INSTANCE))
-            .execute(&mut conn)
-            .await?;
-        self.count_instances(&mut conn).await?;
+        if self.serving {
+            sqlx::query("SELECT pg_advisory_lock_shared(hashtextextended($1, 0))")
+                .bind(lock_key(INSTANCE))
+                .execute(&mut conn)
+                .await?;
+            self.count_instances(&mut conn).await?;
+        }
         loop {
             let missing = self.missing();
             if !missing.is_empty() {

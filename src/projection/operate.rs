@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use chronicle_projections::parked::{self, Parked, ParkedStatus, Resolution};
-use chronicle_projections::{checkpoint, LogCursor, ProjectionError, Projector};
+use chronicle_projections::{checkpoint, LogCursor, ProjectionError, Projector, RecordedEvent};
 use sqlx::{PgConnection, PgPool};
 
 use super::RunnerError;
@@ -79,6 +79,12 @@ pub async fn resolve_parked(
     (action, by): (ParkedAction, &str),
 ) -> Result<Parked, ParkedError> {
     let projector = find(projectors, name)?;
+    // Read before taking the locks: the read takes another pooled connection, and appends
+    // waiting on the log lock could hold them all.
+    let event = match action {
+        ParkedAction::Retry => read_event(reader, position).await?,
+        ParkedAction::Skip => None,
+    };
     let mut tx = pool.begin().await?;
     let (parked, stored) = lock_parked(&mut tx, projector.as_ref(), position).await?;
     let halted_on_it = stored < LogCursor::at(position);
@@ -94,7 +100,7 @@ pub async fn resolve_parked(
             .await
         }
         ParkedAction::Retry => {
-            if let Err(error) = apply(&mut tx, reader, projector.as_ref(), &parked).await {
+            if let Err(error) = apply(&mut tx, projector.as_ref(), &parked, event.as_ref()).await {
                 drop(tx);
                 let message = error.to_string();
                 parked::resolve(pool, &parked, Resolution::FailedAgain, by, Some(&message)).await?;
@@ -112,26 +118,34 @@ pub async fn resolve_parked(
     }
 }
 
-/// Applies the `parked` event with `projector` in `conn`'s transaction.
-async fn apply(
-    conn: &mut PgConnection,
+/// The event at `position` in the log, if it is there.
+async fn read_event(
     reader: &LogReader,
-    projector: &dyn Projector,
-    parked: &Parked,
-) -> Result<(), ProjectionError> {
-    let position = parked.position;
-    let event = reader
+    position: i64,
+) -> Result<Option<RecordedEvent>, sqlx::Error> {
+    let page = reader
         .read(LogCursor::at(position - 1), &LogFilter::default(), 1)
-        .await?
+        .await?;
+    Ok(page
         .events
         .into_iter()
-        .find(|event| event.cursor.position == position)
-        .ok_or_else(|| ProjectionError::Malformed {
-            position,
-            event_type: parked.event_type.clone(),
-            reason: "the event is no longer in the log".into(),
-        })?;
-    projector.apply(conn, &[&event]).await
+        .find(|event| event.cursor.position == position))
+}
+
+/// Applies the `parked` event (`event`, as read from the log) with `projector` in `conn`'s
+/// transaction.
+async fn apply(
+    conn: &mut PgConnection,
+    projector: &dyn Projector,
+    parked: &Parked,
+    event: Option<&RecordedEvent>,
+) -> Result<(), ProjectionError> {
+    let event = event.ok_or_else(|| ProjectionError::Malformed {
+        position: parked.position,
+        event_type: parked.event_type.clone(),
+        reason: "the event is no longer in the log".into(),
+    })?;
+    projector.apply(conn, &[event]).await
 }
 
 fn find(projectors: &[Arc<dyn Projector>], name: &str) -> Result<Arc<dyn Projector>, ParkedError> {

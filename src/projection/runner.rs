@@ -157,9 +157,7 @@ impl ProjectionRunner {
             // a reset by itself: it compares the locked checkpoints).
             if std::mem::take(&mut reset) {
                 for (place, stored) in places.iter_mut().zip(self.stored_places().await?) {
-                    if stored.stored != place.stored {
-                        *place = stored;
-                    }
+                    place.reload(stored);
                 }
             }
             if settled {

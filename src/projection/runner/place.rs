@@ -69,6 +69,15 @@ impl Place {
         self.paused_until.is_none() && !self.halted
     }
 
+    /// After a reset somewhere in the set: takes the `stored` place where it differs (the
+    /// checkpoint moved, or the halt was resolved or begun elsewhere; a projector halted at
+    /// the start of the log and rebuilt again has the same checkpoint but no halt).
+    pub(super) fn reload(&mut self, stored: Self) {
+        if stored.stored != self.stored || stored.halted != self.halted {
+            *self = stored;
+        }
+    }
+
     /// Whether its shares are one event each, to find the event it fails on.
     pub(super) fn isolating(&self) -> bool {
         self.failing.is_some()
@@ -310,10 +319,27 @@ mod tests {
     }
 
     #[test]
-    fn a_halted_place_takes_no_part_until_reloaded() {
-        let mut place = Place::at(LogCursor::at(3));
+    fn a_halted_place_takes_no_part_until_a_reload_finds_the_halt_resolved() {
+        let mut place = Place::at(LogCursor::START);
         place.halted = true;
         assert!(!place.resume(Instant::now()));
-        assert!(Place::at(LogCursor::at(4)).resume(Instant::now()));
+        // Still halted in the store: the reload keeps it out.
+        let mut still = Place::at(LogCursor::START);
+        still.halted = true;
+        place.reload(still);
+        assert!(!place.resume(Instant::now()));
+        // Rebuilt again (checkpoint unchanged at the start, halt forgotten): it takes part.
+        place.reload(Place::at(LogCursor::START));
+        assert!(place.resume(Instant::now()));
+        // A projector looking for a failing event keeps looking when nothing changed.
+        let mut failing = Place::at(LogCursor::at(5));
+        failing.failing = Some(Failing {
+            until: LogCursor::at(9),
+            at: None,
+            attempts: 0,
+            backoff: backoff(POLICY),
+        });
+        failing.reload(Place::at(LogCursor::at(5)));
+        assert!(failing.isolating());
     }
 }
