@@ -5,6 +5,7 @@
 use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
+use chronicle_projections::checkpoint::State;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sqlx::PgPool;
 
@@ -160,10 +161,8 @@ async fn refresh(pool: &PgPool) -> Result<(), sqlx::Error> {
         metrics::gauge!("chronicle_projection_parked_events", "projection" => name.clone())
             .set(status.parked as f64);
         metrics::gauge!("chronicle_projection_halted", "projection" => name.clone())
-            .set(f64::from(u8::from(status.halted_at.is_some())));
-        let progress = status.rebuild_target.map_or(1.0, |target| {
-            (status.cursor.position as f64 / target.max(1) as f64).min(1.0)
-        });
+            .set(f64::from(u8::from(status.state() == State::Halted)));
+        let progress = status.rebuild_progress().unwrap_or(1.0);
         metrics::gauge!("chronicle_projection_rebuild_progress", "projection" => name)
             .set(progress);
         metrics::gauge!("chronicle_projection_applied_events", "projection" => status.name)

@@ -114,24 +114,25 @@ pub async fn advance(conn: &mut PgConnection, moves: &[Move<'_>]) -> Result<(), 
 }
 
 /// Puts the (locked) checkpoint back to the start of the log, for a rebuild, which lasts
-/// until it passes the log's head of now.
+/// until it passes the log's head of now; returns that head (0 for an empty log).
 ///
 /// # Errors
 /// Any database error.
-pub async fn reset(conn: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
+pub async fn reset(conn: &mut PgConnection, name: &str) -> Result<i64, sqlx::Error> {
     // The notification tells the instance running the projector, when it commits.
-    sqlx::query(
+    let target: Option<i64> = sqlx::query_scalar(
         "WITH reset AS (
             UPDATE projection_checkpoints
                SET log_position = 0, events_applied = 0, updated_at = now(),
                    rebuild_target = (SELECT max(log_position) FROM events)
-             WHERE name = $1)
-         SELECT pg_notify('chronicle_resets', $1)",
+             WHERE name = $1
+            RETURNING rebuild_target)
+         SELECT (SELECT rebuild_target FROM reset) FROM pg_notify('chronicle_resets', $1)",
     )
     .bind(name)
-    .execute(conn)
+    .fetch_one(conn)
     .await?;
-    Ok(())
+    Ok(target.unwrap_or(0))
 }
 
 /// A projector's progress, for operators.
@@ -155,6 +156,34 @@ pub struct Status {
     pub halted_at: Option<i64>,
     /// Its events parked and not resolved yet.
     pub parked: i64,
+}
+
+/// How a projection stands, derived from its checkpoint and parked events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Applying the log as it grows.
+    Live,
+    /// Applying the log from the start after a reset.
+    Rebuilding,
+    /// Stopped at a parked event until an admin resolves it.
+    Halted,
+}
+
+impl Status {
+    /// How it stands: halted on a parked event, else rebuilding until it passes its target.
+    pub fn state(&self) -> State {
+        match (self.halted_at, self.rebuild_target) {
+            (Some(_), _) => State::Halted,
+            (None, Some(_)) => State::Rebuilding,
+            (None, None) => State::Live,
+        }
+    }
+
+    /// While rebuilding, the share (0 to 1) of the log up to its target applied.
+    pub fn rebuild_progress(&self) -> Option<f64> {
+        self.rebuild_target
+            .map(|target| (self.cursor.position as f64 / target.max(1) as f64).clamp(0.0, 1.0))
+    }
 }
 
 type StatusRow = (

@@ -137,15 +137,12 @@ impl Projection {
 
 impl Projection {
     fn of(status: Status) -> Self {
-        let state = match (status.halted_at, status.rebuild_target) {
-            (Some(_), _) => ProjectionState::Halted,
-            (None, Some(_)) => ProjectionState::Rebuilding,
-            (None, None) => ProjectionState::Live,
+        let state = match status.state() {
+            checkpoint::State::Live => ProjectionState::Live,
+            checkpoint::State::Rebuilding => ProjectionState::Rebuilding,
+            checkpoint::State::Halted => ProjectionState::Halted,
         };
-        let rebuild_progress = status.rebuild_target.map(|target| {
-            let done = status.cursor.position as f64 / (target.max(1) as f64);
-            (done * 100.0).clamp(0.0, 100.0)
-        });
+        let rebuild_progress = status.rebuild_progress().map(|done| done * 100.0);
         Self {
             inline: projection::inline().iter().any(|p| p.name() == status.name),
             name: status.name,

@@ -4,7 +4,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use anyhow::Context;
-use chronicle_projections::checkpoint;
+use chronicle_projections::checkpoint::{self, State};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -25,13 +25,10 @@ pub(super) async fn status(pool: &PgPool) -> anyhow::Result<()> {
         "projection", "state", "applied", "lag", "lag (s)", "parked", "cursor", "updated"
     );
     for status in checkpoint::status(pool, &Wiring::standard().projectors).await? {
-        let state = match (status.halted_at, status.rebuild_target) {
-            (Some(_), _) => "halted".to_owned(),
-            (None, Some(target)) => format!(
-                "rebuild {:.0}%",
-                status.cursor.position as f64 / target.max(1) as f64 * 100.0
-            ),
-            (None, None) => "live".to_owned(),
+        let state = match (status.state(), status.rebuild_progress()) {
+            (State::Halted, _) => "halted".to_owned(),
+            (State::Rebuilding, Some(done)) => format!("rebuild {:.0}%", done * 100.0),
+            (State::Rebuilding | State::Live, _) => "live".to_owned(),
         };
         table.push_str(&format!(
             "{:<24} {:<10} {:>12} {:>10} {:>10.1} {:>7} {:<16} {}\n",

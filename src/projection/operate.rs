@@ -46,14 +46,9 @@ pub async fn reset(pool: &PgPool, projector: &dyn Projector) -> Result<i64, Runn
     lock_like_runner(&mut tx, projector).await?;
     projector.reset(&mut tx).await?;
     parked::forget(&mut tx, projector.name()).await?;
-    checkpoint::reset(&mut tx, projector.name()).await?;
-    let target: Option<i64> =
-        sqlx::query_scalar("SELECT rebuild_target FROM projection_checkpoints WHERE name = $1")
-            .bind(projector.name())
-            .fetch_one(&mut *tx)
-            .await?;
+    let target = checkpoint::reset(&mut tx, projector.name()).await?;
     tx.commit().await?;
-    Ok(target.unwrap_or(0))
+    Ok(target)
 }
 
 /// What an admin does with a parked event.
