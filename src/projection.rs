@@ -1,10 +1,11 @@
 //! Running projectors: one active runner per projector across all instances, exactly-once
-//! page application, rebuilds from zero and status for operators; and the roles (projectors,
+//! page application, rebuilds beside the live tables and status for operators; and the roles (projectors,
 //! workers) one instance at a time holds.
 
 mod consistency;
 mod leader;
 mod operate;
+mod rebuild;
 mod runner;
 
 use std::sync::Arc;
@@ -23,8 +24,9 @@ use chronicle_projections::Projector;
 
 pub use consistency::{NotYet, ReadModels};
 pub use leader::{holders, Holder, InstanceCount, Role, Roles};
-pub use operate::{reset, resolve_parked, ParkedAction, ParkedError};
-pub use runner::{ProjectionRunner, Rebuild, RebuildProgress, RunnerError, RunnerSettings};
+pub use operate::{resolve_parked, ParkedAction, ParkedError};
+pub use rebuild::{RebuildError, RebuildProgress, Rebuilder, REBUILD_ROLE};
+pub use runner::{ProjectionRunner, RunnerError, RunnerSettings};
 
 /// The projectors applied in the group commit's transaction as well (see
 /// [`crate::store::InlineProjectors`]): every read model a caller reads back.

@@ -32,7 +32,7 @@ use crate::http::{router, AppState, HttpLimits};
 use crate::llm::{LlmActions, Submitter};
 use crate::log::{CommittedFeed, LiveLog, LogReader, LogWaker};
 use crate::privacy::Vault;
-use crate::projection::{self, Projectors, ReadModels, Roles};
+use crate::projection::{self, Projectors, ReadModels, Rebuilder, Roles};
 use crate::security::{
     bootstrap_admin, Authenticator, EgressPolicy, KeyHasher, KnownKeys, Pepper, RateLimiter,
     RateLimits, Revocations,
@@ -243,13 +243,29 @@ impl Application {
         let pepper = Pepper::load(&pool, config.security.key_pepper.as_ref())
             .await
             .context("loading the pepper")?;
-        let names: Vec<&str> = wiring.projectors.iter().map(|p| p.name()).collect();
-        chronicle_projections::checkpoint::create(&pool, &names)
+        chronicle_projections::checkpoint::create(&pool, &wiring.projectors)
             .await
             .context("creating the projection checkpoints")?;
         let (core, mut workers) = Core::new(config, pool, &options, &pepper, wiring.upcasters);
         let read_models = wiring.projectors.clone();
+        let rebuilder = Rebuilder::new(
+            core.pool.clone(),
+            options.clone(),
+            core.reader.clone(),
+            wiring.projectors.clone(),
+        );
+        let changed = rebuilder
+            .request_changed()
+            .await
+            .context("asking for the rebuilds of changed projections")?;
+        if !changed.is_empty() {
+            tracing::info!(
+                projections = changed.join(", "),
+                "projector versions changed: rebuilding beside the live tables"
+            );
+        }
         workers::spawn_projectors(&core, config, wiring.projectors, &mut workers);
+        workers::spawn_rebuilder(&core, config, rebuilder, &mut workers);
         workers::spawn_workers(&core, config, &mut workers)?;
         let state = api_state(config, &core, &pepper, &read_models).await?;
         Ok(Self {

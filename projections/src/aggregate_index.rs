@@ -28,11 +28,8 @@ impl Projector for AggregateIndex {
         "aggregate_index"
     }
 
-    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
-        sqlx::query("DELETE FROM aggregate_index")
-            .execute(conn)
-            .await?;
-        Ok(())
+    fn tables(&self) -> &'static [&'static str] {
+        &["aggregate_index"]
     }
 
     async fn apply(

@@ -24,9 +24,8 @@ impl Projector for Batches {
         Some(&["Batch"])
     }
 
-    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
-        sqlx::query("DELETE FROM batches").execute(conn).await?;
-        Ok(())
+    fn tables(&self) -> &'static [&'static str] {
+        &["batches"]
     }
 
     async fn apply(

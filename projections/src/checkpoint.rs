@@ -5,6 +5,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 
+use crate::rebuilds::{self, Rebuild};
 use crate::{type_list, LogCursor, Projector};
 
 /// Reads a projector's checkpoint, creating it at the start of the log on first use.
@@ -24,18 +25,26 @@ pub async fn load(conn: &mut PgConnection, name: &str) -> Result<LogCursor, sqlx
     Ok(LogCursor::at(position))
 }
 
-/// Creates the checkpoints of `names` that do not exist yet, at the start of the log. An
-/// instance does so before it appends anything: an inline projector is applied by an append
-/// only when its checkpoint exists and has caught up.
+/// Creates the checkpoints of `projectors` that do not exist yet, at the start of the log
+/// and at their projectors' versions. An instance does so before it appends anything: an
+/// inline projector is applied by an append only when its checkpoint exists and has caught
+/// up.
 ///
 /// # Errors
 /// Any database error.
-pub async fn create(db: impl PgExecutor<'_>, names: &[&str]) -> Result<(), sqlx::Error> {
+pub async fn create(
+    db: impl PgExecutor<'_>,
+    projectors: &[Arc<dyn Projector>],
+) -> Result<(), sqlx::Error> {
+    let names: Vec<&str> = projectors.iter().map(|p| p.name()).collect();
+    let versions: Vec<i32> = projectors.iter().map(|p| p.version()).collect();
     sqlx::query(
-        "INSERT INTO projection_checkpoints (name) SELECT unnest($1::text[])
+        "INSERT INTO projection_checkpoints (name, version)
+         SELECT * FROM UNNEST($1::text[], $2::int[])
          ON CONFLICT DO NOTHING",
     )
     .bind(names)
+    .bind(versions)
     .execute(db)
     .await?;
     Ok(())
@@ -99,8 +108,7 @@ pub async fn advance(conn: &mut PgConnection, moves: &[Move<'_>]) -> Result<(), 
          moved AS (
             UPDATE projection_checkpoints c
                SET log_position = m.position, events_applied = c.events_applied + m.applied,
-                   updated_at = now(), rebuild_target = nullif(c.rebuild_target,
-                       least(c.rebuild_target, m.position))
+                   updated_at = now()
               FROM moves m
              WHERE c.name = m.name)
          SELECT pg_notify('chronicle_projected', name) FROM moves WHERE applied > 0",
@@ -113,26 +121,31 @@ pub async fn advance(conn: &mut PgConnection, moves: &[Move<'_>]) -> Result<(), 
     Ok(())
 }
 
-/// Puts the (locked) checkpoint back to the start of the log, for a rebuild, which lasts
-/// until it passes the log's head of now; returns that head (0 for an empty log).
+/// Puts the (locked) checkpoint of `name` where a rebuild's copies stand, as they take
+/// the live tables' place: at `cursor`, having applied `applied` events, built by `version`.
+/// Its runners and followers are told on commit.
 ///
 /// # Errors
 /// Any database error.
-pub async fn reset(conn: &mut PgConnection, name: &str) -> Result<i64, sqlx::Error> {
-    // The notification tells the instance running the projector, when it commits.
-    let target: Option<i64> = sqlx::query_scalar(
-        "WITH reset AS (
+pub async fn install(
+    conn: &mut PgConnection,
+    name: &str,
+    (cursor, applied, version): (LogCursor, i64, i32),
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "WITH installed AS (
             UPDATE projection_checkpoints
-               SET log_position = 0, events_applied = 0, updated_at = now(),
-                   rebuild_target = (SELECT max(log_position) FROM events)
-             WHERE name = $1
-            RETURNING rebuild_target)
-         SELECT (SELECT rebuild_target FROM reset) FROM pg_notify('chronicle_resets', $1)",
+               SET log_position = $2, events_applied = $3, version = $4, updated_at = now()
+             WHERE name = $1)
+         SELECT pg_notify('chronicle_resets', $1), pg_notify('chronicle_projected', $1)",
     )
     .bind(name)
-    .fetch_one(conn)
+    .bind(cursor.position)
+    .bind(applied)
+    .bind(version)
+    .execute(conn)
     .await?;
-    Ok(target.unwrap_or(0))
+    Ok(())
 }
 
 /// A projector's progress, for operators.
@@ -140,9 +153,11 @@ pub async fn reset(conn: &mut PgConnection, name: &str) -> Result<i64, sqlx::Err
 pub struct Status {
     /// The projector's name.
     pub name: String,
+    /// The projector version that built the live tables.
+    pub version: i32,
     /// The last applied event.
     pub cursor: LogCursor,
-    /// Events applied since the last reset.
+    /// Events the live tables hold (applied since they were built).
     pub events_applied: i64,
     /// Committed events of its types not applied yet.
     pub lag: i64,
@@ -150,74 +165,80 @@ pub struct Status {
     pub lag_seconds: f64,
     /// When the checkpoint last moved.
     pub updated_at: DateTime<Utc>,
-    /// While it rebuilds: the log's head when the rebuild started.
-    pub rebuild_target: Option<i64>,
     /// While it is halted: the position of the parked event it waits on.
     pub halted_at: Option<i64>,
     /// Its events parked and not resolved yet.
     pub parked: i64,
+    /// The log's last position, for a rebuild's progress.
+    pub head: i64,
+    /// Its rebuild beside the live tables, in progress or failed.
+    pub rebuild: Option<Rebuild>,
 }
 
-/// How a projection stands, derived from its checkpoint and parked events.
+/// How a projection stands, derived from its checkpoint, parked events and rebuild.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     /// Applying the log as it grows.
     Live,
-    /// Applying the log from the start after a reset.
+    /// Live, and rebuilt beside the live tables (which keep answering until the swap).
     Rebuilding,
     /// Stopped at a parked event until an admin resolves it.
     Halted,
 }
 
 impl Status {
-    /// How it stands: halted on a parked event, else rebuilding until it passes its target.
+    /// How it stands: halted on a parked event, else rebuilding while a rebuild runs.
     pub fn state(&self) -> State {
-        match (self.halted_at, self.rebuild_target) {
+        let rebuilding = self.rebuild.as_ref().is_some_and(|r| r.phase.running());
+        match (self.halted_at, rebuilding) {
             (Some(_), _) => State::Halted,
-            (None, Some(_)) => State::Rebuilding,
-            (None, None) => State::Live,
+            (None, true) => State::Rebuilding,
+            (None, false) => State::Live,
         }
     }
 
-    /// While rebuilding, the share (0 to 1) of the log up to its target applied.
+    /// While a rebuild runs, the share (0 to 1) of the log its copies have applied.
     pub fn rebuild_progress(&self) -> Option<f64> {
-        self.rebuild_target
-            .map(|target| (self.cursor.position as f64 / target.max(1) as f64).clamp(0.0, 1.0))
+        let rebuild = self.rebuild.as_ref().filter(|r| r.phase.running())?;
+        let done = rebuild.cursor.position as f64 / self.head.max(1) as f64;
+        Some(done.clamp(0.0, 1.0))
     }
 }
 
 type StatusRow = (
     String,
+    i32,
     i64,
     i64,
     i64,
     f64,
     DateTime<Utc>,
     Option<i64>,
-    Option<i64>,
+    i64,
     i64,
 );
 
 /// The checkpoint of each of `projectors` that exists, with its lag behind the log's
-/// committed events of its types, in name order.
+/// committed events of its types and its rebuild, in name order.
 ///
 /// # Errors
 /// Any database error.
 pub async fn status(
-    db: impl PgExecutor<'_>,
+    db: impl PgExecutor<'_> + Copy,
     projectors: &[Arc<dyn Projector>],
 ) -> Result<Vec<Status>, sqlx::Error> {
     let names: Vec<&str> = projectors.iter().map(|p| p.name()).collect();
     let types: Vec<Option<String>> = projectors.iter().map(|p| type_list(p.as_ref())).collect();
     let rows: Vec<StatusRow> = sqlx::query_as(
         "WITH p AS (SELECT * FROM UNNEST($1::text[], $2::text[]) AS p(name, types))
-         SELECT c.name, c.log_position, c.events_applied, lag.events,
+         SELECT c.name, c.version, c.log_position, c.events_applied, lag.events,
                 coalesce(extract(epoch FROM now() - lag.oldest), 0)::float8,
-                c.updated_at, c.rebuild_target,
+                c.updated_at,
                 (SELECT min(x.log_position) FROM parked_events x
                   WHERE x.projection = c.name AND x.status = 'parked' AND x.halted),
                 (SELECT count(*) FROM parked_events x
-                  WHERE x.projection = c.name AND x.status = 'parked')
+                  WHERE x.projection = c.name AND x.status = 'parked'),
+                (SELECT coalesce(max(log_position), 0) FROM events)
            FROM p JOIN projection_checkpoints c ON c.name = p.name
           CROSS JOIN LATERAL (
                 SELECT count(*) AS events, min(e.recorded_at) AS oldest FROM events e
@@ -230,32 +251,29 @@ pub async fn status(
     .bind(types)
     .fetch_all(db)
     .await?;
+    let mut rebuilds = rebuilds::all(db).await?;
     Ok(rows
         .into_iter()
-        .map(
-            |(
+        .map(|row| {
+            let (name, version, position, events_applied, lag, lag_seconds, updated_at) =
+                (row.0, row.1, row.2, row.3, row.4, row.5, row.6);
+            let rebuild = rebuilds
+                .iter()
+                .position(|r| r.projection == name)
+                .map(|found| rebuilds.swap_remove(found));
+            Status {
                 name,
-                position,
+                version,
+                cursor: LogCursor::at(position),
                 events_applied,
                 lag,
                 lag_seconds,
                 updated_at,
-                target,
-                halted,
-                parked,
-            )| {
-                Status {
-                    name,
-                    cursor: LogCursor::at(position),
-                    events_applied,
-                    lag,
-                    lag_seconds,
-                    updated_at,
-                    rebuild_target: target,
-                    halted_at: halted,
-                    parked,
-                }
-            },
-        )
+                halted_at: row.7,
+                parked: row.8,
+                head: row.9,
+                rebuild,
+            }
+        })
         .collect())
 }

@@ -37,11 +37,8 @@ impl Projector for DeliveryAttempts {
         Some(&["Request"])
     }
 
-    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
-        sqlx::query("DELETE FROM delivery_attempts")
-            .execute(conn)
-            .await?;
-        Ok(())
+    fn tables(&self) -> &'static [&'static str] {
+        &["delivery_attempts"]
     }
 
     async fn apply(

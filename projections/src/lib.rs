@@ -18,6 +18,7 @@ mod listing;
 pub mod parked;
 mod projector;
 pub mod queries;
+pub mod rebuilds;
 pub mod request_moves;
 pub mod requests;
 pub mod simulations;

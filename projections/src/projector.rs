@@ -78,8 +78,23 @@ pub trait Projector: Send + Sync + 'static {
         FailurePolicy::HALT
     }
 
-    /// Deletes everything this projector wrote, before a rebuild from the start of the log.
-    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError>;
+    /// Its version: bumping it in code makes the next instance to start rebuild the
+    /// projection beside the live one (see the rebuild in the service).
+    fn version(&self) -> i32 {
+        1
+    }
+
+    /// Every table it writes, `schema.table` outside `public`, parents before children.
+    /// A rebuild builds copies of them beside the live ones and swaps them in; its SQL
+    /// must name them unqualified (the rebuild's connection finds the copies first on its
+    /// `search_path`).
+    fn tables(&self) -> &'static [&'static str];
+
+    /// Indexes besides the unique ones that `apply` itself needs to stay fast; a rebuild
+    /// builds them before it loads the copies, and every other index after.
+    fn apply_indexes(&self) -> &'static [&'static str] {
+        &[]
+    }
 
     /// Applies one page of events, in log order.
     async fn apply(
@@ -93,17 +108,4 @@ pub trait Projector: Send + Sync + 'static {
 /// projectors in one statement (`string_to_array(types, ',')`).
 pub fn type_list(projector: &dyn Projector) -> Option<String> {
     projector.aggregate_types().map(|types| types.join(","))
-}
-
-/// Empties `tables` (a projector's reset), one statement each.
-///
-/// # Errors
-/// Any database error.
-pub(crate) async fn clear(conn: &mut PgConnection, tables: &[&str]) -> Result<(), ProjectionError> {
-    for table in tables {
-        sqlx::query(&format!("DELETE FROM {table}"))
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(())
 }

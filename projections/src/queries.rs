@@ -8,7 +8,6 @@ use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use crate::jobs::{apply_lifecycle, number, JobTables};
-use crate::projector::clear;
 use crate::{ProjectionError, Projector, RecordedEvent};
 
 /// The projector behind the query job tables.
@@ -32,8 +31,8 @@ impl Projector for Queries {
         Some(&["QueryJob"])
     }
 
-    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
-        clear(conn, &["query_results", "query_tasks", "query_jobs"]).await
+    fn tables(&self) -> &'static [&'static str] {
+        &["query_jobs", "query_tasks", "query_results"]
     }
 
     async fn apply(

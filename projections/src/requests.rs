@@ -76,9 +76,8 @@ impl Projector for Requests {
         Some(&["Request"])
     }
 
-    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
-        sqlx::query("DELETE FROM requests").execute(conn).await?;
-        Ok(())
+    fn tables(&self) -> &'static [&'static str] {
+        &["requests", "batch_request_counts"]
     }
 
     async fn apply(

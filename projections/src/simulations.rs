@@ -9,7 +9,6 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use crate::projector::clear;
 use crate::{ProjectionError, Projector, RecordedEvent};
 
 /// The projector behind the simulation tables.
@@ -26,8 +25,8 @@ impl Projector for Simulations {
         Some(&["Simulation", "Subject"])
     }
 
-    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
-        clear(conn, &["simulations", "simulation_messages", "ai_calls"]).await
+    fn tables(&self) -> &'static [&'static str] {
+        &["simulations", "simulation_messages", "ai_calls"]
     }
 
     async fn apply(

@@ -9,7 +9,6 @@ use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use crate::jobs::{apply_lifecycle, JobTables};
-use crate::projector::clear;
 use crate::{ProjectionError, Projector, RecordedEvent};
 
 /// The projector behind the transfer tables.
@@ -26,17 +25,13 @@ impl Projector for Transfers {
         Some(&["TransferJob", "DicomServer", "Subject"])
     }
 
-    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
-        clear(
-            conn,
-            &[
-                "transfer_tasks",
-                "transfer_jobs",
-                "dicom_servers",
-                "analytics.transfer_daily",
-            ],
-        )
-        .await
+    fn tables(&self) -> &'static [&'static str] {
+        &[
+            "dicom_servers",
+            "transfer_jobs",
+            "transfer_tasks",
+            "analytics.transfer_daily",
+        ]
     }
 
     async fn apply(
@@ -227,7 +222,7 @@ async fn throughput(
 ) -> Result<(), sqlx::Error> {
     let moved = matches!(status, TaskStatus::Success | TaskStatus::Warning);
     sqlx::query(
-        "INSERT INTO analytics.transfer_daily (owner, source, destination, day, studies,
+        "INSERT INTO transfer_daily (owner, source, destination, day, studies,
                                                instances, failures, canceled)
          SELECT owner, source, destination, ($2 AT TIME ZONE 'UTC')::date, $3, $4, $5, $6
            FROM transfer_jobs WHERE id = $1

@@ -122,9 +122,13 @@ impl Projector for Transitions {
         "transitions"
     }
 
-    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
-        sqlx::query("DELETE FROM transitions").execute(conn).await?;
-        Ok(())
+    fn tables(&self) -> &'static [&'static str] {
+        &["transitions"]
+    }
+
+    fn apply_indexes(&self) -> &'static [&'static str] {
+        // Each page looks up its aggregates' latest states.
+        &["transitions_aggregate"]
     }
 
     async fn apply(

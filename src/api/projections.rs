@@ -4,6 +4,7 @@
 use async_graphql::{ComplexObject, Context, Enum, Object, SimpleObject};
 use chronicle_projections::checkpoint::{self, Status};
 use chronicle_projections::parked::{self, Parked, ParkedStatus as StoredStatus};
+use chronicle_projections::rebuilds::{self, Phase, Rebuild};
 use chronicle_projections::LogCursor;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -17,10 +18,62 @@ use crate::projection::{self, ParkedAction, ParkedError, Projectors};
 pub(crate) enum ProjectionState {
     /// Applying the log as it grows (its lag says how far behind it is).
     Live,
-    /// Applying the log from the start after a rebuild was asked for.
+    /// Live, and rebuilt beside the live tables, which keep answering until the swap.
     Rebuilding,
     /// Stopped at a parked event until an admin retries or skips it.
     Halted,
+}
+
+/// Where a rebuild beside the live tables stands.
+#[derive(Enum, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RebuildPhase {
+    /// Loading copies of the tables from the log, with their unique indexes only.
+    Building,
+    /// The copies have every index; keeping up with the log until they are swapped in.
+    Finishing,
+    /// Gave up on an error; the live tables are unchanged. `rebuildProjection` starts again.
+    Failed,
+}
+
+/// A rebuild beside the live tables, in progress or failed (a swapped-in one is gone).
+#[derive(SimpleObject)]
+pub(crate) struct ProjectionRebuild {
+    /// The projector version the copies are built with.
+    version: i32,
+    /// Where it stands.
+    phase: RebuildPhase,
+    /// The last event the copies applied.
+    cursor: String,
+    /// Events the copies applied.
+    events_applied: i64,
+    /// The API key (or `cli`, `start-up`) that asked for it.
+    requested_by: String,
+    /// When it was asked for.
+    requested_at: DateTime<Utc>,
+    /// When the copies last moved.
+    updated_at: DateTime<Utc>,
+    /// Why it failed.
+    error: Option<String>,
+}
+
+impl From<Rebuild> for ProjectionRebuild {
+    fn from(rebuild: Rebuild) -> Self {
+        let phase = match rebuild.phase {
+            Phase::Building => RebuildPhase::Building,
+            Phase::Finishing | Phase::Swapped => RebuildPhase::Finishing,
+            Phase::Failed => RebuildPhase::Failed,
+        };
+        Self {
+            version: rebuild.version,
+            phase,
+            cursor: rebuild.cursor.to_string(),
+            events_applied: rebuild.events_applied,
+            requested_by: rebuild.requested_by,
+            requested_at: rebuild.requested_at,
+            updated_at: rebuild.updated_at,
+            error: rebuild.error,
+        }
+    }
 }
 
 /// Where a parked event stands.
@@ -101,20 +154,24 @@ impl From<Parked> for ParkedEvent {
 pub(crate) struct Projection {
     /// The projector's name.
     name: String,
+    /// The projector version that built the live tables.
+    version: i32,
     /// Whether commands apply it in their own transaction (a read model callers read back).
     inline: bool,
     /// How it stands.
     state: ProjectionState,
     /// The last applied event's log cursor.
     cursor: String,
-    /// Events applied since the last rebuild.
+    /// Events the live tables hold (applied since they were built).
     events_applied: i64,
     /// Committed events of its types not applied yet.
     lag: i64,
     /// How long the oldest of those has waited, in seconds (0 without lag).
     lag_seconds: f64,
-    /// While rebuilding: how far it is, in percent of the log it had to apply.
+    /// While rebuilding: how far the copies are, in percent of the log.
     rebuild_progress: Option<f64>,
+    /// Its rebuild beside the live tables, in progress or failed.
+    rebuild: Option<ProjectionRebuild>,
     /// Its parked events not resolved yet.
     parked_count: i64,
     /// When its checkpoint last moved.
@@ -145,6 +202,8 @@ impl Projection {
         let rebuild_progress = status.rebuild_progress().map(|done| done * 100.0);
         Self {
             inline: projection::inline().iter().any(|p| p.name() == status.name),
+            version: status.version,
+            rebuild: status.rebuild.map(ProjectionRebuild::from),
             name: status.name,
             state,
             cursor: status.cursor.to_string(),
@@ -210,20 +269,23 @@ impl ProjectionMutation {
         resolve(ctx, &projection, &cursor, ParkedAction::Skip).await
     }
 
-    /// Rebuilds a projection from the start of the log (admin): its tables are emptied now
-    /// and the instance that runs it applies the log again; `projections` shows the
-    /// progress. Errors: `FORBIDDEN`; `NOT_FOUND`.
+    /// Rebuilds a projection beside the live one (admin): copies of its tables are loaded
+    /// from the log and swapped in once they have caught up, while the live tables keep
+    /// answering; `projections` shows the progress. Asking again while it runs changes
+    /// nothing; a failed rebuild starts again. Errors: `FORBIDDEN`; `NOT_FOUND`.
     async fn rebuild_projection(
         &self,
         ctx: &Context<'_>,
         name: String,
     ) -> Result<Projection, ApiError> {
-        Caller::from_ctx(ctx)?.require_admin()?;
+        let caller = Caller::from_ctx(ctx)?;
+        caller.require_admin()?;
         let projectors = ctx.data_unchecked::<Projectors>();
         let projector = projectors
             .find(&name)
             .ok_or(ApiError::NotFound("projection"))?;
-        projection::reset(ctx.data_unchecked::<PgPool>(), projector.as_ref()).await?;
+        let pool = ctx.data_unchecked::<PgPool>();
+        rebuilds::request(pool, &name, projector.version(), &caller.actor).await?;
         statuses(ctx)
             .await?
             .into_iter()

@@ -1,10 +1,11 @@
 //! `projections status` and `projections rebuild`.
 
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chronicle_projections::checkpoint::{self, State};
+use chronicle_projections::rebuilds;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -14,9 +15,12 @@ use super::{write_stdout, CLAIM_WAIT};
 use crate::config::Config;
 use crate::log::LogReader;
 use crate::privacy::Vault;
-use crate::projection::{ProjectionRunner, Rebuild, RebuildProgress, Roles, RunnerSettings};
+use crate::projection::{RebuildProgress, Rebuilder, Roles, REBUILD_ROLE};
 use crate::security::Pepper;
 use crate::startup::Wiring;
+
+/// How often `projections rebuild` looks at a rebuild another instance runs.
+const FOLLOW_EVERY: Duration = Duration::from_millis(500);
 
 /// Prints each projection's state, position, lag and parked events.
 pub(super) async fn status(pool: &PgPool) -> anyhow::Result<()> {
@@ -45,8 +49,9 @@ pub(super) async fn status(pool: &PgPool) -> anyhow::Result<()> {
     write_stdout(&table)
 }
 
-/// Rebuilds the projection `name` (every projection when `None`) from the start of the log,
-/// showing progress; hands a rebuild over to the running instance that owns it.
+/// Rebuilds the projection `name` (every projection when `None`) beside the live tables,
+/// in turn, with a progress bar. This process runs the rebuilds unless a running instance
+/// holds the rebuild role: then it follows that instance's progress.
 pub(super) async fn rebuild(
     config: &Config,
     pool: PgPool,
@@ -55,27 +60,37 @@ pub(super) async fn rebuild(
 ) -> anyhow::Result<()> {
     let wiring = Wiring::standard();
     let known: Vec<&str> = wiring.projectors.iter().map(|p| p.name()).collect();
-    let names: Vec<String> = match name {
-        Some(name) if known.contains(&name.as_str()) => vec![name],
+    let projectors: Vec<_> = match name {
+        Some(name) if known.contains(&name.as_str()) => wiring
+            .projectors
+            .iter()
+            .filter(|p| p.name() == name)
+            .cloned()
+            .collect(),
         Some(name) => anyhow::bail!("no projection `{name}`; known: {}", known.join(", ")),
-        None => known.iter().map(|name| (*name).to_owned()).collect(),
+        None => wiring.projectors.clone(),
     };
+    for projector in &projectors {
+        rebuilds::request(&pool, projector.name(), projector.version(), "cli").await?;
+    }
     let pepper = Pepper::load(&pool, config.security.key_pepper.as_ref()).await?;
     let vault = Vault::new(pool.clone(), pepper.as_bytes());
     let reader = LogReader::new(pool.clone(), wiring.upcasters.into(), vault);
-    let settings = RunnerSettings {
-        page_size: 2000,
-        standby_retry: config.standby_retry(),
-    };
+    let rebuilder = Rebuilder::new(pool.clone(), options.clone(), reader, wiring.projectors);
     let stop = CancellationToken::new();
     let (roles, holding) = Roles::new(options, config.standby_retry(), stop.clone());
     let holding = tokio::spawn(holding);
+    let mut role = roles.role(REBUILD_ROLE);
+    // Free unless an instance runs rebuilds: then that instance runs these too.
+    let ours = role.acquired_within(CLAIM_WAIT).await;
     let mut outcome = Ok(());
-    for name in &names {
-        let set = crate::projection::set_of(wiring.projectors.clone(), name)
-            .context("every known projection runs in a set")?;
-        let runner = ProjectionRunner::new(set, pool.clone(), reader.clone(), settings);
-        outcome = rebuild_one(&roles, &runner, name).await;
+    for projector in &projectors {
+        let name = projector.name();
+        outcome = if ours {
+            run_one(&rebuilder, name).await
+        } else {
+            follow(&pool, name).await
+        };
         if outcome.is_err() {
             break;
         }
@@ -85,35 +100,69 @@ pub(super) async fn rebuild(
     outcome
 }
 
-async fn rebuild_one(roles: &Roles, runner: &ProjectionRunner, name: &str) -> anyhow::Result<()> {
-    let mut role = roles.role(&runner.role_name());
-    // Free unless an instance runs it: then that instance rebuilds.
-    role.acquired_within(CLAIM_WAIT).await;
-    let started = Instant::now();
-    // The total, the log's head, is known once the rebuild has reset the projection.
-    let progress = OnceLock::new();
-    let shown = |done: RebuildProgress| {
-        let label = format!("rebuilding {name}");
-        let total = u64::try_from(done.target).unwrap_or(0);
-        progress
-            .get_or_init(|| Progress::new(&label, "log events", Some(total)))
-            .set(u64::try_from(done.position).unwrap_or(0));
-    };
-    let rebuilt = runner.rebuild(&role, name, &shown).await;
-    if let Some(progress) = progress.get() {
-        progress.finish();
-    }
-    match rebuilt.with_context(|| format!("rebuilding {name}"))? {
-        Rebuild::Completed(applied) => {
-            let seconds = started.elapsed().as_secs_f64();
-            write_stdout(&format!(
-                "rebuilt {name}: {applied} events in {seconds:.2} s ({:.0} events/s)\n",
-                applied as f64 / seconds.max(f64::EPSILON)
-            ))
+/// A progress bar over the log's positions, made on the first page (when the head is known).
+struct Shown {
+    label: String,
+    bar: OnceLock<Progress>,
+}
+
+impl Shown {
+    fn new(name: &str) -> Self {
+        Self {
+            label: format!("rebuilding {name}"),
+            bar: OnceLock::new(),
         }
-        Rebuild::HandedOver => write_stdout(&format!(
-            "reset {name}; the running instance that owns it is rebuilding it now \
-             (follow with `chronicle projections status`)\n"
-        )),
+    }
+
+    fn show(&self, done: RebuildProgress) {
+        let total = u64::try_from(done.head).unwrap_or(0);
+        self.bar
+            .get_or_init(|| Progress::new(&self.label, "log positions", Some(total)))
+            .set(u64::try_from(done.position).unwrap_or(0));
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = self.bar.get() {
+            bar.finish();
+        }
+    }
+}
+
+async fn run_one(rebuilder: &Rebuilder, name: &str) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let shown = Shown::new(name);
+    let rebuilt = rebuilder.rebuild(name, &|done| shown.show(done)).await;
+    shown.finish();
+    let applied = rebuilt.with_context(|| format!("rebuilding {name}"))?;
+    let seconds = started.elapsed().as_secs_f64();
+    write_stdout(&format!(
+        "rebuilt {name}: {applied} events in {seconds:.2} s ({:.0} events/s)\n",
+        applied as f64 / seconds.max(f64::EPSILON)
+    ))
+}
+
+/// Follows the rebuild of `name` that a running instance runs, until it is swapped in.
+async fn follow(pool: &PgPool, name: &str) -> anyhow::Result<()> {
+    let shown = Shown::new(name);
+    loop {
+        let head: i64 = sqlx::query_scalar("SELECT coalesce(max(log_position), 0) FROM events")
+            .fetch_one(pool)
+            .await?;
+        let Some(rebuild) = rebuilds::load(pool, name).await? else {
+            shown.finish();
+            return write_stdout(&format!(
+                "rebuilt {name} by the running instance that holds the rebuild role\n"
+            ));
+        };
+        if let Some(error) = rebuild.error.filter(|_| !rebuild.phase.running()) {
+            shown.finish();
+            anyhow::bail!("rebuilding {name} failed: {error}");
+        }
+        shown.show(RebuildProgress {
+            applied: rebuild.events_applied,
+            position: rebuild.cursor.position,
+            head,
+        });
+        tokio::time::sleep(FOLLOW_EVERY).await;
     }
 }

@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Events were appended (a statement trigger on `events`).
 const EVENTS: &str = "chronicle_events";
-/// A projection rebuild reset a checkpoint (`checkpoint::reset`).
+/// An operator changed a projection: a rebuild asked for or swapped in, a parked event
+/// resolved.
 const RESETS: &str = "chronicle_resets";
 /// A projector applied a page: read models changed (`ProjectionRunner`).
 const PROJECTED: &str = "chronicle_projected";
@@ -166,10 +167,16 @@ impl LogWaker {
         }
     }
 
-    /// Changes each time a projection's checkpoint is reset (by a rebuild) anywhere, and
-    /// after every reconnection of the listener (a reset may have been missed).
+    /// Changes each time an operator changes a projection anywhere (a rebuild asked for or
+    /// swapped in, a parked event resolved), and after every reconnection of the listener
+    /// (a change may have been missed).
     pub fn resets(&self) -> watch::Receiver<u64> {
         unchanged(&self.resets)
+    }
+
+    /// How long anything idle waits for a notification before it looks anyway.
+    pub fn poll_every(&self) -> Duration {
+        self.poll
     }
 
     /// What the append notifications told so far.

@@ -1,4 +1,4 @@
-//! What operators do to projections: reset one for a rebuild, retry or skip a parked event.
+//! What operators do to parked events: retry or skip them.
 //! Each takes the locks the projector's own runner takes (the log lock for an inline
 //! projector, then its checkpoint), so it never races a page being applied.
 
@@ -8,7 +8,6 @@ use chronicle_projections::parked::{self, Parked, ParkedStatus, Resolution};
 use chronicle_projections::{checkpoint, LogCursor, ProjectionError, Projector, RecordedEvent};
 use sqlx::{PgConnection, PgPool};
 
-use super::RunnerError;
 use crate::log::{LogFilter, LogReader};
 use crate::store::lock_log;
 
@@ -30,25 +29,6 @@ pub enum ParkedError {
     /// The database failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
-}
-
-/// Resets `projector`'s tables, parked events and checkpoint for a rebuild from the start
-/// of the log, in one transaction; returns the log's head, which the rebuild must reach.
-///
-/// # Errors
-/// A database or projection error.
-pub async fn reset(pool: &PgPool, projector: &dyn Projector) -> Result<i64, RunnerError> {
-    // A rebuild reads the whole log by type: with statistics older than the log (after a
-    // bulk import, before autovacuum's next look) the planner took the types for rare and
-    // read each page through a bitmap of every matching event, 76 ms instead of 1.
-    sqlx::query("ANALYZE events").execute(pool).await?;
-    let mut tx = pool.begin().await?;
-    lock_like_runner(&mut tx, projector).await?;
-    projector.reset(&mut tx).await?;
-    parked::forget(&mut tx, projector.name()).await?;
-    let target = checkpoint::reset(&mut tx, projector.name()).await?;
-    tx.commit().await?;
-    Ok(target)
 }
 
 /// What an admin does with a parked event.

@@ -7,7 +7,7 @@ mod step;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chronicle_projections::{checkpoint, parked, LogCursor, ProjectionError, Projector};
+use chronicle_projections::{checkpoint, parked, ProjectionError, Projector};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -59,25 +59,6 @@ pub enum RunnerError {
     /// The database failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
-    /// This instance lost the set's role.
-    #[error("the projector's role was lost")]
-    RoleLost,
-    /// No projector of the set has this name.
-    #[error("no projector `{0}` in this set")]
-    Unknown(String),
-    /// The projector parked an event and halts on it, after the given position.
-    #[error("the projector halted on a parked event after {0}; retry or skip it (see `projections` in the API)")]
-    Halted(LogCursor),
-}
-
-/// What [`ProjectionRunner::rebuild`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rebuild {
-    /// This process held the set's role and applied this many events from the start.
-    Completed(usize),
-    /// Another instance runs the set: the projector's tables and checkpoint were reset, and
-    /// that instance is applying the log from the start.
-    HandedOver,
 }
 
 impl ProjectionRunner {
@@ -230,92 +211,6 @@ impl ProjectionRunner {
         *last = Some(now);
         true
     }
-
-    /// Rebuilds projector `name` of the set from the start of the log, telling `progress`
-    /// after each page.
-    ///
-    /// Resets its tables and checkpoint in one transaction (see [`super::reset`]). If this
-    /// process holds `role` (no instance runs the set), it applies the whole log to it
-    /// before returning; otherwise the instance that runs the set notices the reset and
-    /// rebuilds while serving.
-    ///
-    /// # Errors
-    /// A database or projection error; [`RunnerError::RoleLost`] when the role is lost
-    /// half-way (the instance that takes it over finishes the rebuild);
-    /// [`RunnerError::Halted`] when the projector parked an event and halts on it.
-    pub async fn rebuild(
-        &self,
-        role: &Role,
-        name: &str,
-        progress: &(dyn Fn(RebuildProgress) + Sync),
-    ) -> Result<Rebuild, RunnerError> {
-        let projector = self
-            .projectors
-            .iter()
-            .find(|p| p.name() == name)
-            .cloned()
-            .ok_or_else(|| RunnerError::Unknown(name.to_owned()))?;
-        let target = super::reset(&self.pool, projector.as_ref()).await?;
-        if !role.is_held() {
-            return Ok(Rebuild::HandedOver);
-        }
-        let set = ProjectorSet {
-            role: self.role.clone(),
-            projectors: vec![projector],
-            gather: self.gather,
-        };
-        let alone = Self::new(set, self.pool.clone(), self.reader.clone(), self.settings);
-        let mut places = [Place::at(LogCursor::START)];
-        let mut applied = 0;
-        loop {
-            if !role.is_held() {
-                return Err(RunnerError::RoleLost);
-            }
-            let step = match alone.step(&mut places).await {
-                Ok(step) => step,
-                Err(StepError::Projector(failed)) => {
-                    alone.on_failure(&mut places, failed).await?;
-                    alone.wait_out(&places[0]).await?;
-                    continue;
-                }
-                Err(StepError::Runner(error)) => return Err(error),
-            };
-            applied += match step {
-                Step::Applied(count) | Step::Settled(count) => count,
-                Step::Moved | Step::Idle => 0,
-            };
-            progress(RebuildProgress {
-                applied,
-                position: places[0].stored.position,
-                target,
-            });
-            if matches!(step, Step::Idle | Step::Settled(_)) {
-                return Ok(Rebuild::Completed(applied));
-            }
-        }
-    }
-
-    /// Waits out a rebuilding projector's pause after a failure; an error when it halted.
-    async fn wait_out(&self, place: &Place) -> Result<(), RunnerError> {
-        if place.halted {
-            return Err(RunnerError::Halted(place.stored));
-        }
-        if let Some(until) = place.paused_until {
-            tokio::time::sleep_until(until.into()).await;
-        }
-        Ok(())
-    }
-}
-
-/// How far a rebuild has come.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RebuildProgress {
-    /// Events applied so far.
-    pub applied: usize,
-    /// The log position applied up to.
-    pub position: i64,
-    /// The log's head when the rebuild started (0 for an empty log).
-    pub target: i64,
 }
 
 /// When a waiting runner must look again without being woken: to record skips (events

@@ -18,7 +18,7 @@ use crate::delivery::{
 };
 use crate::llm::{BatchCloser, DriverSettings, ProviderDriver, Providers};
 use crate::log::SharedPages;
-use crate::projection::{ProjectionRunner, RunnerSettings};
+use crate::projection::{ProjectionRunner, Rebuilder, RunnerSettings, REBUILD_ROLE};
 use crate::provider::{
     Anthropic, AnthropicConfig, ChatClient, ChatConfig, OpenAi, OpenAiConfig, Provider,
 };
@@ -143,6 +143,18 @@ pub(super) fn spawn_projectors(
         let role = core.roles.role(&runner.role_name());
         workers.spawn(runner.run(role, core.waker.clone(), core.shutdown.clone()));
     }
+}
+
+/// The rebuilds' runner, on the instance that holds the rebuild role.
+pub(super) fn spawn_rebuilder(
+    core: &Core,
+    config: &Config,
+    rebuilder: Rebuilder,
+    workers: &mut JoinSet<()>,
+) {
+    let role = core.roles.role(REBUILD_ROLE);
+    let pause = config.standby_retry();
+    workers.spawn(rebuilder.run(role, core.waker.clone(), pause, core.shutdown.clone()));
 }
 
 /// The batch closer, and (each on the instance holding its role) the provider driver, the

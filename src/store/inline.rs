@@ -5,10 +5,10 @@
 //! Each keeps its ordinary checkpoint and runner. A group applies a projector inline only
 //! when its checkpoint has applied every earlier event of its aggregate types, and moves the
 //! checkpoint of every such projector to the group's last event in the same transaction;
-//! otherwise (after an upgrade, during a rebuild) the runner applies the events later, in log
+//! otherwise (after an upgrade, after it halted) the runner applies the events later, in log
 //! order. Either way each event is applied once. Appends are serialized by the log lock,
 //! which an appending transaction holds from its first event on; every other writer of an
-//! inline projector's checkpoint (its runner, a rebuild's reset) takes that lock first, so
+//! inline projector's checkpoint (its runner, a rebuild's swap) takes that lock first, so
 //! they never wait on each other in opposite orders and a checkpoint found caught up stays so
 //! until the group commits.
 
@@ -122,8 +122,7 @@ impl InlineProjectors {
              moved AS (
                 UPDATE projection_checkpoints c
                    SET log_position = $5, events_applied = c.events_applied + m.applied,
-                       updated_at = now(), rebuild_target = nullif(c.rebuild_target,
-                           least(c.rebuild_target, $5))
+                       updated_at = now()
                   FROM caught_up m WHERE c.name = m.name
                 RETURNING c.name, m.applied)
              SELECT m.name FROM moved m

@@ -1,12 +1,8 @@
 //! Analytics: the projection tables analysts query, their GraphQL views scoped to the caller,
 //! the read-only role, and rebuilds from zero that equal the incremental result.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use chronicle::log::LogReader;
-use chronicle::projection::{ProjectionRunner, Rebuild, RunnerSettings};
-use chronicle::startup::Wiring;
 use chrono::Utc;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -38,22 +34,7 @@ async fn snapshot(pool: &PgPool) -> Vec<String> {
 }
 
 pub async fn rebuild(db: &TestDb, name: &str) {
-    let wiring = Wiring::standard();
-    let set = chronicle::projection::set_of(wiring.projectors, name).expect("projector");
-    let reader = LogReader::new(
-        db.pool.clone(),
-        Arc::new(wiring.upcasters),
-        crate::support::vault(&db.pool),
-    );
-    let settings = RunnerSettings {
-        page_size: 13,
-        standby_retry: Duration::from_millis(100),
-    };
-    let runner = ProjectionRunner::new(set, db.pool.clone(), reader, settings);
-    assert!(matches!(
-        crate::projections::rebuild_claiming(db, &runner, name).await,
-        Rebuild::Completed(_)
-    ));
+    crate::projections::rebuild_here(db, name).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -30,6 +30,7 @@ mod query_jobs;
 mod rabbitmq;
 mod racing_starts;
 mod read_your_writes;
+mod rebuilds;
 mod request_streams;
 mod schema_file;
 mod security;

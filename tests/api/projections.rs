@@ -1,15 +1,15 @@
-//! Projection runners: one active instance per projector, failover, rebuilds from zero.
+//! Projection runners: one active instance per projector, failover, rebuilds beside the
+//! live tables that reproduce them.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chronicle::log::LogReader;
-use chronicle::projection::{ProjectionRunner, Rebuild, Roles, RunnerSettings};
+use chronicle::projection::{RebuildError, Rebuilder};
 use chronicle::startup::Wiring;
-use chronicle_aggregates::Upcasters;
+use chronicle_projections::{rebuilds, Projector};
 use serde_json::json;
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
 
 use crate::support::{eventually, LedgerCommand, TestApp, TestDb};
 
@@ -40,35 +40,46 @@ async fn index_rows(pool: &PgPool) -> Vec<(String, i64, String)> {
     .expect("aggregate_index")
 }
 
-fn runner(db: &TestDb) -> ProjectionRunner {
+/// A rebuilder of `projectors` over the test's database, as `chronicle projections rebuild`
+/// makes one.
+pub(crate) fn rebuilder(db: &TestDb, projectors: Vec<Arc<dyn Projector>>) -> Rebuilder {
     let reader = LogReader::new(
         db.pool.clone(),
-        Arc::new(Upcasters::default()),
+        Arc::new(Wiring::standard().upcasters),
         crate::support::vault(&db.pool),
     );
-    let settings = RunnerSettings {
-        page_size: 7,
-        standby_retry: Duration::from_millis(100),
-    };
-    let set = chronicle::projection::set_of(Wiring::standard().projectors, INDEX).expect("set");
-    ProjectionRunner::new(set, db.pool.clone(), reader, settings)
+    Rebuilder::new(db.pool.clone(), db.options.clone(), reader, projectors)
 }
 
-/// Rebuilds with `runner`, claiming its role first as `chronicle projections rebuild` does.
-pub(crate) async fn rebuild_claiming(
-    db: &TestDb,
-    runner: &ProjectionRunner,
-    name: &str,
-) -> Rebuild {
-    let stop = CancellationToken::new();
-    let (roles, holding) = Roles::new(db.options.clone(), Duration::from_millis(100), stop.clone());
-    let holding = tokio::spawn(holding);
-    let mut role = roles.role(&runner.role_name());
-    role.acquired_within(Duration::from_secs(2)).await;
-    let rebuilt = runner.rebuild(&role, name, &|_| {}).await.expect("rebuild");
-    stop.cancel();
-    holding.await.expect("roles task");
-    rebuilt
+/// Rebuilds `name` beside its live tables as `chronicle projections rebuild` does: asks for
+/// it and runs it here to the swap (or, when a running instance took it, waits for that
+/// one's swap); the events the live tables hold after.
+pub(crate) async fn rebuild_here(db: &TestDb, name: &str) -> i64 {
+    let projectors = Wiring::standard().projectors;
+    let version = projectors
+        .iter()
+        .find(|p| p.name() == name)
+        .expect("projector")
+        .version();
+    rebuilds::request(&db.pool, name, version, "test")
+        .await
+        .expect("request");
+    match rebuilder(db, projectors).rebuild(name, &|_| {}).await {
+        Ok(applied) => applied,
+        Err(RebuildError::Superseded(_)) => {
+            eventually(Duration::from_secs(60), "the instance's swap", || async {
+                let left = rebuilds::load(&db.pool, name).await.expect("rebuild");
+                left.is_none().then_some(())
+            })
+            .await;
+            sqlx::query_scalar("SELECT events_applied FROM projection_checkpoints WHERE name = $1")
+                .bind(name)
+                .fetch_one(&db.pool)
+                .await
+                .expect("checkpoint")
+        }
+        Err(error) => panic!("rebuilding {name}: {error}"),
+    }
 }
 
 async fn seed(app: &TestApp) {
@@ -117,7 +128,7 @@ async fn each_projector_runs_on_exactly_one_instance_and_a_standby_takes_over() 
 }
 
 #[tokio::test]
-async fn a_rebuild_while_serving_hands_over_and_reproduces_the_read_model() {
+async fn a_rebuild_while_serving_swaps_in_copies_that_reproduce_the_read_model() {
     let db = TestDb::new().await;
     let app = TestApp::spawn(&db, "serving").await;
     seed(&app).await;
@@ -127,16 +138,29 @@ async fn a_rebuild_while_serving_hands_over_and_reproduces_the_read_model() {
         .await
         .expect("corrupt");
 
-    assert_eq!(
-        rebuild_claiming(&db, &runner(&db), INDEX).await,
-        Rebuild::HandedOver
-    );
+    let asked = app
+        .graphql(
+            "mutation { rebuildProjection(name: \"aggregate_index\") { state rebuild { phase requestedBy } } }",
+            json!({}),
+        )
+        .await;
+    let rebuild = &asked["data"]["rebuildProjection"];
+    assert_eq!(rebuild["state"], "REBUILDING", "{asked}");
+    assert_eq!(rebuild["rebuild"]["phase"], "BUILDING", "{asked}");
     eventually(
-        Duration::from_secs(10),
-        "the rebuilt read model",
+        Duration::from_secs(20),
+        "the rebuilt read model swapped in",
         || async { (index_rows(&db.pool).await == before).then_some(()) },
     )
     .await;
+    let after = app
+        .graphql(
+            "{ projections { name state rebuild { phase } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(after["data"]["projections"][0]["state"], "LIVE", "{after}");
+    assert_eq!(after["data"]["projections"][0]["rebuild"], json!(null));
     app.stop().await;
 }
 
@@ -152,9 +176,8 @@ async fn an_offline_rebuild_applies_the_whole_log_and_reproduces_the_read_model(
         .await
         .expect("corrupt");
 
-    let rebuilt = rebuild_claiming(&db, &runner(&db), INDEX).await;
     // The seed's 24 events and the bootstrap admin's 2 (client created, key issued).
-    assert_eq!(rebuilt, Rebuild::Completed(26));
+    assert_eq!(rebuild_here(&db, INDEX).await, 26);
     assert_eq!(index_rows(&db.pool).await, before);
     let status =
         chronicle_projections::checkpoint::status(&db.pool, &Wiring::standard().projectors)
@@ -163,9 +186,25 @@ async fn an_offline_rebuild_applies_the_whole_log_and_reproduces_the_read_model(
     let progress: Vec<_> = status
         .iter()
         .filter(|s| s.name == "aggregate_index")
-        .map(|s| (s.name.as_str(), s.events_applied, s.lag))
+        .map(|s| {
+            (
+                s.name.as_str(),
+                s.events_applied,
+                s.lag,
+                s.rebuild.is_none(),
+            )
+        })
         .collect();
-    assert_eq!(progress, [("aggregate_index", 26, 0)]);
+    assert_eq!(progress, [("aggregate_index", 26, 0, true)]);
+    let leftovers: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'chronicle\\_%'")
+            .fetch_one(&db.pool)
+            .await
+            .expect("schemas");
+    assert_eq!(
+        leftovers, 0,
+        "the copies' and the old tables' schemas are dropped"
+    );
 }
 
 #[tokio::test]

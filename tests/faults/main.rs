@@ -14,5 +14,6 @@ mod concurrency;
 mod crash;
 mod database;
 mod dependencies;
+mod rebuild;
 mod slow_subscriber;
 mod support;

@@ -25,11 +25,8 @@ impl Projector for BatchAnalytics {
         Some(&["Batch"])
     }
 
-    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
-        sqlx::query("DELETE FROM analytics.batch_turnaround")
-            .execute(conn)
-            .await?;
-        Ok(())
+    fn tables(&self) -> &'static [&'static str] {
+        &["analytics.batch_turnaround"]
     }
 
     async fn apply(
@@ -48,7 +45,7 @@ impl Projector for BatchAnalytics {
                 "BatchOpened" => {
                     let key = &body["Opened"]["key"];
                     sqlx::query(
-                        "INSERT INTO analytics.batch_turnaround (batch_id, owner, model, day)
+                        "INSERT INTO batch_turnaround (batch_id, owner, model, day)
                          VALUES ($1, $2, $3, $4)",
                     )
                     .bind(id)
@@ -64,7 +61,7 @@ impl Projector for BatchAnalytics {
                         .as_array()
                         .map_or(0, Vec::len);
                     sqlx::query(
-                        "UPDATE analytics.batch_turnaround SET requests = requests + $2
+                        "UPDATE batch_turnaround SET requests = requests + $2
                           WHERE batch_id = $1",
                     )
                     .bind(id)
@@ -80,7 +77,7 @@ impl Projector for BatchAnalytics {
             };
             // The first time counts: a redelivered batch keeps its first `done_at`.
             sqlx::query(&format!(
-                "UPDATE analytics.batch_turnaround SET {column} = coalesce({column}, $2)
+                "UPDATE batch_turnaround SET {column} = coalesce({column}, $2)
                   WHERE batch_id = $1"
             ))
             .bind(id)

@@ -10,7 +10,6 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{big, day};
-use crate::projector::clear;
 use crate::{FailurePolicy, ProjectionError, Projector, RecordedEvent};
 
 /// The projector behind usage and delivery analytics.
@@ -69,16 +68,12 @@ impl Projector for RequestAnalytics {
         Some(&["Request"])
     }
 
-    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
-        clear(
-            conn,
-            &[
-                "analytics.request_keys",
-                "analytics.usage_daily",
-                "analytics.delivery_daily",
-            ],
-        )
-        .await
+    fn tables(&self) -> &'static [&'static str] {
+        &[
+            "analytics.request_keys",
+            "analytics.usage_daily",
+            "analytics.delivery_daily",
+        ]
     }
 
     async fn apply(
@@ -114,7 +109,7 @@ impl Projector for RequestAnalytics {
             .collect();
         if !missing.is_empty() {
             let known: Vec<(Uuid, String, String, NaiveDate)> = sqlx::query_as(
-                "SELECT request_id, owner, model, day FROM analytics.request_keys
+                "SELECT request_id, owner, model, day FROM request_keys
                   WHERE request_id = ANY($1)",
             )
             .bind(&missing)
@@ -189,7 +184,7 @@ async fn insert_keys(conn: &mut PgConnection, keys: Vec<(String, Key)>) -> Resul
         days.push(day);
     }
     sqlx::query(
-        "INSERT INTO analytics.request_keys (request_id, owner, model, day)
+        "INSERT INTO request_keys (request_id, owner, model, day)
          SELECT id::uuid, owner, model, day
            FROM UNNEST($1::text[], $2::text[], $3::text[], $4::date[]) AS k(id, owner, model, day)",
     )
@@ -229,7 +224,7 @@ async fn upsert_usage(
     }
     let [requests, succeeded, failed, expired, cancelled, input, output] = counts;
     sqlx::query(
-        "INSERT INTO analytics.usage_daily AS u (owner, model, day, requests, succeeded, failed,
+        "INSERT INTO usage_daily AS u (owner, model, day, requests, succeeded, failed,
                                                  expired, cancelled, input_tokens, output_tokens)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::date[], $4::bigint[], $5::bigint[],
                               $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[],
@@ -282,7 +277,7 @@ async fn upsert_deliveries(
     }
     let [attempts, succeeded, delivered, failed, latency] = counts;
     sqlx::query(
-        "INSERT INTO analytics.delivery_daily AS d (owner, day, attempts, succeeded_attempts,
+        "INSERT INTO delivery_daily AS d (owner, day, attempts, succeeded_attempts,
                                                     delivered, delivery_failed, latency_ms_total)
          SELECT * FROM UNNEST($1::text[], $2::date[], $3::bigint[], $4::bigint[], $5::bigint[],
                               $6::bigint[], $7::bigint[])

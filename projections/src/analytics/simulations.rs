@@ -9,7 +9,6 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{big, day};
-use crate::projector::clear;
 use crate::{FailurePolicy, ProjectionError, Projector, RecordedEvent};
 
 /// The projector behind simulation analytics.
@@ -42,12 +41,8 @@ impl Projector for SimulationAnalytics {
         Some(&["Simulation"])
     }
 
-    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
-        clear(
-            conn,
-            &["analytics.simulation_keys", "analytics.simulation_daily"],
-        )
-        .await
+    fn tables(&self) -> &'static [&'static str] {
+        &["analytics.simulation_keys", "analytics.simulation_daily"]
     }
 
     async fn apply(
@@ -65,7 +60,7 @@ impl Projector for SimulationAnalytics {
             if let SimulationEvent::Created { owner, at, .. } = &decoded {
                 let key = (owner.clone(), day(*at));
                 sqlx::query(
-                    "INSERT INTO analytics.simulation_keys (simulation_id, owner, day)
+                    "INSERT INTO simulation_keys (simulation_id, owner, day)
                      VALUES ($1, $2, $3)",
                 )
                 .bind(id)
@@ -77,7 +72,7 @@ impl Projector for SimulationAnalytics {
             }
             if let std::collections::hash_map::Entry::Vacant(slot) = keys.entry(id) {
                 let known: Option<(String, NaiveDate)> = sqlx::query_as(
-                    "SELECT owner, day FROM analytics.simulation_keys WHERE simulation_id = $1",
+                    "SELECT owner, day FROM simulation_keys WHERE simulation_id = $1",
                 )
                 .bind(id)
                 .fetch_optional(&mut *conn)
@@ -118,7 +113,7 @@ impl Projector for SimulationAnalytics {
         }
         for ((owner, day), row) in activity {
             sqlx::query(
-                "INSERT INTO analytics.simulation_daily AS s (owner, day, sessions, messages,
+                "INSERT INTO simulation_daily AS s (owner, day, sessions, messages,
                      ai_calls, failed_calls, tokens, feedbacks, score_total, scores)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                  ON CONFLICT (owner, day) DO UPDATE SET

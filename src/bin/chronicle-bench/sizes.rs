@@ -23,7 +23,9 @@ pub(crate) struct Sizes {
     pub(crate) bulk_calls: usize,
     /// W4: requests per call.
     pub(crate) bulk_items: usize,
-    /// W5: events the rebuilt projections read.
+    /// W5: events the rebuilt projections read, the first time.
+    pub(crate) rebuild_events_small: usize,
+    /// W5: events they read the second time, the log grown tenfold.
     pub(crate) rebuild_events: usize,
     /// W6: commands per second.
     pub(crate) live_rate: u32,
@@ -64,7 +66,8 @@ impl Sizes {
             stream_window: 500.min(stream_commands / 3),
             bulk_calls: count(50, 10),
             bulk_items: 1_000,
-            rebuild_events: count(500_000, 50_000),
+            rebuild_events_small: count(200_000, 20_000),
+            rebuild_events: count(2_000_000, 200_000),
             live_rate: 500,
             live_duration: seconds(20, 5),
             query_clients: 16,

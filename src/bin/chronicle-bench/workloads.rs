@@ -100,8 +100,8 @@ impl Workload {
                 sizes.bulk_calls, sizes.bulk_items
             ),
             Self::W5 => format!(
-                "projection rebuild: requests and batches from {} events",
-                sizes.rebuild_events
+                "projection rebuild: requests and batches from {} and {} events",
+                sizes.rebuild_events_small, sizes.rebuild_events
             ),
             Self::W6 => format!(
                 "live latency at {} commands/s, then at half W2's rate, {:?} each",

@@ -25,34 +25,82 @@ pub(crate) async fn prepare(client: &Client, sizes: &Sizes) -> anyhow::Result<()
     Ok(())
 }
 
-/// With the service stopped: tops the log up to `rebuild_events` request and batch events
-/// with copies of a real `RequestSubmitted` (each a new request), measures COPY, then runs
-/// `chronicle projections rebuild` for each projection as its own process.
+/// With the service stopped: tops the log up to the smaller size of request and batch
+/// events with copies of a real `RequestSubmitted` (each a new request), measures COPY,
+/// runs `chronicle projections rebuild` for each projection as its own process; then again
+/// at the larger size. The rate over the larger log against the smaller one's says whether
+/// a rebuild stays flat as the store grows.
 pub(crate) async fn rebuild(
     database: &BenchDatabase,
     limits: &Limits,
     sizes: &Sizes,
 ) -> anyhow::Result<(Vec<Figure>, u64)> {
-    seed(database, sizes.rebuild_events).await?;
-    let (copied, limit) = limits.copy_events(&TYPES).await?;
     let mut figures = Vec::new();
-    let (mut events, mut seconds, mut peak) = (0u64, 0.0, 0u64);
+    let (mut rates, mut peak) = (Vec::new(), 0u64);
+    for size in [sizes.rebuild_events_small, sizes.rebuild_events] {
+        seed(database, size).await?;
+        let (copied, limit) = limits.copy_events(&TYPES).await?;
+        let measured = rebuild_each(database).await?;
+        ensure!(
+            measured.events == copied,
+            "the rebuilds read {} events, COPY {copied}",
+            measured.events
+        );
+        let rate = measured.events as f64 / measured.seconds.max(f64::EPSILON);
+        figures.push(
+            Figure::plain(
+                format!("rebuild, {} events", measured.events),
+                rate,
+                "events/s",
+            )
+            .limit(limit)
+            .goal(Goal::AtLeast(100_000.0)),
+        );
+        figures.extend(measured.figures);
+        rates.push(rate);
+        peak = peak.max(measured.peak);
+    }
+    if let [smaller, larger] = rates[..] {
+        figures.push(
+            Figure::plain(
+                "rate over the larger log ÷ over the smaller",
+                larger / smaller,
+                "×",
+            )
+            .goal(Goal::AtLeast(0.8)),
+        );
+    }
+    Ok((figures, peak))
+}
+
+/// What rebuilding each projection once measured.
+struct Measured {
+    figures: Vec<Figure>,
+    events: u64,
+    seconds: f64,
+    peak: u64,
+}
+
+/// Rebuilds each projection as its own process and checks the requests read model after.
+async fn rebuild_each(database: &BenchDatabase) -> anyhow::Result<Measured> {
+    let mut measured = Measured {
+        figures: Vec::new(),
+        events: 0,
+        seconds: 0.0,
+        peak: 0,
+    };
     for projection in PROJECTIONS {
         let (output, memory) = database.rebuild(projection).await?;
         let (applied, took) = parse_rebuilt(&output)?;
-        figures.push(Figure::plain(
+        measured.figures.push(Figure::plain(
             format!("{projection}: {applied} events"),
             applied as f64 / took.max(f64::EPSILON),
             "events/s",
         ));
-        events += applied;
-        seconds += took;
-        peak = peak.max(memory);
+        measured.events += applied;
+        measured.seconds += took;
+        measured.peak = measured.peak.max(memory);
     }
-    ensure!(
-        events == copied,
-        "the rebuilds read {events} events, COPY {copied}"
-    );
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM requests")
         .fetch_one(&database.pool)
         .await?;
@@ -62,17 +110,7 @@ pub(crate) async fn rebuild(
     .fetch_one(&database.pool)
     .await?;
     ensure!(rows == streams, "rebuilt {rows} requests of {streams}");
-    figures.insert(
-        0,
-        Figure::plain(
-            format!("rebuild, {events} events"),
-            events as f64 / seconds.max(f64::EPSILON),
-            "events/s",
-        )
-        .limit(limit)
-        .goal(Goal::AtLeast(100_000.0)),
-    );
-    Ok((figures, peak))
+    Ok(measured)
 }
 
 /// Appends copies of the newest `RequestSubmitted` until the log holds `target` request and

@@ -1,0 +1,91 @@
+//! The swap: in one transaction, under the locks every writer of the live tables takes
+//! (the log lock for an inline projector, then its checkpoint), the copies apply the last
+//! events, take the live tables' place, and the live checkpoint moves to where they stand.
+
+use std::time::Duration;
+
+use chronicle_projections::rebuilds::{self, Rebuild, Transition};
+use chronicle_projections::{checkpoint, parked, RecordedEvent};
+use sqlx::{Connection, PgConnection};
+
+use super::copies::execute;
+use super::{hold, RebuildError, Run, PAGE};
+use crate::store::lock_log;
+
+/// How long a swap waits for a lock (a reader of the live tables, appends) before it gives
+/// up and tries again: while it waits, new readers queue behind it.
+const LOCK_TIMEOUT: &str = "1s";
+
+/// The pause before a swap that gave up on a lock tries again.
+pub(super) const BUSY_PAUSE: Duration = Duration::from_millis(500);
+
+/// Whether `error` is a swap giving up on a lock (nothing changed; try again).
+pub(super) fn waited_too_long(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "55P03")
+}
+
+impl Run<'_> {
+    /// Applies the events after the copies' position and swaps them in; the events the
+    /// live tables now hold.
+    pub(super) async fn swap(
+        &self,
+        conn: &mut PgConnection,
+        rebuild: &mut Rebuild,
+    ) -> Result<i64, RebuildError> {
+        let name = self.projector.name();
+        let mut tx = conn.begin().await?;
+        let settings = [
+            format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"),
+            "SET LOCAL synchronous_commit = on".to_owned(),
+        ];
+        for setting in settings {
+            execute(&mut tx, &setting).await?;
+        }
+        if super::super::inline().iter().any(|p| p.name() == name) {
+            lock_log(&mut tx).await?;
+        }
+        checkpoint::lock(&mut tx, &[name]).await?;
+        hold(&mut tx, rebuild).await?;
+        let mut tail = rebuild.clone();
+        self.apply_tail(&mut tx, &mut tail).await?;
+        self.copies.swap(&mut tx).await?;
+        let installed = (tail.cursor, tail.events_applied, tail.version);
+        checkpoint::install(&mut tx, name, installed).await?;
+        parked::forget(&mut tx, name).await?;
+        rebuilds::enter(&mut tx, &mut tail, Transition::Swapped, None).await?;
+        tx.commit().await?;
+        *rebuild = tail;
+        Ok(rebuild.events_applied)
+    }
+
+    /// Applies every committed event after the copies' position: under the swap's locks
+    /// nothing the projector reads can be appended meanwhile.
+    async fn apply_tail(
+        &self,
+        conn: &mut PgConnection,
+        rebuild: &mut Rebuild,
+    ) -> Result<(), RebuildError> {
+        let filter = self.filter();
+        loop {
+            let page = self.reader.read(rebuild.cursor, &filter, PAGE).await?;
+            let Some(last) = page.events.last().map(|e| e.cursor) else {
+                return Ok(());
+            };
+            let events: Vec<&RecordedEvent> = page.events.iter().collect();
+            self.projector
+                .apply(&mut *conn, &events)
+                .await
+                .map_err(|error| match error {
+                    chronicle_projections::ProjectionError::Database(error) => {
+                        RebuildError::Database(error)
+                    }
+                    malformed => RebuildError::Failed(malformed.to_string()),
+                })?;
+            rebuild.cursor = last;
+            rebuild.events_applied += i64::try_from(events.len()).unwrap_or(i64::MAX);
+        }
+    }
+}
