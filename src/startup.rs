@@ -251,7 +251,7 @@ impl Application {
         let rebuilder = Rebuilder::new(
             core.pool.clone(),
             options.clone(),
-            core.reader.clone(),
+            &core.reader,
             wiring.projectors.clone(),
         );
         let changed = rebuilder

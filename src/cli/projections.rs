@@ -76,7 +76,7 @@ pub(super) async fn rebuild(
     let pepper = Pepper::load(&pool, config.security.key_pepper.as_ref()).await?;
     let vault = Vault::new(pool.clone(), pepper.as_bytes());
     let reader = LogReader::new(pool.clone(), wiring.upcasters.into(), vault);
-    let rebuilder = Rebuilder::new(pool.clone(), options.clone(), reader, wiring.projectors);
+    let rebuilder = Rebuilder::new(pool.clone(), options.clone(), &reader, wiring.projectors);
     let stop = CancellationToken::new();
     let (roles, holding) = Roles::new(options, config.standby_retry(), stop.clone());
     let holding = tokio::spawn(holding);

@@ -143,6 +143,15 @@ impl LogReader {
         }
     }
 
+    /// The same reader, reading through `pool` (connections with other settings).
+    #[must_use]
+    pub fn through(&self, pool: PgPool) -> Self {
+        Self {
+            pool,
+            ..self.clone()
+        }
+    }
+
     /// The rows' events, personal fields opened, upcast.
     async fn recorded_all(
         &self,

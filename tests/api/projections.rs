@@ -48,7 +48,7 @@ pub(crate) fn rebuilder(db: &TestDb, projectors: Vec<Arc<dyn Projector>>) -> Reb
         Arc::new(Wiring::standard().upcasters),
         crate::support::vault(&db.pool),
     );
-    Rebuilder::new(db.pool.clone(), db.options.clone(), reader, projectors)
+    Rebuilder::new(db.pool.clone(), db.options.clone(), &reader, projectors)
 }
 
 /// Rebuilds `name` beside its live tables as `chronicle projections rebuild` does: asks for
