@@ -1,6 +1,8 @@
 //! The command line: `serve`, `migrate`, `schema`, `projections rebuild|status`,
-//! `events export|import`, `audit verify`, `keys new`, `emulate-provider`.
+//! `events export|import`, `audit verify`, `analytics grant|revoke`, `keys new`,
+//! `emulate-provider`.
 
+mod analytics;
 mod progress;
 mod projections;
 
@@ -32,9 +34,9 @@ pub struct Cli {
 }
 
 impl Command {
-    /// Whether the command only reads the database: it then never creates or migrates one
-    /// (a mistyped URL is an error, and SELECT rights suffice).
-    fn only_reads(&self) -> bool {
+    /// Whether the command works on an existing database only: it then never creates or
+    /// migrates one (a mistyped URL is an error; the readers need SELECT rights alone).
+    fn needs_existing_database(&self) -> bool {
         matches!(
             self,
             Self::Events {
@@ -43,7 +45,7 @@ impl Command {
                 action: ProjectionsAction::Status
             } | Self::Audit {
                 action: AuditAction::Verify { .. }
-            }
+            } | Self::Analytics { .. }
         )
     }
 
@@ -58,6 +60,7 @@ impl Command {
             Self::Audit { .. } => "audit",
             Self::EmulateProvider { .. } => "emulate-provider",
             Self::Keys { .. } => "keys",
+            Self::Analytics { .. } => "analytics",
         }
     }
 }
@@ -84,6 +87,11 @@ enum Command {
     Audit {
         #[command(subcommand)]
         action: AuditAction,
+    },
+    /// Let analysts' logins read this database's analytics schema.
+    Analytics {
+        #[command(subcommand)]
+        action: AnalyticsAction,
     },
     /// Make API keys.
     Keys {
@@ -115,6 +123,27 @@ enum EventsAction {
     },
     /// Read an export from stdin into an empty store, verifying every hash; all or nothing.
     Import,
+}
+
+#[derive(Debug, Subcommand)]
+enum AnalyticsAction {
+    /// Let a login (made if missing) connect to this database alone and read the analytics
+    /// schema, with statement and idle-in-transaction timeouts in this database.
+    Grant {
+        /// The login role.
+        login: String,
+        /// Longest statement, in seconds.
+        #[arg(long, default_value_t = 60)]
+        statement_timeout_secs: u64,
+        /// Longest idle time inside a transaction, in seconds.
+        #[arg(long, default_value_t = 60)]
+        idle_timeout_secs: u64,
+    },
+    /// Take back what `grant` gave a login in this database.
+    Revoke {
+        /// The login role.
+        login: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -185,7 +214,7 @@ impl Cli {
             return emulate(listen, polls_per_status).await;
         }
         let options = db::connect_options(&config.database_url)?;
-        let pool = if self.command.only_reads() {
+        let pool = if self.command.needs_existing_database() {
             db::connect_existing(&options, config.db_max_connections).await?
         } else {
             let pool = db::connect(&options, config.db_max_connections).await?;
@@ -294,6 +323,23 @@ impl Cli {
             Command::Projections {
                 action: ProjectionsAction::Rebuild { name, .. },
             } => projections::rebuild(&config, pool, options, name).await,
+            Command::Analytics {
+                action:
+                    AnalyticsAction::Grant {
+                        login,
+                        statement_timeout_secs,
+                        idle_timeout_secs,
+                    },
+            } => {
+                let limits = analytics::Limits {
+                    statement_timeout: Duration::from_secs(statement_timeout_secs.max(1)),
+                    idle_timeout: Duration::from_secs(idle_timeout_secs.max(1)),
+                };
+                analytics::grant(&pool, &login, limits).await
+            }
+            Command::Analytics {
+                action: AnalyticsAction::Revoke { login },
+            } => analytics::revoke(&pool, &login).await,
         }
     }
 }

@@ -4,7 +4,7 @@ use std::process::Command;
 
 use crate::support::TestDb;
 
-fn chronicle(args: &[&str], database_url: &str) -> std::process::Output {
+pub(crate) fn chronicle(args: &[&str], database_url: &str) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_chronicle"))
         .args(args)
         .env("DATABASE_URL", database_url)

@@ -5,6 +5,7 @@
     reason = "test support items are shared across this binary's modules"
 )]
 
+mod analysts;
 mod analytics;
 mod archive;
 mod audit;
