@@ -22,22 +22,18 @@ use crate::startup::Wiring;
 /// How often `projections rebuild` looks at a rebuild another instance runs.
 const FOLLOW_EVERY: Duration = Duration::from_millis(500);
 
-/// Prints each projection's state, position, lag and parked events.
+/// Prints each projection's version, state, position, lag and parked events.
 pub(super) async fn status(pool: &PgPool) -> anyhow::Result<()> {
     let mut table = format!(
-        "{:<24} {:<10} {:>12} {:>10} {:>10} {:>7} {:<16} {}\n",
-        "projection", "state", "applied", "lag", "lag (s)", "parked", "cursor", "updated"
+        "{:<24} {:>3} {:<22} {:>12} {:>10} {:>10} {:>7} {:<16} {}\n",
+        "projection", "v", "state", "applied", "lag", "lag (s)", "parked", "cursor", "updated"
     );
     for status in checkpoint::status(pool, &Wiring::standard().projectors).await? {
-        let state = match (status.state(), status.rebuild_progress()) {
-            (State::Halted, _) => "halted".to_owned(),
-            (State::Rebuilding, Some(done)) => format!("rebuild {:.0}%", done * 100.0),
-            (State::Rebuilding | State::Live, _) => "live".to_owned(),
-        };
         table.push_str(&format!(
-            "{:<24} {:<10} {:>12} {:>10} {:>10.1} {:>7} {:<16} {}\n",
+            "{:<24} {:>3} {:<22} {:>12} {:>10} {:>10.1} {:>7} {:<16} {}\n",
             status.name,
-            state,
+            status.version,
+            shown_state(&status),
             status.events_applied,
             status.lag,
             status.lag_seconds,
@@ -47,6 +43,21 @@ pub(super) async fn status(pool: &PgPool) -> anyhow::Result<()> {
         ));
     }
     write_stdout(&table)
+}
+
+/// `halted`, `live`, `rebuild 42% (building)`, or `live (rebuild failed)`.
+fn shown_state(status: &checkpoint::Status) -> String {
+    let rebuild = status.rebuild.as_ref();
+    match (status.state(), status.rebuild_progress(), rebuild) {
+        (State::Halted, ..) => "halted".to_owned(),
+        (State::Rebuilding, Some(done), Some(rebuild)) => {
+            format!("rebuild {:.0}% ({})", done * 100.0, rebuild.phase.as_str())
+        }
+        (State::Live, _, Some(rebuild)) if rebuild.error.is_some() => {
+            "live (rebuild failed)".to_owned()
+        }
+        (State::Rebuilding | State::Live, ..) => "live".to_owned(),
+    }
 }
 
 /// Rebuilds the projection `name` (every projection when `None`) beside the live tables,

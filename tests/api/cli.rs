@@ -96,6 +96,7 @@ async fn commands_that_read_refuse_a_missing_database_and_create_none() {
         &["events", "export"][..],
         &["projections", "status"],
         &["audit", "verify"],
+        &["analytics", "revoke", "nobody"],
     ] {
         let output = chronicle(args, &url);
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -152,4 +153,45 @@ async fn export_runs_with_select_rights_alone() {
     let lines = String::from_utf8_lossy(&output.stdout).lines().count();
     assert_eq!(i64::try_from(lines).expect("lines"), events);
     assert!(events > 0);
+}
+
+#[tokio::test]
+async fn projections_status_shows_versions_rebuilds_and_their_failures() {
+    let db = TestDb::new().await;
+    let app = crate::support::TestApp::spawn(&db, "status").await;
+    app.stop().await;
+    chronicle_projections::rebuilds::request(&db.pool, "requests", 1, "test")
+        .await
+        .expect("asked for");
+    sqlx::query(
+        "UPDATE projection_rebuilds SET phase = 'failed', error = 'refused'
+          WHERE projection = 'requests'",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("failed");
+    chronicle_projections::rebuilds::request(&db.pool, "batches", 1, "test")
+        .await
+        .expect("asked for");
+
+    let output = chronicle(&["projections", "status"], &db.url());
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line = |name: &str| {
+        table
+            .lines()
+            .find(|line| line.split_whitespace().next() == Some(name))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(
+        line("requests").contains("   1 live (rebuild failed)"),
+        "{table}"
+    );
+    assert!(line("batches").contains("rebuild 0% (building)"), "{table}");
+    assert!(line("transitions").contains("   1 live "), "{table}");
 }
