@@ -8,7 +8,7 @@ ALTER TABLE projection_checkpoints DROP COLUMN rebuild_target;
 -- in code is higher is rebuilt at start-up.
 ALTER TABLE projection_checkpoints ADD COLUMN version integer NOT NULL DEFAULT 1;
 
--- One rebuild in progress (or failed) per projection. `position` and `events_applied` are
+-- One rebuild in progress (or failed) per projection. `log_position` and `events_applied` are
 -- the copies' own checkpoint, moved in the transaction that loads each page into them.
 -- `building` loads the copies with their unique indexes only; `finishing` has built the
 -- other indexes and keeps up until the swap, which deletes the row. `failed` keeps the
@@ -18,6 +18,9 @@ CREATE TABLE projection_rebuilds
     projection     text        PRIMARY KEY,
     version        integer     NOT NULL,
     phase          text        NOT NULL CHECK (phase IN ('building', 'finishing', 'failed')),
+    -- Bumped each time the rebuild starts again: a runner of an earlier attempt that is
+    -- still retrying a page can never write to the new attempt's copies.
+    attempt        integer     NOT NULL DEFAULT 1,
     log_position   bigint      NOT NULL DEFAULT 0,
     events_applied bigint      NOT NULL DEFAULT 0,
     requested_by   text        NOT NULL,

@@ -261,13 +261,14 @@ pub async fn halts(
     .await
 }
 
-/// Forgets `projection`'s parked events, for a rebuild from the start (which meets them
-/// again).
+/// Forgets the parked events `projection` halted on, as rebuilt tables that applied them
+/// take the live ones' place. Those it went past and those an admin resolved stay: the
+/// rebuild went past the same ones.
 ///
 /// # Errors
 /// Any database error.
-pub async fn forget(conn: &mut PgConnection, projection: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM parked_events WHERE projection = $1")
+pub async fn forget_halts(conn: &mut PgConnection, projection: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM parked_events WHERE projection = $1 AND status = 'parked' AND halted")
         .bind(projection)
         .execute(conn)
         .await?;

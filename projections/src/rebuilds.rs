@@ -30,7 +30,7 @@ pub enum Transition {
     Failed,
     /// Someone asked for the rebuild again: it starts from the beginning.
     Restarted,
-    /// A projector of another version asked for it: it starts again with that version.
+    /// A newer projector version asked for it: it starts again with that version.
     Superseded,
 }
 
@@ -85,6 +85,8 @@ pub struct Rebuild {
     pub projection: String,
     /// The projector version the copies are built with.
     pub version: i32,
+    /// How many times it was started (each restart makes new copies).
+    pub attempt: i32,
     /// Where it stands.
     pub phase: Phase,
     /// The last event the copies applied.
@@ -104,6 +106,7 @@ pub struct Rebuild {
 type Row = (
     String,
     i32,
+    i32,
     String,
     i64,
     i64,
@@ -113,20 +116,21 @@ type Row = (
     Option<String>,
 );
 
-const COLUMNS: &str = "projection, version, phase, log_position, events_applied, requested_by,
-                       requested_at, updated_at, error";
+const COLUMNS: &str = "projection, version, attempt, phase, log_position, events_applied,
+                       requested_by, requested_at, updated_at, error";
 
 fn from_row(row: Row) -> Result<Rebuild, sqlx::Error> {
-    let (projection, version, phase, position, events_applied, requested_by, at, updated, error) =
+    let (projection, version, attempt, phase, position, applied, requested_by, at, updated, error) =
         row;
     let phase = Phase::parse(&phase)
         .ok_or_else(|| sqlx::Error::Decode(format!("unknown rebuild phase `{phase}`").into()))?;
     Ok(Rebuild {
         projection,
         version,
+        attempt,
         phase,
         cursor: LogCursor::at(position),
-        events_applied,
+        events_applied: applied,
         requested_by,
         requested_at: at,
         updated_at: updated,
@@ -135,9 +139,9 @@ fn from_row(row: Row) -> Result<Rebuild, sqlx::Error> {
 }
 
 /// Asks for a rebuild of `projection` with its projector at `version`: a new one; a
-/// failed one, or one of another version, started again from the beginning; one in
-/// progress at `version` goes on as it is. Returns the rebuild; runners are told on commit
-/// (`chronicle_resets`).
+/// failed one, or one of an older version, started again from the beginning (a new
+/// attempt); one in progress at `version` or a newer one goes on as it is. Returns the
+/// rebuild; runners are told on commit (`chronicle_resets`).
 ///
 /// # Errors
 /// Any database error.
@@ -164,17 +168,19 @@ pub async fn request(
     .fetch_one(&mut *tx)
     .await?;
     let current = from_row(row)?;
-    let transition = if current.version == version {
-        Transition::Restarted
-    } else {
-        Transition::Superseded
+    let transition = match current.version.cmp(&version) {
+        std::cmp::Ordering::Equal => Transition::Restarted,
+        std::cmp::Ordering::Less => Transition::Superseded,
+        // An older instance never takes a newer version's rebuild back.
+        std::cmp::Ordering::Greater => return Ok(current),
     };
     if current.phase.after(transition).is_none() {
         return Ok(current);
     }
     let row: Row = sqlx::query_as(&format!(
         "UPDATE projection_rebuilds
-            SET version = $2, phase = 'building', log_position = 0, events_applied = 0,
+            SET version = $2, phase = 'building', attempt = attempt + 1, log_position = 0,
+                events_applied = 0,
                 requested_by = $3, requested_at = now(), updated_at = now(), error = NULL
           WHERE projection = $1
          RETURNING {COLUMNS}"
@@ -222,9 +228,9 @@ pub async fn all(db: impl PgExecutor<'_>) -> Result<Vec<Rebuild>, sqlx::Error> {
     rows.into_iter().map(from_row).collect()
 }
 
-/// Locks the rebuild of `projection` for the rest of the transaction and returns it, if it
-/// is still `expected`'s (same version, same phase, same position): otherwise someone else
-/// moved it, restarted it or swapped it in, and the caller must stop.
+/// Locks the rebuild of `projection` for the rest of the transaction, if it is still
+/// `expected`'s (same version, attempt, phase and position): otherwise someone else moved
+/// it, restarted it or swapped it in, and the caller must stop.
 ///
 /// # Errors
 /// Any database error.
@@ -232,12 +238,14 @@ pub async fn hold(conn: &mut PgConnection, expected: &Rebuild) -> Result<bool, s
     let held: Option<i64> = sqlx::query_scalar(
         "SELECT log_position FROM projection_rebuilds
           WHERE projection = $1 AND version = $2 AND phase = $3 AND log_position = $4
+            AND attempt = $5
             FOR UPDATE",
     )
     .bind(&expected.projection)
     .bind(expected.version)
     .bind(expected.phase.as_str())
     .bind(expected.cursor.position)
+    .bind(expected.attempt)
     .fetch_optional(conn)
     .await?;
     Ok(held.is_some())

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chronicle_projections::rebuilds::{self, Rebuild};
-use chronicle_projections::{LogCursor, Projector};
+use chronicle_projections::Projector;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
@@ -83,7 +83,7 @@ impl Rebuilder {
         reader: &LogReader,
         projectors: Vec<Arc<dyn Projector>>,
     ) -> Self {
-        // Pages of 10,000 events sort in memory (the default 4 MB spilled each page to disk,
+        // A page's sorts fit in memory (the default 4 MB spilled pages of 10,000 to disk,
         // 35 ms a page against 61), and each page is planned for its own types and position
         // (a generic plan of the optional filters took 135 ms). One connection, opened
         // while a rebuild reads.
@@ -110,7 +110,7 @@ impl Rebuilder {
             .ok_or_else(|| RebuildError::Unknown(name.to_owned()))
     }
 
-    /// Asks for a rebuild of every projector whose version in code differs from the one
+    /// Asks for a rebuild of every projector whose version in code is newer than the one
     /// that built its live tables; returns their names.
     ///
     /// # Errors
@@ -124,7 +124,7 @@ impl Rebuilder {
         for projector in &self.projectors {
             let changed = stored
                 .iter()
-                .any(|(name, version)| name == projector.name() && *version != projector.version());
+                .any(|(name, version)| name == projector.name() && *version < projector.version());
             if changed {
                 rebuilds::request(
                     &self.pool,
@@ -176,14 +176,17 @@ impl Rebuilder {
             copies: &copies,
             progress,
         };
-        if rebuild.cursor == LogCursor::START {
-            run.create_copies(&mut conn, &rebuild).await?;
-        }
-        let outcome = run.to_swap(&mut conn, &mut rebuild).await;
-        if let Err(RebuildError::Failed(error)) = &outcome {
-            run.record_failure(&mut conn, &mut rebuild, error).await?;
-        }
-        outcome
+        let outcome = match run.create_fresh(&mut conn, &rebuild).await {
+            Ok(()) => run.to_swap(&mut conn, &mut rebuild).await,
+            Err(error) => Err(error),
+        };
+        let error = match outcome {
+            Err(RebuildError::Failed(error)) => error,
+            Err(RebuildError::Database(error)) if !transient(&error) => error.to_string(),
+            other => return other,
+        };
+        run.record_failure(&mut conn, &mut rebuild, &error).await?;
+        Err(RebuildError::Failed(error))
     }
 
     /// A connection of its own for loading `name`'s copies: their schema first on its path,
@@ -243,7 +246,8 @@ impl Rebuilder {
         }
     }
 
-    /// Runs, in turn, each rebuild in progress at this instance's projector versions.
+    /// Runs, in turn, each rebuild in progress at this instance's projector versions; one
+    /// that stops on a passing error (the database) does not hold up the others.
     async fn run_pending(&self) -> Result<(), RebuildError> {
         let mut pending: Vec<Rebuild> = rebuilds::all(&self.pool).await?;
         // Only running ones, at this instance's versions (an older instance leaves a newer
@@ -255,27 +259,34 @@ impl Rebuilder {
                     .iter()
                     .any(|p| p.name() == rebuild.projection && p.version() == rebuild.version)
         });
+        let mut stopped = Ok(());
         for rebuild in &pending {
-            tracing::info!(
-                projection = rebuild.projection,
-                "rebuilding beside the live tables"
-            );
+            let projection = rebuild.projection.as_str();
+            tracing::info!(projection, "rebuilding beside the live tables");
             let quiet = |_: RebuildProgress| {};
-            match self.rebuild(&rebuild.projection, &quiet).await {
-                Ok(applied) => tracing::info!(
-                    projection = rebuild.projection,
-                    applied,
-                    "rebuilt and swapped in"
-                ),
+            match self.rebuild(projection, &quiet).await {
+                Ok(applied) => tracing::info!(projection, applied, "rebuilt and swapped in"),
                 Err(RebuildError::Failed(error)) => {
-                    tracing::error!(projection = rebuild.projection, %error, "rebuild failed; the live tables are unchanged");
+                    tracing::error!(projection, %error, "rebuild failed; the live tables are unchanged");
                 }
                 Err(RebuildError::Superseded(_)) => {}
-                Err(error) => return Err(error),
+                Err(error) => {
+                    tracing::warn!(projection, %error, "rebuild stopped; it resumes later");
+                    stopped = Err(error);
+                }
             }
         }
-        Ok(())
+        stopped
     }
+}
+
+/// Whether a database error may pass by itself (the database unreachable, a lock or a
+/// deadlock given up on, a cancelled statement): the rebuild then resumes later. Any other
+/// (a definition that cannot be copied, a table gone) fails it.
+fn transient(error: &sqlx::Error) -> bool {
+    let code = error.as_database_error().and_then(|e| e.code());
+    crate::command::is_unavailable(error)
+        || code.is_some_and(|code| ["55P03", "40P01", "40001", "57014"].contains(&code.as_ref()))
 }
 
 /// Holds `rebuild`'s row for the transaction, or fails when it is not this runner's any more.

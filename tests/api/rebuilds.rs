@@ -88,14 +88,15 @@ fn poll_list(app: Arc<TestApp>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandl
     })
 }
 
-/// Submits one request at a time until `stop`, counting them.
+/// Submits one request at a time until `stop` (at most 400: the list shows 1,000), counting
+/// them.
 fn keep_writing(
     app: Arc<TestApp>,
     stop: Arc<AtomicBool>,
     written: Arc<AtomicI64>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        while !stop.load(Ordering::Relaxed) {
+        while !stop.load(Ordering::Relaxed) && written.load(Ordering::Relaxed) < 400 {
             let n = written.load(Ordering::Relaxed);
             submit_many(&app, &format!("live-{n}"), 1).await;
             written.fetch_add(1, Ordering::Relaxed);
@@ -115,10 +116,12 @@ async fn under_live_writes_the_list_never_shrinks_and_the_swap_equals_a_rebuild_
     let mut reader = PgConnection::connect_with(&db.options)
         .await
         .expect("reader");
-    sqlx::raw_sql("BEGIN; SELECT count(*) FROM requests;")
-        .execute(&mut reader)
-        .await
-        .expect("reader's transaction");
+    sqlx::raw_sql(
+        "SET idle_in_transaction_session_timeout = 0; BEGIN; SELECT count(*) FROM requests;",
+    )
+    .execute(&mut reader)
+    .await
+    .expect("reader's transaction");
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(AtomicI64::new(0));
     let poller = poll_list(app.clone(), stop.clone());
@@ -364,18 +367,74 @@ async fn views_and_grants_over_a_rebuilt_table_survive_the_swap() {
     let db = TestDb::new().await;
     let app = TestApp::spawn(&db, "views").await;
     app.stop().await;
+    // A grant of an operator's own, beyond the analytics role's default privileges.
+    sqlx::raw_sql(
+        "GRANT SELECT ON analytics.batch_turnaround, analytics.batch_turnaround_daily
+            TO pg_monitor",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("grant");
+    let definition = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT pg_get_viewdef('analytics.batch_turnaround_daily'::regclass)",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .expect("view")
+    };
+    let before = definition().await;
     rebuild_here(&db, "analytics_batches").await;
+    assert_eq!(definition().await, before);
     let granted: Vec<bool> = sqlx::query_scalar(
-        "SELECT has_table_privilege('chronicle_analytics', t, 'SELECT')
-           FROM unnest(ARRAY['analytics.batch_turnaround', 'analytics.batch_turnaround_daily']) t",
+        "SELECT has_table_privilege(r, t, 'SELECT')
+           FROM unnest(ARRAY['chronicle_analytics', 'pg_monitor']) r,
+                unnest(ARRAY['analytics.batch_turnaround',
+                             'analytics.batch_turnaround_daily']) t",
     )
     .fetch_all(&db.pool)
     .await
     .expect("privileges");
-    assert_eq!(granted, [true, true]);
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM analytics.batch_turnaround_daily")
+    assert_eq!(granted, [true; 4]);
+}
+
+#[tokio::test]
+async fn a_rebuild_goes_past_an_event_an_analytics_projector_keeps_failing_on() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db, "go-on").await;
+    submit_many(&app, "fine", 3).await;
+    // Every copy of the table refuses one model's rows (triggers are copied).
+    sqlx::raw_sql(
+        "CREATE FUNCTION test_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.request_id IN (SELECT id FROM requests WHERE custom_id = 'fine-1') THEN
+                 RAISE EXCEPTION 'poisoned';
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER poison BEFORE INSERT ON analytics.request_keys
+            FOR EACH ROW EXECUTE FUNCTION test_poison();",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("poison");
+    app.stop().await;
+
+    rebuild_here(&db, "analytics_requests").await;
+    let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM analytics.request_keys")
         .fetch_one(&db.pool)
         .await
-        .expect("the view answers");
-    assert_eq!(rows, 0);
+        .expect("keys");
+    assert_eq!(keys, 2, "the other requests are applied");
+    let parked: Vec<(bool, String)> = sqlx::query_as(
+        "SELECT halted, error FROM parked_events WHERE projection = 'analytics_requests'",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("parked");
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert!(
+        !parked[0].0 && parked[0].1.contains("poisoned"),
+        "{parked:?}"
+    );
 }

@@ -65,10 +65,12 @@ async fn killed_while_rebuilding_the_live_model_stays_whole_and_the_rebuild_resu
     let mut reader = PgConnection::connect_with(&db.options)
         .await
         .expect("reader");
-    sqlx::raw_sql("BEGIN; SELECT count(*) FROM requests;")
-        .execute(&mut reader)
-        .await
-        .expect("reader's transaction");
+    sqlx::raw_sql(
+        "SET idle_in_transaction_session_timeout = 0; BEGIN; SELECT count(*) FROM requests;",
+    )
+    .execute(&mut reader)
+    .await
+    .expect("reader's transaction");
 
     let asked = server
         .graphql(
@@ -93,11 +95,14 @@ async fn killed_while_rebuilding_the_live_model_stays_whole_and_the_rebuild_resu
     );
 
     server.restart().await;
+    // The reader still holds the swap off: the rebuild is there all along, and its copies
+    // never go back before where the kill found them.
     let mut lowest = i64::MAX;
-    for _ in 0..20 {
-        if let Some(at) = copies_at(&db.pool).await {
-            lowest = lowest.min(at);
-        }
+    for _ in 0..40 {
+        let at = copies_at(&db.pool)
+            .await
+            .expect("the rebuild is still going");
+        lowest = lowest.min(at);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(

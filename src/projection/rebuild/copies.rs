@@ -125,6 +125,8 @@ impl Copies {
     pub(super) async fn finish(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
         let definitions = self.definitions(conn).await?;
         for statement in definitions.late {
+            // Idempotent: a runner that finds them built (an earlier try) goes on.
+            let statement = statement.replacen("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1);
             execute(conn, &statement).await?;
         }
         for table in &self.tables {
@@ -171,6 +173,17 @@ impl Copies {
         }
         execute(conn, &format!("DROP SCHEMA {retired} CASCADE")).await?;
         self.drop(conn).await
+    }
+
+    /// Locks the live tables for the rest of the transaction, against readers and writers:
+    /// within the transaction's `lock_timeout`, or it fails and nothing changed.
+    ///
+    /// # Errors
+    /// Any database error (a lock timeout among them).
+    pub(super) async fn lock_live(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let live: Vec<String> = self.tables.iter().map(Table::live).collect();
+        let statement = format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", live.join(", "));
+        execute(conn, &statement).await
     }
 
     /// Drops the copies (a failed or abandoned rebuild's).

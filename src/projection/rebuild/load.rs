@@ -1,9 +1,13 @@
 //! Loading the copies: pages of the log applied to them, their other indexes once they have
-//! caught up, then the swap; a projector that keeps failing fails the rebuild.
+//! caught up, then the swap. An event the projector keeps failing on is passed over as its
+//! policy (or an admin's skip) allows, or fails the rebuild.
+
+use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use chronicle_projections::parked::{self, ParkedStatus};
 use chronicle_projections::rebuilds::{self, Rebuild, Transition};
-use chronicle_projections::{ProjectionError, Projector, RecordedEvent};
+use chronicle_projections::{LogCursor, ProjectionError, Projector, RecordedEvent};
 use sqlx::{Connection, PgConnection};
 
 use super::copies::Copies;
@@ -29,12 +33,16 @@ impl Run<'_> {
         }
     }
 
-    /// Creates the copies, empty, in a transaction that holds the rebuild.
-    pub(super) async fn create_copies(
+    /// Creates the copies, empty, in a transaction that holds the rebuild, when it has not
+    /// loaded anything yet (a rebuild past that point resumes with the copies it has).
+    pub(super) async fn create_fresh(
         &self,
         conn: &mut PgConnection,
         rebuild: &Rebuild,
     ) -> Result<(), RebuildError> {
+        if rebuild.phase != rebuilds::Phase::Building || rebuild.cursor != LogCursor::START {
+            return Ok(());
+        }
         let mut tx = conn.begin().await?;
         hold(&mut tx, rebuild).await?;
         self.copies.create(&mut tx).await?;
@@ -50,22 +58,32 @@ impl Run<'_> {
     ) -> Result<i64, RebuildError> {
         if rebuild.phase == rebuilds::Phase::Building {
             self.catch_up(conn, rebuild).await?;
+            // Indexes build without holding the rebuild's row (it could take minutes, and
+            // asking for the rebuild waits on the row); the phase moves after, if the
+            // rebuild is still this runner's.
+            let mut tx = conn.begin().await?;
+            self.copies.finish(&mut tx).await?;
+            tx.commit().await?;
             let mut tx = conn.begin().await?;
             hold(&mut tx, rebuild).await?;
-            self.copies.finish(&mut tx).await?;
             rebuilds::enter(&mut tx, rebuild, Transition::Indexed, None).await?;
             tx.commit().await?;
         }
+        let (mut pauses, mut tries) = (swap::busy_pauses(), 0u64);
         loop {
+            tries += 1;
             self.catch_up(conn, rebuild).await?;
             match self.swap(conn, rebuild).await {
                 Ok(applied) => return Ok(applied),
                 Err(RebuildError::Database(error)) if swap::waited_too_long(&error) => {
+                    let pause = pauses.next().unwrap_or(Duration::from_secs(5));
                     tracing::info!(
                         projection = rebuild.projection,
+                        tries,
+                        ?pause,
                         "the live tables are busy; swapping again shortly"
                     );
-                    tokio::time::sleep(swap::BUSY_PAUSE).await;
+                    tokio::time::sleep(pause).await;
                 }
                 Err(error) => return Err(error),
             }
@@ -138,11 +156,69 @@ impl Run<'_> {
                 Err(Attempt::Projector(error)) => error,
             };
             let Some(wait) = waits.next() else {
-                return Err(RebuildError::Failed(error.to_string()));
+                return self.apply_one_by_one(conn, rebuild, events).await;
             };
             tracing::warn!(projection = rebuild.projection, %error, ?wait, "a rebuild page failed; trying again");
             tokio::time::sleep(wait).await;
         }
+    }
+
+    /// After a page failed every attempt: applies it one event per transaction, passing
+    /// over the events the projector fails on (see [`Self::pass_over`]).
+    async fn apply_one_by_one(
+        &self,
+        conn: &mut PgConnection,
+        rebuild: &mut Rebuild,
+        events: &[&RecordedEvent],
+    ) -> Result<(), RebuildError> {
+        for &event in events {
+            match self.try_page(conn, rebuild, &[event]).await {
+                Ok(()) => {}
+                Err(Attempt::Rebuild(error)) => return Err(error),
+                Err(Attempt::Projector(ProjectionError::Database(error)))
+                    if crate::command::is_unavailable(&error) =>
+                {
+                    return Err(RebuildError::Database(error))
+                }
+                Err(Attempt::Projector(error)) => {
+                    self.pass_over(conn, rebuild, event, &error.to_string())
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// An event the projector fails on every time: a projector that goes on past failures
+    /// parks it (not halting) and the copies move past it, as do those of any projector an
+    /// admin skipped it for in the live projection; otherwise the rebuild fails on it.
+    async fn pass_over(
+        &self,
+        conn: &mut PgConnection,
+        rebuild: &mut Rebuild,
+        event: &RecordedEvent,
+        error: &str,
+    ) -> Result<(), RebuildError> {
+        let (name, policy) = (self.projector.name(), self.projector.failure_policy());
+        let mut tx = conn.begin().await?;
+        hold(&mut tx, rebuild).await?;
+        let parked = parked::lock(&mut tx, name, event.cursor.position).await?;
+        let skipped = parked.is_some_and(|p| p.status == ParkedStatus::Skipped);
+        if policy.halt && !skipped {
+            return Err(RebuildError::Failed(format!(
+                "the event at {} ({} {} {}) fails every time: {error}",
+                event.cursor, event.aggregate_type, event.aggregate_id, event.event_type
+            )));
+        }
+        if !skipped {
+            parked::park(&mut tx, name, event, policy.attempts, error, false).await?;
+        }
+        let mut moved = rebuild.clone();
+        rebuilds::advance(&mut tx, &mut moved, event.cursor, 0).await?;
+        tx.commit().await?;
+        *rebuild = moved;
+        tracing::warn!(projection = name, position = event.cursor.position, skipped, %error, "the rebuild went past an event its projector fails on");
+        Ok(())
     }
 
     /// One attempt at a page: applied to the copies with their checkpoint's move.

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
+
 use chronicle_projections::rebuilds::{self, Rebuild, Transition};
 use chronicle_projections::{checkpoint, parked, RecordedEvent};
 use sqlx::{Connection, PgConnection};
@@ -12,12 +14,21 @@ use super::copies::execute;
 use super::{hold, RebuildError, Run, PAGE};
 use crate::store::lock_log;
 
-/// How long a swap waits for a lock (a reader of the live tables, appends) before it gives
-/// up and tries again: while it waits, new readers queue behind it.
-const LOCK_TIMEOUT: &str = "1s";
+/// How long a swap waits for each lock (the log lock behind appends, the live tables behind
+/// their readers) before it gives up and tries again: while it waits for the tables it holds
+/// the log lock, so appends wait too, and new readers queue behind it.
+const LOCK_TIMEOUT: &str = "200ms";
 
-/// The pause before a swap that gave up on a lock tries again.
-pub(super) const BUSY_PAUSE: Duration = Duration::from_millis(500);
+/// The pauses between swaps that gave up on a lock: from a quarter second, doubling to five,
+/// with jitter (a reader that keeps a table busy is not met in step).
+pub(super) fn busy_pauses() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
 
 /// Whether `error` is a swap giving up on a lock (nothing changed; try again).
 pub(super) fn waited_too_long(error: &sqlx::Error) -> bool {
@@ -49,12 +60,14 @@ impl Run<'_> {
         }
         checkpoint::lock(&mut tx, &[name]).await?;
         hold(&mut tx, rebuild).await?;
+        // Every lock before any work: a busy table costs appends one timeout, not a tail.
+        self.copies.lock_live(&mut tx).await?;
         let mut tail = rebuild.clone();
         self.apply_tail(&mut tx, &mut tail).await?;
         self.copies.swap(&mut tx).await?;
         let installed = (tail.cursor, tail.events_applied, tail.version);
         checkpoint::install(&mut tx, name, installed).await?;
-        parked::forget(&mut tx, name).await?;
+        parked::forget_halts(&mut tx, name).await?;
         rebuilds::enter(&mut tx, &mut tail, Transition::Swapped, None).await?;
         tx.commit().await?;
         *rebuild = tail;
