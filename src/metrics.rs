@@ -72,6 +72,18 @@ pub fn requests_submitted(client: &str, model: &str, count: usize) {
         .increment(count as u64);
 }
 
+/// Records the `input` and `output` tokens of results recorded for `client`'s requests to
+/// `model` (labels bounded as [`requests_submitted`]'s).
+pub fn tokens_used(client: &str, model: &str, input: u64, output: u64) {
+    let client = CLIENTS.bounded(client);
+    let model = MODELS.bounded(model);
+    for (kind, count) in [("input", input), ("output", output)] {
+        metrics::counter!("chronicle_tokens_total", "client" => client.clone(),
+                          "model" => model.clone(), "kind" => kind)
+        .increment(count);
+    }
+}
+
 /// Records how many instances are live on the database (rate limits are split among them).
 pub fn instances_live(count: usize) {
     metrics::gauge!("chronicle_instances_live").set(count as f64);

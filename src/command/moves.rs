@@ -15,7 +15,8 @@ use super::{CommandContext, CommandError, Commands};
 
 impl Commands {
     /// Appends to each request of `ids` the event `decide` returns for its current status,
-    /// where the transition table allows it, all in one transaction; returns how many moved.
+    /// where the transition table allows it, all in one transaction; returns the ids of those
+    /// that moved.
     /// `command_id` stamps the events (a fresh one when `None`).
     ///
     /// # Errors
@@ -27,18 +28,18 @@ impl Commands {
         command_id: Option<Uuid>,
         ids: &[String],
         decide: impl Fn(&str, RequestStatus) -> Option<RequestEvent>,
-    ) -> Result<usize, CommandError> {
+    ) -> Result<Vec<String>, CommandError> {
         let moves = {
             let mut conn = self.pool().acquire().await?;
             request_moves::decide(&mut conn, ids, decide).await?
         };
-        let count = moves.len();
+        let moved: Vec<String> = moves.iter().map(|m| m.request_id.clone()).collect();
         let command_id = command_id.unwrap_or_else(Uuid::now_v7).to_string();
         self.stores
             .append_others(stream_events(moves)?, &context.metadata(command_id))
             .await
             .map_err(AggregateError::<<Request as Aggregate>::Error>::from)?;
-        Ok(count)
+        Ok(moved)
     }
 
     /// The request events that `settlements` (of one command) make, decided on the

@@ -235,7 +235,7 @@ impl LlmActions {
                         from.contains(&status).then(|| started.clone())
                     })
                     .await?;
-                Ok(moved as u64)
+                Ok(moved.len() as u64)
             })
             .await?;
         if moved > 0 {

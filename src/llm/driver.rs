@@ -468,7 +468,8 @@ impl ProviderDriver {
             .map(Uuid::to_string)
             .collect();
         self.apply_moves(batch_id, &ids, request_moves::all(&event))
-            .await
+            .await?;
+        Ok(())
     }
 
     /// Appends the events `decide` picks to the requests `ids` (see `request_moves`).
@@ -477,12 +478,12 @@ impl ProviderDriver {
         batch_id: Uuid,
         ids: &[String],
         decide: impl Fn(&str, RequestStatus) -> Option<RequestEvent>,
-    ) -> Result<(), DriverError> {
+    ) -> Result<Vec<String>, DriverError> {
         let context = CommandContext::system(batch_id);
-        self.commands
+        Ok(self
+            .commands
             .move_requests(&context, None, ids, decide)
-            .await?;
-        Ok(())
+            .await?)
     }
 
     /// Marks the batch failed, and with it the requests still waiting.

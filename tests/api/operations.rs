@@ -121,6 +121,22 @@ async fn metrics_agree_with_the_store_and_roles_name_their_instance() {
         scrape.of_metric("chronicle_requests_submitted_total"),
         requests
     );
+    let tokens = counted(
+        &db,
+        "SELECT format('client=\"%s\",kind=\"%s\",model=\"%s\"', owner, kind, model),
+                sum(n)::bigint
+           FROM analytics.usage_daily,
+                LATERAL (VALUES ('input', input_tokens), ('output', output_tokens)) t(kind, n)
+          GROUP BY 1 HAVING sum(n) > 0",
+    )
+    .await;
+    let scraped: BTreeMap<String, f64> = scrape
+        .of_metric("chronicle_tokens_total")
+        .into_iter()
+        .filter(|(_, count)| *count > 0.0)
+        .collect();
+    assert!(!tokens.is_empty(), "the provider's results carry usage");
+    assert_eq!(scraped, tokens);
     let mutations = scrape.of_metric("chronicle_mutations_total");
     let expected: BTreeMap<String, f64> = [
         ("mutation=\"submitRequests\",outcome=\"ok\"", 1.0),

@@ -40,7 +40,7 @@ struct Deliveries {
 }
 
 /// Input and output tokens of a provider response (OpenAI or Anthropic naming).
-fn tokens(response: &Value) -> (u64, u64) {
+pub fn tokens(response: &Value) -> (u64, u64) {
     let usage = &response["usage"];
     let count = |names: [&str; 2]| {
         names

@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use super::{DriverError, ProviderDriver};
 use crate::provider::{Provider, ProviderError, ResultLine};
+use chronicle_projections::analytics::tokens;
 use chronicle_projections::request_moves;
 
 /// Results applied per transaction while downloading.
@@ -50,11 +51,11 @@ impl ProviderDriver {
                     chunk.insert(request_id.to_string(), event);
                 }
                 if chunk.len() == RESULTS_CHUNK {
-                    self.apply_results(batch_id, std::mem::take(&mut chunk))
+                    self.apply_results(batch_id, batch, std::mem::take(&mut chunk))
                         .await?;
                 }
             }
-            self.apply_results(batch_id, chunk).await?;
+            self.apply_results(batch_id, batch, chunk).await?;
         }
         // Requests the provider never answered (an expired batch) expire.
         let expired = RequestEvent::Expired { at: Utc::now() };
@@ -67,15 +68,29 @@ impl ProviderDriver {
         self.command(batch_id, command).await
     }
 
-    /// Records a chunk of results (request id → its result or error event).
+    /// Records a chunk of results (request id → its result or error event), and counts the
+    /// tokens of the results recorded for the batch's client and model.
     async fn apply_results(
         &self,
         batch_id: Uuid,
+        batch: &Batch,
         results: HashMap<String, RequestEvent>,
     ) -> Result<(), DriverError> {
         let ids: Vec<String> = results.keys().cloned().collect();
-        self.apply_moves(batch_id, &ids, request_moves::each(&results))
-            .await
+        let moved = self
+            .apply_moves(batch_id, &ids, request_moves::each(&results))
+            .await?;
+        let (input, output) = moved
+            .iter()
+            .filter_map(|id| match results.get(id) {
+                Some(RequestEvent::ResultRecorded { response, .. }) => Some(tokens(response)),
+                _ => None,
+            })
+            .fold((0, 0), |(input, output), (i, o)| (input + i, output + o));
+        if let Some(key) = batch.key() {
+            crate::metrics::tokens_used(&key.owner, &key.model, input, output);
+        }
+        Ok(())
     }
 
     pub(super) async fn custom_ids(
