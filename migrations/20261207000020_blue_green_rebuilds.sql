@@ -26,5 +26,8 @@ CREATE TABLE projection_rebuilds
     requested_by   text        NOT NULL,
     requested_at   timestamptz NOT NULL DEFAULT now(),
     updated_at     timestamptz NOT NULL DEFAULT now(),
-    error          text
+    error          text,
+    -- A digest of the live tables' definitions when the copies were made: if a migration
+    -- changes them meanwhile, the swap would undo it, so the rebuild starts again instead.
+    live_shape     text
 );

@@ -32,6 +32,9 @@ pub enum Transition {
     Restarted,
     /// A newer projector version asked for it: it starts again with that version.
     Superseded,
+    /// The live tables' definitions changed since the copies were made (a migration): it
+    /// starts again with copies of the new shape.
+    Reshaped,
 }
 
 impl Phase {
@@ -46,15 +49,18 @@ impl Phase {
             (Self::Finishing, Transition::Swapped) => Some(Self::Swapped),
             (Self::Building | Self::Finishing, Transition::Failed) => Some(Self::Failed),
             (Self::Failed, Transition::Restarted)
-            | (Self::Building | Self::Finishing | Self::Failed, Transition::Superseded) => {
-                Some(Self::Building)
-            }
+            | (Self::Building | Self::Finishing | Self::Failed, Transition::Superseded)
+            | (Self::Building | Self::Finishing, Transition::Reshaped) => Some(Self::Building),
             (Self::Building, Transition::Swapped | Transition::Restarted)
             | (Self::Finishing, Transition::Indexed | Transition::Restarted)
             | (Self::Swapped, _)
-            | (Self::Failed, Transition::Indexed | Transition::Swapped | Transition::Failed) => {
-                None
-            }
+            | (
+                Self::Failed,
+                Transition::Indexed
+                | Transition::Swapped
+                | Transition::Failed
+                | Transition::Reshaped,
+            ) => None,
         }
     }
 
@@ -312,6 +318,63 @@ pub async fn enter(
     Ok(true)
 }
 
+/// Records `shape`, the digest of the live tables' definitions the (held) rebuild's copies
+/// are made from.
+///
+/// # Errors
+/// Any database error.
+pub async fn record_shape(
+    conn: &mut PgConnection,
+    rebuild: &Rebuild,
+    shape: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE projection_rebuilds SET live_shape = $2 WHERE projection = $1")
+        .bind(&rebuild.projection)
+        .bind(shape)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The digest [`record_shape`] recorded for the rebuild's copies.
+///
+/// # Errors
+/// Any database error.
+pub async fn shape(
+    conn: &mut PgConnection,
+    rebuild: &Rebuild,
+) -> Result<Option<String>, sqlx::Error> {
+    let shape: Option<Option<String>> =
+        sqlx::query_scalar("SELECT live_shape FROM projection_rebuilds WHERE projection = $1")
+            .bind(&rebuild.projection)
+            .fetch_optional(conn)
+            .await?;
+    Ok(shape.flatten())
+}
+
+/// Starts the (held) rebuild again from the beginning, as a new attempt, because the live
+/// tables' definitions changed ([`Transition::Reshaped`]); `false` when not allowed.
+///
+/// # Errors
+/// Any database error.
+pub async fn reshape(conn: &mut PgConnection, rebuild: &mut Rebuild) -> Result<bool, sqlx::Error> {
+    let Some(phase) = rebuild.phase.after(Transition::Reshaped) else {
+        return Ok(false);
+    };
+    sqlx::query(
+        "UPDATE projection_rebuilds
+            SET phase = $2, attempt = attempt + 1, log_position = 0, events_applied = 0,
+                live_shape = NULL, updated_at = now()
+          WHERE projection = $1",
+    )
+    .bind(&rebuild.projection)
+    .bind(phase.as_str())
+    .execute(conn)
+    .await?;
+    rebuild.phase = phase;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,8 +382,12 @@ mod tests {
     #[test]
     fn every_transition_of_every_phase_is_allowed_or_refused_as_the_table_says() {
         use Phase::{Building, Failed, Finishing, Swapped};
-        use Transition::{Failed as Fail, Indexed, Restarted, Superseded, Swapped as Swap};
+        use Transition::{
+            Failed as Fail, Indexed, Reshaped, Restarted, Superseded, Swapped as Swap,
+        };
         let allowed = [
+            (Building, Reshaped, Building),
+            (Finishing, Reshaped, Building),
             (Building, Superseded, Building),
             (Finishing, Superseded, Building),
             (Failed, Superseded, Building),
@@ -331,7 +398,7 @@ mod tests {
             (Failed, Restarted, Building),
         ];
         for phase in Phase::ALL {
-            for transition in [Indexed, Swap, Fail, Restarted, Superseded] {
+            for transition in [Indexed, Swap, Fail, Restarted, Superseded, Reshaped] {
                 let expected = allowed
                     .iter()
                     .find(|(from, by, _)| *from == phase && *by == transition)

@@ -56,6 +56,10 @@ pub enum RebuildError {
     /// failed elsewhere.
     #[error("the rebuild of `{0}` is not this runner's any more (restarted, finished or failed elsewhere)")]
     Superseded(String),
+    /// The live tables' definitions changed while the copies were loaded (a migration): the
+    /// rebuild starts again with copies of the new shape.
+    #[error("the definitions of `{0}`'s tables changed during the rebuild; it starts again")]
+    Reshaped(String),
     /// The projector failed on the log every time its policy allows; the rebuild is
     /// recorded as failed and its copies dropped.
     #[error("the rebuild failed: {0}")]
@@ -140,12 +144,26 @@ impl Rebuilder {
     }
 
     /// Runs the rebuild of `name` to its swap, telling `progress` after each page; the
-    /// events its copies applied.
+    /// events its copies applied. A rebuild whose live tables changed shape meanwhile starts
+    /// again with new copies.
     ///
     /// # Errors
     /// [`RebuildError`]: nothing to run (unknown, not asked for, or at another version),
     /// the projector failing for good, or the database.
     pub async fn rebuild(
+        &self,
+        name: &str,
+        progress: &(dyn Fn(RebuildProgress) + Sync),
+    ) -> Result<i64, RebuildError> {
+        loop {
+            match self.rebuild_once(name, progress).await {
+                Err(RebuildError::Reshaped(_)) => {}
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn rebuild_once(
         &self,
         name: &str,
         progress: &(dyn Fn(RebuildProgress) + Sync),

@@ -438,3 +438,57 @@ async fn a_rebuild_goes_past_an_event_an_analytics_projector_keeps_failing_on() 
         "{parked:?}"
     );
 }
+
+#[tokio::test]
+async fn a_migration_during_a_rebuild_is_kept_the_rebuild_starts_again() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db, "reshaped").await;
+    submit_many(&app, "seed", 5).await;
+    app.stop().await;
+    let live = requests_model(&db.pool).await;
+    let mut reader = PgConnection::connect_with(&db.options)
+        .await
+        .expect("reader");
+    sqlx::raw_sql(
+        "SET idle_in_transaction_session_timeout = 0; BEGIN; SELECT count(*) FROM requests;",
+    )
+    .execute(&mut reader)
+    .await
+    .expect("reader's transaction");
+    rebuilds::request(&db.pool, "requests", 1, "test")
+        .await
+        .expect("asked for");
+    let rebuilder = rebuilder(&db, chronicle::startup::Wiring::standard().projectors);
+    let running = tokio::spawn(async move { rebuilder.rebuild("requests", &|_| {}).await });
+    eventually(Duration::from_secs(30), "the copies loaded", || async {
+        let rebuild = rebuilds::load(&db.pool, "requests").await.expect("load");
+        rebuild
+            .filter(|r| r.phase == rebuilds::Phase::Finishing)
+            .map(|_| ())
+    })
+    .await;
+    // A migration meanwhile: the swap would drop its index with the old table.
+    sqlx::query("CREATE INDEX requests_by_custom_id ON requests (custom_id)")
+        .execute(&db.pool)
+        .await
+        .expect("migration");
+    sqlx::raw_sql("COMMIT")
+        .execute(&mut reader)
+        .await
+        .expect("reader ends");
+
+    running.await.expect("task").expect("rebuilt");
+    let kept: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_indexes
+                         WHERE schemaname = 'public' AND indexname = 'requests_by_custom_id')",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("indexes");
+    assert!(kept, "the migration's index survives the swap");
+    assert_eq!(requests_model(&db.pool).await, live);
+    assert!(rebuilds::load(&db.pool, "requests")
+        .await
+        .expect("load")
+        .is_none());
+}

@@ -276,6 +276,41 @@ impl Copies {
         Ok(definitions)
     }
 
+    /// A digest of the live tables' definitions: their columns, and everything copied
+    /// from the catalog (indexes, keys, triggers, grants, comments). A change between the
+    /// making of the copies and the swap is a migration the swap would undo.
+    pub(super) async fn live_shape(&self, conn: &mut PgConnection) -> Result<String, sqlx::Error> {
+        execute(conn, "SET LOCAL search_path = pg_catalog").await?;
+        let (schemas, names) = self.live_names();
+        let shape = sqlx::query_scalar(&format!(
+            "SELECT md5(
+                coalesce((SELECT string_agg(d.kind || ' ' || d.statement, E'\\n'
+                                            ORDER BY d.kind, d.statement)
+                            FROM ({CATALOG}) d), '')
+                || coalesce((SELECT string_agg(format('%I.%I %I %s %s %s', n.nspname,
+                                                      c.relname, a.attname,
+                                                      format_type(a.atttypid, a.atttypmod),
+                                                      a.attnotnull,
+                                                      pg_get_expr(f.adbin, f.adrelid)),
+                                               E'\\n' ORDER BY n.nspname, c.relname, a.attnum)
+                               FROM pg_attribute a
+                               JOIN pg_class c ON c.oid = a.attrelid
+                               JOIN pg_namespace n ON n.oid = c.relnamespace
+                               LEFT JOIN pg_attrdef f
+                                      ON f.adrelid = a.attrelid AND f.adnum = a.attnum
+                              WHERE (n.nspname, c.relname)
+                                    IN (SELECT * FROM unnest($1::text[], $2::text[]))
+                                AND a.attnum > 0 AND NOT a.attisdropped), ''))"
+        ))
+        .bind(&schemas)
+        .bind(&names)
+        .persistent(false)
+        .fetch_one(&mut *conn)
+        .await;
+        execute(conn, "SET LOCAL search_path TO DEFAULT").await?;
+        shape
+    }
+
     /// The views over the live tables, with their definitions and grants (names qualified).
     async fn dependent_views(&self, conn: &mut PgConnection) -> Result<Vec<View>, sqlx::Error> {
         execute(conn, "SET LOCAL search_path = pg_catalog").await?;
@@ -305,8 +340,8 @@ WITH t AS (
       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
      WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest($1::text[], $2::text[])))
 SELECT * FROM (
-    SELECT 1 AS step, 'index' AS kind, ic.relname::text, i.indisunique,
-           pg_get_indexdef(i.indexrelid)
+    SELECT 1 AS step, 'index' AS kind, ic.relname::text AS name, i.indisunique AS is_unique,
+           pg_get_indexdef(i.indexrelid) AS statement
       FROM t JOIN pg_index i ON i.indrelid = t.oid JOIN pg_class ic ON ic.oid = i.indexrelid
     UNION ALL
     SELECT 2, 'key', k.conname::text, true,

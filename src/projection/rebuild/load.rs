@@ -46,6 +46,8 @@ impl Run<'_> {
         let mut tx = conn.begin().await?;
         hold(&mut tx, rebuild).await?;
         self.copies.create(&mut tx).await?;
+        let shape = self.copies.live_shape(&mut tx).await?;
+        rebuilds::record_shape(&mut tx, rebuild, &shape).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -62,6 +62,11 @@ impl Run<'_> {
         hold(&mut tx, rebuild).await?;
         // Every lock before any work: a busy table costs appends one timeout, not a tail.
         self.copies.lock_live(&mut tx).await?;
+        if rebuilds::shape(&mut tx, rebuild).await? != Some(self.copies.live_shape(&mut tx).await?)
+        {
+            drop(tx);
+            return self.reshape(conn, rebuild).await;
+        }
         let mut tail = rebuild.clone();
         self.apply_tail(&mut tx, &mut tail).await?;
         self.copies.swap(&mut tx).await?;
@@ -72,6 +77,24 @@ impl Run<'_> {
         tx.commit().await?;
         *rebuild = tail;
         Ok(rebuild.events_applied)
+    }
+
+    /// Starts the rebuild again with copies of the live tables' new shape: the swap would
+    /// undo what changed them (a migration) since the copies were made.
+    async fn reshape(
+        &self,
+        conn: &mut PgConnection,
+        rebuild: &mut Rebuild,
+    ) -> Result<i64, RebuildError> {
+        let mut tx = conn.begin().await?;
+        hold(&mut tx, rebuild).await?;
+        rebuilds::reshape(&mut tx, rebuild).await?;
+        tx.commit().await?;
+        tracing::warn!(
+            projection = rebuild.projection,
+            "the live tables' definitions changed during the rebuild; starting again"
+        );
+        Err(RebuildError::Reshaped(rebuild.projection.clone()))
     }
 
     /// Applies every committed event after the copies' position: under the swap's locks
