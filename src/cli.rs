@@ -42,7 +42,7 @@ impl Command {
             Self::Events {
                 action: EventsAction::Export { .. }
             } | Self::Projections {
-                action: ProjectionsAction::Status
+                action: ProjectionsAction::Status | ProjectionsAction::Cancel { .. }
             } | Self::Audit {
                 action: AuditAction::Verify { .. }
             } | Self::Analytics { .. }
@@ -177,6 +177,11 @@ enum ProjectionsAction {
     },
     /// Show each projection's position and lag.
     Status,
+    /// Call off a projection's rebuild (or dismiss its failure); the live tables stay.
+    Cancel {
+        /// The projection's name.
+        name: String,
+    },
 }
 
 impl Cli {
@@ -320,6 +325,9 @@ impl Cli {
             Command::Projections {
                 action: ProjectionsAction::Status,
             } => projections::status(&pool).await,
+            Command::Projections {
+                action: ProjectionsAction::Cancel { name },
+            } => projections::cancel(&pool, &name).await,
             Command::Projections {
                 action: ProjectionsAction::Rebuild { name, .. },
             } => projections::rebuild(&config, pool, options, name).await,

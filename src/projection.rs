@@ -25,7 +25,9 @@ use chronicle_projections::Projector;
 pub use consistency::{NotYet, ReadModels};
 pub use leader::{holders, Holder, InstanceCount, Role, Roles};
 pub use operate::{resolve_parked, ParkedAction, ParkedError};
-pub use rebuild::{RebuildError, RebuildProgress, Rebuilder, REBUILD_ROLE};
+pub use rebuild::{
+    cancel as cancel_rebuild, RebuildError, RebuildProgress, Rebuilder, REBUILD_ROLE,
+};
 pub use runner::{ProjectionRunner, RunnerError, RunnerSettings};
 
 /// The projectors applied in the group commit's transaction as well (see

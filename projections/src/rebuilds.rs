@@ -17,6 +17,8 @@ pub enum Phase {
     Swapped,
     /// Gave up on an error; the live tables were never touched.
     Failed,
+    /// An admin called it off, or dismissed its failure (the row and the copies are gone).
+    Cancelled,
 }
 
 /// What moves a rebuild from one phase to the next.
@@ -35,11 +37,19 @@ pub enum Transition {
     /// The live tables' definitions changed since the copies were made (a migration): it
     /// starts again with copies of the new shape.
     Reshaped,
+    /// An admin called it off (or dismissed its failure).
+    Cancelled,
 }
 
 impl Phase {
     /// Every phase, for exhaustive tests.
-    pub const ALL: [Self; 4] = [Self::Building, Self::Finishing, Self::Swapped, Self::Failed];
+    pub const ALL: [Self; 5] = [
+        Self::Building,
+        Self::Finishing,
+        Self::Swapped,
+        Self::Failed,
+        Self::Cancelled,
+    ];
 
     /// The transition table: the phase after `transition`, or `None` when it is not
     /// allowed. Asking again for a rebuild in progress is not a restart: it goes on.
@@ -51,9 +61,12 @@ impl Phase {
             (Self::Failed, Transition::Restarted)
             | (Self::Building | Self::Finishing | Self::Failed, Transition::Superseded)
             | (Self::Building | Self::Finishing, Transition::Reshaped) => Some(Self::Building),
+            (Self::Building | Self::Finishing | Self::Failed, Transition::Cancelled) => {
+                Some(Self::Cancelled)
+            }
             (Self::Building, Transition::Swapped | Transition::Restarted)
             | (Self::Finishing, Transition::Indexed | Transition::Restarted)
-            | (Self::Swapped, _)
+            | (Self::Swapped | Self::Cancelled, _)
             | (
                 Self::Failed,
                 Transition::Indexed
@@ -71,6 +84,7 @@ impl Phase {
             Self::Finishing => "finishing",
             Self::Swapped => "swapped",
             Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
         }
     }
 
@@ -221,6 +235,23 @@ pub async fn load(
     row.map(from_row).transpose()
 }
 
+/// The rebuild of `projection`, if there is one, locked for the rest of the transaction.
+///
+/// # Errors
+/// Any database error.
+pub async fn lock(
+    conn: &mut PgConnection,
+    projection: &str,
+) -> Result<Option<Rebuild>, sqlx::Error> {
+    let row: Option<Row> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM projection_rebuilds WHERE projection = $1 FOR UPDATE"
+    ))
+    .bind(projection)
+    .fetch_optional(conn)
+    .await?;
+    row.map(from_row).transpose()
+}
+
 /// Every rebuild, in projection order.
 ///
 /// # Errors
@@ -297,7 +328,7 @@ pub async fn enter(
     let Some(phase) = rebuild.phase.after(transition) else {
         return Ok(false);
     };
-    if phase == Phase::Swapped {
+    if matches!(phase, Phase::Swapped | Phase::Cancelled) {
         sqlx::query("DELETE FROM projection_rebuilds WHERE projection = $1")
             .bind(&rebuild.projection)
             .execute(conn)
@@ -381,11 +412,15 @@ mod tests {
 
     #[test]
     fn every_transition_of_every_phase_is_allowed_or_refused_as_the_table_says() {
-        use Phase::{Building, Failed, Finishing, Swapped};
+        use Phase::{Building, Cancelled, Failed, Finishing, Swapped};
         use Transition::{
-            Failed as Fail, Indexed, Reshaped, Restarted, Superseded, Swapped as Swap,
+            Cancelled as Cancel, Failed as Fail, Indexed, Reshaped, Restarted, Superseded,
+            Swapped as Swap,
         };
         let allowed = [
+            (Building, Cancel, Cancelled),
+            (Finishing, Cancel, Cancelled),
+            (Failed, Cancel, Cancelled),
             (Building, Reshaped, Building),
             (Finishing, Reshaped, Building),
             (Building, Superseded, Building),
@@ -398,7 +433,7 @@ mod tests {
             (Failed, Restarted, Building),
         ];
         for phase in Phase::ALL {
-            for transition in [Indexed, Swap, Fail, Restarted, Superseded, Reshaped] {
+            for transition in [Indexed, Swap, Fail, Restarted, Superseded, Reshaped, Cancel] {
                 let expected = allowed
                     .iter()
                     .find(|(from, by, _)| *from == phase && *by == transition)

@@ -60,7 +60,7 @@ impl From<Rebuild> for ProjectionRebuild {
     fn from(rebuild: Rebuild) -> Self {
         let phase = match rebuild.phase {
             Phase::Building => RebuildPhase::Building,
-            Phase::Finishing | Phase::Swapped => RebuildPhase::Finishing,
+            Phase::Finishing | Phase::Swapped | Phase::Cancelled => RebuildPhase::Finishing,
             Phase::Failed => RebuildPhase::Failed,
         };
         Self {
@@ -286,12 +286,34 @@ impl ProjectionMutation {
             .ok_or(ApiError::NotFound("projection"))?;
         let pool = ctx.data_unchecked::<PgPool>();
         rebuilds::request(pool, &name, projector.version(), &caller.actor).await?;
-        statuses(ctx)
-            .await?
-            .into_iter()
-            .find(|p| p.name == name)
-            .ok_or(ApiError::NotFound("projection"))
+        projection_named(ctx, &name).await
     }
+
+    /// Calls off a projection's rebuild, or dismisses its failure (admin): its copies are
+    /// dropped and the live tables stay as they are. A projector whose version changed is
+    /// asked for again at the next start. Errors: `FORBIDDEN`; `NOT_FOUND` (no such
+    /// projection, or no rebuild of it).
+    async fn cancel_rebuild(
+        &self,
+        ctx: &Context<'_>,
+        name: String,
+    ) -> Result<Projection, ApiError> {
+        Caller::from_ctx(ctx)?.require_admin()?;
+        let pool = ctx.data_unchecked::<PgPool>();
+        if !projection::cancel_rebuild(pool, &name).await? {
+            return Err(ApiError::NotFound("rebuild"));
+        }
+        projection_named(ctx, &name).await
+    }
+}
+
+/// The status of projection `name` as it stands now.
+async fn projection_named(ctx: &Context<'_>, name: &str) -> Result<Projection, ApiError> {
+    statuses(ctx)
+        .await?
+        .into_iter()
+        .find(|p| p.name == name)
+        .ok_or(ApiError::NotFound("projection"))
 }
 
 /// An admin's `action` on the parked event of `projection` at `cursor`.

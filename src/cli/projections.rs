@@ -45,6 +45,16 @@ pub(super) async fn status(pool: &PgPool) -> anyhow::Result<()> {
     write_stdout(&table)
 }
 
+/// Calls off the rebuild of projection `name` (or dismisses its failure).
+pub(super) async fn cancel(pool: &PgPool, name: &str) -> anyhow::Result<()> {
+    if !crate::projection::cancel_rebuild(pool, name).await? {
+        anyhow::bail!("projection `{name}` has no rebuild to call off");
+    }
+    write_stdout(&format!(
+        "called off the rebuild of {name}; its live tables are unchanged\n"
+    ))
+}
+
 /// `halted`, `live`, `rebuild 42% (building)`, or `live (rebuild failed)`.
 fn shown_state(status: &checkpoint::Status) -> String {
     let rebuild = status.rebuild.as_ref();

@@ -298,6 +298,26 @@ impl Rebuilder {
     }
 }
 
+/// Calls off the rebuild of projection `name`, or dismisses its failure: the row and the
+/// copies go, the live tables stay; a runner loading the copies stops at its next page.
+/// `false` when there is no rebuild to call off.
+///
+/// # Errors
+/// Any database error.
+pub async fn cancel(pool: &PgPool, name: &str) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let Some(mut rebuild) = rebuilds::lock(&mut tx, name).await? else {
+        return Ok(false);
+    };
+    if !rebuilds::enter(&mut tx, &mut rebuild, rebuilds::Transition::Cancelled, None).await? {
+        return Ok(false);
+    }
+    let schema = copies::schema(name);
+    copies::execute(&mut tx, &format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
 /// Whether a database error may pass by itself (the database unreachable, a lock or a
 /// deadlock given up on, a cancelled statement): the rebuild then resumes later. Any other
 /// (a definition that cannot be copied, a table gone) fails it.

@@ -194,4 +194,18 @@ async fn projections_status_shows_versions_rebuilds_and_their_failures() {
     );
     assert!(line("batches").contains("rebuild 0% (building)"), "{table}");
     assert!(line("transitions").contains("   1 live "), "{table}");
+
+    // The failure dismissed, twice: the second time there is nothing to call off.
+    let dismissed = chronicle(&["projections", "cancel", "requests"], &db.url());
+    assert!(
+        dismissed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dismissed.stderr)
+    );
+    let again = chronicle(&["projections", "cancel", "requests"], &db.url());
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no rebuild to call off"));
+    let output = chronicle(&["projections", "status"], &db.url());
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(!table.contains("rebuild failed"), "{table}");
 }

@@ -492,3 +492,53 @@ async fn a_migration_during_a_rebuild_is_kept_the_rebuild_starts_again() {
         .expect("load")
         .is_none());
 }
+
+#[tokio::test]
+async fn an_admin_calls_off_a_rebuild_and_the_live_tables_stay() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db, "cancelled").await;
+    submit_many(&app, "seed", 5).await;
+    let live = requests_model(&db.pool).await;
+    let mut reader = PgConnection::connect_with(&db.options)
+        .await
+        .expect("reader");
+    sqlx::raw_sql(
+        "SET idle_in_transaction_session_timeout = 0; BEGIN; SELECT count(*) FROM requests;",
+    )
+    .execute(&mut reader)
+    .await
+    .expect("reader's transaction");
+    let cancel = "mutation { cancelRebuild(name: \"requests\") { state rebuild { phase } } }";
+    assert_eq!(
+        crate::support::error_code(&app.graphql(cancel, json!({})).await),
+        "NOT_FOUND",
+        "no rebuild to call off yet"
+    );
+    app.graphql(
+        "mutation { rebuildProjection(name: \"requests\") { state } }",
+        json!({}),
+    )
+    .await;
+    eventually(Duration::from_secs(30), "the copies loaded", || async {
+        let found = projection(&app, "requests").await;
+        (found["rebuild"]["phase"] == "FINISHING").then_some(())
+    })
+    .await;
+
+    let cancelled = app.graphql(cancel, json!({})).await;
+    let projection_now = &cancelled["data"]["cancelRebuild"];
+    assert_eq!(projection_now["state"], "LIVE", "{cancelled}");
+    assert_eq!(projection_now["rebuild"], json!(null), "{cancelled}");
+    sqlx::raw_sql("COMMIT")
+        .execute(&mut reader)
+        .await
+        .expect("reader ends");
+    // Nothing is swapped in after the reader lets go, and the copies are gone.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(copies_left(&db.pool).await, 0);
+    assert!(projection(&app, "requests").await["rebuild"].is_null());
+    assert_eq!(requests_model(&db.pool).await, live);
+    submit_many(&app, "after", 1).await;
+    assert_eq!(listed(&app).await, 6, "the live tables go on");
+    app.stop().await;
+}

@@ -127,6 +127,7 @@ fn denied(b: &Owned) -> Vec<(&'static str, String, &'static str)> {
         ("retryParked", "mutation { retryParked(projection: \"requests\", cursor: \"c2.1\") { status } }".into(), forbidden),
         ("skipParked", "mutation { skipParked(projection: \"requests\", cursor: \"c2.1\") { status } }".into(), forbidden),
         ("rebuildProjection", "mutation { rebuildProjection(name: \"requests\") { name } }".into(), forbidden),
+        ("cancelRebuild", "mutation { cancelRebuild(name: \"requests\") { name } }".into(), forbidden),
         ("clients", "{ clients { id } }".into(), forbidden),
         ("client", "{ client(id: \"client-b\") { id } }".into(), forbidden),
     ]
