@@ -4,6 +4,8 @@
 mod place;
 mod step;
 
+pub(super) use place::backoff;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

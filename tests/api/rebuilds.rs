@@ -76,6 +76,28 @@ async fn copies_left(pool: &PgPool) -> i64 {
         .expect("schemas")
 }
 
+/// A reader of `requests` that stays in its transaction, holding the swap off (the copies
+/// keep up meanwhile) until [`end_reader`]; immune to the idle-in-transaction timeout.
+async fn hold_requests_open(db: &TestDb) -> PgConnection {
+    let mut reader = PgConnection::connect_with(&db.options)
+        .await
+        .expect("reader");
+    sqlx::raw_sql(
+        "SET idle_in_transaction_session_timeout = 0; BEGIN; SELECT count(*) FROM requests;",
+    )
+    .execute(&mut reader)
+    .await
+    .expect("reader's transaction");
+    reader
+}
+
+async fn end_reader(mut reader: PgConnection) {
+    sqlx::raw_sql("COMMIT")
+        .execute(&mut reader)
+        .await
+        .expect("reader ends");
+}
+
 /// Polls the list until `stop`, keeping the fewest items it ever saw.
 fn poll_list(app: Arc<TestApp>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<i64> {
     tokio::spawn(async move {
@@ -111,17 +133,7 @@ async fn under_live_writes_the_list_never_shrinks_and_the_swap_equals_a_rebuild_
     submit_many(&app, "seed", 300).await;
     let before = listed(&app).await;
     assert_eq!(before, 300);
-    // A reader that stays in its transaction holds the swap off (the copies keep up
-    // meanwhile) until it ends.
-    let mut reader = PgConnection::connect_with(&db.options)
-        .await
-        .expect("reader");
-    sqlx::raw_sql(
-        "SET idle_in_transaction_session_timeout = 0; BEGIN; SELECT count(*) FROM requests;",
-    )
-    .execute(&mut reader)
-    .await
-    .expect("reader's transaction");
+    let reader = hold_requests_open(&db).await;
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(AtomicI64::new(0));
     let poller = poll_list(app.clone(), stop.clone());
@@ -150,10 +162,7 @@ async fn under_live_writes_the_list_never_shrinks_and_the_swap_equals_a_rebuild_
     // Swaps are tried and give up on the reader's lock while writes go on.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(projection(&app, "requests").await["state"], "REBUILDING");
-    sqlx::raw_sql("COMMIT")
-        .execute(&mut reader)
-        .await
-        .expect("reader ends");
+    end_reader(reader).await;
     eventually(Duration::from_secs(30), "the copies swapped in", || async {
         let found = projection(&app, "requests").await;
         (found["state"] == "LIVE" && found["rebuild"].is_null()).then_some(())
@@ -446,15 +455,7 @@ async fn a_migration_during_a_rebuild_is_kept_the_rebuild_starts_again() {
     submit_many(&app, "seed", 5).await;
     app.stop().await;
     let live = requests_model(&db.pool).await;
-    let mut reader = PgConnection::connect_with(&db.options)
-        .await
-        .expect("reader");
-    sqlx::raw_sql(
-        "SET idle_in_transaction_session_timeout = 0; BEGIN; SELECT count(*) FROM requests;",
-    )
-    .execute(&mut reader)
-    .await
-    .expect("reader's transaction");
+    let reader = hold_requests_open(&db).await;
     rebuilds::request(&db.pool, "requests", 1, "test")
         .await
         .expect("asked for");
@@ -472,10 +473,7 @@ async fn a_migration_during_a_rebuild_is_kept_the_rebuild_starts_again() {
         .execute(&db.pool)
         .await
         .expect("migration");
-    sqlx::raw_sql("COMMIT")
-        .execute(&mut reader)
-        .await
-        .expect("reader ends");
+    end_reader(reader).await;
 
     running.await.expect("task").expect("rebuilt");
     let kept: bool = sqlx::query_scalar(
@@ -499,15 +497,7 @@ async fn an_admin_calls_off_a_rebuild_and_the_live_tables_stay() {
     let app = TestApp::spawn(&db, "cancelled").await;
     submit_many(&app, "seed", 5).await;
     let live = requests_model(&db.pool).await;
-    let mut reader = PgConnection::connect_with(&db.options)
-        .await
-        .expect("reader");
-    sqlx::raw_sql(
-        "SET idle_in_transaction_session_timeout = 0; BEGIN; SELECT count(*) FROM requests;",
-    )
-    .execute(&mut reader)
-    .await
-    .expect("reader's transaction");
+    let reader = hold_requests_open(&db).await;
     let cancel = "mutation { cancelRebuild(name: \"requests\") { state rebuild { phase } } }";
     assert_eq!(
         crate::support::error_code(&app.graphql(cancel, json!({})).await),
@@ -529,10 +519,7 @@ async fn an_admin_calls_off_a_rebuild_and_the_live_tables_stay() {
     let projection_now = &cancelled["data"]["cancelRebuild"];
     assert_eq!(projection_now["state"], "LIVE", "{cancelled}");
     assert_eq!(projection_now["rebuild"], json!(null), "{cancelled}");
-    sqlx::raw_sql("COMMIT")
-        .execute(&mut reader)
-        .await
-        .expect("reader ends");
+    end_reader(reader).await;
     // Nothing is swapped in after the reader lets go, and the copies are gone.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(copies_left(&db.pool).await, 0);

@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use chronicle_projections::parked::{self, ParkedStatus};
 use chronicle_projections::rebuilds::{self, Rebuild, Transition};
 use chronicle_projections::{LogCursor, ProjectionError, Projector, RecordedEvent};
 use sqlx::{Connection, PgConnection};
 
+use super::super::runner::backoff;
 use super::copies::Copies;
 use super::{hold, swap, RebuildError, RebuildProgress, PAGE};
 use crate::log::{LogFilter, LogReader};
@@ -141,20 +141,12 @@ impl Run<'_> {
         events: &[&RecordedEvent],
     ) -> Result<(), RebuildError> {
         let policy = self.projector.failure_policy();
-        let mut waits = ExponentialBuilder::default()
-            .with_min_delay(policy.first_wait)
-            .with_max_delay(policy.max_wait)
-            .with_max_times(policy.attempts.saturating_sub(1) as usize)
-            .build();
+        let retries = policy.attempts.saturating_sub(1) as usize;
+        let mut waits = backoff(policy).take(retries);
         loop {
             let error = match self.try_page(conn, rebuild, events).await {
                 Ok(()) => return Ok(()),
                 Err(Attempt::Rebuild(error)) => return Err(error),
-                Err(Attempt::Projector(ProjectionError::Database(error)))
-                    if crate::command::is_unavailable(&error) =>
-                {
-                    return Err(RebuildError::Database(error))
-                }
                 Err(Attempt::Projector(error)) => error,
             };
             let Some(wait) = waits.next() else {
@@ -177,11 +169,6 @@ impl Run<'_> {
             match self.try_page(conn, rebuild, &[event]).await {
                 Ok(()) => {}
                 Err(Attempt::Rebuild(error)) => return Err(error),
-                Err(Attempt::Projector(ProjectionError::Database(error)))
-                    if crate::command::is_unavailable(&error) =>
-                {
-                    return Err(RebuildError::Database(error))
-                }
                 Err(Attempt::Projector(error)) => {
                     self.pass_over(conn, rebuild, event, &error.to_string())
                         .await?;
@@ -235,7 +222,7 @@ impl Run<'_> {
         self.projector
             .apply(&mut tx, events)
             .await
-            .map_err(Attempt::Projector)?;
+            .map_err(Attempt::of_projector)?;
         let last = events.last().map_or(rebuild.cursor, |e| e.cursor);
         let mut moved = rebuild.clone();
         rebuilds::advance(&mut tx, &mut moved, last, events.len()).await?;
@@ -260,14 +247,27 @@ impl Run<'_> {
     }
 }
 
-/// A failed attempt at a page: the projector's (retried unless the database is gone) or
-/// the rebuild's.
+/// A failed attempt at a page: the projector's own (retried, then passed over or fatal) or
+/// the rebuild's (the database gone among them: waited out by the rebuild's runner).
 #[derive(Debug, thiserror::Error)]
 enum Attempt {
     #[error(transparent)]
     Projector(ProjectionError),
     #[error(transparent)]
     Rebuild(RebuildError),
+}
+
+impl Attempt {
+    fn of_projector(error: ProjectionError) -> Self {
+        match error {
+            ProjectionError::Database(error) if crate::command::is_unavailable(&error) => {
+                Self::Rebuild(RebuildError::Database(error))
+            }
+            error @ (ProjectionError::Database(_) | ProjectionError::Malformed { .. }) => {
+                Self::Projector(error)
+            }
+        }
+    }
 }
 
 impl From<sqlx::Error> for Attempt {

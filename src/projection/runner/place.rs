@@ -94,7 +94,9 @@ impl Place {
     }
 }
 
-fn backoff(policy: FailurePolicy) -> ExponentialBackoff {
+/// The waits between attempts at an event, as `policy` sets them (doubling, unbounded in
+/// number: callers count attempts themselves).
+pub(in crate::projection) fn backoff(policy: FailurePolicy) -> ExponentialBackoff {
     ExponentialBuilder::default()
         .with_min_delay(policy.first_wait)
         .with_max_delay(policy.max_wait)
