@@ -415,7 +415,9 @@ impl Commands {
         .await
     }
 
-    /// The current state of an aggregate (its default when it has no events).
+    /// The current state of an aggregate as stored (its default when it has no events): a
+    /// worker decides what to do next on it, so it is never a kept state that another
+    /// instance may have overtaken.
     ///
     /// # Errors
     /// The store failed.
@@ -424,7 +426,8 @@ impl Commands {
         A: Upcast,
         A::Error: DomainError,
     {
-        Ok(self.loaded::<A>(aggregate_id).await?.context.aggregate)
+        storable_id::<A>(aggregate_id)?;
+        Ok(self.stores.load_stored::<A>(aggregate_id).await?.aggregate)
     }
 
     /// The current state of an aggregate, kept so that a command can decide on it without
@@ -518,19 +521,10 @@ impl Commands {
     where
         A: Upcast,
         A::Error: DomainError,
+        A::Command: Clone,
     {
-        let mut decided = match loaded {
-            Some(loaded) => loaded,
-            None => self.stores.load::<A>(aggregate_id).await?,
-        };
+        let (decided, events) = self.decide(aggregate_id, loaded, command, services).await?;
         let previous_version = decided.current_sequence;
-        let sink = EventSink::default();
-        decided
-            .aggregate
-            .handle(command, services, &sink)
-            .await
-            .map_err(Refusal::Rejected)?;
-        let events = sink.collect().await;
         let settlements = decided.aggregate.settlements(&events);
         let settled = self.settle(&settlements).await.map_err(Refusal::Failed)?;
         let metadata = context.metadata(command_id);
@@ -550,6 +544,47 @@ impl Commands {
             events: appended.events.len(),
             cursor,
         })
+    }
+
+    /// Decides `command` on the aggregate as `loaded` (else as loaded now); a refusal decided
+    /// on a kept state is decided again on the stored one, which another instance may have
+    /// moved on.
+    async fn decide<A>(
+        &self,
+        aggregate_id: &str,
+        loaded: Option<EventStoreAggregateContext<A>>,
+        command: A::Command,
+        services: &A::Services,
+    ) -> Result<(EventStoreAggregateContext<A>, Vec<A::Event>), Refusal<A::Error>>
+    where
+        A: Upcast,
+        A::Error: DomainError,
+        A::Command: Clone,
+    {
+        let mut decided = match loaded {
+            Some(loaded) => loaded,
+            None => self.stores.load::<A>(aggregate_id).await?,
+        };
+        let sink = EventSink::default();
+        let refused = match decided
+            .aggregate
+            .handle(command.clone(), services, &sink)
+            .await
+        {
+            Ok(()) => return Ok((decided, sink.collect().await)),
+            Err(refused) => refused,
+        };
+        if !self.stores.forget_kept::<A>(aggregate_id) {
+            return Err(Refusal::Rejected(refused));
+        }
+        let mut stored = self.stores.load_stored::<A>(aggregate_id).await?;
+        let sink = EventSink::default();
+        stored
+            .aggregate
+            .handle(command, services, &sink)
+            .await
+            .map_err(Refusal::Rejected)?;
+        Ok((stored, sink.collect().await))
     }
 
     fn pool(&self) -> &PgPool {

@@ -92,9 +92,28 @@ impl EventStores {
         let appended = self.appender.append(append).await;
         match (&appended, after) {
             (Ok(_), Some(state)) => self.kept.keep(A::TYPE, &aggregate_id, state),
-            _ => self.kept.forget(A::TYPE, &aggregate_id),
+            _ => {
+                self.kept.forget(A::TYPE, &aggregate_id);
+            }
         }
         appended
+    }
+
+    /// Forgets aggregate `aggregate_id`'s kept state; whether there was one.
+    pub fn forget_kept<A: Upcast>(&self, aggregate_id: &str) -> bool {
+        self.kept.forget(A::TYPE, aggregate_id)
+    }
+
+    /// Aggregate `aggregate_id` of type `A` as stored (its snapshot and events), never a
+    /// kept state: for reads that decide no command (another instance may have moved it on).
+    ///
+    /// # Errors
+    /// The store failed.
+    pub async fn load_stored<A: Upcast>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<EventStoreAggregateContext<A>, AggregateError<A::Error>> {
+        self.store::<A>().load_aggregate(aggregate_id).await
     }
 
     /// Aggregate `aggregate_id` of type `A`: its kept state when this instance wrote its last
@@ -116,7 +135,7 @@ impl EventStores {
         });
         match kept {
             Some(context) => Ok(context),
-            None => self.store::<A>().load_aggregate(aggregate_id).await,
+            None => self.load_stored(aggregate_id).await,
         }
     }
 

@@ -2,7 +2,9 @@
 //! append (batches), the last snapshot is its whole current state, so the next command on it
 //! decides without reading it back. A kept state that another writer has overtaken is not a
 //! risk: the append's sequence is then taken and it fails as a conflict, which forgets the
-//! kept state, and the command decides again on a fresh load.
+//! kept state, and the command decides again on a fresh load; a command refused on a kept
+//! state is decided again on a fresh load too (another instance may have moved the aggregate
+//! on, so the refusal may be stale), and reads that decide no command never use them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -43,10 +45,11 @@ impl KeptSnapshots {
         }
     }
 
-    /// Forgets aggregate `id`'s state (its append failed: it may be stale).
-    pub(super) fn forget(&self, aggregate_type: &'static str, id: &str) {
-        if let Ok(mut states) = self.states.lock() {
-            states.remove(&(aggregate_type, id.to_owned()));
-        }
+    /// Forgets aggregate `id`'s state (its append failed, or a command was refused on it:
+    /// it may be stale); whether there was one.
+    pub(super) fn forget(&self, aggregate_type: &'static str, id: &str) -> bool {
+        self.states
+            .lock()
+            .is_ok_and(|mut states| states.remove(&(aggregate_type, id.to_owned())).is_some())
     }
 }
