@@ -2,7 +2,8 @@
 //! destination, at least once, recording each attempt as a `RequestDeliveryAttempted` event;
 //! and takes batches from `ready_to_deliver` through `delivering` to `done`.
 //!
-//! One instance delivers at a time (leadership, like the provider driver). What is due comes
+//! Live instances share the work by partitions of the request (and batch) id space, each
+//! partition delivered by one instance at a time (`Roles::partitioned`). What is due comes
 //! from the `requests` read model (`delivering`, `next_attempt_at` passed); whether an attempt
 //! is really due, and its number, come from the request's own events, so neither a lagging
 //! read model nor a restart can skip or double-record an attempt. An attempt cut off by a
@@ -138,8 +139,9 @@ impl DeliveryWorker {
     /// The role that lets an instance deliver.
     pub const ROLE: &'static str = "delivery";
 
-    /// Runs until `shutdown`, delivering while this instance holds `role`; it looks for work
-    /// when read models change (`waker`) and when timed work falls due.
+    /// Runs until `shutdown`, delivering in the partitions of `role` this instance holds; it
+    /// looks for work when read models change (`waker`), when timed work falls due and when
+    /// it gains partitions.
     pub async fn run(self, role: Role, waker: LogWaker, shutdown: CancellationToken) {
         let pause = self.settings.poll_every;
         role.lead_while_held(pause, &shutdown, |role| {
@@ -152,7 +154,7 @@ impl DeliveryWorker {
     /// read when a projector changed read models (at most every `poll_every`, however busy
     /// the worker is), when a retry or a hold falls due, and after a finished attempt that
     /// left work waiting; an idle worker reads nothing.
-    async fn deliver(&self, role: Role, mut wake: Waiter, shutdown: &CancellationToken) {
+    async fn deliver(&self, mut role: Role, mut wake: Waiter, shutdown: &CancellationToken) {
         let mut work = InFlight {
             tasks: JoinSet::new(),
             ids: HashMap::new(),
@@ -167,19 +169,22 @@ impl DeliveryWorker {
         while !shutdown.is_cancelled() && role.is_held() {
             if look {
                 looked = tokio::time::Instant::now();
-                if let Err(error) = self.batches.advance().await {
+                if let Err(error) = self.batches.advance(&role).await {
                     tracing::warn!(%error, "advancing batch deliveries failed; will retry");
                 }
             }
             // A finished attempt frees a slot: look again only if work was left waiting.
             if look || more_due {
-                more_due = self.dispatch(&mut work).await.unwrap_or_else(|error| {
-                    tracing::warn!(%error, "reading due deliveries failed; will retry");
-                    false
-                });
+                more_due = self
+                    .dispatch(&mut work, &role)
+                    .await
+                    .unwrap_or_else(|error| {
+                        tracing::warn!(%error, "reading due deliveries failed; will retry");
+                        false
+                    });
             }
             if look {
-                due = self.next_due(&work).await;
+                due = self.next_due(&work, &role).await;
             }
             look = tokio::select! {
                 Some(done) = work.tasks.join_next_with_id(), if !work.tasks.is_empty() => {
@@ -187,6 +192,7 @@ impl DeliveryWorker {
                     false
                 }
                 () = wake.wait_until(due) => true,
+                () = role.changed() => true,
                 () = shutdown.cancelled() => false,
             };
             if look {
@@ -206,11 +212,13 @@ impl DeliveryWorker {
     }
 
     /// When the next retry or hold falls due.
-    async fn next_due(&self, work: &InFlight) -> Option<tokio::time::Instant> {
+    async fn next_due(&self, work: &InFlight, role: &Role) -> Option<tokio::time::Instant> {
         let retry = next_due(
             &self.pool,
             "SELECT min(next_attempt_at) FROM requests
-              WHERE status = 'delivering' AND next_attempt_at > now()",
+              WHERE status = 'delivering' AND next_attempt_at > now()
+                AND chronicle_partition(id) = ANY($1)",
+            &role.partitions(),
         )
         .await;
         let held = work
@@ -223,7 +231,7 @@ impl DeliveryWorker {
 
     /// Starts an attempt for each due delivery that has a free slot, round-robin by target;
     /// true when due work was left waiting for a slot.
-    async fn dispatch(&self, work: &mut InFlight) -> Result<bool, sqlx::Error> {
+    async fn dispatch(&self, work: &mut InFlight, role: &Role) -> Result<bool, sqlx::Error> {
         let now = Instant::now();
         work.held.retain(|_, hold| hold.until > now);
         let in_flight: Vec<Uuid> = work.ids.values().copied().collect();
@@ -237,6 +245,7 @@ impl DeliveryWorker {
                    FROM requests
                   WHERE status = 'delivering'
                     AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+                    AND chronicle_partition(id) = ANY($4)
                     AND NOT (id = ANY($1))) AS due
               WHERE turn <= $2
               ORDER BY turn, random()
@@ -245,6 +254,7 @@ impl DeliveryWorker {
         .bind(&in_flight)
         .bind(i64::try_from(per_target + work.held.len()).unwrap_or(i64::MAX))
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(role.partitions())
         .fetch_all(&self.pool)
         .await?;
         let mut waiting = false;
@@ -260,6 +270,10 @@ impl DeliveryWorker {
             .map(|(id, target, _)| (id, target))
             .collect();
         for (id, target) in due {
+            // Handed on since the read: its new holder delivers it.
+            let Some(lease) = role.lease(id) else {
+                continue;
+            };
             let limit = work
                 .targets
                 .entry(target)
@@ -276,7 +290,7 @@ impl DeliveryWorker {
             };
             let attempts = self.attempts.clone();
             let task = work.tasks.spawn(async move {
-                let _slots = (slot, target_slot);
+                let _held = (slot, target_slot, lease);
                 attempts.attempt(id).await.unwrap_or_else(|error| {
                     tracing::warn!(request.id = %id, %error, "delivery attempt not recorded; will retry");
                     None

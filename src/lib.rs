@@ -1,5 +1,8 @@
 //! Chronicle, the service: configuration, the event store wiring, the gap-free log, the
 //! command path, projection runners and the GraphQL API.
+// The merged GraphQL query root resolves every field in one async state machine; its layout
+// needs more than the default 128 levels.
+#![recursion_limit = "256"]
 
 pub mod api;
 pub mod archive;

@@ -89,10 +89,16 @@ pub fn instances_live(count: usize) {
     metrics::gauge!("chronicle_instances_live").set(count as f64);
 }
 
-/// Records whether this instance holds `role` now.
-pub fn role_held(role: &str, held: bool) {
-    metrics::gauge!("chronicle_role_held", "role" => role.to_owned())
-        .set(f64::from(u8::from(held)));
+/// Records how many partitions of `role` this instance holds now (a role held whole has
+/// one).
+pub fn role_held(role: &str, partitions: u32) {
+    metrics::gauge!("chronicle_role_held", "role" => role.to_owned()).set(f64::from(partitions));
+}
+
+/// Records how many partitions `role` has (1 for a role held whole).
+pub fn role_partitions(role: &str, partitions: u16) {
+    metrics::gauge!("chronicle_role_partitions", "role" => role.to_owned())
+        .set(f64::from(partitions));
 }
 
 /// Distinct values a caller-chosen label (a client, a model) takes before the rest are

@@ -23,7 +23,10 @@ use chronicle_projections::transitions::Transitions;
 use chronicle_projections::Projector;
 
 pub use consistency::{NotYet, ReadModels};
-pub use leader::{holders, Holder, InstanceCount, Role, Roles};
+pub use leader::{
+    holders, live_instances, partition_of, Holder, InstanceCount, Lease, LiveInstance, Role, Roles,
+    PARTITIONS,
+};
 pub use operate::{resolve_parked, ParkedAction, ParkedError};
 pub use rebuild::{
     cancel as cancel_rebuild, RebuildError, RebuildProgress, Rebuilder, REBUILD_ROLE,

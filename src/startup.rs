@@ -108,8 +108,12 @@ impl Core {
         );
         let reader = LogReader::new(pool.clone(), stores.upcasters(), vault.clone());
         let waker = LogWaker::start(&pool, config.log_poll(), shutdown.clone());
-        let (roles, holding) =
-            Roles::serving(options.clone(), config.standby_retry(), shutdown.clone());
+        let (roles, holding) = Roles::serving(
+            options.clone(),
+            config.standby_retry(),
+            shutdown.clone(),
+            waker.instances_changed(),
+        );
         let locks = PgPoolOptions::new()
             .max_connections(IDEMPOTENCY_LOCKS)
             .acquire_timeout(Duration::from_secs(30))

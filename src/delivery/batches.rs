@@ -13,6 +13,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::command::{CommandContext, CommandError, Commands};
+use crate::projection::Role;
 
 /// The read model holds a row for each of the batch's requests.
 const COMPLETE: &str = "(SELECT count(*) FROM batch_custom_ids c WHERE c.batch_id = b.id)
@@ -32,11 +33,18 @@ impl BatchDelivery {
 
     /// One pass: start ready batches, finish settled ones, reopen redelivered ones. A batch
     /// that fails is logged and tried again on the next pass; the others go on.
-    pub(super) async fn advance(&self) -> Result<(), CommandError> {
-        for batch_id in self.ready().await? {
+    pub(super) async fn advance(&self, role: &Role) -> Result<(), CommandError> {
+        let partitions = role.partitions();
+        for batch_id in self.ready(&partitions).await? {
+            let Some(_lease) = role.lease(batch_id) else {
+                continue;
+            };
             self.logged(batch_id, self.start(batch_id).await);
         }
-        for (batch_id, delivered, undelivered) in self.settled().await? {
+        for (batch_id, delivered, undelivered) in self.settled(&partitions).await? {
+            let Some(_lease) = role.lease(batch_id) else {
+                continue;
+            };
             let command = BatchCommand::FinishDelivery {
                 delivered: u64::try_from(delivered).unwrap_or_default(),
                 undelivered: u64::try_from(undelivered).unwrap_or_default(),
@@ -44,7 +52,10 @@ impl BatchDelivery {
             };
             self.logged(batch_id, self.on_batch(batch_id, command).await);
         }
-        for batch_id in self.redelivered().await? {
+        for batch_id in self.redelivered(&partitions).await? {
+            let Some(_lease) = role.lease(batch_id) else {
+                continue;
+            };
             let command = BatchCommand::StartDelivery { at: Utc::now() };
             self.logged(batch_id, self.on_batch(batch_id, command).await);
         }
@@ -52,15 +63,17 @@ impl BatchDelivery {
     }
 
     /// Batches whose every result is recorded and projected.
-    async fn ready(&self) -> Result<Vec<Uuid>, CommandError> {
+    async fn ready(&self, partitions: &[i32]) -> Result<Vec<Uuid>, CommandError> {
         Ok(sqlx::query_scalar(&format!(
             "SELECT b.id FROM batches b
-              WHERE b.status = 'ready_to_deliver' AND {COMPLETE}
+              WHERE b.status = 'ready_to_deliver' AND chronicle_partition(b.id) = ANY($1)
+                AND {COMPLETE}
                 AND NOT EXISTS (SELECT 1 FROM batch_request_counts r
                                  WHERE r.batch_id = b.id AND r.n > 0
                                    AND r.status IN ('pending', 'provider_processing'))
               LIMIT 100"
         ))
+        .bind(partitions)
         .fetch_all(&self.pool)
         .await?)
     }
@@ -88,7 +101,7 @@ impl BatchDelivery {
 
     /// Delivering batches with no unsettled request, with their delivered and undelivered
     /// counts.
-    async fn settled(&self) -> Result<Vec<(Uuid, i64, i64)>, CommandError> {
+    async fn settled(&self, partitions: &[i32]) -> Result<Vec<(Uuid, i64, i64)>, CommandError> {
         Ok(sqlx::query_as(&format!(
             "SELECT b.id,
                     coalesce(sum(r.n) FILTER (WHERE r.status IN ('delivered', 'consumed')),
@@ -97,30 +110,33 @@ impl BatchDelivery {
                                                                    'consume_failed')),
                              0)::bigint
                FROM batches b LEFT JOIN batch_request_counts r ON r.batch_id = b.id
-              WHERE b.status = 'delivering' AND {COMPLETE}
+              WHERE b.status = 'delivering' AND chronicle_partition(b.id) = ANY($1)
+                AND {COMPLETE}
               GROUP BY b.id
              HAVING coalesce(sum(r.n) FILTER (WHERE r.status IN (
                         'pending', 'provider_processing', 'provider_processed', 'delivering')),
                     0) = 0
               LIMIT 100"
         ))
+        .bind(partitions)
         .fetch_all(&self.pool)
         .await?)
     }
 
     /// Done batches with a result being delivered again — checked against the requests' own
     /// events, since a rebuilding read model replays old `delivering` states.
-    async fn redelivered(&self) -> Result<Vec<Uuid>, CommandError> {
+    async fn redelivered(&self, partitions: &[i32]) -> Result<Vec<Uuid>, CommandError> {
         Ok(sqlx::query_scalar(
             "SELECT DISTINCT q.batch_id FROM requests q
                JOIN batches b ON b.id = q.batch_id AND b.status = 'done'
-              WHERE q.status = 'delivering'
+              WHERE q.status = 'delivering' AND chronicle_partition(b.id) = ANY($1)
                 AND (SELECT e.event_type FROM events e
                       WHERE e.aggregate_type = 'Request' AND e.aggregate_id = q.id::text
                       ORDER BY e.sequence DESC LIMIT 1)
                     IN ('RequestDeliveryStarted', 'RequestDeliveryAttempted')
               LIMIT 100",
         )
+        .bind(partitions)
         .fetch_all(&self.pool)
         .await?)
     }

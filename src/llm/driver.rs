@@ -1,7 +1,8 @@
 //! The provider driver: takes closed batches through the provider's batch API — upload,
 //! create, poll, download — and records every step as an event.
 //!
-//! One instance drives at a time (leadership, like a projector). Each step starts from the
+//! Live instances share the batches by partitions of the batch id space, each batch driven
+//! by one instance at a time (`Roles::partitioned`). Each step starts from the
 //! batch aggregate's own state, so a step repeated after a crash resumes where the events say
 //! it stands. The one step that must not be repeated, creating the provider batch, first asks
 //! the provider for a batch tagged with our batch id (`Provider::find_batch`).
@@ -168,7 +169,8 @@ impl ProviderDriver {
     /// The role that lets an instance drive batches.
     pub const ROLE: &'static str = "provider_driver";
 
-    /// Runs until `shutdown`, driving batches while this instance holds `role`.
+    /// Runs until `shutdown`, driving the batches in the partitions of `role` this instance
+    /// holds.
     pub async fn run(self, role: Role, shutdown: CancellationToken) {
         let pause = self.poll_every;
         role.lead_while_held(pause, &shutdown, |role| self.lead(role, &shutdown))
@@ -177,30 +179,33 @@ impl ProviderDriver {
 
     /// Drives both lanes until `shutdown` or until the role is lost; each lane finishes its
     /// pass first.
-    async fn lead(&self, mut role: Role, shutdown: &CancellationToken) {
+    async fn lead(&self, role: Role, shutdown: &CancellationToken) {
         let stop = shutdown.child_token();
+        let mut lost = role.clone();
         let watch = async {
             tokio::select! {
-                () = role.lost() => {}
+                () = lost.lost() => {}
                 () = stop.cancelled() => {}
             }
             stop.cancel();
         };
         tokio::join!(
             watch,
-            self.lane(Lane::ToProvider, &stop),
-            self.lane(Lane::AtProvider, &stop)
+            self.lane(Lane::ToProvider, &role, &stop),
+            self.lane(Lane::AtProvider, &role, &stop)
         );
     }
 
     /// Passes over `lane`'s batches, one per poll period, until `stop`.
-    async fn lane(&self, lane: Lane, stop: &CancellationToken) {
+    async fn lane(&self, lane: Lane, role: &Role, stop: &CancellationToken) {
+        let mut changes = role.clone();
         while !stop.is_cancelled() {
-            if let Err(error) = self.round(lane).await {
+            if let Err(error) = self.round(lane, role).await {
                 tracing::warn!(%error, ?lane, "provider driver round failed");
             }
             tokio::select! {
                 () = tokio::time::sleep(self.poll_every) => {}
+                () = changes.changed() => {}
                 () = stop.cancelled() => {}
             }
         }
@@ -210,13 +215,15 @@ impl ProviderDriver {
     ///
     /// # Errors
     /// The batch list could not be read; a failing batch is logged and skipped.
-    async fn round(&self, lane: Lane) -> Result<(), DriverError> {
+    async fn round(&self, lane: Lane, role: &Role) -> Result<(), DriverError> {
         let ids: Vec<Uuid> = sqlx::query_scalar(&format!(
-            "SELECT id FROM batches WHERE endpoint = ANY($1) AND {}
+            "SELECT id FROM batches
+              WHERE endpoint = ANY($1) AND chronicle_partition(id) = ANY($2) AND {}
               ORDER BY updated_at LIMIT 1000",
             lane.condition()
         ))
         .bind(self.providers.endpoints())
+        .bind(role.partitions())
         .fetch_all(&self.pool)
         .await?;
         let slots = match lane {
@@ -225,6 +232,10 @@ impl ProviderDriver {
         };
         futures::stream::iter(ids)
             .for_each_concurrent(slots, |batch_id| async move {
+                // Handed on since the read: its new holder drives it.
+                let Some(_lease) = role.lease(batch_id) else {
+                    return;
+                };
                 if let Err(error) = self.drive(lane, batch_id).await {
                     tracing::warn!(batch.id = %batch_id, %error, "provider step failed; will retry");
                 }

@@ -27,6 +27,8 @@ const EVENTS: &str = "chronicle_events";
 const RESETS: &str = "chronicle_resets";
 /// A projector applied a page: read models changed (`ProjectionRunner`).
 const PROJECTED: &str = "chronicle_projected";
+/// An instance joined, left or handed a role's partition on (`Roles`).
+const INSTANCES: &str = "chronicle_instances";
 
 /// What the append notifications told so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +54,7 @@ pub struct LogWaker {
     positions: Arc<Positions>,
     events: watch::Receiver<u64>,
     resets: watch::Receiver<u64>,
+    instances: watch::Receiver<u64>,
     projected: Arc<Projected>,
     poll: Duration,
 }
@@ -61,6 +64,7 @@ struct Senders {
     positions: Arc<Positions>,
     events: watch::Sender<u64>,
     resets: watch::Sender<u64>,
+    instances: watch::Sender<u64>,
     projected: Arc<Projected>,
 }
 
@@ -116,6 +120,7 @@ impl Senders {
     fn notified(&self, channel: &str, payload: &str) {
         match channel {
             RESETS => bump(&self.resets),
+            INSTANCES => bump(&self.instances),
             PROJECTED => self.projected.bump(Some(payload)),
             _ => {
                 // Recorded before the bump, so a woken consumer sees it.
@@ -133,6 +138,7 @@ impl Senders {
         self.positions.resyncs.fetch_add(1, Ordering::AcqRel);
         bump(&self.events);
         bump(&self.resets);
+        bump(&self.instances);
         self.projected.bump(None);
     }
 }
@@ -149,12 +155,14 @@ impl LogWaker {
     pub fn start(pool: &PgPool, poll: Duration, shutdown: CancellationToken) -> Self {
         let (events_sender, events) = watch::channel(0);
         let (resets_sender, resets) = watch::channel(0);
+        let (instances_sender, instances) = watch::channel(0);
         let projected = Arc::new(Projected::new());
         let positions = Arc::new(Positions::default());
         let senders = Senders {
             positions: positions.clone(),
             events: events_sender,
             resets: resets_sender,
+            instances: instances_sender,
             projected: projected.clone(),
         };
         tokio::spawn(listen(pool.clone(), senders, shutdown));
@@ -162,6 +170,7 @@ impl LogWaker {
             positions,
             events,
             resets,
+            instances,
             projected,
             poll,
         }
@@ -172,6 +181,12 @@ impl LogWaker {
     /// (a change may have been missed).
     pub fn resets(&self) -> watch::Receiver<u64> {
         unchanged(&self.resets)
+    }
+
+    /// Changes each time an instance joins, leaves or hands a role's partition on, and after
+    /// every reconnection of the listener.
+    pub fn instances_changed(&self) -> watch::Receiver<u64> {
+        unchanged(&self.instances)
     }
 
     /// How long anything idle waits for a notification before it looks anyway.
@@ -256,7 +271,10 @@ async fn listen(pool: PgPool, senders: Senders, shutdown: CancellationToken) {
                 }
             }
         };
-        if let Err(error) = listener.listen_all([EVENTS, RESETS, PROJECTED]).await {
+        if let Err(error) = listener
+            .listen_all([EVENTS, RESETS, PROJECTED, INSTANCES])
+            .await
+        {
             tracing::warn!(%error, "LISTEN failed; retrying");
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_secs(1)) => continue,
@@ -285,10 +303,12 @@ async fn listen(pool: PgPool, senders: Senders, shutdown: CancellationToken) {
 }
 
 /// When a worker's next timed piece of work falls due: the earliest time `sql` (a
-/// `SELECT min(<timestamptz>) ...` over read models) answers, as an instant; `None` when
-/// there is none (or it cannot be read: the fallback poll looks again).
-pub async fn next_due(pool: &PgPool, sql: &str) -> Option<Instant> {
+/// `SELECT min(<timestamptz>) ...` over read models, of the aggregates in the partitions
+/// `$1`) answers, as an instant; `None` when there is none (or it cannot be read: the
+/// fallback poll looks again).
+pub async fn next_due(pool: &PgPool, sql: &str, partitions: &[i32]) -> Option<Instant> {
     let at: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(sql)
+        .bind(partitions)
         .fetch_one(pool)
         .await
         .unwrap_or_else(|error| {

@@ -2,7 +2,8 @@
 //! and replies, and the feedback — and records each as completed or failed; it also ends
 //! sessions whose time limit passed.
 //!
-//! One instance responds at a time (leadership). Work comes from the `simulations` read
+//! Live instances share the work by partitions of the simulation id space, one instance
+//! per simulation at a time (`Roles::partitioned`). Work comes from the `simulations` read
 //! model (a pending call); the call itself is built from the aggregate's own state, and
 //! recording checks that the call is still the pending one, so a call made twice (after a
 //! crash, or a lagging read model) is persisted once.
@@ -43,7 +44,7 @@ pub struct Responder {
 /// When the next running session reaches its time limit.
 const TIME_LIMIT_DUE: &str = "SELECT min(ends_at) FROM simulations
       WHERE status IN ('created', 'in_progress', 'failed') AND ended_at IS NULL
-        AND ends_at > now()";
+        AND ends_at > now() AND chronicle_partition(id) = ANY($1)";
 
 impl Responder {
     /// A responder calling `chat`.
@@ -77,7 +78,7 @@ impl Responder {
     /// session's time limit falls due.
     async fn respond_while(
         self: Arc<Self>,
-        role: Role,
+        mut role: Role,
         mut wake: Waiter,
         shutdown: &CancellationToken,
     ) {
@@ -90,20 +91,24 @@ impl Responder {
                     busy.remove(&id);
                 }
             }
-            match self.due(&busy).await {
+            match self.due(&busy, &role).await {
                 Ok(due) => {
                     for id in due.into_iter().take(PARALLEL.saturating_sub(busy.len())) {
+                        let Some(lease) = role.lease(id) else {
+                            continue;
+                        };
                         busy.insert(id);
                         let responder = self.clone();
                         tasks.spawn(async move {
                             responder.respond(id).await;
+                            drop(lease);
                             id
                         });
                     }
                 }
                 Err(error) => tracing::warn!(%error, "simulation responder cannot read its work"),
             }
-            let due = next_due(&self.pool, TIME_LIMIT_DUE).await;
+            let due = next_due(&self.pool, TIME_LIMIT_DUE, &role.partitions()).await;
             tokio::select! {
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                     if let Ok(id) = done {
@@ -113,6 +118,7 @@ impl Responder {
                 () = wake.wait_until(due) => {
                     tokio::time::sleep_until(looked + self.poll_every).await;
                 }
+                () = role.changed() => {}
                 () = shutdown.cancelled() => {}
             }
         }
@@ -120,15 +126,20 @@ impl Responder {
     }
 
     /// Ends timed-out sessions; returns the simulations with a pending call not under way.
-    async fn due(&self, busy: &HashSet<Uuid>) -> Result<Vec<Uuid>, sqlx::Error> {
+    async fn due(&self, busy: &HashSet<Uuid>, role: &Role) -> Result<Vec<Uuid>, sqlx::Error> {
+        let partitions = role.partitions();
         let expired: Vec<Uuid> = sqlx::query_scalar(
             "SELECT id FROM simulations
               WHERE status IN ('created', 'in_progress', 'failed') AND ended_at IS NULL
-                AND ends_at <= now() LIMIT 100",
+                AND ends_at <= now() AND chronicle_partition(id) = ANY($1) LIMIT 100",
         )
+        .bind(&partitions)
         .fetch_all(&self.pool)
         .await?;
         for id in expired.into_iter().filter(|id| !busy.contains(id)) {
+            let Some(_lease) = role.lease(id) else {
+                continue;
+            };
             let command = SimulationCommand::End {
                 reason: EndReason::TimeLimit,
                 at: Utc::now(),
@@ -139,11 +150,12 @@ impl Responder {
         sqlx::query_scalar(
             "SELECT id FROM simulations
               WHERE pending_call_id IS NOT NULL AND status IN ('created', 'in_progress', 'ended')
-                AND NOT (id = ANY($1))
+                AND NOT (id = ANY($1)) AND chronicle_partition(id) = ANY($3)
               ORDER BY updated_at LIMIT $2",
         )
         .bind(&busy)
         .bind(i64::try_from(PARALLEL).unwrap_or(i64::MAX))
+        .bind(&partitions)
         .fetch_all(&self.pool)
         .await
     }

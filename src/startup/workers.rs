@@ -1,5 +1,5 @@
-//! The instance's background work: a runner per projector and the workers, each worker on
-//! the instance that holds its role.
+//! The instance's background work: a runner per projector set and the workers, each on the
+//! instance that holds its role or, for partitioned workers, shared by partitions.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -157,8 +157,9 @@ pub(super) fn spawn_rebuilder(
     workers.spawn(rebuilder.run(role, core.waker.clone(), pause, core.shutdown.clone()));
 }
 
-/// The batch closer, and (each on the instance holding its role) the provider driver, the
-/// audit checkpointer, delivery, the simulation responder and the transfer runner.
+/// The workers: the audit checkpointer on the instance holding its role; the batch closer,
+/// the provider driver, delivery, the simulation responder and the transfer runner in the
+/// partitions of their roles this instance holds.
 pub(super) fn spawn_workers(
     core: &Core,
     config: &Config,
@@ -171,9 +172,10 @@ pub(super) fn spawn_workers(
         Duration::from_millis(config.batch_max_wait_ms),
         Duration::from_millis(config.batch_check_ms),
     );
-    workers.spawn(closer.run(core.waker.clone(), shutdown.clone()));
+    let role = core.roles.partitioned(BatchCloser::ROLE);
+    workers.spawn(closer.run(role, core.waker.clone(), shutdown.clone()));
     if let Some(driver) = provider_driver(core, config)? {
-        let role = core.roles.role(ProviderDriver::ROLE);
+        let role = core.roles.partitioned(ProviderDriver::ROLE);
         workers.spawn(driver.run(role, shutdown.clone()));
     }
     if config.audit_checkpoint_secs > 0 {
@@ -183,18 +185,18 @@ pub(super) fn spawn_workers(
         workers.spawn(checkpoints.run(role, shutdown.clone()));
     }
     let delivery = delivery_worker(core, config)?;
-    let role = core.roles.role(DeliveryWorker::ROLE);
+    let role = core.roles.partitioned(DeliveryWorker::ROLE);
     workers.spawn(delivery.run(role, core.waker.clone(), shutdown.clone()));
     if let Some(chat) = chat_client(config)? {
         let poll = Duration::from_millis(config.simulation.simulation_poll_ms.max(10));
         let responder = Responder::new(core.commands.clone(), core.pool.clone(), chat, poll);
-        let role = core.roles.role(Responder::ROLE);
+        let role = core.roles.partitioned(Responder::ROLE);
         workers.spawn(responder.run(role, core.waker.clone(), shutdown.clone()));
     } else {
         tracing::warn!("no chat completions URL (CHRONICLE_CHAT_URL or CHRONICLE_PROVIDER_URL): simulation AI calls wait");
     }
     let runner = transfer_runner(core, config)?;
-    let role = core.roles.role(TransferRunner::ROLE);
+    let role = core.roles.partitioned(TransferRunner::ROLE);
     workers.spawn(runner.run(role, core.waker.clone(), shutdown.clone()));
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The job runner: runs the tasks of transfer jobs (moving studies) and query jobs (searching
-//! studies), urgent transfers first, a configurable number at once, on the instance that
-//! holds the `transfers` role.
+//! studies), urgent transfers first, a configurable number at once; live instances share the
+//! jobs by partitions of the job id space (`Roles::partitioned`), and a task whose partition
+//! is handed on stops between instances and is picked up by the new holder.
 //!
 //! A query task runs its row's QIDO-RS study search (one per modality when several are
 //! given) and records what it found: no match is a warning, more than the limit a warning to
@@ -39,7 +40,7 @@ use super::dicomweb::{DicomWeb, DicomWebError};
 use crate::command::{CommandContext, CommandError, Commands};
 use crate::log::{next_due, LogWaker, Waiter};
 use crate::privacy::Vault;
-use crate::projection::Role;
+use crate::projection::{Lease, Role};
 use crate::security::EgressPolicy;
 
 /// When the next task waiting for its retry falls due.
@@ -47,7 +48,7 @@ const RETRY_DUE: &str = "SELECT min(retry_at) FROM (
         SELECT t.retry_at FROM transfer_tasks t WHERE t.status = 'pending' AND t.retry_at > now()
         UNION ALL
         SELECT t.retry_at FROM query_tasks t WHERE t.status = 'pending' AND t.retry_at > now()
-    ) waiting";
+    ) waiting WHERE chronicle_partition(job_id) = ANY($1)";
 
 /// How often progress is recorded at most.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
@@ -162,16 +163,16 @@ impl TransferRunner {
         .await;
     }
 
-    async fn lead(&self, role: Role, mut wake: Waiter, shutdown: &CancellationToken) {
+    async fn lead(&self, mut role: Role, mut wake: Waiter, shutdown: &CancellationToken) {
         let mut running: JoinSet<TaskRef> = JoinSet::new();
         let mut mine: HashSet<TaskRef> = HashSet::new();
         let stop = shutdown.child_token();
         while !shutdown.is_cancelled() && role.is_held() {
             let looked = tokio::time::Instant::now();
-            if let Err(error) = self.dispatch(&mut running, &mut mine, &stop).await {
+            if let Err(error) = self.dispatch(&mut running, &mut mine, &role, &stop).await {
                 tracing::warn!(%error, "reading transfer work failed; will retry");
             }
-            let due = next_due(&self.pool, RETRY_DUE).await;
+            let due = next_due(&self.pool, RETRY_DUE, &role.partitions()).await;
             tokio::select! {
                 Some(done) = running.join_next(), if !running.is_empty() => {
                     if let Ok(task) = done {
@@ -182,6 +183,7 @@ impl TransferRunner {
                     // However busy the log, look at most every `poll_every`.
                     tokio::time::sleep_until(looked + self.settings.poll_every).await;
                 }
+                () = role.changed() => {}
                 () = shutdown.cancelled() => {}
             }
         }
@@ -195,6 +197,7 @@ impl TransferRunner {
         &self,
         running: &mut JoinSet<TaskRef>,
         mine: &mut HashSet<TaskRef>,
+        role: &Role,
         stop: &CancellationToken,
     ) -> Result<(), CommandError> {
         let free = self.settings.concurrency.saturating_sub(running.len());
@@ -204,16 +207,19 @@ impl TransferRunner {
               WHERE j.status IN ('pending', 'in_progress', 'canceling')
                 AND t.status IN ('pending', 'in_progress')
                 AND (t.retry_at IS NULL OR t.retry_at <= now())
+                AND chronicle_partition(j.id) = ANY($2)
              UNION ALL
              SELECT false, t.job_id, t.task, t.status, false, j.created_at
                FROM query_jobs j JOIN query_tasks t ON t.job_id = j.id
               WHERE j.status IN ('pending', 'in_progress', 'canceling')
                 AND t.status IN ('pending', 'in_progress')
                 AND (t.retry_at IS NULL OR t.retry_at <= now())
+                AND chronicle_partition(j.id) = ANY($2)
               ORDER BY 5 DESC, 6, 3
               LIMIT $1",
         )
         .bind(i64::try_from(free + mine.len() + 16).unwrap_or(i64::MAX))
+        .bind(role.partitions())
         .fetch_all(&self.pool)
         .await?;
         let mut started = 0;
@@ -230,6 +236,10 @@ impl TransferRunner {
             if mine.contains(&task) {
                 continue;
             }
+            // Handed on since the read: its new holder runs it.
+            let Some(lease) = role.lease(job) else {
+                continue;
+            };
             if status == "in_progress" {
                 self.interrupt(task, "the runner that started it stopped")
                     .await;
@@ -239,8 +249,8 @@ impl TransferRunner {
                 continue;
             }
             let launched = match task.kind {
-                Kind::Transfer => self.launch::<Transfer>(task, running, stop).await,
-                Kind::Query => self.launch::<Query>(task, running, stop).await,
+                Kind::Transfer => self.launch::<Transfer>(task, lease, running, stop).await,
+                Kind::Query => self.launch::<Query>(task, lease, running, stop).await,
             };
             match launched {
                 Ok(()) => {
@@ -303,10 +313,12 @@ impl TransferRunner {
         }
     }
 
-    /// Starts the task and runs it in `running` until it ends, then records how.
+    /// Starts the task and runs it in `running` until it ends (or its partition is handed
+    /// on: it is interrupted), then records how, holding `lease` until then.
     async fn launch<K: JobKind>(
         &self,
         task: TaskRef,
+        lease: Lease,
         running: &mut JoinSet<TaskRef>,
         stop: &CancellationToken,
     ) -> Result<(), CommandError>
@@ -339,8 +351,10 @@ impl TransferRunner {
                     )))
                 }
                 () = stop.cancelled() => Ended::Interrupted,
+                () = lease.closing() => Ended::Interrupted,
             };
             runner.finish::<K>(started, ended).await;
+            drop(lease);
             task
         });
         Ok(())

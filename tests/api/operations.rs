@@ -149,20 +149,49 @@ async fn metrics_agree_with_the_store_and_roles_name_their_instance() {
     .collect();
     assert_eq!(mutations, expected);
 
-    // Every role is held, by this instance, in the metrics and in the API.
+    // Every role and every partition is held, by this instance, in the metrics and in the
+    // API.
     let held = scrape.of_metric("chronicle_role_held");
     assert!(!held.is_empty());
-    assert!(held.values().all(|value| *value == 1.0), "{held:?}");
+    assert_eq!(held, scrape.of_metric("chronicle_role_partitions"));
     let roles = app
-        .graphql("{ roles { role instance since } }", json!({}))
+        .graphql(
+            "{ roles { role instance since partitions { partition instance } } }",
+            json!({}),
+        )
         .await;
     let listed = roles["data"]["roles"].as_array().expect("roles");
     assert_eq!(listed.len(), held.len(), "{roles}");
     for role in listed {
-        assert_eq!(role["instance"], "delivery", "{role}");
+        let partitions = role["partitions"].as_array().expect("partitions");
+        if partitions.is_empty() {
+            assert_eq!(role["instance"], "delivery", "{role}");
+        } else {
+            assert!(
+                partitions.iter().all(|p| p["instance"] == "delivery"),
+                "{role}"
+            );
+        }
         let labels = format!("role=\"{}\"", role["role"].as_str().expect("role"));
-        assert_eq!(held.get(&labels), Some(&1.0), "{labels}");
+        let count = partitions.len().max(1) as f64;
+        assert_eq!(held.get(&labels), Some(&count), "{labels}");
     }
+    let instances = app
+        .graphql(
+            "{ instances { name roles partitions { role partitions } } }",
+            json!({}),
+        )
+        .await;
+    let live = instances["data"]["instances"]
+        .as_array()
+        .expect("instances");
+    assert_eq!(live.len(), 1, "{instances}");
+    assert_eq!(live[0]["name"], "delivery");
+    let delivery = live[0]["partitions"]
+        .as_array()
+        .and_then(|held| held.iter().find(|h| h["role"] == "delivery"))
+        .expect("delivery partitions");
+    assert_eq!(delivery["partitions"], json!((0..32).collect::<Vec<i32>>()));
     let client = app.client_key("watcher", "CLIENT").await;
     let refused = app
         .graphql_as(&client, "{ roles { role } }", json!({}))

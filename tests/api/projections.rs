@@ -8,7 +8,7 @@ use chronicle::log::LogReader;
 use chronicle::projection::{RebuildError, Rebuilder};
 use chronicle::startup::Wiring;
 use chronicle_projections::{rebuilds, Projector};
-use serde_json::json;
+use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::support::{eventually, LedgerCommand, TestApp, TestDb};
@@ -292,22 +292,30 @@ async fn forged_notifications_change_nothing() {
     app.stop().await;
 }
 
-/// A standby waits on its one roles connection: over 30 idle seconds it opens no database
-/// session (the leader's workers look at the read models now and then; the standby has
-/// nothing to look at).
+/// A second instance keeps its roles on its one roles connection: over 30 idle seconds,
+/// sharing the work, it opens database sessions only for its workers' occasional looks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_standby_opens_no_new_sessions_while_it_waits() {
+async fn a_second_instance_opens_few_sessions_while_idle() {
     let db = TestDb::new().await;
     let leader = TestApp::spawn(&db, "idle-leader").await;
     eventually(
         Duration::from_secs(10),
-        "the leader to hold every role",
+        "the first instance to hold every role and partition",
         || async {
             let roles = leader
-                .graphql("{ roles { role instance } }", json!({}))
+                .graphql(
+                    "{ roles { role instance partitions { instance } } }",
+                    json!({}),
+                )
                 .await;
             let all = roles["data"]["roles"].as_array()?.clone();
-            (!all.is_empty() && all.iter().all(|r| r["instance"] == "idle-leader")).then_some(())
+            let held = |r: &Value| {
+                r["instance"] == "idle-leader"
+                    || r["partitions"].as_array().is_some_and(|parts| {
+                        !parts.is_empty() && parts.iter().all(|p| p["instance"] == "idle-leader")
+                    })
+            };
+            (!all.is_empty() && all.iter().all(held)).then_some(())
         },
     )
     .await;
@@ -328,7 +336,13 @@ async fn a_standby_opens_no_new_sessions_while_it_waits() {
     .fetch_all(&db.pool)
     .await
     .expect("sessions");
-    assert!(opened.is_empty(), "sessions the standby opened: {opened:?}");
+    // Its roles are kept on its one roles connection, so what it opens comes from its
+    // workers' occasional looks at the read models (pooled connections idle out after
+    // 10 s), not from waiting for roles: a standby once opened 12 sessions a second.
+    assert!(
+        opened.len() <= 6,
+        "sessions the second instance opened in 30 idle seconds: {opened:?}"
+    );
     standby.stop().await;
     leader.stop().await;
 }

@@ -15,5 +15,6 @@ mod crash;
 mod database;
 mod dependencies;
 mod rebuild;
+mod scale_out;
 mod slow_subscriber;
 mod support;

@@ -124,6 +124,7 @@ fn denied(b: &Owned) -> Vec<(&'static str, String, &'static str)> {
         ("queryJob", format!("{{ queryJob(id: \"{q}\") {{ status }} }}"), nf),
         ("projections", "{ projections { name } }".into(), forbidden),
         ("roles", "{ roles { role } }".into(), forbidden),
+        ("instances", "{ instances { name } }".into(), forbidden),
         ("retryParked", "mutation { retryParked(projection: \"requests\", cursor: \"c2.1\") { status } }".into(), forbidden),
         ("skipParked", "mutation { skipParked(projection: \"requests\", cursor: \"c2.1\") { status } }".into(), forbidden),
         ("rebuildProjection", "mutation { rebuildProjection(name: \"requests\") { name } }".into(), forbidden),

@@ -2,6 +2,8 @@
 //! command and sends it again after a transport failure or a retryable error, so a command
 //! whose answer was lost in a crash is resolved instead of guessed.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -27,20 +29,36 @@ enum Sent {
     Retry(String),
 }
 
-/// A GraphQL client of one server address, as the admin.
+/// A GraphQL client of one server address, or of several in turn, as the admin.
 #[derive(Clone)]
 pub struct Client {
-    url: String,
+    urls: Arc<Vec<String>>,
+    next: Arc<AtomicUsize>,
     http: reqwest::Client,
 }
 
 impl Client {
     pub fn new(url: String) -> Self {
+        Self::spread(vec![url])
+    }
+
+    /// A client that sends each command (and each resend) to the next of `urls`, as a
+    /// round-robin load balancer in front of several instances would.
+    pub fn spread(urls: Vec<String>) -> Self {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(15))
             .build()
             .expect("http client");
-        Self { url, http }
+        Self {
+            urls: Arc::new(urls),
+            next: Arc::default(),
+            http,
+        }
+    }
+
+    fn url(&self) -> &str {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        &self.urls[turn % self.urls.len()]
     }
 
     /// Sends mutation `query` (whose field is `field`) with `variables` until it is answered
@@ -87,7 +105,7 @@ impl Client {
     async fn send(&self, query: &str, field: &str, variables: &Value) -> Sent {
         let sent = self
             .http
-            .post(&self.url)
+            .post(self.url())
             .bearer_auth(ADMIN_KEY)
             .json(&json!({ "query": query, "variables": variables }))
             .send()
