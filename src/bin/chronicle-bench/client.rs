@@ -1,6 +1,8 @@
 //! What the bench's clients speak: GraphQL over HTTP (reqwest) and graphql-transport-ws
 //! subscriptions (tokio-tungstenite), as any client of the service does.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
@@ -16,25 +18,48 @@ use crate::server::Server;
 #[derive(Clone)]
 pub(crate) struct Client {
     http: reqwest::Client,
-    url: String,
+    urls: Arc<[String]>,
+    next: Arc<AtomicUsize>,
     key: String,
 }
 
 impl Client {
     /// A client of `server`.
     pub(crate) fn new(server: &Server) -> Self {
+        Self::spread(&[server])
+    }
+
+    /// A client of several instances of one service, each call to the next in turn (as a
+    /// round-robin load balancer sends requests).
+    pub(crate) fn spread(servers: &[&Server]) -> Self {
         Self {
             http: reqwest::Client::new(),
-            url: server.url.clone(),
-            key: server.key.clone(),
+            urls: servers.iter().map(|s| s.url.clone()).collect(),
+            next: Arc::default(),
+            key: servers.first().map(|s| s.key.clone()).unwrap_or_default(),
         }
+    }
+
+    /// A client of only the `n`th instance (in turn): what a load balancer gives one client
+    /// whose connection it keeps on one instance.
+    pub(crate) fn nth(&self, n: usize) -> Self {
+        Self {
+            urls: Arc::from([self.urls[n % self.urls.len()].clone()]),
+            next: Arc::default(),
+            ..self.clone()
+        }
+    }
+
+    fn url(&self) -> &str {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        &self.urls[turn % self.urls.len()]
     }
 
     /// Sends one operation; its `data`, or the GraphQL errors as an error.
     pub(crate) async fn call(&self, query: &str, variables: Value) -> anyhow::Result<Value> {
         let mut response: Value = self
             .http
-            .post(&self.url)
+            .post(self.url())
             .bearer_auth(&self.key)
             .json(&json!({ "query": query, "variables": variables }))
             .send()

@@ -146,8 +146,17 @@ impl Server {
     /// Starts `chronicle serve` on `database` with a fresh admin key, no rate limit and
     /// batches that close only when full or flushed, and waits until it is ready.
     pub(crate) async fn start(database: &BenchDatabase) -> anyhow::Result<Self> {
-        let port = free_port()?;
         let key = NewKey::generate().token.expose_secret().to_owned();
+        Self::start_with(database, key).await
+    }
+
+    /// Starts another instance of this service on the same database (same admin key).
+    pub(crate) async fn another(&self, database: &BenchDatabase) -> anyhow::Result<Self> {
+        Self::start_with(database, self.key.clone()).await
+    }
+
+    async fn start_with(database: &BenchDatabase, key: String) -> anyhow::Result<Self> {
+        let port = free_port()?;
         let child = database
             .command(&["serve"])?
             .env("CHRONICLE_LISTEN", format!("127.0.0.1:{port}"))

@@ -21,6 +21,7 @@ use crate::limits::Limits;
 use crate::report::{Figure, Outcome};
 use crate::server::{BenchDatabase, Server};
 use crate::sizes::Sizes;
+use commands::Instances;
 
 /// One workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
@@ -88,7 +89,7 @@ impl Workload {
                 sizes.sequential_commands
             ),
             Self::W2 => format!(
-                "concurrent commands: {} clients for {:?}",
+                "concurrent commands: {} clients for {:?}, on one instance, then spread over three",
                 sizes.concurrent_clients, sizes.concurrent_duration
             ),
             Self::W3 => format!(
@@ -142,7 +143,16 @@ pub(crate) async fn run_all(
         let mut figures = match workload {
             Workload::W0 => idle::idle(&database.pool, sizes).await?,
             Workload::W1 => commands::sequential(&client, &limits, &database.pool, sizes).await?,
-            Workload::W2 => commands::concurrent(&client, &limits, sizes).await?,
+            Workload::W2 => {
+                let mut figures =
+                    commands::concurrent(&client, (&limits, &database.pool), sizes, Instances::One)
+                        .await?;
+                let one = figures.first().map_or(0.0, |f| f.value);
+                let three =
+                    commands::concurrent_on_three(database, &server, &limits, sizes, one).await?;
+                figures.extend(three);
+                figures
+            }
             Workload::W3 => commands::long_stream(&client, sizes).await?,
             Workload::W4 => commands::bulk(&client, &limits, sizes).await?,
             Workload::W6 => {

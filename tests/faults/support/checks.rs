@@ -32,13 +32,13 @@ const UNSETTLED_REQUESTS: [&str; 4] = [
 const FINAL_BATCHES: [&str; 4] = ["done", "failed", "cancelled", "expired"];
 
 /// Waits (up to `deadline`) until every batch, request and simulation has come to rest and
-/// every projection has caught up.
+/// then every projection has caught up (in that order: work coming to rest appends its last
+/// events).
 pub async fn settle(server: &Server, pool: &PgPool, deadline: Duration) {
     eventually(
         deadline,
         "batches, requests and simulations to settle",
         || async {
-            server.caught_up().await;
             let busy: i64 = sqlx::query_scalar(
                 "SELECT (SELECT count(*) FROM requests WHERE status = ANY($1))
                   + (SELECT count(*) FROM batches WHERE NOT status = ANY($2))
@@ -53,6 +53,7 @@ pub async fn settle(server: &Server, pool: &PgPool, deadline: Duration) {
         },
     )
     .await;
+    server.caught_up().await;
 }
 
 /// The guarantees every fault test checks once the server has stopped: acknowledged

@@ -7,6 +7,7 @@ use sqlx::PgPool;
 use crate::client::Client;
 use crate::limits::Limits;
 use crate::report::{Figure, Goal};
+use crate::server::{BenchDatabase, Server};
 use crate::sizes::Sizes;
 use crate::stats::{rate, Latencies};
 
@@ -64,25 +65,30 @@ pub(crate) async fn sequential(
 /// against the same INSERT on as many connections.
 pub(crate) async fn concurrent(
     client: &Client,
-    limits: &Limits,
+    (limits, pool): (&Limits, &PgPool),
     sizes: &Sizes,
+    on: Instances,
 ) -> anyhow::Result<Vec<Figure>> {
     let clients = sizes.concurrent_clients;
     let duration = sizes.concurrent_duration;
     let bytes = limits.event_bytes(ADDED.0, ADDED.1).await?;
     let limit = limits.concurrent_inserts(bytes, clients, duration).await?;
+    let commits_before = super::idle::commits(pool).await?;
     let started = Instant::now();
     let deadline = started + duration;
     let mut senders = tokio::task::JoinSet::new();
+    // Each run into batches of its own (a custom id is unique within its batch).
+    let run = on.prefix();
     for sender in 0..clients {
-        let client = client.clone();
+        // Each client on one instance, the clients spread over the instances in turn.
+        let client = client.nth(sender);
         senders.spawn(async move {
             let mut latencies = Latencies::default();
             while Instant::now() < deadline {
                 let sent = Instant::now();
                 let n = latencies.len();
                 client
-                    .submit(&format!("w2-{n}"), &format!("w2-{sender}"))
+                    .submit(&format!("{run}-{n}"), &format!("{run}-{sender}"))
                     .await?;
                 latencies.push(sent.elapsed());
             }
@@ -94,17 +100,87 @@ pub(crate) async fn concurrent(
         latencies.extend(done??);
     }
     let commands = rate(latencies.len(), started.elapsed());
+    let commits = super::idle::commits(pool).await? - commits_before;
+    let per_commit = latencies.len() as f64 / (commits.max(1) as f64);
+    let on = on.label();
+    let rate = Figure::plain(
+        format!("submitRequest, {clients} clients{on}"),
+        commands,
+        "commands/s",
+    )
+    .limit(limit);
     Ok(vec![
+        if on.is_empty() {
+            rate.goal(Goal::RatioAtLeast(0.8))
+        } else {
+            rate
+        },
         Figure::plain(
-            format!("submitRequest, {clients} clients"),
-            commands,
-            "commands/s",
-        )
-        .limit(limit)
-        .goal(Goal::RatioAtLeast(0.8)),
-        Figure::plain("submitRequest p50", latencies.percentile_ms(0.5), "ms"),
-        Figure::plain("submitRequest p99", latencies.percentile_ms(0.99), "ms"),
+            format!("submitRequest p50{on}"),
+            latencies.percentile_ms(0.5),
+            "ms",
+        ),
+        Figure::plain(
+            format!("submitRequest p99{on}"),
+            latencies.percentile_ms(0.99),
+            "ms",
+        ),
+        Figure::plain(
+            format!("commands per database commit{on}, reads included"),
+            per_commit,
+            "commands",
+        ),
     ])
+}
+
+/// How many instances of the service W2's clients are spread over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Instances {
+    One,
+    Three,
+}
+
+impl Instances {
+    fn prefix(self) -> &'static str {
+        match self {
+            Self::One => "w2",
+            Self::Three => "w2-three",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::One => "",
+            Self::Three => ", three instances",
+        }
+    }
+}
+
+/// W2 again with two more instances of the service on the same database, the clients
+/// spread over all three in turn; its figures and the rate against `one`'s (one instance).
+pub(crate) async fn concurrent_on_three(
+    database: &BenchDatabase,
+    server: &Server,
+    limits: &Limits,
+    sizes: &Sizes,
+    one: f64,
+) -> anyhow::Result<Vec<Figure>> {
+    let others = [
+        server.another(database).await?,
+        server.another(database).await?,
+    ];
+    // The partitions settle among the three (they do within a second).
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let client = Client::spread(&[server, &others[0], &others[1]]);
+    let mut figures =
+        concurrent(&client, (limits, &database.pool), sizes, Instances::Three).await?;
+    for other in others {
+        other.stop().await?;
+    }
+    let three = figures.first().map_or(0.0, |f| f.value);
+    let ratio = if one > 0.0 { three / one } else { 0.0 };
+    figures.push(Figure::plain("three instances / one instance", ratio, "x"));
+    Ok(figures)
 }
 
 /// W3: `submitRequest` after `submitRequest` into one batch, so its stream grows to

@@ -22,7 +22,7 @@ pub(super) async fn settled_commits(pool: &PgPool) -> anyhow::Result<i64> {
 }
 
 /// The transactions committed in the bench database so far.
-async fn commits(pool: &PgPool) -> anyhow::Result<i64> {
+pub(super) async fn commits(pool: &PgPool) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar(
         "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
     )
