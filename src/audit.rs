@@ -295,9 +295,10 @@ impl Checkpointer {
                 () = tokio::time::sleep(self.every) => {}
                 () = shutdown.cancelled() => return,
             }
-            if !role.is_held() {
+            // Held while recording: the role is handed on only after it.
+            let Some(_lease) = role.lease(uuid::Uuid::nil()) else {
                 continue;
-            }
+            };
             if let Err(error) = checkpoint(&self.pool, self.key.as_deref()).await {
                 tracing::warn!(%error, "recording an audit checkpoint failed");
             }

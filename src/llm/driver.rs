@@ -18,14 +18,14 @@ use chrono::Utc;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 mod files;
 
 use crate::command::{CommandContext, CommandError, Commands};
-use crate::projection::Role;
+use crate::projection::{Lease, Role};
 use crate::provider::{BatchInput, Provider, ProviderBatch, ProviderError, ProviderStatus};
 
 /// Why a driver step stopped; the step is tried again on the next round.
@@ -233,10 +233,10 @@ impl ProviderDriver {
         futures::stream::iter(ids)
             .for_each_concurrent(slots, |batch_id| async move {
                 // Handed on since the read: its new holder drives it.
-                let Some(_lease) = role.lease(batch_id) else {
+                let Some(lease) = role.lease(batch_id) else {
                     return;
                 };
-                if let Err(error) = self.drive(lane, batch_id).await {
+                if let Err(error) = self.drive(lane, batch_id, &lease).await {
                     tracing::warn!(batch.id = %batch_id, %error, "provider step failed; will retry");
                 }
             })
@@ -258,8 +258,8 @@ impl ProviderDriver {
     }
 
     /// Advances one batch; a batch the provider refuses fails with the provider's message.
-    async fn drive(&self, lane: Lane, batch_id: Uuid) -> Result<(), DriverError> {
-        match self.advance(lane, batch_id).await {
+    async fn drive(&self, lane: Lane, batch_id: Uuid, lease: &Lease) -> Result<(), DriverError> {
+        match self.advance(lane, batch_id, lease).await {
             // The provider refused (a 4xx other than 408/429): retrying will not help.
             Err(DriverError::Provider(ProviderError::Rejected { status, message })) => {
                 tracing::warn!(batch.id = %batch_id, status, %message, "the provider refused the batch");
@@ -270,9 +270,13 @@ impl ProviderDriver {
         }
     }
 
-    /// Takes one batch as far as it can go now within `lane` (the other lane takes it on).
-    async fn advance(&self, lane: Lane, batch_id: Uuid) -> Result<(), DriverError> {
+    /// Takes one batch as far as it can go now within `lane` (the other lane takes it on),
+    /// starting no step once its partition is being handed on.
+    async fn advance(&self, lane: Lane, batch_id: Uuid, lease: &Lease) -> Result<(), DriverError> {
         loop {
+            if lease.is_closing() {
+                return Ok(());
+            }
             let batch = self.commands.load::<Batch>(&batch_id.to_string()).await?;
             let Some(provider) = batch
                 .key()
@@ -287,15 +291,21 @@ impl ProviderDriver {
             }
             match before {
                 Some(BatchStatus::Uploading) => {
-                    let _permit = self.uploads.acquire().await.ok();
+                    let Some(_permit) = slot(&self.uploads, lease).await else {
+                        return Ok(());
+                    };
                     self.upload(provider, batch_id, &batch).await?;
                 }
                 Some(BatchStatus::Uploaded) => {
-                    let _permit = self.uploads.acquire().await.ok();
+                    let Some(_permit) = slot(&self.uploads, lease).await else {
+                        return Ok(());
+                    };
                     self.create(provider, batch_id, &batch).await?;
                 }
                 Some(BatchStatus::ProviderProcessing) => {
-                    let _permit = self.polls.acquire().await.ok();
+                    let Some(_permit) = slot(&self.polls, lease).await else {
+                        return Ok(());
+                    };
                     self.poll(provider, batch_id, &batch).await?;
                 }
                 Some(BatchStatus::ProviderCompleted | BatchStatus::Expired) => {
@@ -303,7 +313,9 @@ impl ProviderDriver {
                         .await?;
                 }
                 Some(BatchStatus::Downloading) => {
-                    let _permit = self.polls.acquire().await.ok();
+                    let Some(_permit) = slot(&self.polls, lease).await else {
+                        return Ok(());
+                    };
                     self.download(provider, batch_id, &batch).await?;
                 }
                 Some(BatchStatus::Cancelled) => {
@@ -513,5 +525,14 @@ impl ProviderDriver {
     async fn send_pending(&self, batch_id: Uuid) -> Result<(), DriverError> {
         let event = RequestEvent::SentToProvider { at: Utc::now() };
         self.move_requests(batch_id, event).await
+    }
+}
+
+/// A permit of `slots`, unless the partition of `lease` starts being handed on first (or the
+/// semaphore closed).
+async fn slot<'a>(slots: &'a Semaphore, lease: &Lease) -> Option<SemaphorePermit<'a>> {
+    tokio::select! {
+        permit = slots.acquire() => permit.ok(),
+        () = lease.closing() => None,
     }
 }

@@ -45,9 +45,11 @@ use crate::security::EgressPolicy;
 
 /// When the next task waiting for its retry falls due.
 const RETRY_DUE: &str = "SELECT min(retry_at) FROM (
-        SELECT t.retry_at FROM transfer_tasks t WHERE t.status = 'pending' AND t.retry_at > now()
+        SELECT t.job_id, t.retry_at FROM transfer_tasks t
+         WHERE t.status = 'pending' AND t.retry_at > now()
         UNION ALL
-        SELECT t.retry_at FROM query_tasks t WHERE t.status = 'pending' AND t.retry_at > now()
+        SELECT t.job_id, t.retry_at FROM query_tasks t
+         WHERE t.status = 'pending' AND t.retry_at > now()
     ) waiting WHERE chronicle_partition(job_id) = ANY($1)";
 
 /// How often progress is recorded at most.

@@ -23,6 +23,9 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 const DRAIN_CHECK: Duration = Duration::from_millis(25);
 /// How long a stopping instance waits for its work under way before releasing its locks.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
+/// The longest one exchange on the roles connection may take: beyond it the connection
+/// counts as lost (a network that drops packets must not hold shutdown or a look).
+const EXCHANGE_LIMIT: Duration = Duration::from_secs(10);
 
 /// Members of each group asked for (shared locks, as `$1`), and which of the keys in `$2`
 /// nobody holds.
@@ -38,6 +41,12 @@ const LOOK: &str = concat!(
     advisory_lock_of!("k.key"),
     ")) AS free"
 );
+
+/// The membership of a role held whole: its own member lock, so that a role only one
+/// instance wants is not left to the balance.
+fn whole_membership(role: &str) -> String {
+    format!("role.{role}")
+}
 
 /// One partition of one role.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -76,18 +85,28 @@ impl View {
 
 /// Decides a look: in each group, claim free partitions (most preferred first) until this
 /// instance holds `ceil(partitions / members)` (every free one, for a tool: `members` has no
-/// entry), and hand on the least preferred beyond that.
+/// entry), and hand on the least preferred beyond that. A role held whole that no other
+/// instance wants (its own membership counts one) is outside the balance: claimed when free,
+/// never handed on.
 pub(super) fn plan(
     views: &[View],
     members: &HashMap<String, usize>,
     free: &HashSet<String>,
     prefer: &impl Fn(&str) -> u64,
 ) -> Plan {
+    let mut plan = Plan::default();
     let mut groups: BTreeMap<&str, Vec<&View>> = BTreeMap::new();
     for view in views {
-        groups.entry(&view.group).or_default().push(view);
+        let sole = view.count == 1 && members.get(&whole_membership(&view.role)) == Some(&1);
+        if !sole {
+            groups.entry(&view.group).or_default().push(view);
+        } else if view.locked == 0 && free.contains(&view.key(0)) {
+            plan.claim.push(Part {
+                role: view.role.clone(),
+                partition: 0,
+            });
+        }
     }
-    let mut plan = Plan::default();
     for (group, views) in groups {
         let total: usize = views.iter().map(|v| usize::from(v.count)).sum();
         let fair = members
@@ -192,11 +211,11 @@ impl Roles {
         let mut look = true;
         loop {
             if look || self.missing() {
-                self.look(held).await?;
+                bounded(self.look(held)).await?;
             }
             look = tokio::select! {
                 () = tokio::time::sleep(retry) => {
-                    held.conn.ping().await?;
+                    bounded(held.conn.ping()).await?;
                     false
                 }
                 () = self.asked.notified() => true,
@@ -204,11 +223,11 @@ impl Roles {
                 () = changed(joined) => true,
                 Some(done) = drained.recv() => {
                     if done.connection == held.connection {
-                        self.unlock(held, &done.part).await?;
+                        bounded(self.unlock(held, &done.part)).await?;
                     }
                     false
                 }
-                () = shutdown.cancelled() => return self.stop(held).await,
+                () = shutdown.cancelled() => return bounded(self.stop(held)).await,
             };
         }
     }
@@ -226,7 +245,13 @@ impl Roles {
     async fn look(&self, held: &mut Held<'_>) -> Result<(), sqlx::Error> {
         let views = self.views();
         let groups: Vec<String> = {
-            let mut groups: Vec<String> = views.iter().map(|v| v.group.clone()).collect();
+            let mut groups: Vec<String> = views
+                .iter()
+                .flat_map(|v| {
+                    let whole = (v.count == 1).then(|| whole_membership(&v.role));
+                    std::iter::once(v.group.clone()).chain(whole)
+                })
+                .collect();
             groups.sort();
             groups.dedup();
             groups
@@ -435,6 +460,15 @@ impl Held<'_> {
     }
 }
 
+/// `exchange`, or a timed-out error after [`EXCHANGE_LIMIT`].
+async fn bounded<T>(
+    exchange: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    tokio::time::timeout(EXCHANGE_LIMIT, exchange)
+        .await
+        .unwrap_or_else(|_| Err(sqlx::Error::Io(std::io::ErrorKind::TimedOut.into())))
+}
+
 /// Waits until no lease but the slot's own is alive, or `limit`.
 async fn drain(leases: &Weak<()>, limit: Duration) {
     let until = Instant::now() + limit;
@@ -546,6 +580,23 @@ mod tests {
         let members = HashMap::from([("delivery".into(), 2)]);
         let plan = plan(&views, &members, &keys(&views), &prefer);
         assert_eq!(plan, Plan::default());
+    }
+
+    #[test]
+    fn a_role_only_this_instance_wants_is_claimed_and_kept_beyond_the_fair_part() {
+        let views = [
+            view("projections", 1, "roles", 1, 1),
+            view("audit_checkpoint", 1, "roles", 0, 0),
+        ];
+        let members = HashMap::from([
+            ("roles".into(), 2),
+            ("role.projections".into(), 2),
+            ("role.audit_checkpoint".into(), 1),
+        ]);
+        let plan = plan(&views, &members, &keys(&views), &prefer);
+        let claimed: Vec<&str> = plan.claim.iter().map(|p| p.role.as_str()).collect();
+        assert_eq!(claimed, ["audit_checkpoint"]);
+        assert!(plan.release.is_empty());
     }
 
     #[test]

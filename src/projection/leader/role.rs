@@ -135,6 +135,11 @@ impl Lease {
     pub async fn closing(&self) {
         self.closing.cancelled().await;
     }
+
+    /// Whether the partition is closing (see [`Lease::closing`]).
+    pub fn is_closing(&self) -> bool {
+        self.closing.is_cancelled()
+    }
 }
 
 impl Role {
