@@ -219,6 +219,8 @@ impl<E> From<sqlx::Error> for Refusal<E> {
 /// An aggregate as loaded for a command (see [`Commands::loaded`]).
 pub struct Loaded<A: cqrs_es::Aggregate> {
     context: EventStoreAggregateContext<A>,
+    /// Whether it is a state this instance kept in memory (another may have moved it on).
+    kept: bool,
 }
 
 impl<A: cqrs_es::Aggregate> Loaded<A> {
@@ -236,7 +238,7 @@ impl<A: cqrs_es::Aggregate> Loaded<A> {
 /// The aggregate a command runs on, and its state when the caller loaded it already.
 struct Target<'a, A: cqrs_es::Aggregate> {
     aggregate_id: &'a str,
-    loaded: Option<EventStoreAggregateContext<A>>,
+    loaded: Option<Loaded<A>>,
 }
 
 impl<'a, A: cqrs_es::Aggregate> Target<'a, A> {
@@ -441,8 +443,8 @@ impl Commands {
         A::Error: DomainError,
     {
         storable_id::<A>(aggregate_id)?;
-        let context = self.stores.load::<A>(aggregate_id).await?;
-        Ok(Loaded { context })
+        let (context, kept) = self.stores.load::<A>(aggregate_id).await?;
+        Ok(Loaded { context, kept })
     }
 
     /// Runs `command` on the aggregate as `loaded` (once; after a conflict, on a fresh load),
@@ -466,7 +468,7 @@ impl Commands {
         let aggregate_id = loaded.context.aggregate_id.clone();
         let target = Target {
             aggregate_id: &aggregate_id,
-            loaded: Some(loaded.context),
+            loaded: Some(loaded),
         };
         self.run::<A>(context, target, command, services, command_id)
             .await
@@ -513,7 +515,7 @@ impl Commands {
     async fn run_once<A>(
         &self,
         context: &CommandContext,
-        (aggregate_id, loaded): (&str, Option<EventStoreAggregateContext<A>>),
+        (aggregate_id, loaded): (&str, Option<Loaded<A>>),
         command: A::Command,
         services: &A::Services,
         command_id: String,
@@ -552,7 +554,7 @@ impl Commands {
     async fn decide<A>(
         &self,
         aggregate_id: &str,
-        loaded: Option<EventStoreAggregateContext<A>>,
+        loaded: Option<Loaded<A>>,
         command: A::Command,
         services: &A::Services,
     ) -> Result<(EventStoreAggregateContext<A>, Vec<A::Event>), Refusal<A::Error>>
@@ -561,9 +563,15 @@ impl Commands {
         A::Error: DomainError,
         A::Command: Clone,
     {
-        let mut decided = match loaded {
+        let Loaded {
+            context: mut decided,
+            kept,
+        } = match loaded {
             Some(loaded) => loaded,
-            None => self.stores.load::<A>(aggregate_id).await?,
+            None => {
+                let (context, kept) = self.stores.load::<A>(aggregate_id).await?;
+                Loaded { context, kept }
+            }
         };
         let sink = EventSink::default();
         let refused = match decided
@@ -574,9 +582,10 @@ impl Commands {
             Ok(()) => return Ok((decided, sink.collect().await)),
             Err(refused) => refused,
         };
-        if !self.stores.forget_kept::<A>(aggregate_id) {
+        if !kept {
             return Err(Refusal::Rejected(refused));
         }
+        self.stores.forget_kept::<A>(aggregate_id);
         let mut stored = self.stores.load_stored::<A>(aggregate_id).await?;
         let sink = EventSink::default();
         stored

@@ -92,16 +92,14 @@ impl EventStores {
         let appended = self.appender.append(append).await;
         match (&appended, after) {
             (Ok(_), Some(state)) => self.kept.keep(A::TYPE, &aggregate_id, state),
-            _ => {
-                self.kept.forget(A::TYPE, &aggregate_id);
-            }
+            _ => self.kept.forget(A::TYPE, &aggregate_id),
         }
         appended
     }
 
-    /// Forgets aggregate `aggregate_id`'s kept state; whether there was one.
-    pub fn forget_kept<A: Upcast>(&self, aggregate_id: &str) -> bool {
-        self.kept.forget(A::TYPE, aggregate_id)
+    /// Forgets aggregate `aggregate_id`'s kept state.
+    pub fn forget_kept<A: Upcast>(&self, aggregate_id: &str) {
+        self.kept.forget(A::TYPE, aggregate_id);
     }
 
     /// Aggregate `aggregate_id` of type `A` as stored (its snapshot and events), never a
@@ -117,14 +115,15 @@ impl EventStores {
     }
 
     /// Aggregate `aggregate_id` of type `A`: its kept state when this instance wrote its last
-    /// event (see `store::kept`), otherwise loaded from its snapshot and events.
+    /// event (see `store::kept`), otherwise loaded from its snapshot and events; and whether
+    /// it is the kept state.
     ///
     /// # Errors
     /// The store failed.
     pub async fn load<A: Upcast>(
         &self,
         aggregate_id: &str,
-    ) -> Result<EventStoreAggregateContext<A>, AggregateError<A::Error>> {
+    ) -> Result<(EventStoreAggregateContext<A>, bool), AggregateError<A::Error>> {
         let kept = self.kept.get(A::TYPE, aggregate_id).and_then(|state| {
             Some(EventStoreAggregateContext {
                 aggregate_id: aggregate_id.to_owned(),
@@ -134,8 +133,8 @@ impl EventStores {
             })
         });
         match kept {
-            Some(context) => Ok(context),
-            None => self.load_stored(aggregate_id).await,
+            Some(context) => Ok((context, true)),
+            None => Ok((self.load_stored(aggregate_id).await?, false)),
         }
     }
 

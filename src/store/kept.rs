@@ -46,10 +46,10 @@ impl KeptSnapshots {
     }
 
     /// Forgets aggregate `id`'s state (its append failed, or a command was refused on it:
-    /// it may be stale); whether there was one.
-    pub(super) fn forget(&self, aggregate_type: &'static str, id: &str) -> bool {
-        self.states
-            .lock()
-            .is_ok_and(|mut states| states.remove(&(aggregate_type, id.to_owned())).is_some())
+    /// it may be stale).
+    pub(super) fn forget(&self, aggregate_type: &'static str, id: &str) {
+        if let Ok(mut states) = self.states.lock() {
+            states.remove(&(aggregate_type, id.to_owned()));
+        }
     }
 }
