@@ -573,18 +573,16 @@ impl Commands {
                 Loaded { context, kept }
             }
         };
+        // Only a kept state may need deciding again: the command is copied for that alone.
+        let again = kept.then(|| command.clone());
         let sink = EventSink::default();
-        let refused = match decided
-            .aggregate
-            .handle(command.clone(), services, &sink)
-            .await
-        {
+        let refused = match decided.aggregate.handle(command, services, &sink).await {
             Ok(()) => return Ok((decided, sink.collect().await)),
             Err(refused) => refused,
         };
-        if !kept {
+        let Some(command) = again else {
             return Err(Refusal::Rejected(refused));
-        }
+        };
         self.stores.forget_kept::<A>(aggregate_id);
         let mut stored = self.stores.load_stored::<A>(aggregate_id).await?;
         let sink = EventSink::default();

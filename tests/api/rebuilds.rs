@@ -12,7 +12,7 @@ use chronicle::projection::RebuildError;
 use chronicle_projections::aggregate_index::AggregateIndex;
 use chronicle_projections::{rebuilds, ProjectionError, Projector, RecordedEvent};
 use serde_json::{json, Value};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool};
 
 use crate::projections::{rebuild_here, rebuilder};
 use crate::support::{eventually, LedgerCommand, TestApp, TestDb};
@@ -76,21 +76,6 @@ async fn copies_left(pool: &PgPool) -> i64 {
         .expect("schemas")
 }
 
-/// A reader of `requests` that stays in its transaction, holding the swap off (the copies
-/// keep up meanwhile) until [`end_reader`]; immune to the idle-in-transaction timeout.
-async fn hold_requests_open(db: &TestDb) -> PgConnection {
-    let mut reader = PgConnection::connect_with(&db.options)
-        .await
-        .expect("reader");
-    sqlx::raw_sql(
-        "SET idle_in_transaction_session_timeout = 0; BEGIN; SELECT count(*) FROM requests;",
-    )
-    .execute(&mut reader)
-    .await
-    .expect("reader's transaction");
-    reader
-}
-
 async fn end_reader(mut reader: PgConnection) {
     sqlx::raw_sql("COMMIT")
         .execute(&mut reader)
@@ -133,7 +118,7 @@ async fn under_live_writes_the_list_never_shrinks_and_the_swap_equals_a_rebuild_
     submit_many(&app, "seed", 300).await;
     let before = listed(&app).await;
     assert_eq!(before, 300);
-    let reader = hold_requests_open(&db).await;
+    let reader = db.hold_requests_open().await;
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(AtomicI64::new(0));
     let poller = poll_list(app.clone(), stop.clone());
@@ -455,7 +440,7 @@ async fn a_migration_during_a_rebuild_is_kept_the_rebuild_starts_again() {
     submit_many(&app, "seed", 5).await;
     app.stop().await;
     let live = requests_model(&db.pool).await;
-    let reader = hold_requests_open(&db).await;
+    let reader = db.hold_requests_open().await;
     rebuilds::request(&db.pool, "requests", 1, "test")
         .await
         .expect("asked for");
@@ -497,7 +482,7 @@ async fn an_admin_calls_off_a_rebuild_and_the_live_tables_stay() {
     let app = TestApp::spawn(&db, "cancelled").await;
     submit_many(&app, "seed", 5).await;
     let live = requests_model(&db.pool).await;
-    let reader = hold_requests_open(&db).await;
+    let reader = db.hold_requests_open().await;
     let cancel = "mutation { cancelRebuild(name: \"requests\") { state rebuild { phase } } }";
     assert_eq!(
         crate::support::error_code(&app.graphql(cancel, json!({})).await),

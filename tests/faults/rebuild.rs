@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 
 use crate::support::{eventually, Server, TestDb};
 
@@ -62,15 +62,7 @@ async fn killed_while_rebuilding_the_live_model_stays_whole_and_the_rebuild_resu
     let live = requests_model(&db.pool).await;
     assert_eq!(live.len(), usize::try_from(SEEDED + 1).expect("size"));
     // A reader in a long transaction holds the swap off until it ends.
-    let mut reader = PgConnection::connect_with(&db.options)
-        .await
-        .expect("reader");
-    sqlx::raw_sql(
-        "SET idle_in_transaction_session_timeout = 0; BEGIN; SELECT count(*) FROM requests;",
-    )
-    .execute(&mut reader)
-    .await
-    .expect("reader's transaction");
+    let mut reader = db.hold_requests_open().await;
 
     let asked = server
         .graphql(

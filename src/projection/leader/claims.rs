@@ -112,7 +112,7 @@ pub(super) fn plan(
         let fair = members
             .get(group)
             .map_or(total, |n| total.div_ceil((*n).max(1)));
-        let locked = ranked(&views, prefer, |v, bit| v.locked & bit != 0).len();
+        let locked: usize = views.iter().map(|v| v.locked.count_ones() as usize).sum();
         let open = ranked(&views, prefer, |v, bit| v.open & bit != 0);
         if locked < fair {
             let claimable = ranked(&views, prefer, |v, bit| {

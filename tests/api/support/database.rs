@@ -25,6 +25,21 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// A reader of `requests` that stays in its transaction (immune to the
+    /// idle-in-transaction timeout), holding a rebuild's swap off until it ends.
+    pub async fn hold_requests_open(&self) -> PgConnection {
+        let mut reader = PgConnection::connect_with(&self.options)
+            .await
+            .expect("reader");
+        sqlx::raw_sql(
+            "SET idle_in_transaction_session_timeout = 0; BEGIN; SELECT count(*) FROM requests;",
+        )
+        .execute(&mut reader)
+        .await
+        .expect("reader's transaction");
+        reader
+    }
+
     /// Its URL, for a process of the binary.
     pub fn url(&self) -> String {
         let host = self.options.get_host();
