@@ -14,6 +14,7 @@ mod event_log;
 mod history;
 mod limits;
 mod mutation_metrics;
+mod operation;
 mod outcome;
 mod pagination;
 mod projections;
@@ -30,4 +31,5 @@ mod updates;
 
 pub use caller::Caller;
 pub use error::ApiError;
+pub use operation::is_query;
 pub use schema::{build_schema, sdl, ApiServices, ChronicleSchema};

@@ -225,6 +225,38 @@ pub struct Config {
     /// Who may call, how much, and where the service may connect.
     #[command(flatten)]
     pub security: SecurityConfig,
+
+    /// Where queries read.
+    #[command(flatten)]
+    pub replica: ReplicaConfig,
+}
+
+/// Reading from a streaming replica of the database.
+#[derive(Debug, Clone, Args)]
+pub struct ReplicaConfig {
+    /// PostgreSQL URL of a streaming replica of `DATABASE_URL` (the same database on a
+    /// standby server): queries and subscriptions' catch-up read from it. Off when unset.
+    #[arg(long, env = "CHRONICLE_READ_DATABASE_URL", global = true)]
+    pub read_database_url: Option<String>,
+
+    /// Maximum connections to the replica.
+    #[arg(
+        long,
+        env = "CHRONICLE_READ_DB_MAX_CONNECTIONS",
+        default_value_t = 20,
+        global = true
+    )]
+    pub read_db_max_connections: u32,
+
+    /// How long a query that names a log position (`x-chronicle-after`) waits for the
+    /// replica to replay past it before the primary serves it instead, in milliseconds.
+    #[arg(
+        long,
+        env = "CHRONICLE_REPLICA_WAIT_MS",
+        default_value_t = 1000,
+        global = true
+    )]
+    pub replica_wait_ms: u64,
 }
 
 /// Authentication, limits on callers, and the egress policy.

@@ -120,6 +120,23 @@ pub async fn connect_existing(
     Ok(pool)
 }
 
+/// A lazily connected pool on a streaming replica (`CHRONICLE_READ_DATABASE_URL`): a replica
+/// that is down when the instance starts does not stop it, and one that stops answering
+/// fails a checkout within 2 s rather than the primary pool's 10.
+///
+/// # Errors
+/// The URL is not a PostgreSQL URL.
+pub fn replica_pool(database_url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    let options = connect_options(database_url).map_err(|_| {
+        anyhow::anyhow!("CHRONICLE_READ_DATABASE_URL `{database_url}` is not a PostgreSQL URL")
+    })?;
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(2))
+        .idle_timeout(IDLE_CONNECTION)
+        .connect_lazy_with(options))
+}
+
 async fn pool(options: &PgConnectOptions, max_connections: u32) -> anyhow::Result<PgPool> {
     PgPoolOptions::new()
         .max_connections(max_connections)

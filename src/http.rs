@@ -26,7 +26,7 @@ use chronicle_projections::LogCursor;
 
 use crate::api::{Caller, ChronicleSchema};
 use crate::db;
-use crate::projection::ReadModels;
+use crate::reads::ReadRouter;
 use crate::security::{Authenticator, Revocations};
 
 const CORRELATION_HEADER: &str = "x-correlation-id";
@@ -42,8 +42,8 @@ pub struct AppState {
     pub authenticator: Option<Authenticator>,
     /// Key revocations, to close the sockets of revoked keys (`None` without authentication).
     pub revocations: Option<Revocations>,
-    /// The read models, for requests that wait to read their writes.
-    pub read_models: ReadModels,
+    /// Where each request reads, once the read models have reached its position.
+    pub reads: ReadRouter,
     /// Bounds on one HTTP request.
     pub limits: HttpLimits,
 }
@@ -90,9 +90,10 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
         Ok((caller, _)) => caller,
         Err(refusal) => return refusal.into_response(),
     };
-    if let Err(refusal) = wait_for_position(&state, request.headers()).await {
-        return refusal.into_response();
-    }
+    let after = match position_named(request.headers()) {
+        Ok(after) => after,
+        Err(refusal) => return refusal.into_response(),
+    };
     let request =
         match GraphQLRequest::<async_graphql_axum::rejection::GraphQLRejection>::from_request(
             request,
@@ -103,15 +104,35 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
             Ok(request) => request,
             Err(rejection) => return rejection.into_response(),
         };
+    let request = match routed(&state, request.into_inner(), after).await {
+        Ok(request) => request,
+        Err(refusal) => return refusal.into_response(),
+    };
     let span = tracing::info_span!("graphql", correlation_id = %caller.correlation_id, actor = %caller.actor);
-    let execution = state
-        .schema
-        .execute(request.into_inner().data(caller))
-        .instrument(span);
+    let execution = state.schema.execute(request.data(caller)).instrument(span);
     match tokio::time::timeout(state.limits.request_timeout, execution).await {
         Ok(response) => GraphQLResponse::from(response).into_response(),
         Err(_) => Refusal::TimedOut(state.limits.request_timeout).into_response(),
     }
+}
+
+/// The request, reading from where the router sends it (a query may go to the replica), once
+/// the read models there have applied the log up to `after`.
+async fn routed(
+    state: &AppState,
+    mut request: async_graphql::Request,
+    after: Option<LogCursor>,
+) -> Result<async_graphql::Request, Refusal> {
+    let reads_only = crate::api::is_query(&mut request);
+    let reads = state
+        .reads
+        .route(reads_only, after, AFTER_WAIT)
+        .await
+        .map_err(|not_yet| Refusal::NotYet(not_yet.to_string()))?;
+    Ok(match reads {
+        Some(reads) => request.data(reads),
+        None => request,
+    })
 }
 
 /// GraphiQL for browsers; a graphql-transport-ws (or graphql-ws) session for upgrades. The
@@ -209,21 +230,17 @@ const AFTER_HEADER: &str = "x-chronicle-after";
 /// The longest a request waits for the read models.
 const AFTER_WAIT: Duration = Duration::from_secs(5);
 
-/// Waits, bounded, until the read models have passed the position the request names.
-async fn wait_for_position(state: &AppState, headers: &HeaderMap) -> Result<(), Refusal> {
+/// The log position the request names in [`AFTER_HEADER`], if any.
+fn position_named(headers: &HeaderMap) -> Result<Option<LogCursor>, Refusal> {
     let Some(value) = headers.get(AFTER_HEADER) else {
-        return Ok(());
+        return Ok(None);
     };
-    let position: LogCursor = value
+    value
         .to_str()
         .ok()
         .and_then(|text| text.trim().parse().ok())
-        .ok_or(Refusal::BadPosition)?;
-    state
-        .read_models
-        .wait_past(position, AFTER_WAIT)
-        .await
-        .map_err(|not_yet| Refusal::NotYet(not_yet.to_string()))
+        .map(Some)
+        .ok_or(Refusal::BadPosition)
 }
 
 /// Why a request was not served.

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod privacy;
 pub mod projection;
 pub mod provider;
+pub mod reads;
 pub mod retry_rules;
 pub mod security;
 pub mod simulation;

@@ -101,6 +101,27 @@ pub fn role_partitions(role: &str, partitions: u16) {
         .set(f64::from(partitions));
 }
 
+/// Counts a query routed while a read replica is configured: `served` by it, or served by
+/// the primary because it was `lagging` behind the query's position or `unreachable`.
+pub fn replica_query(outcome: &'static str) {
+    metrics::counter!("chronicle_replica_queries_total", "outcome" => outcome).increment(1);
+}
+
+/// How many log positions the read replica is behind this instance's live log.
+pub fn replica_lag(positions: i64) {
+    metrics::gauge!("chronicle_replica_lag_events").set(positions as f64);
+}
+
+/// Whether the read replica answered its last health check.
+pub fn replica_up(up: bool) {
+    metrics::gauge!("chronicle_replica_up").set(f64::from(u8::from(up)));
+}
+
+/// Counts a catch-up page a subscription read from `source` (`replica` or `primary`).
+pub fn catch_up_read(source: &'static str) {
+    metrics::counter!("chronicle_catch_up_reads_total", "source" => source).increment(1);
+}
+
 /// Distinct values a caller-chosen label (a client, a model) takes before the rest are
 /// counted as `other`: Prometheus keeps a series per value.
 pub const MAX_LABEL_VALUES: usize = 100;

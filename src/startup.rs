@@ -33,6 +33,7 @@ use crate::llm::{LlmActions, Submitter};
 use crate::log::{CommittedFeed, LiveLog, LogReader, LogWaker};
 use crate::privacy::Vault;
 use crate::projection::{self, Projectors, ReadModels, Rebuilder, Roles};
+use crate::reads::{ReadRouter, Reads};
 use crate::security::{
     bootstrap_admin, Authenticator, EgressPolicy, KeyHasher, KnownKeys, Pepper, RateLimiter,
     RateLimits, Revocations,
@@ -76,6 +77,8 @@ struct Core {
     pool: PgPool,
     vault: Vault,
     reader: LogReader,
+    /// The streaming replica queries read from, if configured.
+    replica: Option<Reads>,
     waker: LogWaker,
     roles: Roles,
     /// What the group committer hands the live log.
@@ -94,7 +97,7 @@ impl Core {
         options: &PgConnectOptions,
         pepper: &Pepper,
         upcasters: Upcasters,
-    ) -> (Self, JoinSet<()>) {
+    ) -> anyhow::Result<(Self, JoinSet<()>)> {
         let shutdown = CancellationToken::new();
         let committed = CommittedFeed::default();
         let vault = Vault::new(pool.clone(), pepper.as_bytes());
@@ -107,6 +110,14 @@ impl Core {
             committed.clone(),
         );
         let reader = LogReader::new(pool.clone(), stores.upcasters(), vault.clone());
+        let replica = match &config.replica.read_database_url {
+            Some(url) => {
+                let pool = crate::db::replica_pool(url, config.replica.read_db_max_connections)?;
+                let log = LogReader::new(pool.clone(), stores.upcasters(), vault.clone());
+                Some(Reads { pool, log })
+            }
+            None => None,
+        };
         let waker = LogWaker::start(&pool, config.log_poll(), shutdown.clone());
         let (roles, holding) = Roles::serving(
             options.clone(),
@@ -128,12 +139,13 @@ impl Core {
             pool,
             vault,
             reader,
+            replica,
             waker,
             committed,
             roles,
             shutdown,
         };
-        (core, workers)
+        Ok((core, workers))
     }
 }
 
@@ -154,6 +166,10 @@ async fn api_state(
     )
     .await
     .context("reading the log's head")?;
+    let live = match &core.replica {
+        Some(replica) => live.catching_up_from(replica.log.clone()),
+        None => live,
+    };
     let hasher = KeyHasher::new(pepper.as_bytes());
     let known_keys = KnownKeys::default();
     let commands = &core.commands;
@@ -170,6 +186,10 @@ async fn api_state(
     let schema = build_schema(ApiServices {
         pool: core.pool.clone(),
         reader: core.reader.clone(),
+        reads: Reads {
+            pool: core.pool.clone(),
+            log: core.reader.clone(),
+        },
         live: live.clone(),
         submitter: Submitter::new(commands.clone(), core.pool.clone(), limits),
         actions: LlmActions::new(commands.clone(), core.pool.clone()),
@@ -201,12 +221,22 @@ async fn api_state(
         (Some(authenticator), Some(revocations))
     };
     let read_models = ReadModels::new(core.pool.clone(), core.waker.clone(), projectors);
+    let reads = match &core.replica {
+        Some(replica) => {
+            let wait = Duration::from_millis(config.replica.replica_wait_ms);
+            let shutdown = core.shutdown.clone();
+            (ReadRouter::primary(read_models))
+                .with_replica(replica.clone(), wait, live, shutdown)
+                .await
+        }
+        None => ReadRouter::primary(read_models),
+    };
     Ok(AppState {
         schema,
         pool: core.pool.clone(),
         authenticator,
         revocations,
-        read_models,
+        reads,
         limits: HttpLimits {
             max_body_bytes: security.max_body_bytes,
             request_timeout: Duration::from_secs(security.request_timeout_secs.max(1)),
@@ -250,7 +280,7 @@ impl Application {
         chronicle_projections::checkpoint::create(&pool, &wiring.projectors)
             .await
             .context("creating the projection checkpoints")?;
-        let (core, mut workers) = Core::new(config, pool, &options, &pepper, wiring.upcasters);
+        let (core, mut workers) = Core::new(config, pool, &options, &pepper, wiring.upcasters)?;
         let read_models = wiring.projectors.clone();
         let rebuilder = Rebuilder::new(
             core.pool.clone(),

@@ -3,9 +3,9 @@
 
 use async_graphql::{Context, Object, SimpleObject};
 use chrono::NaiveDate;
-use sqlx::PgPool;
 
 use super::{ApiError, Caller};
+use crate::reads::Reads;
 
 /// Longest range one query covers.
 const MAX_DAYS: i64 = 366;
@@ -117,7 +117,7 @@ where
         .bind(caller.scope())
         .bind(from)
         .bind(to)
-        .fetch_all(ctx.data_unchecked::<PgPool>())
+        .fetch_all(&ctx.data_unchecked::<Reads>().pool)
         .await?)
 }
 

@@ -1,11 +1,11 @@
 //! Auditors over GraphQL: recompute the event log's hash chains.
 
 use async_graphql::{Context, Object, SimpleObject};
-use sqlx::PgPool;
 
 use super::history::owned;
 use super::{ApiError, Caller};
 use crate::audit::{self, ChainBreak};
+use crate::reads::Reads;
 use chronicle_aggregates::client::Role;
 
 /// Where a chain breaks.
@@ -63,7 +63,7 @@ impl AuditQuery {
         aggregate_id: Option<String>,
     ) -> Result<AuditVerification, ApiError> {
         let caller = Caller::from_ctx(ctx)?;
-        let pool = ctx.data_unchecked::<PgPool>();
+        let pool = &ctx.data_unchecked::<Reads>().pool;
         let aggregate = match (&aggregate_type, &aggregate_id) {
             (Some(kind), Some(id)) => {
                 owned(ctx, kind, id).await?;

@@ -6,13 +6,13 @@ use chronicle_aggregates::request::RequestStatus;
 use chronicle_projections::batches::{self, BatchFilter, BatchRow};
 use chronicle_projections::requests::RequestFilter;
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::outcome::{run_action, CommandOutcome};
 use super::pagination::{connection, keyset_page, KeysetCursor, KeysetPage};
 use super::requests::{request_page, LlmRequest};
 use super::{ApiError, Caller};
+use crate::reads::Reads;
 
 /// The requests of one (owner, endpoint, model) that go to the provider together.
 #[derive(SimpleObject)]
@@ -115,7 +115,7 @@ impl RequestCounts {
 impl Batch {
     /// How many of its requests are in each status (as the `requests` read model has them).
     async fn request_counts(&self, ctx: &Context<'_>) -> Result<RequestCounts, ApiError> {
-        let pool = ctx.data_unchecked::<PgPool>();
+        let pool = &ctx.data_unchecked::<Reads>().pool;
         let rows = batches::request_counts(pool, self.id).await?;
         Ok(RequestCounts::from_rows(rows))
     }
@@ -161,7 +161,7 @@ impl BatchQuery {
     /// One of your batches. Errors: `NOT_FOUND`.
     async fn batch(&self, ctx: &Context<'_>, id: Uuid) -> Result<Batch, ApiError> {
         let caller = Caller::from_ctx(ctx)?;
-        batches::get(ctx.data_unchecked::<PgPool>(), caller.scope(), id)
+        batches::get(&ctx.data_unchecked::<Reads>().pool, caller.scope(), id)
             .await?
             .map(Batch::from)
             .ok_or(ApiError::NotFound("batch"))
@@ -187,7 +187,8 @@ impl BatchQuery {
             created_until: input.created_until,
         };
         let KeysetPage { size, after, limit } = keyset_page(first, after.as_deref())?;
-        let rows = batches::list(ctx.data_unchecked::<PgPool>(), &filter, after, limit).await?;
+        let rows =
+            batches::list(&ctx.data_unchecked::<Reads>().pool, &filter, after, limit).await?;
         Ok(connection(rows, size, after.is_some(), false, |row| {
             (KeysetCursor(row.created_at, row.id), Batch::from(row))
         }))

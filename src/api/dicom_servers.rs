@@ -5,10 +5,10 @@ use chronicle_aggregates::dicom_server::{ServerAuth, ServerSpec};
 use chronicle_projections::transfers::{self, ServerRow};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
 
 use super::outcome::CommandOutcome;
 use super::{ApiError, Caller};
+use crate::reads::Reads;
 use crate::transfer::TransferActions;
 
 /// How Chronicle authenticates to a DICOM server.
@@ -79,7 +79,7 @@ impl DicomServerQuery {
     /// Registered DICOM servers.
     async fn dicom_servers(&self, ctx: &Context<'_>) -> Result<Vec<DicomServerView>, ApiError> {
         Caller::from_ctx(ctx)?;
-        let rows = transfers::servers(ctx.data_unchecked::<PgPool>()).await?;
+        let rows = transfers::servers(&ctx.data_unchecked::<Reads>().pool).await?;
         Ok(rows.into_iter().map(DicomServerView::from).collect())
     }
 }

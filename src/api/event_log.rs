@@ -10,7 +10,8 @@ use uuid::Uuid;
 
 use super::pagination::{connection, page_size};
 use super::{ApiError, Caller};
-use crate::log::{LiveLog, LogFilter, LogReader};
+use crate::log::{LiveLog, LogFilter};
+use crate::reads::Reads;
 
 /// One committed event, as it stands in the global log.
 #[derive(SimpleObject)]
@@ -117,7 +118,7 @@ pub(crate) async fn resolve_after(
     };
     let cursor: ClientCursor = after.parse()?;
     Ok(Some(
-        ctx.data_unchecked::<LogReader>().resolve(cursor).await?,
+        ctx.data_unchecked::<Reads>().log.resolve(cursor).await?,
     ))
 }
 
@@ -185,7 +186,8 @@ impl EventLogQuery {
             ..LogFilter::default()
         };
         let page = ctx
-            .data_unchecked::<LogReader>()
+            .data_unchecked::<Reads>()
+            .log
             .read(after.unwrap_or(LogCursor::START), &log_filter, limit)
             .await?;
         let more = page.truncated;

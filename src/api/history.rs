@@ -13,12 +13,11 @@ use cqrs_es::Aggregate;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::PgPool;
 
 use super::event_log::LogEvent;
 use super::{ApiError, Caller};
 use crate::command::CommandError;
-use crate::log::LogReader;
+use crate::reads::Reads;
 
 /// Most events one `aggregateEvents` call returns.
 const MAX_EVENTS: i64 = 1000;
@@ -61,7 +60,8 @@ impl HistoryQuery {
             return Err(ApiError::Validation("fromSequence starts at 1".into()));
         }
         let events = ctx
-            .data_unchecked::<LogReader>()
+            .data_unchecked::<Reads>()
+            .log
             .aggregate_events(
                 (&aggregate_type, &aggregate_id),
                 from,
@@ -96,7 +96,8 @@ impl HistoryQuery {
             return Err(ApiError::Validation("`at` is still to come".into()));
         }
         let events = ctx
-            .data_unchecked::<LogReader>()
+            .data_unchecked::<Reads>()
+            .log
             .aggregate_events(
                 (&aggregate_type, &aggregate_id),
                 1,
@@ -152,7 +153,7 @@ pub(crate) async fn owned(
     .bind(aggregate_type)
     .bind(aggregate_id)
     .bind(caller.scope())
-    .fetch_one(ctx.data_unchecked::<PgPool>())
+    .fetch_one(&ctx.data_unchecked::<Reads>().pool)
     .await?;
     if owned {
         Ok(())

@@ -10,9 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use async_graphql::extensions::{
     Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextPrepareRequest, NextRequest,
 };
-use async_graphql::parser::types::{
-    DocumentOperations, ExecutableDocument, OperationType, Selection, SelectionSet,
-};
+use async_graphql::parser::types::{ExecutableDocument, OperationType, Selection, SelectionSet};
 use async_graphql::{PathSegment, Request, Response, ServerError, ServerResult, Value, Variables};
 use chronicle_aggregates::ErrorCode;
 
@@ -100,13 +98,10 @@ fn outcome<'e>(errors: &'e [ServerError], key: &str) -> &'e str {
 /// The root fields (response key, name) of the mutation `document` runs (the operation
 /// named `operation`, or its only one), through fragments at the root.
 fn root_mutations(document: &ExecutableDocument, operation: Option<&str>) -> Vec<(String, String)> {
-    let chosen = match (&document.operations, operation) {
-        (DocumentOperations::Single(only), _) => Some(only),
-        (DocumentOperations::Multiple(all), Some(name)) => all.get(name),
-        (DocumentOperations::Multiple(_), None) => None,
-    };
     let mut roots = Vec::new();
-    if let Some(chosen) = chosen.filter(|o| o.node.ty == OperationType::Mutation) {
+    if let Some(chosen) = super::operation::chosen(document, operation)
+        .filter(|o| o.node.ty == OperationType::Mutation)
+    {
         let mut spread = HashSet::new();
         collect(
             document,

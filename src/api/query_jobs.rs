@@ -16,6 +16,7 @@ use super::outcome::{idempotency, CommandOutcome};
 use super::pagination::{connection, keyset_page, KeysetCursor, KeysetPage};
 use super::transfers::{act, create, TransferSetupInput};
 use super::{ApiError, Caller};
+use crate::reads::Reads;
 use crate::transfer::{csv_rows, JobAction, TransferActions};
 
 /// One row of search criteria: every given criterion must match.
@@ -207,13 +208,13 @@ fn results_csv(rows: &[QueryResultRow]) -> Result<String, ApiError> {
 impl QueryJobView {
     /// Its rows of criteria, in order.
     async fn tasks(&self, ctx: &Context<'_>) -> Result<Vec<QueryTaskView>, ApiError> {
-        let rows = queries::tasks(ctx.data_unchecked::<PgPool>(), self.id).await?;
+        let rows = queries::tasks(&ctx.data_unchecked::<Reads>().pool, self.id).await?;
         Ok(rows.into_iter().map(QueryTaskView::from).collect())
     }
 
     /// The studies found, by row.
     async fn results(&self, ctx: &Context<'_>) -> Result<Vec<StudyMatchView>, ApiError> {
-        let rows = queries::results_of(ctx.data_unchecked::<PgPool>(), self.id).await?;
+        let rows = queries::results_of(&ctx.data_unchecked::<Reads>().pool, self.id).await?;
         Ok(rows.into_iter().map(StudyMatchView::from).collect())
     }
 
@@ -221,7 +222,7 @@ impl QueryJobView {
     /// `Modalities`, `StudyDescription`, `Series`, `Instances`) — readable by
     /// `createTransferJobFromCsv` as it is.
     async fn results_csv(&self, ctx: &Context<'_>) -> Result<String, ApiError> {
-        let rows = queries::results_of(ctx.data_unchecked::<PgPool>(), self.id).await?;
+        let rows = queries::results_of(&ctx.data_unchecked::<Reads>().pool, self.id).await?;
         results_csv(&rows)
     }
 }
@@ -235,7 +236,7 @@ impl QueryJobQuery {
     /// One of your query jobs. Errors: `NOT_FOUND`.
     async fn query_job(&self, ctx: &Context<'_>, id: Uuid) -> Result<QueryJobView, ApiError> {
         let caller = Caller::from_ctx(ctx)?;
-        queries::job(ctx.data_unchecked::<PgPool>(), caller.scope(), id)
+        queries::job(&ctx.data_unchecked::<Reads>().pool, caller.scope(), id)
             .await?
             .map(QueryJobView::from)
             .ok_or(ApiError::NotFound("query job"))
@@ -253,7 +254,7 @@ impl QueryJobQuery {
         let caller = Caller::from_ctx(ctx)?;
         let KeysetPage { size, after, limit } = keyset_page(first, after.as_deref())?;
         let rows = queries::jobs(
-            ctx.data_unchecked::<PgPool>(),
+            &ctx.data_unchecked::<Reads>().pool,
             caller.scope(),
             status.as_deref(),
             after,

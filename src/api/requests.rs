@@ -9,7 +9,6 @@ use chronicle_projections::requests::{self, RequestFilter, RequestRow};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::deliveries::DeliveryAttempt;
@@ -18,6 +17,7 @@ use super::outcome::{idempotency, run_action, CommandOutcome};
 use super::pagination::{connection, keyset_page, KeysetCursor, KeysetPage};
 use super::{ApiError, Caller};
 use crate::llm::{Accepted, Submitter};
+use crate::reads::Reads;
 use crate::security::EgressPolicy;
 
 /// Most requests in one `submitRequests` call.
@@ -94,6 +94,9 @@ pub(crate) struct SubmittedRequest {
     batch_id: Uuid,
     /// Your custom id.
     custom_id: String,
+    /// Where its append sits in the global log: send it as `x-chronicle-after` to read this
+    /// write from a replica. Null when an earlier call with the same key accepted it.
+    cursor: Option<String>,
 }
 
 impl From<Accepted> for SubmittedRequest {
@@ -102,6 +105,7 @@ impl From<Accepted> for SubmittedRequest {
             request_id: accepted.request_id,
             batch_id: accepted.batch_id,
             custom_id: accepted.custom_id,
+            cursor: accepted.cursor.map(|cursor| cursor.to_string()),
         }
     }
 }
@@ -175,7 +179,7 @@ impl From<RequestRow> for LlmRequest {
 impl LlmRequest {
     /// Every delivery attempt, oldest first.
     async fn delivery_attempts(&self, ctx: &Context<'_>) -> Result<Vec<DeliveryAttempt>, ApiError> {
-        let pool = ctx.data_unchecked::<PgPool>();
+        let pool = &ctx.data_unchecked::<Reads>().pool;
         let rows = delivery_attempts::of_request(pool, self.id).await?;
         Ok(rows.into_iter().map(DeliveryAttempt::from).collect())
     }
@@ -204,7 +208,7 @@ pub(crate) async fn request_page(
     after: Option<String>,
 ) -> Result<Connection<KeysetCursor, LlmRequest>, ApiError> {
     let KeysetPage { size, after, limit } = keyset_page(first, after.as_deref())?;
-    let rows = requests::list(ctx.data_unchecked::<PgPool>(), &filter, after, limit).await?;
+    let rows = requests::list(&ctx.data_unchecked::<Reads>().pool, &filter, after, limit).await?;
     Ok(connection(rows, size, after.is_some(), false, |row| {
         (KeysetCursor(row.created_at, row.id), LlmRequest::from(row))
     }))
@@ -219,7 +223,7 @@ impl RequestQuery {
     /// One of your requests. Errors: `NOT_FOUND`.
     async fn request(&self, ctx: &Context<'_>, id: Uuid) -> Result<LlmRequest, ApiError> {
         let caller = Caller::from_ctx(ctx)?;
-        requests::get(ctx.data_unchecked::<PgPool>(), caller.scope(), id)
+        requests::get(&ctx.data_unchecked::<Reads>().pool, caller.scope(), id)
             .await?
             .map(LlmRequest::from)
             .ok_or(ApiError::NotFound("request"))

@@ -32,6 +32,7 @@ use crate::llm::{LlmActions, Submitter};
 use crate::log::{LiveLog, LogReader};
 use crate::privacy::Vault;
 use crate::projection::{Projectors, Roles};
+use crate::reads::Reads;
 use crate::security::{EgressPolicy, KeyHasher, KnownKeys, RateLimiter};
 use crate::simulation::SimulationActions;
 use crate::transfer::TransferActions;
@@ -85,10 +86,13 @@ pub type ChronicleSchema = Schema<Query, Mutation, Subscription>;
 
 /// The services resolvers read from the context.
 pub struct ApiServices {
-    /// The database.
+    /// The database (the primary): for commands and the admin views of live state.
     pub pool: PgPool,
-    /// The global log.
+    /// The primary's log, for admin commands that read it.
     pub reader: LogReader,
+    /// Where read models and the log are read: the primary, unless a query's request names a
+    /// replica.
+    pub reads: Reads,
     /// Wakes log tails.
     pub live: LiveLog,
     /// Accepts requests into batches.
@@ -144,6 +148,7 @@ pub fn build_schema(services: ApiServices) -> ChronicleSchema {
     builder()
         .data(services.pool)
         .data(services.reader)
+        .data(services.reads)
         .data(services.live)
         .data(services.submitter)
         .data(services.actions)

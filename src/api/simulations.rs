@@ -13,13 +13,13 @@ use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::event_log::aggregate_tail;
 use super::outcome::{idempotency, CommandOutcome};
 use super::pagination::{connection, keyset_page, KeysetCursor, KeysetPage};
 use super::{ApiError, Caller};
+use crate::reads::Reads;
 use crate::simulation::SimulationActions;
 
 /// How hard the case is.
@@ -296,13 +296,13 @@ impl From<AiCallRow> for AiCall {
 impl SimulationView {
     /// The conversation, in order.
     async fn messages(&self, ctx: &Context<'_>) -> Result<Vec<SimulationMessage>, ApiError> {
-        let rows = simulations::messages(ctx.data_unchecked::<PgPool>(), self.id).await?;
+        let rows = simulations::messages(&ctx.data_unchecked::<Reads>().pool, self.id).await?;
         Ok(rows.into_iter().map(SimulationMessage::from).collect())
     }
 
     /// Every AI call, oldest first.
     async fn ai_calls(&self, ctx: &Context<'_>) -> Result<Vec<AiCall>, ApiError> {
-        let rows = simulations::ai_calls(ctx.data_unchecked::<PgPool>(), self.id).await?;
+        let rows = simulations::ai_calls(&ctx.data_unchecked::<Reads>().pool, self.id).await?;
         Ok(rows.into_iter().map(AiCall::from).collect())
     }
 }
@@ -316,7 +316,7 @@ impl SimulationQuery {
     /// One of your simulations. Errors: `NOT_FOUND`.
     async fn simulation(&self, ctx: &Context<'_>, id: Uuid) -> Result<SimulationView, ApiError> {
         let caller = Caller::from_ctx(ctx)?;
-        simulations::get(ctx.data_unchecked::<PgPool>(), caller.scope(), id)
+        simulations::get(&ctx.data_unchecked::<Reads>().pool, caller.scope(), id)
             .await?
             .map(SimulationView::from)
             .ok_or(ApiError::NotFound("simulation"))
@@ -335,7 +335,7 @@ impl SimulationQuery {
         let caller = Caller::from_ctx(ctx)?;
         let KeysetPage { size, after, limit } = keyset_page(first, after.as_deref())?;
         let rows = simulations::list(
-            ctx.data_unchecked::<PgPool>(),
+            &ctx.data_unchecked::<Reads>().pool,
             caller.scope(),
             status.as_deref(),
             learner_id.as_deref(),

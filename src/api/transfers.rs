@@ -8,12 +8,12 @@ use chronicle_aggregates::transfer::{TaskSpec, Transfer, TransferSpec, TrialProt
 use chronicle_projections::transfers::{self, JobRow, TaskRow};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::outcome::{idempotency, CommandOutcome};
 use super::pagination::{connection, keyset_page, page_size, KeysetCursor, KeysetPage};
 use super::{ApiError, Caller};
+use crate::reads::Reads;
 use crate::transfer::{csv_rows, JobAction, TransferActions};
 
 /// One study to move.
@@ -210,7 +210,7 @@ impl TransferJobView {
         };
         let limit = i64::try_from(size + 1).unwrap_or(i64::MAX);
         let rows = transfers::tasks(
-            ctx.data_unchecked::<PgPool>(),
+            &ctx.data_unchecked::<Reads>().pool,
             self.id,
             status.as_deref(),
             from,
@@ -224,7 +224,7 @@ impl TransferJobView {
 
     /// Tasks per status.
     async fn task_counts(&self, ctx: &Context<'_>) -> Result<Vec<TaskCount>, ApiError> {
-        let counts = transfers::task_counts(ctx.data_unchecked::<PgPool>(), self.id).await?;
+        let counts = transfers::task_counts(&ctx.data_unchecked::<Reads>().pool, self.id).await?;
         Ok(counts
             .into_iter()
             .map(|(status, count)| TaskCount { status, count })
@@ -241,7 +241,7 @@ impl TransferQuery {
     /// One of your transfer jobs. Errors: `NOT_FOUND`.
     async fn transfer_job(&self, ctx: &Context<'_>, id: Uuid) -> Result<TransferJobView, ApiError> {
         let caller = Caller::from_ctx(ctx)?;
-        transfers::job(ctx.data_unchecked::<PgPool>(), caller.scope(), id)
+        transfers::job(&ctx.data_unchecked::<Reads>().pool, caller.scope(), id)
             .await?
             .map(TransferJobView::from)
             .ok_or(ApiError::NotFound("transfer job"))
@@ -259,7 +259,7 @@ impl TransferQuery {
         let caller = Caller::from_ctx(ctx)?;
         let KeysetPage { size, after, limit } = keyset_page(first, after.as_deref())?;
         let rows = transfers::jobs(
-            ctx.data_unchecked::<PgPool>(),
+            &ctx.data_unchecked::<Reads>().pool,
             caller.scope(),
             status.as_deref(),
             after,

@@ -3,10 +3,10 @@
 use async_graphql::{Context, Object, SimpleObject};
 use chronicle_projections::transitions;
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{ApiError, Caller};
+use crate::reads::Reads;
 
 /// One state change, with who caused it and where it stands in the log.
 #[derive(SimpleObject)]
@@ -46,9 +46,12 @@ impl TransitionQuery {
         aggregate_id: Uuid,
     ) -> Result<Vec<Transition>, ApiError> {
         let caller = Caller::from_ctx(ctx)?;
-        let rows =
-            transitions::of_aggregate(ctx.data_unchecked::<PgPool>(), caller.scope(), aggregate_id)
-                .await?;
+        let rows = transitions::of_aggregate(
+            &ctx.data_unchecked::<Reads>().pool,
+            caller.scope(),
+            aggregate_id,
+        )
+        .await?;
         Ok(rows
             .into_iter()
             .map(|row| Transition {

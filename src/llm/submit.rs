@@ -14,6 +14,7 @@ use chronicle_aggregates::batch::{
 };
 use chronicle_aggregates::request::RequestSpec;
 use chronicle_aggregates::{Endpoint, ErrorCode};
+use chronicle_projections::LogCursor;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -40,6 +41,9 @@ pub struct Accepted {
     pub batch_id: Uuid,
     /// The client's custom id.
     pub custom_id: String,
+    /// Where the append that added it sits in the global log (`None` for a request an
+    /// earlier keyed call accepted): the position a read of this write waits for.
+    pub cursor: Option<LogCursor>,
 }
 
 /// The id of the batch `head` holds (the one it was loaded as, even before it opened).
@@ -126,6 +130,7 @@ impl Submitter {
                     request_id,
                     batch_id: *batch_id,
                     custom_id: spec.custom_id,
+                    cursor: None,
                 });
                 continue;
             }
@@ -265,12 +270,13 @@ impl Submitter {
                 }
             };
             match added {
-                Ok(_) => {
+                Ok(receipt) => {
                     accepted.extend(chunk.iter().map(|(index, entry)| {
                         let done = Accepted {
                             request_id: entry.request_id,
                             batch_id,
                             custom_id: entry.spec.custom_id.clone(),
+                            cursor: receipt.cursor,
                         };
                         (*index, done)
                     }));

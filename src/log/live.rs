@@ -20,7 +20,7 @@ use futures::Stream;
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::{EventFacts, LogFilter, LogReader, LogWaker};
+use super::{EventFacts, LogFilter, LogReader, LogWaker, Page};
 use crate::metrics::SubscriptionGuard;
 use feed::Shared;
 pub use feed::{CommittedFeed, Committing};
@@ -65,6 +65,8 @@ pub struct LiveLog {
     shared: Arc<Shared>,
     head: watch::Receiver<LogCursor>,
     reader: LogReader,
+    /// A streaming replica's log, which catch-up pages are read from first.
+    replica: Option<LogReader>,
     catch_up: Arc<Semaphore>,
 }
 
@@ -100,8 +102,20 @@ impl LiveLog {
             shared,
             head: head_rx,
             reader,
+            replica: None,
             catch_up: Arc::new(Semaphore::new(CATCH_UP_READS)),
         })
+    }
+
+    /// Consumers behind the window read their catch-up pages from `replica` (a streaming
+    /// replica's log), and from the primary only when the replica has nothing past them yet
+    /// or does not answer.
+    #[must_use]
+    pub fn catching_up_from(self, replica: LogReader) -> Self {
+        Self {
+            replica: Some(replica),
+            ..self
+        }
     }
 
     /// The newest event this instance has seen.
@@ -147,6 +161,33 @@ impl LiveEvent {
             owner: facts.owner,
             bytes,
         })
+    }
+}
+
+impl LiveLog {
+    /// The catch-up page after `after`: the replica's when it moves the consumer on (the
+    /// replica replays commits in log order, so its pages have no gaps either), else the
+    /// primary's, which has every event up to the window.
+    async fn catch_up_page(
+        &self,
+        after: LogCursor,
+        filter: &LogFilter,
+    ) -> Result<Page, sqlx::Error> {
+        let limit = u32::try_from(CONSUMER_PAGE).unwrap_or(u32::MAX);
+        if let Some(replica) = &self.replica {
+            match replica.read(after, filter, limit).await {
+                Ok(page) if page.next_cursor(after) > after => {
+                    crate::metrics::catch_up_read("replica");
+                    return Ok(page);
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::debug!(%error, cursor = %after, "replica catch-up read failed; reading the primary");
+                }
+            }
+        }
+        crate::metrics::catch_up_read("primary");
+        self.reader.read(after, filter, limit).await
     }
 }
 
@@ -343,8 +384,7 @@ impl Consumer {
         let Ok(_permit) = self.live.catch_up.clone().acquire_owned().await else {
             return;
         };
-        let limit = u32::try_from(CONSUMER_PAGE).unwrap_or(u32::MAX);
-        match self.live.reader.read(self.after, &self.filter, limit).await {
+        match self.live.catch_up_page(self.after, &self.filter).await {
             Ok(page) => {
                 self.after = page.next_cursor(self.after);
                 self.buffered.extend(page.events);

@@ -16,6 +16,9 @@ use tokio::time::Instant;
 
 use crate::log::LogWaker;
 
+/// The longest pause between two looks at a replica that has not replayed far enough.
+const REPLICA_POLL_MAX: Duration = Duration::from_millis(25);
+
 /// The read models an instance keeps, and how to wait for them.
 #[derive(Clone)]
 pub struct ReadModels {
@@ -53,12 +56,7 @@ impl ReadModels {
         let deadline = Instant::now() + within;
         let mut wake = self.waker.projections_waiter();
         loop {
-            let passed: bool = sqlx::query_scalar(&self.passed)
-                .bind(position.position)
-                .fetch_one(&self.pool)
-                .await
-                .unwrap_or(false);
-            if passed {
+            if self.passed_in(&self.pool, position).await.unwrap_or(false) {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -66,6 +64,39 @@ impl ReadModels {
             }
             wake.wait_until(Some(deadline)).await;
         }
+    }
+
+    /// Returns true once the read models in `replica` (a streaming replica of this
+    /// database) have applied the log up to `position`, false after `within`. A standby
+    /// sends no notifications, so this polls, from 1 ms apart up to 25 ms:
+    /// replay on a healthy replica takes milliseconds.
+    pub async fn wait_replayed(
+        &self,
+        replica: &PgPool,
+        position: LogCursor,
+        within: Duration,
+    ) -> bool {
+        let deadline = Instant::now() + within;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            if self.passed_in(replica, position).await.unwrap_or(false) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(REPLICA_POLL_MAX);
+        }
+    }
+
+    /// Whether the read models in `pool` have applied the log up to `position`.
+    async fn passed_in(&self, pool: &PgPool, position: LogCursor) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar(&self.passed)
+            .bind(position.position)
+            .fetch_one(pool)
+            .await
     }
 }
 

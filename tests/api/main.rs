@@ -32,6 +32,7 @@ mod rabbitmq;
 mod racing_starts;
 mod read_your_writes;
 mod rebuilds;
+mod replica;
 mod request_streams;
 mod schema_file;
 mod security;

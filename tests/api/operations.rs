@@ -7,69 +7,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::json;
 
 use crate::delivery::{app_with_provider, batch_when, submit, webhook};
-use crate::support::{error_code, Behaviour, Receiver, TestApp, TestDb};
+use crate::support::{error_code, Behaviour, Receiver, Scrape, TestDb};
 
 const RULES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/ops/prometheus/chronicle.rules.yml"
 );
-
-/// The exposition's samples: `name{labels}` (labels sorted, `instance` apart) to value, and
-/// the instance each series named.
-struct Scrape {
-    samples: BTreeMap<String, f64>,
-    instances: BTreeSet<String>,
-}
-
-impl Scrape {
-    async fn of(app: &TestApp) -> Self {
-        let text = app.get("/metrics").await.text().await.expect("metrics");
-        let mut samples = BTreeMap::new();
-        let mut instances = BTreeSet::new();
-        for line in text
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-        {
-            let (series, value) = line.rsplit_once(' ').expect("sample");
-            let (name, labels) = series.split_once('{').unwrap_or((series, "}"));
-            let mut kept = Vec::new();
-            for label in labels
-                .trim_end_matches('}')
-                .split(',')
-                .filter(|l| !l.is_empty())
-            {
-                match label.strip_prefix("instance=") {
-                    Some(instance) => {
-                        instances.insert(instance.trim_matches('"').to_owned());
-                    }
-                    None => kept.push(label.to_owned()),
-                }
-            }
-            kept.sort();
-            let key = format!("{name}{{{}}}", kept.join(","));
-            samples.insert(key, value.parse().expect("value"));
-        }
-        Self { samples, instances }
-    }
-
-    /// Every sample of `name`, by its labels.
-    fn of_metric(&self, name: &str) -> BTreeMap<String, f64> {
-        self.samples
-            .iter()
-            .filter_map(|(key, value)| {
-                let labels = key.strip_prefix(name)?.strip_prefix('{')?;
-                Some((labels.trim_end_matches('}').to_owned(), *value))
-            })
-            .collect()
-    }
-
-    fn names(&self) -> BTreeSet<String> {
-        self.samples
-            .keys()
-            .map(|key| key.split('{').next().unwrap_or_default().to_owned())
-            .collect()
-    }
-}
 
 async fn counted(db: &TestDb, sql: &str) -> BTreeMap<String, f64> {
     let rows: Vec<(String, i64)> = sqlx::query_as(sql)

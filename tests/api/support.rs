@@ -10,6 +10,8 @@ mod ledger;
 mod orthanc;
 mod proxy;
 mod receiver;
+mod replica;
+mod scrape;
 mod ws;
 
 pub use app::{context as app_context, vault, TestApp, ADMIN_KEY};
@@ -20,6 +22,8 @@ pub use ledger::{Ledger, LedgerCommand};
 pub use orthanc::Orthanc;
 pub use proxy::Proxy;
 pub use receiver::{Behaviour, Receiver};
+pub use replica::Replica;
+pub use scrape::Scrape;
 pub use ws::Subscription;
 
 /// The `code` extension of a response's first error (empty without one).

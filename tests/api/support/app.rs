@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use chronicle::command::{CommandContext, CommandError, CommandReceipt, Commands};
 use chronicle::config::{
-    Config, DeliveryConfig, LogFormat, SecurityConfig, SimulationConfig, TransferConfig,
+    Config, DeliveryConfig, LogFormat, ReplicaConfig, SecurityConfig, SimulationConfig,
+    TransferConfig,
 };
 use chronicle::startup::{Application, Wiring};
 use serde_json::{json, Value};
@@ -136,6 +137,11 @@ impl TestApp {
                 transfer_poll_ms: 50,
             },
             security: security_config(),
+            replica: ReplicaConfig {
+                read_database_url: None,
+                read_db_max_connections: 10,
+                replica_wait_ms: 1_000,
+            },
         };
         change(&mut config);
         let pool = chronicle::db::connect(&options, config.db_max_connections)

@@ -42,8 +42,12 @@ impl TestDb {
 
     /// Its URL, for a process of the binary.
     pub fn url(&self) -> String {
+        self.url_on_port(self.options.get_port())
+    }
+
+    /// Its URL on a server of this host at `port` (a replica of this one has it too).
+    pub fn url_on_port(&self, port: u16) -> String {
         let host = self.options.get_host();
-        let port = self.options.get_port();
         let user = self.options.get_username();
         format!("postgres://{user}@{host}:{port}/{}", self.name)
     }
@@ -178,24 +182,30 @@ impl Drop for TestDb {
             eprintln!("test database kept for inspection: {}", self.name);
             return;
         }
-        let (admin, name) = (self.admin.clone(), self.name.clone());
-        // Drop runs inside the test's runtime, which cannot block on itself: use a thread.
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let mut conn = admin.connect().await?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut conn)
-                    .await?;
-                conn.close().await
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
+        let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let dropped = execute_blocking(&self.admin, drop);
+        if !dropped {
             eprintln!("could not drop test database {}", self.name);
         }
     }
+}
+
+/// Runs `sql` on a connection of its own and says whether it succeeded, blocking: for drops,
+/// which run inside the test's runtime and cannot block on it, so this uses a thread with a
+/// runtime of its own.
+pub fn execute_blocking(options: &PgConnectOptions, sql: String) -> bool {
+    let options = options.clone();
+    let done = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let mut conn = options.connect().await?;
+            sqlx::query(&sql).execute(&mut conn).await?;
+            conn.close().await
+        })
+    })
+    .join();
+    matches!(done, Ok(Ok(())))
 }
