@@ -20,7 +20,12 @@ async fn three_instances_share_the_work_and_lose_nothing_when_one_dies() {
     let db = TestDb::new().await;
     let (emulator, provider) = spawn_emulator(Faults::default()).await;
     let receiver = Receiver::start(Behaviour::Accept).await;
-    let settings = [("CHRONICLE_PROVIDER_URL", provider)];
+    // Three instances at the default budget (30 connections each) and a fault test running
+    // beside this one would pass PostgreSQL's 100: the README's rule for N instances.
+    let settings = [
+        ("CHRONICLE_PROVIDER_URL", provider),
+        ("CHRONICLE_DB_MAX_CONNECTIONS", "10".to_owned()),
+    ];
     let mut servers = Vec::new();
     for _ in 0..3 {
         servers.push(Server::start(&db, &settings).await);
