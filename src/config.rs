@@ -127,6 +127,11 @@ pub struct Config {
     )]
     pub provider_api_key_env: String,
 
+    /// A price table (TOML, as `ops/prices.toml`, which is the default) that replaces the
+    /// shipped one: what each result costs.
+    #[arg(long, env = "CHRONICLE_PRICES_FILE", global = true)]
+    pub prices_file: Option<std::path::PathBuf>,
+
     /// Base URL of the Anthropic API (Message Batches), e.g. `https://api.anthropic.com`;
     /// batches of `/v1/messages` requests go there.
     #[arg(long, env = "CHRONICLE_ANTHROPIC_URL", global = true)]

@@ -6,9 +6,11 @@ mod closer;
 mod custom_ids;
 mod driver;
 mod open_batches;
+mod prices;
 mod submit;
 
 pub use actions::LlmActions;
 pub use closer::BatchCloser;
 pub use driver::{DriverError, DriverSettings, ProviderDriver, Providers};
+pub use prices::Prices;
 pub use submit::{Accepted, Submitter};

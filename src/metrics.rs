@@ -84,6 +84,18 @@ pub fn tokens_used(client: &str, model: &str, input: u64, output: u64) {
     }
 }
 
+/// Records what the results recorded for `client`'s requests to `model` cost, in billionths
+/// of a US dollar, and how many had no price (labels bounded as [`requests_submitted`]'s).
+pub fn cost(client: &str, model: &str, nano_usd: i64, unpriced: u64) {
+    let client = CLIENTS.bounded(client);
+    let model = MODELS.bounded(model);
+    metrics::counter!("chronicle_cost_nanodollars_total", "client" => client.clone(),
+                      "model" => model.clone())
+    .increment(u64::try_from(nano_usd).unwrap_or_default());
+    metrics::counter!("chronicle_unpriced_results_total", "client" => client, "model" => model)
+        .increment(unpriced);
+}
+
 /// Records how many instances are live on the database (rate limits are split among them).
 pub fn instances_live(count: usize) {
     metrics::gauge!("chronicle_instances_live").set(count as f64);

@@ -184,6 +184,9 @@ pub enum BatchInput<'a> {
 /// A batch provider (OpenAI Batch API and compatible ones, Anthropic Message Batches).
 #[async_trait]
 pub trait Provider: Send + Sync {
+    /// The provider's name in the price table: `openai`, `azure` or `anthropic`.
+    fn name(&self) -> &'static str;
+
     /// True when batches are created from the requests themselves, not from an upload.
     fn inline_input(&self) -> bool {
         false

@@ -16,6 +16,7 @@ mod spec;
 mod status;
 #[cfg(test)]
 mod tests;
+mod usage;
 
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
@@ -30,6 +31,7 @@ pub use error::RequestError;
 pub use event::RequestEvent;
 pub use spec::{RequestSpec, MAX_BODY_BYTES, MAX_CUSTOM_ID_CHARS};
 pub use status::RequestStatus;
+pub use usage::{Cost, TokenUsage};
 
 use crate::Upcast;
 
@@ -112,8 +114,8 @@ impl Request {
                 at,
             } => return self.record_attempt(attempt, verdict, at),
             RequestCommand::MarkSentToProvider { at } => RequestEvent::SentToProvider { at },
-            RequestCommand::RecordResult { response, at } => {
-                RequestEvent::ResultRecorded { response, at }
+            RequestCommand::RecordResult { response, cost, at } => {
+                RequestEvent::ResultRecorded { response, cost, at }
             }
             RequestCommand::Fail { error, at } => RequestEvent::Failed { error, at },
             RequestCommand::Expire { at } => RequestEvent::Expired { at },

@@ -7,7 +7,7 @@ mod requests;
 mod simulations;
 
 pub use batches::BatchAnalytics;
-pub use requests::{tokens, RequestAnalytics};
+pub use requests::RequestAnalytics;
 pub use simulations::SimulationAnalytics;
 
 use chrono::{DateTime, NaiveDate, Utc};

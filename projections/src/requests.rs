@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 
-use chronicle_aggregates::request::{RequestEvent, RequestStatus};
+use chronicle_aggregates::request::{Cost, RequestEvent, RequestStatus};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgConnection;
@@ -116,9 +116,10 @@ impl Projector for Requests {
                     new_rows.versions.push(event.sequence);
                     new_rows.times.push(at);
                 }
-                RequestEvent::ResultRecorded { response, at } => {
+                RequestEvent::ResultRecorded { response, cost, at } => {
                     change.record(RequestStatus::ProviderProcessed, event.sequence, at);
                     change.response = Some(response);
+                    change.cost = cost;
                 }
                 RequestEvent::Failed { error, at } => {
                     change.record(RequestStatus::Failed, event.sequence, at);
@@ -168,6 +169,9 @@ impl Projector for Requests {
             rows.versions.push(change.version);
             rows.times.push(change.at);
             rows.responses.push(change.response);
+            rows.costs
+                .push(change.cost.as_ref().map(|cost| cost.nano_usd));
+            rows.prices.push(change.cost.map(|cost| cost.price));
             rows.errors.push(change.error);
             rows.rounds_started.push(change.delivery.rounds_started);
             rows.attempts.push(change.delivery.attempts);
@@ -190,12 +194,16 @@ impl Projector for Requests {
                     next_attempt_at = CASE WHEN u.schedule_set THEN u.next_attempt_at
                                            ELSE r.next_attempt_at END,
                     delivery_error = CASE WHEN u.delivery_error_set THEN u.delivery_error
-                                          ELSE r.delivery_error END
+                                          ELSE r.delivery_error END,
+                    cost_nano_usd = COALESCE(u.cost, r.cost_nano_usd),
+                    cost_price = COALESCE(u.price, r.cost_price)
                FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::timestamptz[],
                            $5::jsonb[], $6::jsonb[], $7::int[], $8::int[], $9::bool[],
-                           $10::timestamptz[], $11::bool[], $12::text[])
+                           $10::timestamptz[], $11::bool[], $12::text[], $13::bigint[],
+                           $14::text[])
                     AS u(id, status, version, at, response, error, rounds_started, attempts,
-                         schedule_set, next_attempt_at, delivery_error_set, delivery_error)
+                         schedule_set, next_attempt_at, delivery_error_set, delivery_error,
+                         cost, price)
               WHERE r.id = u.id::uuid",
         )
         .bind(rows.ids)
@@ -210,6 +218,8 @@ impl Projector for Requests {
         .bind(rows.next_attempts)
         .bind(rows.delivery_errors_set)
         .bind(rows.delivery_errors)
+        .bind(rows.costs)
+        .bind(rows.prices)
         .execute(conn)
         .await?;
         Ok(())
@@ -223,6 +233,7 @@ struct Change {
     version: i64,
     at: DateTime<Utc>,
     response: Option<Value>,
+    cost: Option<Cost>,
     error: Option<Value>,
     delivery: DeliveryChange,
 }
@@ -281,6 +292,8 @@ struct Updates<'a> {
     next_attempts: Vec<Option<DateTime<Utc>>>,
     delivery_errors_set: Vec<bool>,
     delivery_errors: Vec<Option<String>>,
+    costs: Vec<Option<i64>>,
+    prices: Vec<Option<String>>,
 }
 
 /// A row of the `requests` read model.
@@ -306,6 +319,10 @@ pub struct RequestRow {
     pub body: Value,
     /// The provider's response, once recorded.
     pub response: Option<Value>,
+    /// What the result cost, in billionths of a US dollar (with a result and a price).
+    pub cost_nano_usd: Option<i64>,
+    /// The price table entry it was priced with.
+    pub cost_price: Option<String>,
     /// The provider's error, once recorded.
     pub error: Option<Value>,
     /// Delivery rounds started (each redelivery starts one).
@@ -346,8 +363,9 @@ pub struct RequestFilter {
 }
 
 const COLUMNS: &str = "id, owner, batch_id, custom_id, endpoint, model, status, delivery, body,
-                       response, error, delivery_rounds, delivery_attempts, next_attempt_at,
-                       delivery_error, version, created_at, updated_at";
+                       response, cost_nano_usd, cost_price, error, delivery_rounds,
+                       delivery_attempts, next_attempt_at, delivery_error, version, created_at,
+                       updated_at";
 
 /// One request, if `owner` (when given) owns it.
 ///

@@ -22,8 +22,15 @@ pub(crate) struct UsageDay {
     failed: i64,
     expired: i64,
     cancelled: i64,
+    /// Prompt tokens (Anthropic's cache reads and writes included).
     input_tokens: i64,
+    /// Prompt tokens read from the provider's prompt cache (part of `inputTokens`).
+    cached_input_tokens: i64,
     output_tokens: i64,
+    /// What the results cost in US dollars, each priced by the price table when recorded.
+    cost_usd: f64,
+    /// Results no price applied to: their cost is not in `costUsd`.
+    unpriced: i64,
 }
 
 /// Batch turnaround of one model on one day (of opening), in seconds from submission to the
@@ -123,8 +130,8 @@ where
 
 #[Object]
 impl AnalyticsQuery {
-    /// Your requests per model and day of submission in `[from, to)`, with outcomes and
-    /// tokens. Errors: `VALIDATION` (range).
+    /// Your requests per model and day of submission in `[from, to)`, with outcomes, tokens
+    /// and cost. Errors: `VALIDATION` (range).
     async fn usage(
         &self,
         ctx: &Context<'_>,
@@ -136,7 +143,8 @@ impl AnalyticsQuery {
             from,
             to,
             "SELECT owner, model, day, requests, succeeded, failed, expired, cancelled, input_tokens,
-                    output_tokens
+                    cached_input_tokens, output_tokens, (cost_nano_usd / 1e9)::float8 AS cost_usd,
+                    unpriced
                FROM analytics.usage_daily
               WHERE ($1::text IS NULL OR owner = $1) AND day >= $2 AND day < $3 ORDER BY day, owner, model",
         )

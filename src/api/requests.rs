@@ -110,6 +110,15 @@ impl From<Accepted> for SubmittedRequest {
     }
 }
 
+/// What a result cost.
+#[derive(SimpleObject)]
+pub(crate) struct RequestCost {
+    /// US dollars.
+    usd: f64,
+    /// The price table entry it was priced with: `provider/model@from`.
+    price: String,
+}
+
 /// An LLM request and where it stands.
 #[derive(SimpleObject)]
 #[graphql(complex)]
@@ -133,6 +142,8 @@ pub(crate) struct LlmRequest {
     body: Json<Value>,
     /// The provider's response, once it arrived.
     response: Option<Json<Value>>,
+    /// What the result cost, priced when it arrived; null before, or when no price applied.
+    cost: Option<RequestCost>,
     /// The provider's error, if any.
     error: Option<Json<Value>>,
     /// Delivery rounds started (each redelivery starts one); 0 before delivery.
@@ -163,6 +174,13 @@ impl From<RequestRow> for LlmRequest {
             delivery: Json(row.delivery),
             body: Json(row.body),
             response: row.response.map(Json),
+            cost: row
+                .cost_nano_usd
+                .zip(row.cost_price)
+                .map(|(nano_usd, price)| RequestCost {
+                    usd: nano_usd as f64 / 1e9,
+                    price,
+                }),
             error: row.error.map(Json),
             delivery_rounds: row.delivery_rounds,
             delivery_attempt_count: row.delivery_attempts,

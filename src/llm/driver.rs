@@ -25,6 +25,7 @@ use uuid::Uuid;
 mod files;
 
 use crate::command::{CommandContext, CommandError, Commands};
+use crate::llm::Prices;
 use crate::projection::{Lease, Role};
 use crate::provider::{BatchInput, Provider, ProviderBatch, ProviderError, ProviderStatus};
 
@@ -80,7 +81,7 @@ impl Providers {
 }
 
 /// How often and how much at once the driver talks to its provider.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DriverSettings {
     /// Pause between rounds over the batches at the provider.
     pub poll_every: Duration,
@@ -88,6 +89,8 @@ pub struct DriverSettings {
     pub uploads: usize,
     /// Polls and downloads in flight at once.
     pub polls: usize,
+    /// What results cost.
+    pub prices: Prices,
 }
 
 /// The provider driver.
@@ -95,6 +98,7 @@ pub struct ProviderDriver {
     commands: Commands,
     pool: PgPool,
     providers: Providers,
+    prices: Prices,
     poll_every: Duration,
     uploads: Semaphore,
     polls: Semaphore,
@@ -158,6 +162,7 @@ impl ProviderDriver {
             commands,
             pool,
             providers,
+            prices: settings.prices,
             poll_every: settings.poll_every,
             uploads: Semaphore::new(uploads),
             polls: Semaphore::new(polls),

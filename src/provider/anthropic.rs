@@ -164,6 +164,10 @@ fn requests(jsonl: &[u8]) -> Result<Vec<Value>, ProviderError> {
 
 #[async_trait]
 impl Provider for Anthropic {
+    fn name(&self) -> &'static str {
+        "anthropic"
+    }
+
     fn inline_input(&self) -> bool {
         true
     }

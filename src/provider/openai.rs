@@ -132,6 +132,13 @@ impl OpenAi {
 
 #[async_trait]
 impl Provider for OpenAi {
+    fn name(&self) -> &'static str {
+        match self.config.azure_api_version {
+            Some(_) => "azure",
+            None => "openai",
+        }
+    }
+
     async fn upload(&self, jsonl: Bytes) -> Result<String, ProviderError> {
         let jsonl = if self.config.azure_api_version.is_some() {
             self.azure_lines(&jsonl)?

@@ -16,7 +16,7 @@ use crate::delivery::{
     DeliverySettings, DeliveryWorker, RabbitPublisher, RetryPolicy, Transports, WebhookSecrets,
     WebhookSender,
 };
-use crate::llm::{BatchCloser, DriverSettings, ProviderDriver, Providers};
+use crate::llm::{BatchCloser, DriverSettings, Prices, ProviderDriver, Providers};
 use crate::log::SharedPages;
 use crate::projection::{ProjectionRunner, Rebuilder, RunnerSettings, REBUILD_ROLE};
 use crate::provider::{
@@ -203,6 +203,8 @@ pub(super) fn spawn_workers(
 
 /// The provider driver, when a provider is configured.
 fn provider_driver(core: &Core, config: &Config) -> anyhow::Result<Option<ProviderDriver>> {
+    // Read whether or not a provider is configured: a wrong table stops the start.
+    let prices = Prices::load(config.prices_file.as_deref())?;
     let providers = providers(config)?;
     if !providers.any() {
         return Ok(None);
@@ -215,6 +217,7 @@ fn provider_driver(core: &Core, config: &Config) -> anyhow::Result<Option<Provid
             poll_every: Duration::from_millis(config.provider_poll_ms),
             uploads: config.provider_uploads,
             polls: config.provider_polls,
+            prices,
         },
     )))
 }

@@ -37,14 +37,28 @@ pub async fn rebuild(db: &TestDb, name: &str) {
     crate::projections::rebuild_here(db, name).await;
 }
 
+/// A price table for the emulator's model `m`, in a file of its own.
+fn price_table() -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("chronicle-prices-{}.toml", uuid::Uuid::new_v4()));
+    let table = "[[prices]]\nprovider = \"openai\"\nmodel = \"m\"\nfrom = \"2025-01-01\"
+input = 2.0\ncached_input = 1.0\noutput = 8.0\n";
+    std::fs::write(&path, table).expect("price table");
+    path
+}
+
+/// What one emulated result costs by [`price_table`], in billionths of a dollar: 3 uncached
+/// prompt tokens at $2, 2 cached at $1 and 5 completion tokens at $8 per million, halved.
+const RESULT_NANO_USD: f64 = (3.0 * 2.0 + 2.0 * 1.0 + 5.0 * 8.0) * 1000.0 * 0.5;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn usage_delivery_turnaround_and_simulations_add_up_and_rebuild_identically() {
     let db = TestDb::new().await;
-    let app = app_with_provider(&db, |_| {}).await;
+    let prices = price_table();
+    let app = app_with_provider(&db, |config| config.prices_file = Some(prices.clone())).await;
     let receiver = Receiver::start(Behaviour::FailFirst(1)).await;
     let mut deliveries = vec![json!({ "webhookUrl": receiver.url }); 10];
     deliveries[0] = json!({ "poll": true });
-    let (batch_id, _) = submit(&app, &deliveries).await;
+    let (batch_id, requests) = submit(&app, &deliveries).await;
     batch_when(&app, &batch_id, "delivering").await;
 
     let simulation = app
@@ -73,7 +87,8 @@ async fn usage_delivery_turnaround_and_simulations_add_up_and_rebuild_identicall
     let range =
         json!({ "from": today.to_string(), "to": (today + chrono::Days::new(1)).to_string() });
     let query = "query($from: NaiveDate!, $to: NaiveDate!) {
-        usage(from: $from, to: $to) { model requests succeeded failed inputTokens outputTokens }
+        usage(from: $from, to: $to) { model requests succeeded failed inputTokens
+                                      cachedInputTokens outputTokens costUsd unpriced }
         deliveryOutcomes(from: $from, to: $to) { attempts succeededAttempts successRate delivered }
         batchTurnaround(from: $from, to: $to) { batches providerP50Seconds }
         simulationActivity(from: $from, to: $to) { sessions messages aiCalls feedbacks averageScore } }";
@@ -88,7 +103,20 @@ async fn usage_delivery_turnaround_and_simulations_add_up_and_rebuild_identicall
     assert_eq!(
         views["usage"],
         json!([{ "model": "m", "requests": 10, "succeeded": 10, "failed": 0,
-                 "inputTokens": 50, "outputTokens": 50 }])
+                 "inputTokens": 50, "cachedInputTokens": 20, "outputTokens": 50,
+                 "costUsd": 10.0 * RESULT_NANO_USD / 1e9, "unpriced": 0 }])
+    );
+    let request = &requests[0];
+    let priced = app
+        .graphql(
+            "query($id: UUID!) { request(id: $id) { cost { usd price } } }",
+            json!({ "id": request }),
+        )
+        .await;
+    assert_eq!(
+        priced["data"]["request"]["cost"],
+        json!({ "usd": RESULT_NANO_USD / 1e9, "price": "openai/m@2025-01-01" }),
+        "{priced}"
     );
     assert_eq!(
         views["deliveryOutcomes"],
@@ -120,6 +148,7 @@ async fn usage_delivery_turnaround_and_simulations_add_up_and_rebuild_identicall
         rebuild(&db, name).await;
     }
     assert_eq!(snapshot(&db.pool).await, incremental);
+    std::fs::remove_file(prices).expect("remove the price table");
 }
 
 #[tokio::test]

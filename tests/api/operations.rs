@@ -80,6 +80,33 @@ async fn metrics_agree_with_the_store_and_roles_name_their_instance() {
         .collect();
     assert!(!tokens.is_empty(), "the provider's results carry usage");
     assert_eq!(scraped, tokens);
+    // The shipped price table has no price for the emulator's model `m`.
+    for (metric, column) in [
+        ("chronicle_unpriced_results_total", "unpriced"),
+        ("chronicle_cost_nanodollars_total", "cost_nano_usd"),
+    ] {
+        let stored = counted(
+            &db,
+            &format!(
+                "SELECT format('client=\"%s\",model=\"%s\"', owner, model), sum({column})::bigint
+                   FROM analytics.usage_daily GROUP BY 1 HAVING sum({column}) > 0"
+            ),
+        )
+        .await;
+        let scraped: BTreeMap<String, f64> = scrape
+            .of_metric(metric)
+            .into_iter()
+            .filter(|(_, count)| *count > 0.0)
+            .collect();
+        assert_eq!(scraped, stored, "{metric}");
+    }
+    assert!(
+        scrape
+            .of_metric("chronicle_unpriced_results_total")
+            .values()
+            .sum::<f64>()
+            > 0.0
+    );
     let mutations = scrape.of_metric("chronicle_mutations_total");
     let expected: BTreeMap<String, f64> = [
         ("mutation=\"submitRequests\",outcome=\"ok\"", 1.0),

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{AttemptVerdict, DeliveryAttempt, RequestSpec};
+use super::{AttemptVerdict, Cost, DeliveryAttempt, RequestSpec};
 
 /// A request's commands.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +31,8 @@ pub enum RequestCommand {
     RecordResult {
         /// The response body.
         response: Value,
+        /// What it cost, when a price applied.
+        cost: Option<Cost>,
         /// Now.
         at: DateTime<Utc>,
     },

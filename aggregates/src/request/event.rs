@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{DeliveryAttempt, RequestSpec, RequestStatus};
+use super::{Cost, DeliveryAttempt, RequestSpec, RequestStatus};
 
 /// A request's events; each moves it to the status [`RequestEvent::status`] names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,6 +33,10 @@ pub enum RequestEvent {
     ResultRecorded {
         /// The provider's response body for this request.
         response: Value,
+        /// What it cost, priced when recorded; absent when no price applied (and in events
+        /// recorded before prices were kept).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cost: Option<Cost>,
         /// When.
         at: DateTime<Utc>,
     },

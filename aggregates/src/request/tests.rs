@@ -120,9 +120,14 @@ fn single_step(to: RequestStatus) -> (RequestCommand, RequestEvent) {
         RequestStatus::ProviderProcessed => (
             RequestCommand::RecordResult {
                 response: response.clone(),
+                cost: None,
                 at,
             },
-            RequestEvent::ResultRecorded { response, at },
+            RequestEvent::ResultRecorded {
+                response,
+                cost: None,
+                at,
+            },
         ),
         RequestStatus::Failed => (
             RequestCommand::Fail {

@@ -3,9 +3,8 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use chronicle_aggregates::request::RequestEvent;
+use chronicle_aggregates::request::{RequestEvent, TokenUsage};
 use chrono::NaiveDate;
-use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -27,7 +26,10 @@ struct Usage {
     expired: u64,
     cancelled: u64,
     input_tokens: u64,
+    cached_input_tokens: u64,
     output_tokens: u64,
+    cost_nano_usd: i64,
+    unpriced: u64,
 }
 
 #[derive(Default)]
@@ -39,25 +41,16 @@ struct Deliveries {
     latency_ms: u64,
 }
 
-/// Input and output tokens of a provider response (OpenAI or Anthropic naming).
-pub fn tokens(response: &Value) -> (u64, u64) {
-    let usage = &response["usage"];
-    let count = |names: [&str; 2]| {
-        names
-            .iter()
-            .find_map(|name| usage[*name].as_u64())
-            .unwrap_or_default()
-    };
-    (
-        count(["prompt_tokens", "input_tokens"]),
-        count(["completion_tokens", "output_tokens"]),
-    )
-}
-
 #[async_trait]
 impl Projector for RequestAnalytics {
     fn name(&self) -> &'static str {
         "analytics_requests"
+    }
+
+    /// 2: cached prompt tokens, costs and unpriced results; Anthropic's cache reads and
+    /// writes count as input tokens.
+    fn version(&self) -> i32 {
+        2
     }
 
     fn failure_policy(&self) -> FailurePolicy {
@@ -130,12 +123,20 @@ impl Projector for RequestAnalytics {
                 RequestEvent::Submitted { .. } => {
                     usage.entry(key.clone()).or_default().requests += 1
                 }
-                RequestEvent::ResultRecorded { response, .. } => {
-                    let (input, output) = tokens(&response);
+                RequestEvent::ResultRecorded { response, cost, .. } => {
+                    let tokens = TokenUsage::of(&response);
                     let row = usage.entry(key.clone()).or_default();
                     row.succeeded += 1;
-                    row.input_tokens = row.input_tokens.saturating_add(input);
-                    row.output_tokens = row.output_tokens.saturating_add(output);
+                    row.input_tokens = row.input_tokens.saturating_add(tokens.input);
+                    row.cached_input_tokens =
+                        row.cached_input_tokens.saturating_add(tokens.cached_input);
+                    row.output_tokens = row.output_tokens.saturating_add(tokens.output);
+                    match cost {
+                        Some(cost) => {
+                            row.cost_nano_usd = row.cost_nano_usd.saturating_add(cost.nano_usd);
+                        }
+                        None => row.unpriced += 1,
+                    }
                 }
                 RequestEvent::Failed { .. } => usage.entry(key.clone()).or_default().failed += 1,
                 RequestEvent::Expired { .. } => usage.entry(key.clone()).or_default().expired += 1,
@@ -205,30 +206,33 @@ async fn upsert_usage(
         return Ok(());
     }
     let mut columns: (Vec<String>, Vec<String>, Vec<NaiveDate>) = Default::default();
-    let mut counts: [Vec<i64>; 7] = Default::default();
+    let mut counts: [Vec<i64>; 10] = Default::default();
     for ((owner, model, day), usage) in rows {
         columns.0.push(owner);
         columns.1.push(model);
         columns.2.push(day);
         for (column, value) in counts.iter_mut().zip([
-            usage.requests,
-            usage.succeeded,
-            usage.failed,
-            usage.expired,
-            usage.cancelled,
-            usage.input_tokens,
-            usage.output_tokens,
+            big(usage.requests),
+            big(usage.succeeded),
+            big(usage.failed),
+            big(usage.expired),
+            big(usage.cancelled),
+            big(usage.input_tokens),
+            big(usage.cached_input_tokens),
+            big(usage.output_tokens),
+            usage.cost_nano_usd,
+            big(usage.unpriced),
         ]) {
-            column.push(big(value));
+            column.push(value);
         }
     }
-    let [requests, succeeded, failed, expired, cancelled, input, output] = counts;
-    sqlx::query(
-        "INSERT INTO usage_daily AS u (owner, model, day, requests, succeeded, failed,
-                                                 expired, cancelled, input_tokens, output_tokens)
+    let mut query = sqlx::query(
+        "INSERT INTO usage_daily AS u (owner, model, day, requests, succeeded, failed, expired,
+                                       cancelled, input_tokens, cached_input_tokens,
+                                       output_tokens, cost_nano_usd, unpriced)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::date[], $4::bigint[], $5::bigint[],
                               $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[],
-                              $10::bigint[])
+                              $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[])
          ON CONFLICT (owner, model, day) DO UPDATE SET
              requests = u.requests + excluded.requests,
              succeeded = u.succeeded + excluded.succeeded,
@@ -236,20 +240,18 @@ async fn upsert_usage(
              expired = u.expired + excluded.expired,
              cancelled = u.cancelled + excluded.cancelled,
              input_tokens = u.input_tokens + excluded.input_tokens,
-             output_tokens = u.output_tokens + excluded.output_tokens",
+             cached_input_tokens = u.cached_input_tokens + excluded.cached_input_tokens,
+             output_tokens = u.output_tokens + excluded.output_tokens,
+             cost_nano_usd = u.cost_nano_usd + excluded.cost_nano_usd,
+             unpriced = u.unpriced + excluded.unpriced",
     )
     .bind(columns.0)
     .bind(columns.1)
-    .bind(columns.2)
-    .bind(requests)
-    .bind(succeeded)
-    .bind(failed)
-    .bind(expired)
-    .bind(cancelled)
-    .bind(input)
-    .bind(output)
-    .execute(conn)
-    .await?;
+    .bind(columns.2);
+    for column in counts {
+        query = query.bind(column);
+    }
+    query.execute(conn).await?;
     Ok(())
 }
 

@@ -4,15 +4,16 @@ use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 use chronicle_aggregates::batch::{Batch, BatchCommand, BatchEvent};
-use chronicle_aggregates::request::RequestEvent;
-use chrono::Utc;
+use chronicle_aggregates::request::{Cost, RequestEvent, TokenUsage};
+use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::{DriverError, ProviderDriver};
+use crate::llm::Prices;
+
 use crate::provider::{Provider, ProviderError, ResultLine};
-use chronicle_projections::analytics::tokens;
 use chronicle_projections::request_moves;
 
 /// Results applied per transaction while downloading.
@@ -28,6 +29,11 @@ impl ProviderDriver {
     ) -> Result<(), DriverError> {
         self.send_pending(batch_id).await?;
         let ids = self.custom_ids(batch_id).await?;
+        let pricing = Pricing {
+            prices: &self.prices,
+            provider: provider.name(),
+            model: batch.key().map_or("", |key| key.model.as_str()),
+        };
         let (mut succeeded, mut failed) = (0, 0);
         for file in [
             &batch.provider().output_file_id,
@@ -39,7 +45,7 @@ impl ProviderDriver {
             let mut lines = provider.results(file).await?;
             let mut chunk = HashMap::with_capacity(RESULTS_CHUNK);
             while let Some(line) = next_line(&mut lines, batch_id).await? {
-                let Some(event) = outcome(line.clone()) else {
+                let Some(event) = outcome(line.clone(), &pricing) else {
                     continue;
                 };
                 if matches!(event, RequestEvent::ResultRecorded { .. }) {
@@ -80,15 +86,17 @@ impl ProviderDriver {
         let moved = self
             .apply_moves(batch_id, &ids, request_moves::each(&results))
             .await?;
-        let (input, output) = moved
-            .iter()
-            .filter_map(|id| match results.get(id) {
-                Some(RequestEvent::ResultRecorded { response, .. }) => Some(tokens(response)),
-                _ => None,
-            })
-            .fold((0, 0), |(input, output), (i, o)| (input + i, output + o));
+        let recorded = moved.iter().filter_map(|id| match results.get(id) {
+            Some(RequestEvent::ResultRecorded { response, cost, .. }) => Some((response, cost)),
+            _ => None,
+        });
+        let mut spent = Spent::default();
+        for (response, cost) in recorded {
+            spent.add(TokenUsage::of(response), cost.as_ref());
+        }
         if let Some(key) = batch.key() {
-            crate::metrics::tokens_used(&key.owner, &key.model, input, output);
+            crate::metrics::tokens_used(&key.owner, &key.model, spent.input, spent.output);
+            crate::metrics::cost(&key.owner, &key.model, spent.nano_usd, spent.unpriced);
         }
         Ok(())
     }
@@ -163,11 +171,12 @@ async fn next_line(
 }
 
 /// The request event a results line stands for.
-fn outcome(line: ResultLine) -> Option<RequestEvent> {
+fn outcome(line: ResultLine, pricing: &Pricing) -> Option<RequestEvent> {
     let at = Utc::now();
     match (line.response, line.error) {
         (Some(response), None) if (200..300).contains(&response.status_code) => {
             Some(RequestEvent::ResultRecorded {
+                cost: pricing.cost(&response.body, at),
                 response: response.body,
                 at,
             })
@@ -178,5 +187,44 @@ fn outcome(line: ResultLine) -> Option<RequestEvent> {
         }),
         (_, Some(error)) => Some(RequestEvent::Failed { error, at }),
         (None, None) => None,
+    }
+}
+
+/// How one batch's results are priced.
+struct Pricing<'a> {
+    prices: &'a Prices,
+    /// The provider's name in the price table.
+    provider: &'static str,
+    /// The batch's model, as its requests name it.
+    model: &'a str,
+}
+
+impl Pricing<'_> {
+    /// What `response` cost: priced by the requests' model, or else by the model the
+    /// response names (a dated snapshot, say).
+    fn cost(&self, response: &Value, at: DateTime<Utc>) -> Option<Cost> {
+        let usage = TokenUsage::of(response);
+        let price = |model: &str| self.prices.cost(self.provider, model, at, usage);
+        price(self.model).or_else(|| response["model"].as_str().and_then(price))
+    }
+}
+
+/// The tokens and cost of the results one chunk recorded.
+#[derive(Default)]
+struct Spent {
+    input: u64,
+    output: u64,
+    nano_usd: i64,
+    unpriced: u64,
+}
+
+impl Spent {
+    fn add(&mut self, usage: TokenUsage, cost: Option<&Cost>) {
+        self.input += usage.input;
+        self.output += usage.output;
+        match cost {
+            Some(cost) => self.nano_usd = self.nano_usd.saturating_add(cost.nano_usd),
+            None => self.unpriced += 1,
+        }
     }
 }

@@ -191,7 +191,8 @@ fn fake_body(request: &Value, now: i64) -> Value {
                 "choices": [{ "index": 0, "finish_reason": "stop",
                               "message": { "role": "assistant",
                                            "content": format!("[emulated] {prompt}") } }],
-                "usage": { "prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10 },
+                "usage": { "prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10,
+                           "prompt_tokens_details": { "cached_tokens": 2 } },
             })
         }
     }

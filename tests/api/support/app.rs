@@ -104,6 +104,7 @@ impl TestApp {
             provider_polls: 4,
             provider_organization: None,
             provider_azure_api_version: None,
+            prices_file: None,
             anthropic_url: None,
             anthropic_api_key_env: "CHRONICLE_TEST_ANTHROPIC_KEY".into(),
             provider_project: None,
