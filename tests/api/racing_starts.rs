@@ -9,7 +9,7 @@ use tokio::process::{Child, Command};
 use crate::support::TestDb;
 
 /// Racing pairs started; each pair gets a database of its own.
-const TRIALS: usize = 10;
+const TRIALS: usize = 20;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
