@@ -29,7 +29,7 @@ use crate::command::Commands;
 use crate::config::Config;
 use crate::delivery::WebhookSecrets;
 use crate::http::{router, AppState, HttpLimits};
-use crate::llm::{LlmActions, Submitter};
+use crate::llm::{LlmActions, Providers, Submitter};
 use crate::log::{CommittedFeed, LiveLog, LogReader, LogWaker};
 use crate::privacy::Vault;
 use crate::projection::{self, Projectors, ReadModels, Rebuilder, Roles};
@@ -156,6 +156,7 @@ async fn api_state(
     core: &Core,
     pepper: &Pepper,
     projectors: &[Arc<dyn Projector>],
+    providers: Providers,
 ) -> anyhow::Result<AppState> {
     let security = &config.security;
     let live = LiveLog::start(
@@ -191,7 +192,7 @@ async fn api_state(
             log: core.reader.clone(),
         },
         live: live.clone(),
-        submitter: Submitter::new(commands.clone(), core.pool.clone(), limits),
+        submitter: Submitter::new(commands.clone(), core.pool.clone(), limits, providers),
         actions: LlmActions::new(commands.clone(), core.pool.clone()),
         secrets: Arc::new(WebhookSecrets::new(core.pool.clone())),
         simulations: SimulationActions::new(commands.clone()),
@@ -300,8 +301,9 @@ impl Application {
         }
         workers::spawn_projectors(&core, config, wiring.projectors, &mut workers);
         workers::spawn_rebuilder(&core, config, rebuilder, &mut workers);
-        workers::spawn_workers(&core, config, &mut workers)?;
-        let state = api_state(config, &core, &pepper, &read_models).await?;
+        let providers = workers::providers(config)?;
+        workers::spawn_workers(&core, config, &providers, &mut workers)?;
+        let state = api_state(config, &core, &pepper, &read_models, providers).await?;
         Ok(Self {
             listener,
             state,

@@ -26,13 +26,16 @@ pub enum ErrorCode {
     Unavailable,
     /// A projection failed on the event it was asked to apply (the error says why).
     ProjectionFailed,
+    /// The deployment is not set up to serve this (a request for an endpoint no configured
+    /// provider serves); the same request will not pass until an operator configures it.
+    NotServed,
     /// Something failed on our side; details are in the server log under the correlation id.
     Internal,
 }
 
 impl ErrorCode {
     /// Every code, for exhaustive tests and parsing.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::NotFound,
         Self::InvalidTransition,
         Self::Validation,
@@ -43,6 +46,7 @@ impl ErrorCode {
         Self::LimitExceeded,
         Self::Unavailable,
         Self::ProjectionFailed,
+        Self::NotServed,
         Self::Internal,
     ];
 
@@ -59,6 +63,7 @@ impl ErrorCode {
             Self::LimitExceeded => "LIMIT_EXCEEDED",
             Self::Unavailable => "UNAVAILABLE",
             Self::ProjectionFailed => "PROJECTION_FAILED",
+            Self::NotServed => "NOT_SERVED",
             Self::Internal => "INTERNAL",
         }
     }

@@ -85,7 +85,8 @@ impl ApiError {
             | ErrorCode::Forbidden
             | ErrorCode::RateLimited
             | ErrorCode::LimitExceeded
-            | ErrorCode::ProjectionFailed => match self {
+            | ErrorCode::ProjectionFailed
+            | ErrorCode::NotServed => match self {
                 Self::Command(error) => error.to_string(),
                 Self::Validation(message) => message.clone(),
                 Self::Database(_) => "an argument holds text or a date the store cannot keep".into(),

@@ -298,7 +298,8 @@ pub(crate) struct RequestMutation;
 #[Object]
 impl RequestMutation {
     /// Submits one request into the open batch of its (endpoint, model).
-    /// Errors: `VALIDATION` (with `items` saying what is wrong).
+    /// Errors: `VALIDATION` (with `items` saying what is wrong), `NOT_SERVED` (no provider
+    /// for its endpoint is configured).
     async fn submit_request(
         &self,
         ctx: &Context<'_>,
@@ -314,7 +315,7 @@ impl RequestMutation {
 
     /// Submits up to 50,000 requests. All or nothing: if any item is invalid, nothing is
     /// written and `extensions.items` lists each bad item's index and reasons.
-    /// Errors: `VALIDATION`.
+    /// Errors: `VALIDATION`, `NOT_SERVED` (an item's endpoint has no configured provider).
     async fn submit_requests(
         &self,
         ctx: &Context<'_>,

@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use super::custom_ids::{taken, CUSTOM_IDS_UNIQUE};
 use super::open_batches::OpenBatches;
+use super::Providers;
 use crate::command::{CommandContext, CommandError, Commands, IdempotencyKey, Loaded, Refusal};
 
 /// Requests appended per batch event: bounds event size and transaction length in bulk.
@@ -66,16 +67,25 @@ pub struct Submitter {
     commands: Commands,
     pool: PgPool,
     limits: BatchLimits,
+    providers: Providers,
     open: OpenBatches,
 }
 
 impl Submitter {
-    /// A submitter that closes batches at `limits`.
-    pub fn new(commands: Commands, pool: PgPool, limits: BatchLimits) -> Self {
+    /// A submitter that closes batches at `limits` and accepts requests for the endpoints
+    /// `providers` serve (any endpoint while no provider is configured: requests then wait
+    /// for one).
+    pub fn new(
+        commands: Commands,
+        pool: PgPool,
+        limits: BatchLimits,
+        providers: Providers,
+    ) -> Self {
         Self {
             commands,
             pool,
             limits,
+            providers,
             open: OpenBatches::default(),
         }
     }
@@ -84,8 +94,9 @@ impl Submitter {
     /// repeat returns the first outcome (see [`Commands::once`]).
     ///
     /// # Errors
-    /// `VALIDATION` for custom ids already used (checked before anything is written) or a
-    /// request too large for a batch; a reused key; any command failure.
+    /// `NOT_SERVED` for an endpoint no configured provider serves, `VALIDATION` for custom
+    /// ids already used (both checked before anything is written) or a request too large for
+    /// a batch; a reused key; any command failure.
     pub async fn submit(
         &self,
         context: &CommandContext,
@@ -93,11 +104,39 @@ impl Submitter {
         specs: Vec<RequestSpec>,
         key: Option<IdempotencyKey>,
     ) -> Result<Vec<Accepted>, CommandError> {
+        self.served(&specs)?;
         self.commands
             .once(context, key, |seed| {
                 self.accept(context, owner, specs, seed)
             })
             .await
+    }
+
+    /// Refuses the whole call when a request's endpoint has no configured provider, while
+    /// some provider is configured.
+    fn served(&self, specs: &[RequestSpec]) -> Result<(), CommandError> {
+        if !self.providers.any() {
+            return Ok(());
+        }
+        let mut unserved: Vec<&str> = specs
+            .iter()
+            .map(|spec| spec.endpoint)
+            .filter(|endpoint| self.providers.for_endpoint(*endpoint).is_none())
+            .map(Endpoint::path)
+            .collect();
+        if unserved.is_empty() {
+            return Ok(());
+        }
+        unserved.sort_unstable();
+        unserved.dedup();
+        Err(CommandError::Rejected {
+            code: ErrorCode::NotServed,
+            message: format!(
+                "no provider is configured for {}; this deployment serves {}",
+                unserved.join(", "),
+                self.providers.endpoints().join(", ")
+            ),
+        })
     }
 
     /// With a `seed` (a keyed submission), request ids derive from it, so that a repeat

@@ -42,7 +42,7 @@ fn api_key(name: &str) -> SecretString {
 }
 
 /// The configured providers.
-fn providers(config: &Config) -> anyhow::Result<Providers> {
+pub(super) fn providers(config: &Config) -> anyhow::Result<Providers> {
     let openai = config
         .provider_url
         .as_ref()
@@ -163,6 +163,7 @@ pub(super) fn spawn_rebuilder(
 pub(super) fn spawn_workers(
     core: &Core,
     config: &Config,
+    providers: &Providers,
     workers: &mut JoinSet<()>,
 ) -> anyhow::Result<()> {
     let shutdown = &core.shutdown;
@@ -174,7 +175,7 @@ pub(super) fn spawn_workers(
     );
     let role = core.roles.partitioned(BatchCloser::ROLE);
     workers.spawn(closer.run(role, core.waker.clone(), shutdown.clone()));
-    if let Some(driver) = provider_driver(core, config)? {
+    if let Some(driver) = provider_driver(core, config, providers.clone())? {
         let role = core.roles.partitioned(ProviderDriver::ROLE);
         workers.spawn(driver.run(role, shutdown.clone()));
     }
@@ -202,10 +203,13 @@ pub(super) fn spawn_workers(
 }
 
 /// The provider driver, when a provider is configured.
-fn provider_driver(core: &Core, config: &Config) -> anyhow::Result<Option<ProviderDriver>> {
+fn provider_driver(
+    core: &Core,
+    config: &Config,
+    providers: Providers,
+) -> anyhow::Result<Option<ProviderDriver>> {
     // Read whether or not a provider is configured: a wrong table stops the start.
     let prices = Prices::load(config.prices_file.as_deref())?;
-    let providers = providers(config)?;
     if !providers.any() {
         return Ok(None);
     }

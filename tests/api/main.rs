@@ -21,6 +21,7 @@ mod http;
 mod idempotency;
 mod list_filters;
 mod log_order;
+mod not_served;
 mod operations;
 mod parked;
 mod projections;
