@@ -41,8 +41,28 @@ pub struct ArchivedEvent {
     pub hash: String,
 }
 
+/// How many committed events [`export`] would write.
+///
+/// # Errors
+/// A database failure.
+pub async fn count(
+    pool: &PgPool,
+    after: LogCursor,
+    types: Option<&[String]>,
+) -> anyhow::Result<u64> {
+    let count: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events
+          WHERE log_position > $1 AND ($2::text[] IS NULL OR aggregate_type = ANY($2))",
+    )
+    .bind(after.position)
+    .bind(types)
+    .fetch_one(pool)
+    .await?;
+    Ok(count.unsigned_abs())
+}
+
 /// Writes the committed events after `after` (of `types`, if given) to `out`, one JSON object
-/// per line; returns how many.
+/// per line, telling `progress` how many so far after each chunk; returns how many.
 ///
 /// # Errors
 /// A database or write failure.
@@ -51,6 +71,7 @@ pub async fn export(
     after: LogCursor,
     types: Option<&[String]>,
     out: &mut impl Write,
+    progress: &dyn Fn(u64),
 ) -> anyhow::Result<u64> {
     let mut cursor = after;
     let mut written = 0;
@@ -78,17 +99,22 @@ pub async fn export(
             out.write_all(b"\n")?;
         }
         written += chunk.len() as u64;
+        progress(written);
     }
 }
 
-/// Reads an export and appends its events to `pool`'s empty store in one transaction;
-/// returns how many. Nothing is written if any line is malformed or any recomputed hash
-/// differs from the exported one.
+/// Reads an export and appends its events to `pool`'s empty store in one transaction,
+/// telling `progress` how many so far every thousand events; returns how many. Nothing is
+/// written if any line is malformed or any recomputed hash differs from the exported one.
 ///
 /// # Errors
 /// The store is not empty, a line is not an exported event, a hash differs, or the
 /// database failed.
-pub async fn import(pool: &PgPool, input: impl BufRead) -> anyhow::Result<u64> {
+pub async fn import(
+    pool: &PgPool,
+    input: impl BufRead,
+    progress: &dyn Fn(u64),
+) -> anyhow::Result<u64> {
     let mut tx = pool.begin().await?;
     let empty: bool = sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM events)")
         .fetch_one(&mut *tx)
@@ -131,7 +157,11 @@ pub async fn import(pool: &PgPool, input: impl BufRead) -> anyhow::Result<u64> {
             );
         }
         imported += 1;
+        if imported % CHUNK.unsigned_abs() == 0 {
+            progress(imported);
+        }
     }
     tx.commit().await?;
+    progress(imported);
     Ok(imported)
 }

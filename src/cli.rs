@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::provider::{Emulator, Faults};
 use crate::startup::{Application, Wiring};
 use crate::{api, archive, audit, db, telemetry};
+use progress::Progress;
 
 /// How long `projections rebuild` tries for the projector's role: a free one is won at once.
 const CLAIM_WAIT: Duration = Duration::from_secs(2);
@@ -251,8 +252,15 @@ impl Cli {
                     None => LogCursor::START,
                 };
                 let types = (!types.is_empty()).then_some(types);
+                let total = archive::count(&pool, after, types.as_deref()).await?;
+                let progress = Progress::new("exporting", "events", Some(total));
                 let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-                let exported = archive::export(&pool, after, types.as_deref(), &mut out).await?;
+                let exported = archive::export(&pool, after, types.as_deref(), &mut out, &|done| {
+                    progress.set(done);
+                })
+                .await;
+                progress.finish();
+                let exported = exported?;
                 out.flush().context("writing to stdout")?;
                 tracing::info!(events = exported, "exported");
                 Ok(())
@@ -260,7 +268,13 @@ impl Cli {
             Command::Events {
                 action: EventsAction::Import,
             } => {
-                let imported = archive::import(&pool, std::io::stdin().lock()).await?;
+                // Read from standard input: the total is not known ahead.
+                let progress = Progress::new("importing", "events", None);
+                let imported =
+                    archive::import(&pool, std::io::stdin().lock(), &|done| progress.set(done))
+                        .await;
+                progress.finish();
+                let imported = imported?;
                 write_stdout(&format!(
                     "imported {imported} events; projections rebuild from them when the \
                      service starts\n"

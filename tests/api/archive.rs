@@ -64,9 +64,16 @@ async fn exported(pool: &PgPool) -> Vec<u8> {
         "the whole log exported",
         || async {
             let mut out = Vec::new();
-            let written = archive::export(pool, LogCursor::START, None, &mut out)
+            let reported = std::sync::Mutex::new(0);
+            let progress = |done| *reported.lock().expect("progress") = done;
+            let written = archive::export(pool, LogCursor::START, None, &mut out, &progress)
                 .await
                 .expect("export");
+            assert_eq!(
+                *reported.lock().expect("progress"),
+                written,
+                "progress told"
+            );
             (written == events).then_some(out)
         },
     )
@@ -128,9 +135,16 @@ async fn an_imported_archive_reproduces_the_aggregates_and_read_models() {
         .all(|l| l["hash"].as_str().is_some_and(|h| h.len() == 64)));
 
     let target = TestDb::new().await;
-    let imported = archive::import(&target.pool, Cursor::new(&archive))
+    let reported = std::sync::Mutex::new(0);
+    let progress = |done| *reported.lock().expect("progress") = done;
+    let imported = archive::import(&target.pool, Cursor::new(&archive), &progress)
         .await
         .expect("import");
+    assert_eq!(
+        *reported.lock().expect("progress"),
+        imported,
+        "progress told"
+    );
     assert_eq!(imported as i64, events);
     // Personal data travels sealed: the replica opens it with the source's subject keys
     // (and the same pepper), handed over apart from the archive.
@@ -175,7 +189,7 @@ async fn an_imported_archive_reproduces_the_aggregates_and_read_models() {
         "the same archive again"
     );
 
-    let again = archive::import(&target.pool, Cursor::new(&archive)).await;
+    let again = archive::import(&target.pool, Cursor::new(&archive), &|_| {}).await;
     assert!(again.is_err(), "only into an empty store");
 }
 
@@ -197,7 +211,7 @@ async fn an_edited_archive_imports_nothing() {
     assert_ne!(edited, archive);
 
     let target = TestDb::new().await;
-    let refused = archive::import(&target.pool, Cursor::new(edited.as_bytes()))
+    let refused = archive::import(&target.pool, Cursor::new(edited.as_bytes()), &|_| {})
         .await
         .expect_err("an edited event does not verify");
     assert!(refused.to_string().contains("does not verify"), "{refused}");

@@ -146,7 +146,7 @@ async fn a_forgotten_learner_reads_as_erased_everywhere_and_the_chain_still_veri
         assert!(response.to_string().contains("[erased]"), "{response}");
     }
     let mut export = Vec::new();
-    chronicle::archive::export(&app.pool, LogCursor::START, None, &mut export)
+    chronicle::archive::export(&app.pool, LogCursor::START, None, &mut export, &|_| {})
         .await
         .expect("export");
     assert_eq!(
