@@ -40,17 +40,32 @@ pub struct Reads {
 #[derive(Clone)]
 pub struct ReadRouter {
     read_models: ReadModels,
-    replica: Option<Replica>,
+    replica: Option<(Replica, Duration)>,
 }
 
-/// A streaming replica and what the last health check found.
+/// A streaming replica and what its last health check found, shared by the router and the
+/// live log's catch-up reads; cheap to clone.
 #[derive(Clone)]
-struct Replica {
-    reads: Reads,
-    /// The last check reached it.
+pub struct Replica {
+    /// Its pool and log.
+    pub reads: Reads,
+    /// The last check reached it (false until the first one does).
     up: Arc<AtomicBool>,
-    /// How long a query waits for it to replay past a position.
-    wait: Duration,
+}
+
+impl Replica {
+    /// `reads` on a replica, not yet checked.
+    pub fn new(reads: Reads) -> Self {
+        Self {
+            reads,
+            up: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Whether the last check reached it.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
 }
 
 impl ReadRouter {
@@ -63,24 +78,19 @@ impl ReadRouter {
     }
 
     /// Queries read from `replica` while it answers, waiting at most `wait` for it to reach
-    /// a position; its health and lag (behind `live`'s head) are checked every second until
-    /// `shutdown`.
+    /// a position; its health and lag (behind `live`'s head) are checked now and then every
+    /// second until `shutdown`.
     pub async fn with_replica(
         self,
-        replica: Reads,
+        replica: Replica,
         wait: Duration,
         live: LiveLog,
         shutdown: CancellationToken,
     ) -> Self {
-        let up = Arc::new(AtomicBool::new(false));
-        check(&replica.pool, &live, &up).await;
-        tokio::spawn(watch(replica.pool.clone(), live, up.clone(), shutdown));
+        check(&replica, &live).await;
+        tokio::spawn(watch(replica.clone(), live, shutdown));
         Self {
-            replica: Some(Replica {
-                reads: replica,
-                up,
-                wait,
-            }),
+            replica: Some((replica, wait)),
             ..self
         }
     }
@@ -97,11 +107,11 @@ impl ReadRouter {
         after: Option<LogCursor>,
         within: Duration,
     ) -> Result<Option<Reads>, NotYet> {
-        let replica = match &self.replica {
-            Some(replica) if reads_only => replica,
+        let (replica, wait) = match &self.replica {
+            Some((replica, wait)) if reads_only => (replica, *wait),
             _ => return self.primary_after(after, within).await.map(|()| None),
         };
-        if !replica.up.load(Ordering::Relaxed) {
+        if !replica.is_up() {
             crate::metrics::replica_query("unreachable");
             return self.primary_after(after, within).await.map(|()| None);
         }
@@ -109,9 +119,8 @@ impl ReadRouter {
         let replayed = match after {
             None => true,
             Some(position) => {
-                let wait = replica.wait.min(within);
                 (self.read_models)
-                    .wait_replayed(&replica.reads.pool, position, wait)
+                    .wait_replayed(&replica.reads.pool, position, wait.min(within))
                     .await
             }
         };
@@ -138,27 +147,22 @@ impl ReadRouter {
 }
 
 /// Checks the replica every [`CHECK_EVERY`] until `shutdown`.
-async fn watch(replica: PgPool, live: LiveLog, up: Arc<AtomicBool>, shutdown: CancellationToken) {
+async fn watch(replica: Replica, live: LiveLog, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(CHECK_EVERY) => {}
             () = shutdown.cancelled() => return,
         }
-        check(&replica, &live, &up).await;
+        check(&replica, &live).await;
     }
 }
 
-/// Reads the replica's log head: `up` says whether it answered in time; the lag is the
+/// Reads the replica's log head: whether it answered in time is its health; the lag is the
 /// live log's head minus the replica's.
-async fn check(replica: &PgPool, live: &LiveLog, up: &AtomicBool) {
-    let head = sqlx::query_scalar::<_, Option<i64>>("SELECT max(log_position) FROM events")
-        .fetch_one(replica);
-    let answered = match tokio::time::timeout(CHECK_TIMEOUT, head).await {
+async fn check(replica: &Replica, live: &LiveLog) {
+    let answered = match tokio::time::timeout(CHECK_TIMEOUT, replica.reads.log.head()).await {
         Ok(Ok(head)) => {
-            let lag = live
-                .head()
-                .position
-                .saturating_sub(head.unwrap_or_default());
+            let lag = live.head().position.saturating_sub(head.position);
             crate::metrics::replica_lag(lag.max(0));
             true
         }
@@ -168,7 +172,7 @@ async fn check(replica: &PgPool, live: &LiveLog, up: &AtomicBool) {
         }
         Err(_) => false,
     };
-    let was = up.swap(answered, Ordering::Relaxed);
+    let was = replica.up.swap(answered, Ordering::Relaxed);
     if was != answered {
         if answered {
             tracing::info!("the read replica answers: queries read from it");

@@ -33,7 +33,7 @@ use crate::llm::{LlmActions, Providers, Submitter};
 use crate::log::{CommittedFeed, LiveLog, LogReader, LogWaker};
 use crate::privacy::Vault;
 use crate::projection::{self, Projectors, ReadModels, Rebuilder, Roles};
-use crate::reads::{ReadRouter, Reads};
+use crate::reads::{ReadRouter, Reads, Replica};
 use crate::security::{
     bootstrap_admin, Authenticator, EgressPolicy, KeyHasher, KnownKeys, Pepper, RateLimiter,
     RateLimits, Revocations,
@@ -78,7 +78,7 @@ struct Core {
     vault: Vault,
     reader: LogReader,
     /// The streaming replica queries read from, if configured.
-    replica: Option<Reads>,
+    replica: Option<Replica>,
     waker: LogWaker,
     roles: Roles,
     /// What the group committer hands the live log.
@@ -114,7 +114,7 @@ impl Core {
             Some(url) => {
                 let pool = crate::db::replica_pool(url, config.replica.read_db_max_connections)?;
                 let log = LogReader::new(pool.clone(), stores.upcasters(), vault.clone());
-                Some(Reads { pool, log })
+                Some(Replica::new(Reads { pool, log }))
             }
             None => None,
         };
@@ -168,7 +168,7 @@ async fn api_state(
     .await
     .context("reading the log's head")?;
     let live = match &core.replica {
-        Some(replica) => live.catching_up_from(replica.log.clone()),
+        Some(replica) => live.catching_up_from(replica.clone()),
         None => live,
     };
     let hasher = KeyHasher::new(pepper.as_bytes());
@@ -187,10 +187,6 @@ async fn api_state(
     let schema = build_schema(ApiServices {
         pool: core.pool.clone(),
         reader: core.reader.clone(),
-        reads: Reads {
-            pool: core.pool.clone(),
-            log: core.reader.clone(),
-        },
         live: live.clone(),
         submitter: Submitter::new(commands.clone(), core.pool.clone(), limits, providers),
         actions: LlmActions::new(commands.clone(), core.pool.clone()),

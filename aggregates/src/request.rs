@@ -31,7 +31,7 @@ pub use error::RequestError;
 pub use event::RequestEvent;
 pub use spec::{RequestSpec, MAX_BODY_BYTES, MAX_CUSTOM_ID_CHARS};
 pub use status::RequestStatus;
-pub use usage::{Cost, TokenUsage};
+pub use usage::{Cost, Spent, TokenUsage};
 
 use crate::Upcast;
 

@@ -90,9 +90,6 @@ pub struct ApiServices {
     pub pool: PgPool,
     /// The primary's log, for admin commands that read it.
     pub reader: LogReader,
-    /// Where read models and the log are read: the primary, unless a query's request names a
-    /// replica.
-    pub reads: Reads,
     /// Wakes log tails.
     pub live: LiveLog,
     /// Accepts requests into batches.
@@ -146,9 +143,14 @@ fn builder() -> SchemaBuilder<Query, Mutation, Subscription> {
 /// Builds the schema with the services resolvers read from the context.
 pub fn build_schema(services: ApiServices) -> ChronicleSchema {
     builder()
-        .data(services.pool)
+        .data(services.pool.clone())
+        // Where read models and the log are read: the primary, unless a query's request
+        // names a replica.
+        .data(Reads {
+            pool: services.pool.clone(),
+            log: services.reader.clone(),
+        })
         .data(services.reader)
-        .data(services.reads)
         .data(services.live)
         .data(services.submitter)
         .data(services.actions)

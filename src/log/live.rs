@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{EventFacts, LogFilter, LogReader, LogWaker, Page};
 use crate::metrics::SubscriptionGuard;
+use crate::reads::Replica;
 use feed::Shared;
 pub use feed::{CommittedFeed, Committing};
 
@@ -65,8 +66,8 @@ pub struct LiveLog {
     shared: Arc<Shared>,
     head: watch::Receiver<LogCursor>,
     reader: LogReader,
-    /// A streaming replica's log, which catch-up pages are read from first.
-    replica: Option<LogReader>,
+    /// A streaming replica, which catch-up pages are read from first while it answers.
+    replica: Option<Replica>,
     catch_up: Arc<Semaphore>,
 }
 
@@ -107,11 +108,11 @@ impl LiveLog {
         })
     }
 
-    /// Consumers behind the window read their catch-up pages from `replica` (a streaming
-    /// replica's log), and from the primary only when the replica has nothing past them yet
-    /// or does not answer.
+    /// Consumers behind the window read their catch-up pages from `replica` while its health
+    /// check finds it up, and from the primary when the replica has nothing past them yet or
+    /// does not answer.
     #[must_use]
-    pub fn catching_up_from(self, replica: LogReader) -> Self {
+    pub fn catching_up_from(self, replica: Replica) -> Self {
         Self {
             replica: Some(replica),
             ..self
@@ -174,8 +175,8 @@ impl LiveLog {
         filter: &LogFilter,
     ) -> Result<Page, sqlx::Error> {
         let limit = u32::try_from(CONSUMER_PAGE).unwrap_or(u32::MAX);
-        if let Some(replica) = &self.replica {
-            match replica.read(after, filter, limit).await {
+        if let Some(replica) = self.replica.as_ref().filter(|replica| replica.is_up()) {
+            match replica.reads.log.read(after, filter, limit).await {
                 Ok(page) if page.next_cursor(after) > after => {
                     crate::metrics::catch_up_read("replica");
                     return Ok(page);

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use chronicle_projections::LogCursor;
 use serde_json::{json, Value};
 
+use crate::subscriptions::{receive, sequences};
 use crate::support::{
     eventually, LedgerCommand, Replica, Scrape, Subscription, TestApp, TestDb, ADMIN_KEY,
 };
@@ -143,14 +144,7 @@ async fn a_subscription_catches_up_from_the_replica_and_from_the_primary_where_t
     let after = opened.cursor.expect("cursor").to_string();
     let mut subscription =
         Subscription::start(&reader.ws_url(), EVENTS, json!({ "after": after })).await;
-    let mut sequences = Vec::new();
-    for _ in 0..40 {
-        let data = subscription
-            .next_data(Duration::from_secs(10))
-            .await
-            .expect("an event in time");
-        sequences.push(data["events"]["sequence"].as_i64().unwrap_or(-1));
-    }
+    let sequences = sequences(&receive(&mut subscription, 40).await);
     assert_eq!(sequences, (2..=41).collect::<Vec<i64>>());
     let scrape = Scrape::of(&reader).await;
     let source = |source: &str| {

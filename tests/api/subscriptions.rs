@@ -13,7 +13,8 @@ const EVENTS: &str = "subscription($after: String, $id: String) {
 }";
 const WAIT: Duration = Duration::from_secs(10);
 
-async fn receive(subscription: &mut Subscription, count: usize) -> Vec<Value> {
+/// The next `count` events a subscription to `events` receives.
+pub async fn receive(subscription: &mut Subscription, count: usize) -> Vec<Value> {
     let mut received = Vec::new();
     for _ in 0..count {
         let data = subscription
@@ -25,7 +26,8 @@ async fn receive(subscription: &mut Subscription, count: usize) -> Vec<Value> {
     received
 }
 
-fn sequences(events: &[Value]) -> Vec<i64> {
+/// The events' sequence numbers.
+pub fn sequences(events: &[Value]) -> Vec<i64> {
     events
         .iter()
         .map(|e| e["sequence"].as_i64().unwrap_or(-1))

@@ -51,6 +51,35 @@ pub struct Cost {
     pub price: String,
 }
 
+/// What results used and cost, summed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Spent {
+    /// Prompt tokens.
+    pub input: u64,
+    /// Prompt tokens read from the prompt cache.
+    pub cached_input: u64,
+    /// Completion tokens.
+    pub output: u64,
+    /// What the priced results cost, in billionths of a US dollar.
+    pub nano_usd: i64,
+    /// Results no price applied to.
+    pub unpriced: u64,
+}
+
+impl Spent {
+    /// Adds a result: its `response`'s usage and its `cost`, if it was priced.
+    pub fn add(&mut self, response: &Value, cost: Option<&Cost>) {
+        let usage = TokenUsage::of(response);
+        self.input = self.input.saturating_add(usage.input);
+        self.cached_input = self.cached_input.saturating_add(usage.cached_input);
+        self.output = self.output.saturating_add(usage.output);
+        match cost {
+            Some(cost) => self.nano_usd = self.nano_usd.saturating_add(cost.nano_usd),
+            None => self.unpriced += 1,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

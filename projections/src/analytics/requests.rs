@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use chronicle_aggregates::request::{RequestEvent, TokenUsage};
+use chronicle_aggregates::request::{RequestEvent, Spent};
 use chrono::NaiveDate;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -25,11 +25,7 @@ struct Usage {
     failed: u64,
     expired: u64,
     cancelled: u64,
-    input_tokens: u64,
-    cached_input_tokens: u64,
-    output_tokens: u64,
-    cost_nano_usd: i64,
-    unpriced: u64,
+    spent: Spent,
 }
 
 #[derive(Default)]
@@ -124,19 +120,9 @@ impl Projector for RequestAnalytics {
                     usage.entry(key.clone()).or_default().requests += 1
                 }
                 RequestEvent::ResultRecorded { response, cost, .. } => {
-                    let tokens = TokenUsage::of(&response);
                     let row = usage.entry(key.clone()).or_default();
                     row.succeeded += 1;
-                    row.input_tokens = row.input_tokens.saturating_add(tokens.input);
-                    row.cached_input_tokens =
-                        row.cached_input_tokens.saturating_add(tokens.cached_input);
-                    row.output_tokens = row.output_tokens.saturating_add(tokens.output);
-                    match cost {
-                        Some(cost) => {
-                            row.cost_nano_usd = row.cost_nano_usd.saturating_add(cost.nano_usd);
-                        }
-                        None => row.unpriced += 1,
-                    }
+                    row.spent.add(&response, cost.as_ref());
                 }
                 RequestEvent::Failed { .. } => usage.entry(key.clone()).or_default().failed += 1,
                 RequestEvent::Expired { .. } => usage.entry(key.clone()).or_default().expired += 1,
@@ -217,11 +203,11 @@ async fn upsert_usage(
             big(usage.failed),
             big(usage.expired),
             big(usage.cancelled),
-            big(usage.input_tokens),
-            big(usage.cached_input_tokens),
-            big(usage.output_tokens),
-            usage.cost_nano_usd,
-            big(usage.unpriced),
+            big(usage.spent.input),
+            big(usage.spent.cached_input),
+            big(usage.spent.output),
+            usage.spent.nano_usd,
+            big(usage.spent.unpriced),
         ]) {
             column.push(value);
         }

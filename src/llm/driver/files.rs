@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 use chronicle_aggregates::batch::{Batch, BatchCommand, BatchEvent};
-use chronicle_aggregates::request::{Cost, RequestEvent, TokenUsage};
+use chronicle_aggregates::request::{Cost, RequestEvent, Spent, TokenUsage};
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use serde_json::{json, Value};
@@ -92,7 +92,7 @@ impl ProviderDriver {
         });
         let mut spent = Spent::default();
         for (response, cost) in recorded {
-            spent.add(TokenUsage::of(response), cost.as_ref());
+            spent.add(response, cost.as_ref());
         }
         if let Some(key) = batch.key() {
             crate::metrics::tokens_used(&key.owner, &key.model, spent.input, spent.output);
@@ -206,25 +206,5 @@ impl Pricing<'_> {
         let usage = TokenUsage::of(response);
         let price = |model: &str| self.prices.cost(self.provider, model, at, usage);
         price(self.model).or_else(|| response["model"].as_str().and_then(price))
-    }
-}
-
-/// The tokens and cost of the results one chunk recorded.
-#[derive(Default)]
-struct Spent {
-    input: u64,
-    output: u64,
-    nano_usd: i64,
-    unpriced: u64,
-}
-
-impl Spent {
-    fn add(&mut self, usage: TokenUsage, cost: Option<&Cost>) {
-        self.input += usage.input;
-        self.output += usage.output;
-        match cost {
-            Some(cost) => self.nano_usd = self.nano_usd.saturating_add(cost.nano_usd),
-            None => self.unpriced += 1,
-        }
     }
 }

@@ -59,22 +59,16 @@ impl Replica {
 
     /// Waits until the replica has replayed the log up to `position`.
     pub async fn replayed(&self, position: i64) {
-        let mut conn = self
-            .options
-            .connect()
-            .await
-            .expect("connect to the replica");
-        for _ in 0..1_500 {
+        let what = format!("the replica to replay the log up to {position}");
+        eventually(Duration::from_secs(30), &what, || async {
+            let mut conn = self.options.connect().await.ok()?;
             let head: Option<i64> = sqlx::query_scalar("SELECT max(log_position) FROM events")
                 .fetch_one(&mut conn)
                 .await
-                .expect("the replica's head");
-            if head.unwrap_or_default() >= position {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("the replica did not replay the log up to {position}");
+                .ok()?;
+            (head.unwrap_or_default() >= position).then_some(())
+        })
+        .await;
     }
 
     /// Pauses replay (WAL still arrives, nothing is applied) until the guard is dropped.
@@ -84,19 +78,16 @@ impl Replica {
             .execute(&mut conn)
             .await
             .expect("pause replay");
-        let mut state = String::new();
-        for _ in 0..500 {
-            state = sqlx::query_scalar("SELECT pg_get_wal_replay_pause_state()")
+        conn.close().await.expect("close");
+        eventually(Duration::from_secs(10), "replay paused", || async {
+            let mut conn = self.admin.connect().await.ok()?;
+            let state: String = sqlx::query_scalar("SELECT pg_get_wal_replay_pause_state()")
                 .fetch_one(&mut conn)
                 .await
-                .expect("replay's state");
-            if state == "paused" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(state, "paused", "replay did not pause");
-        conn.close().await.expect("close");
+                .ok()?;
+            (state == "paused").then_some(())
+        })
+        .await;
         PausedReplay {
             admin: self.admin.clone(),
         }
